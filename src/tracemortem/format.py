@@ -1,0 +1,297 @@
+"""Run-directory format v1, shared by the recorder and the analyzer (DESIGN §2).
+
+One module owns every path, schema and version of the on-disk format, the atomic chunk
+writer and the chunk reader, so the two halves cannot drift apart. No torch here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import InputError
+
+FORMAT_VERSION = 1
+TOOL = "tracemortem"
+
+MANIFEST = "manifest.json"
+META = "meta.json"
+STEPS = "steps"
+GRADS = "grads"
+TRACES = "traces"
+CHECKPOINTS = "checkpoints"
+HEALTH = "health.parquet"  # inside checkpoints/
+SNAPSHOT = "snapshot"
+SNAPSHOT_INFO = "info.json"
+
+STATUS_RUNNING = "running"
+STATUS_CLOSED = "closed"
+STATUS_CRASHED = "crashed"
+
+# JSON documents from a run directory are small; anything bigger is refused, not parsed.
+MAX_JSON_BYTES = 64 * 1024 * 1024
+
+_RANK_DIR = re.compile(r"^rank(\d+)$")
+_CHUNK = re.compile(r"^part-(\d{6})\.parquet$")
+
+# Column schemas. Nullable columns are those the recorder may not know (no CUDA, no AMP, …).
+STEPS_SCHEMA = pa.schema(
+    [
+        ("step", pa.int64()),
+        ("time", pa.float64()),
+        ("duration_s", pa.float64()),
+        ("loss", pa.float32()),
+        ("lr", pa.float64()),
+        ("grad_norm", pa.float32()),
+        ("nonfinite", pa.int64()),
+        ("skipped", pa.bool_()),
+        ("scale", pa.float32()),
+        ("mem_allocated", pa.int64()),
+        ("mem_reserved", pa.int64()),
+        ("max_mem_allocated", pa.int64()),
+    ]
+)
+GRADS_SCHEMA = pa.schema(
+    [
+        ("step", pa.int64()),
+        ("param_id", pa.int32()),
+        ("norm", pa.float32()),
+        ("absmax", pa.float32()),
+        ("nonfinite", pa.int64()),
+        ("weight_norm", pa.float32()),
+        ("update_norm", pa.float32()),
+    ]
+)
+# One row per (checkpoint, parameter): the sidecar that says whether a checkpoint is healthy.
+HEALTH_SCHEMA = pa.schema(
+    [
+        ("step", pa.int64()),
+        ("path", pa.string()),
+        ("param_id", pa.int32()),
+        ("weight_norm", pa.float32()),
+        ("weight_absmax", pa.float32()),
+        ("nonfinite", pa.int64()),
+    ]
+)
+# Float columns whose bytes compress better split by byte position (Parquet BYTE_STREAM_SPLIT).
+_BYTE_SPLIT = {"norm", "absmax", "weight_norm", "update_norm", "loss", "grad_norm"}
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Every path inside a run directory, in one place."""
+
+    root: Path
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / MANIFEST
+
+    def rank(self, rank: int) -> "RankPaths":
+        return RankPaths(self.root / f"rank{int(rank)}")
+
+    def ranks(self) -> list[int]:
+        """Ranks present on disk (rank{R} folders), sorted."""
+        found = []
+        if self.root.is_dir():
+            for child in self.root.iterdir():
+                match = _RANK_DIR.match(child.name)
+                if match and child.is_dir():
+                    found.append(int(match.group(1)))
+        return sorted(found)
+
+
+@dataclass(frozen=True)
+class RankPaths:
+    root: Path
+
+    @property
+    def rank(self) -> int:
+        match = _RANK_DIR.match(self.root.name)
+        return int(match.group(1)) if match else 0
+
+    @property
+    def meta(self) -> Path:
+        return self.root / META
+
+    @property
+    def steps(self) -> Path:
+        return self.root / STEPS
+
+    @property
+    def grads(self) -> Path:
+        return self.root / GRADS
+
+    @property
+    def traces(self) -> Path:
+        return self.root / TRACES
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / CHECKPOINTS
+
+    @property
+    def health(self) -> Path:
+        return self.root / CHECKPOINTS / HEALTH
+
+    @property
+    def snapshot(self) -> Path:
+        return self.root / SNAPSHOT
+
+    def checkpoint(self, step: int) -> Path:
+        return self.checkpoints / f"step-{int(step):08d}.pt"
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / MANIFEST).is_file() or bool(RunPaths(path).ranks())
+
+
+def is_rank_dir(path: Path) -> bool:
+    return bool(_RANK_DIR.match(path.name)) and ((path / META).is_file() or (path / STEPS).is_dir())
+
+
+# --- writing ----------------------------------------------------------------------------
+
+
+def _atomic_target(path: Path) -> tuple[int, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON so that readers see the old file or the new one, never a torn one."""
+    fd, tmp = _atomic_target(path)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh, indent=1, sort_keys=True, default=str)
+        os.replace(tmp, path)
+    except BaseException:
+        _discard(tmp)
+        raise
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = _atomic_target(path)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        _discard(tmp)
+        raise
+
+
+def _discard(tmp: str) -> None:
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
+
+
+def chunk_path(folder: Path, index: int) -> Path:
+    return folder / f"part-{int(index):06d}.parquet"
+
+
+def next_chunk_index(folder: Path) -> int:
+    """First free chunk number in `folder` (a resumed run appends after what is there)."""
+    indices = [int(m.group(1)) for p in _iter_dir(folder) if (m := _CHUNK.match(p.name))]
+    return max(indices, default=-1) + 1
+
+
+def write_chunk(folder: Path, index: int, table: pa.Table) -> Path:
+    """Write one Parquet chunk atomically (temp file + rename): a killed job leaves only whole chunks."""
+    path = chunk_path(folder, index)
+    fd, tmp = _atomic_target(path)
+    os.close(fd)
+    try:
+        split = [name for name in table.column_names if name in _BYTE_SPLIT]
+        pq.write_table(
+            table,
+            tmp,
+            compression="zstd",
+            compression_level=9,
+            use_dictionary=[n for n in table.column_names if n not in _BYTE_SPLIT],
+            use_byte_stream_split=split or False,
+            write_statistics=["step"] if "step" in table.column_names else False,
+        )
+        os.replace(tmp, path)
+    except BaseException:
+        _discard(tmp)
+        raise
+    return path
+
+
+# --- reading ----------------------------------------------------------------------------
+
+
+def _iter_dir(folder: Path) -> Iterable[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError:
+        return []
+
+
+def list_chunks(folder: Path) -> list[Path]:
+    """Whole chunks only (temp files of an interrupted write are ignored), in order."""
+    return sorted((p for p in _iter_dir(folder) if _CHUNK.match(p.name)), key=lambda p: p.name)
+
+
+@dataclass(frozen=True)
+class ChunkSet:
+    """Readable chunks of one table and the ones that had to be skipped (with why)."""
+
+    paths: list[Path]
+    skipped: list[tuple[Path, str]]
+
+
+def readable_chunks(folder: Path, schema: pa.Schema) -> ChunkSet:
+    """Check each chunk's footer and schema; corrupt or foreign chunks are skipped, not fatal."""
+    good: list[Path] = []
+    bad: list[tuple[Path, str]] = []
+    required = {f.name: f.type for f in schema}
+    for path in list_chunks(folder):
+        try:
+            file_schema = pq.read_schema(path)
+        except Exception as exc:  # pyarrow raises several types for corrupt footers
+            bad.append((path, f"unreadable Parquet ({type(exc).__name__})"))
+            continue
+        missing = [n for n in ("step",) if n in required and n not in file_schema.names]
+        if missing:
+            bad.append((path, f"missing column(s) {', '.join(missing)}"))
+            continue
+        good.append(path)
+    return ChunkSet(good, bad)
+
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    """Read a small JSON object from a run directory, with a one-line InputError on failure."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise InputError(f"{path}: {what} is {size} bytes, over the {MAX_JSON_BYTES}-byte limit")
+        data = json.loads(path.read_bytes())
+    except InputError:
+        raise
+    except (OSError, ValueError, RecursionError) as exc:
+        raise InputError(f"{path}: cannot read {what}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: {what} must be a JSON object")
+    return data
+
+
+def inside(root: Path, relative: str) -> Path:
+    """Resolve a path named by a (untrusted) manifest, refusing anything outside the run directory."""
+    base = root.resolve()
+    target = (base / relative).resolve()
+    if target != base and base not in target.parents:
+        raise InputError(f"{root}: refusing path outside the run directory: {relative!r}")
+    return target
+
