@@ -1,0 +1,200 @@
+"""The `tracemortem` command: a thin click layer over `analyze()` and the reporters.
+
+Exit codes (DESIGN §4): 0 fine; 1 findings at or above --fail-on; 2 bad usage; 3 unreadable
+input; 4 internal error. Only the requested document goes to stdout; warnings and progress go
+to stderr, one line per problem, and `--debug` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from . import __version__
+from .config import Config
+from .errors import ConfigError, TracemortemError
+from .findings import SEVERITIES, at_or_above
+from .progress import finish, terminal_progress
+
+FORMATS = ("html", "md", "json")
+DEFAULT_SUFFIX = {"html": ".html", "md": ".md", "json": ".json"}
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _run(debug: bool, body: Callable[[], int]) -> None:
+    """Run a command body, mapping every failure to one stderr line and an exit code."""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            code = body()
+        for warning in caught:
+            click.echo(f"tracemortem: warning: {_one_line(warning.message)}", err=True)
+    except click.exceptions.Exit:
+        raise
+    except click.ClickException:
+        raise
+    except TracemortemError as exc:
+        if debug:
+            raise
+        click.echo(f"tracemortem: error: {_one_line(exc)}", err=True)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("tracemortem: interrupted", err=True)
+        code = 130
+    except BrokenPipeError:
+        code = 0
+    except MemoryError:
+        click.echo("tracemortem: internal error: out of memory", err=True)
+        code = 4
+    except Exception as exc:  # the one place an unexpected error becomes a clean exit
+        if debug:
+            raise
+        click.echo(
+            f"tracemortem: internal error: {type(exc).__name__}: {_one_line(exc)} (run with --debug for the traceback)",
+            err=True,
+        )
+        code = 4
+    sys.exit(code)
+
+
+def _load_config(sets: tuple[str, ...]) -> Config:
+    return Config.load(Path.cwd(), sets)
+
+
+def _analyze(path: str, config: Config, redact: bool):
+    from .analysis import analyze
+    from .redact import redact_analysis
+
+    progress = terminal_progress()
+    try:
+        analysis = analyze(path, config, progress=progress)
+    finally:
+        finish(progress)
+    return redact_analysis(analysis, pseudonymize=redact)
+
+
+def _fail_code(analysis, fail_on: str) -> int:
+    if fail_on == "never":
+        return 0
+    return 1 if at_or_above(analysis.findings, fail_on) else 0
+
+
+def _option(config: Config, name: str, given: Any, default: Any) -> Any:
+    """Command-line value, else the config file's, else the built-in default."""
+    if given is not None:
+        return given
+    return config.options.get(name, default)
+
+
+common = [
+    click.option("--set", "sets", multiple=True, metavar="RULE.PARAM=VALUE", help="Override a threshold (repeatable); see docs/thresholds.md."),
+    click.option("--redact", is_flag=True, help="Also replace usernames, hostnames and home paths with stable pseudonyms (secrets are always redacted)."),
+    click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors."),
+]
+
+
+def with_common(func):
+    for decorator in reversed(common):
+        func = decorator(func)
+    return func
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tracemortem")
+def main() -> None:
+    """Post-mortem analysis of PyTorch training runs.
+
+    PATH is a run directory written by tracemortem.Recorder, one rank directory, one
+    torch.profiler chrome trace (.json / .json.gz), or a directory of traces.
+    """
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=str))
+@click.option("-o", "--output", type=str, default=None, help="Output file; '-' for stdout. Default: tracemortem-report.<ext> in the current directory.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None, help="Document format (default: html, or from the output file's extension).")
+@click.option("--fail-on", type=click.Choice(SEVERITIES[:2] + ("never",)), default=None, help="Exit 1 when a finding at or above this severity exists (default: error).")
+@with_common
+def report(path: str, output: str | None, fmt: str | None, fail_on: str | None, sets, redact: bool, debug: bool) -> None:
+    """Render the report (HTML, Markdown or JSON) for PATH."""
+
+    def body() -> int:
+        from .report import render
+
+        config = _load_config(sets)
+        chosen = fmt or _format_from_name(output) or _option(config, "format", None, "html")
+        if chosen not in FORMATS:
+            raise ConfigError(f"unknown format {chosen!r} (choose from {', '.join(FORMATS)})")
+        threshold = _option(config, "fail-on", fail_on, "error")
+        if threshold not in ("error", "warning", "never"):
+            raise ConfigError(f"fail-on must be error, warning or never, not {threshold!r}")
+        analysis = _analyze(path, config, redact)
+        document = render(analysis, chosen)
+        target = output or f"tracemortem-report{DEFAULT_SUFFIX[chosen]}"
+        if target == "-":
+            click.echo(document, nl=False)
+        else:
+            Path(target).write_text(document, encoding="utf-8")
+            counts = _counts(analysis)
+            click.echo(f"tracemortem: wrote {target} ({counts})", err=True)
+        return _fail_code(analysis, threshold)
+
+    _run(debug, body)
+
+
+def _format_from_name(output: str | None) -> str | None:
+    if not output or output == "-":
+        return None
+    suffix = Path(output).suffix.lower().lstrip(".")
+    return {"html": "html", "htm": "html", "md": "md", "markdown": "md", "json": "json"}.get(suffix)
+
+
+def _counts(analysis) -> str:
+    parts = [f"{sum(f.severity == s for f in analysis.findings)} {s}" for s in SEVERITIES]
+    return ", ".join(parts)
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=str))
+@click.option("--fail-on", type=click.Choice(SEVERITIES[:2] + ("never",)), default=None, help="Exit 1 when a finding at or above this severity exists (default: never).")
+@with_common
+def summary(path: str, fail_on: str | None, sets, redact: bool, debug: bool) -> None:
+    """Print the findings for PATH in the terminal."""
+
+    def body() -> int:
+        from .report import render
+
+        config = _load_config(sets)
+        analysis = _analyze(path, config, redact)
+        click.echo(render(analysis, "text"), nl=False)
+        return _fail_code(analysis, _option(config, "fail-on", fail_on, "never"))
+
+    _run(debug, body)
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=str))
+@click.option("--top", type=click.IntRange(min=1), default=20, show_default=True, help="How many ops and kernels to list.")
+@with_common
+def ops(path: str, top: int, sets, redact: bool, debug: bool) -> None:
+    """Print the top ops and GPU kernels of PATH's profiler traces."""
+
+    def body() -> int:
+        from .report import render_ops_table
+
+        analysis = _analyze(path, _load_config(sets), redact)
+        click.echo(render_ops_table(analysis, top), nl=False)
+        return 0
+
+    _run(debug, body)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
