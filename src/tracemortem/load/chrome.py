@@ -1,0 +1,371 @@
+"""Read one Kineto chrome trace (`.json` / `.json.gz`) into polars columns, chunk by chunk.
+
+The `traceEvents` array is cut at event boundaries into chunks of about `CHUNK_BYTES`, and each
+chunk is decoded by msgspec into typed Structs holding only the fields the analyzer uses, so peak
+memory is the columns plus one chunk, whatever the file size. Everything around the array (the
+"envelope": deviceProperties, distributedInfo before or after the events, baseTimeNanoseconds) is
+decoded separately. A file cut off mid-write is read up to its last complete event.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import msgspec
+import polars as pl
+
+from ..errors import InputError
+
+# Refuse a trace that decompresses (or is) larger than this: the biggest real traces reported
+# are ~10 GB per rank, so 16 GiB leaves room while stopping a gzip bomb. Read at call time so
+# tests can lower it.
+MAX_TRACE_BYTES = 16 * 2**30
+# Events are decoded in chunks of about this many bytes: large enough that per-chunk overhead
+# vanishes, small enough that the chunk's Python objects stay a small fraction of the columns.
+CHUNK_BYTES = 32 * 2**20
+_READ_BYTES = 4 * 2**20
+# How many candidate boundaries to try before treating a chunk as damaged.
+_SPLIT_TRIES = 4
+# Absolute µs beyond this cannot be an epoch time in int64 ns (year 2096); relative times are
+# far smaller. Durations beyond ~11.5 days are not real events either.
+_MAX_TS_US = 4e15
+_MAX_DUR_US = 1e12
+
+# An event boundary inside the array: "}" "," "{" with optional whitespace. It can also occur
+# inside a string or a list of objects; every candidate is verified by decoding.
+_BOUNDARY = re.compile(rb"\}\s*,\s*\{")
+_TRACE_EVENTS_KEY = re.compile(rb'"traceEvents"\s*:\s*')
+_ARRAY_CLOSE = re.compile(rb"\}\s*\]")
+_LAST_COMMA = re.compile(rb"\}\s*,")
+
+
+class Args(msgspec.Struct, gc=False, frozen=True):
+    external_id: int | None = msgspec.field(name="External id", default=None)
+    external_id_legacy: int | None = msgspec.field(name="external id", default=None)
+    correlation: int | None = None
+    stream: int | str | None = None
+    input_dims: msgspec.Raw = msgspec.field(name="Input Dims", default=msgspec.Raw())
+
+
+_NO_ARGS = Args()
+
+
+class Event(msgspec.Struct, gc=False):
+    ph: str = ""
+    cat: str = ""
+    name: str = ""
+    pid: int | str = ""
+    tid: int | str = ""
+    ts: float | None = None
+    dur: float | None = None
+    id: int | str | None = None  # flow events: the correlation id for ac2g
+    args: Args = _NO_ARGS
+
+
+_EVENTS = msgspec.json.Decoder(list[Event])
+_EVENT = msgspec.json.Decoder(Event)
+_ANY = msgspec.json.Decoder()
+
+
+@dataclass
+class RawTrace:
+    """One file, decoded: every event as a row (all phases), plus what surrounds the array."""
+
+    path: Path
+    frame: pl.DataFrame
+    envelope: dict[str, Any]
+    bytes_read: int = 0  # decompressed bytes
+    truncated: bool = False
+    truncated_detail: str = ""
+    skipped: int = 0  # events dropped as malformed
+    problems: list[str] = field(default_factory=list)
+
+
+class _Source:
+    """Plain or gzip bytes, decompressed incrementally with a hard size limit."""
+
+    def __init__(self, path: Path, limit: int):
+        self.path = path
+        self.limit = limit
+        self.file = open(path, "rb")  # noqa: SIM115 — closed by close()
+        self.gzip = self.file.read(2) == b"\x1f\x8b"
+        self.file.seek(0)
+        self._z = zlib.decompressobj(31) if self.gzip else None
+        self.produced = 0
+        self.damaged = ""  # why the gzip stream ended early, if it did
+
+    def position(self) -> int:
+        return self.file.tell()
+
+    def read(self) -> bytes:
+        data = self._read_gzip() if self.gzip else self.file.read(_READ_BYTES)
+        self.produced += len(data)
+        if self.produced > self.limit:
+            raise InputError(
+                f"{self.path}: trace is larger than {self.limit} bytes uncompressed; refusing to read it "
+                f"(tracemortem.load.chrome.MAX_TRACE_BYTES)"
+            )
+        return data
+
+    def _read_gzip(self) -> bytes:
+        z = self._z
+        while z is not None:
+            if z.eof:  # one member done; another may follow (concatenated gzip)
+                rest = z.unused_data or self.file.read(_READ_BYTES)
+                if not rest.startswith(b"\x1f\x8b"):
+                    return b""  # end, or trailing padding that is not a gzip member
+                z = self._z = zlib.decompressobj(31)
+                data = rest
+            else:
+                data = z.unconsumed_tail or self.file.read(_READ_BYTES)
+                if not data:
+                    self.damaged = "gzip stream ends before its end marker"
+                    self._z = None
+                    return z.flush()
+            try:
+                out = z.decompress(data, _READ_BYTES)
+            except zlib.error as exc:
+                self.damaged = f"gzip stream is corrupt ({exc})"
+                self._z = None
+                return b""
+            if out:
+                return out
+        return b""
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def read_trace(path: Path, progress: Callable[[int, int], None] | None = None) -> RawTrace:
+    """Decode one trace file. Raises InputError when nothing usable can be read."""
+    limit = MAX_TRACE_BYTES
+    source = _Source(path, limit)
+    total = path.stat().st_size
+    try:
+        return _read(source, path, total, progress)
+    except RecursionError:
+        raise InputError(f"{path}: JSON nested too deeply to be a chrome trace") from None
+    except MemoryError:
+        raise InputError(f"{path}: not enough memory to read this trace") from None
+    finally:
+        source.close()
+
+
+def _read(source: _Source, path: Path, total: int, progress) -> RawTrace:
+    buf = b""
+    # 1. The head: everything up to the opening "[" of traceEvents (or of a bare array).
+    start = -1
+    head = b""
+    while True:
+        data = source.read()
+        buf += data
+        stripped = buf.lstrip(b"\xef\xbb\xbf \t\r\n")
+        if stripped[:1] == b"[":  # legacy autograd profiler: a bare array of events
+            start = len(buf) - len(stripped) + 1
+            head = b""
+            break
+        if stripped and stripped[:1] != b"{":
+            raise InputError(f"{path}: not a chrome trace (expected a JSON object or array)")
+        match = _TRACE_EVENTS_KEY.search(buf)
+        if match:
+            after = buf[match.end() : match.end() + 1]
+            if after == b"[":
+                start = match.end() + 1
+                head = buf[: match.end()]
+                break
+            if after:
+                raise InputError(f"{path}: traceEvents is not a list")
+        if not data:
+            break
+    if start < 0:
+        if not buf.strip():
+            raise InputError(f"{path}: empty file" + (f" ({source.damaged})" if source.damaged else ""))
+        try:
+            doc = _ANY.decode(buf)
+        except (msgspec.DecodeError, RecursionError):
+            doc = None
+        if isinstance(doc, dict):
+            raise InputError(f"{path}: JSON object without a traceEvents list; not a chrome trace")
+        raise InputError(f"{path}: not a chrome trace (no traceEvents found{'; ' + source.damaged if source.damaged else ''})")
+
+    buf = buf[start:]
+    frames: list[pl.DataFrame] = []
+    trace = RawTrace(path, pl.DataFrame(), {})
+    eof = False
+    # 2. Full chunks, cut at verified event boundaries.
+    while True:
+        while not eof and len(buf) < CHUNK_BYTES:
+            data = source.read()
+            if not data:
+                eof = True
+            buf += data
+        if eof:
+            break
+        cut = _decode_prefix(buf, trace, frames)
+        if cut is None:  # no boundary in this chunk (one huge event, or damage): read more
+            data = source.read()
+            if not data:
+                eof = True
+                break
+            buf += data
+            continue
+        buf = buf[cut:]
+        if progress is not None:
+            progress(source.position(), total)
+
+    # 3. The rest: the last events, the closing "]" and the envelope tail (or a cut-off file).
+    tail = _decode_last(buf, trace, frames)
+    trace.bytes_read = source.produced
+    if tail is None:
+        trace.truncated = True
+        trace.truncated_detail = source.damaged or "file ends inside the traceEvents list"
+        envelope_text = head + b"[]}" if head else b"[]"
+    else:
+        envelope_text = head + b"[]" + tail if head else b"[]" + tail
+        if source.damaged:
+            trace.truncated, trace.truncated_detail = True, source.damaged
+    if head:
+        try:
+            envelope = _ANY.decode(envelope_text)
+        except (msgspec.DecodeError, RecursionError):
+            # The events were read; what follows them is cut off or malformed. Keep what the head has.
+            try:
+                envelope = _ANY.decode(head + b"[]}")
+            except (msgspec.DecodeError, RecursionError):
+                envelope = {}
+            if tail is not None and not trace.truncated:
+                trace.truncated = True
+                trace.truncated_detail = "file ends after the traceEvents list, inside the metadata that follows it"
+        trace.envelope = envelope if isinstance(envelope, dict) else {}
+        trace.envelope.pop("traceEvents", None)
+    if progress is not None:
+        progress(total, total)
+    trace.frame = pl.concat(frames, how="vertical") if frames else _columns([], trace)
+    return trace
+
+
+def _decode_prefix(buf: bytes, trace: RawTrace, frames: list[pl.DataFrame]) -> int | None:
+    """Decode the events of `buf` up to its last verified boundary; return where the rest starts."""
+    window = max(0, len(buf) - 2 * 2**20)
+    candidates: list[re.Match] = []
+    while not candidates:
+        candidates = list(_BOUNDARY.finditer(buf, window))
+        if window == 0:
+            break
+        window = max(0, window - 8 * 2**20)
+    for match in reversed(candidates[-_SPLIT_TRIES:]):
+        events = _try_decode(buf[: match.start() + 1], trace)
+        if events is not None:
+            frames.append(_columns(events, trace))
+            return match.end() - 1
+    if candidates and len(buf) > 4 * CHUNK_BYTES:
+        # Many MB without a boundary that decodes: damaged text. Salvage event by event.
+        match = candidates[-1]
+        frames.append(_columns(_salvage(buf[: match.start() + 1], trace), trace))
+        return match.end() - 1
+    return None
+
+
+def _decode_last(buf: bytes, trace: RawTrace, frames: list[pl.DataFrame]) -> bytes | None:
+    """Decode the final events; return the bytes after the closing "]", or None when cut off."""
+    stripped = buf.lstrip()
+    if stripped.startswith(b"]"):  # empty array, or a boundary right before the close
+        return stripped[1:]
+    for n, match in enumerate(_ARRAY_CLOSE.finditer(buf)):
+        if n >= _SPLIT_TRIES * 4:
+            break
+        events = _try_decode(buf[: match.start() + 1], trace)
+        if events is not None:
+            frames.append(_columns(events, trace))
+            return buf[match.end() :]
+    # No closing bracket that works: the file was cut off. Keep every complete event.
+    ends = [len(buf.rstrip())] + [m.start() + 1 for m in reversed(list(_LAST_COMMA.finditer(buf, max(0, len(buf) - 2**20))))]
+    for end in ends[: _SPLIT_TRIES + 1]:
+        events = _try_decode(buf[:end], trace)
+        if events is not None:
+            frames.append(_columns(events, trace))
+            return None
+    frames.append(_columns(_salvage(buf, trace), trace))
+    return None
+
+
+def _try_decode(body: bytes, trace: RawTrace) -> list[Event] | None:
+    """Decode `[body]`; None when it is not valid JSON (a wrong cut), salvage when types are off."""
+    text = b"[" + body + b"]"
+    try:
+        return _EVENTS.decode(text)
+    except msgspec.ValidationError:
+        pass  # valid JSON with some malformed events: keep the good ones
+    except msgspec.DecodeError:
+        return None
+    try:
+        items = _ANY.decode(text)
+    except msgspec.DecodeError:
+        return None
+    events = []
+    for item in items:
+        try:
+            events.append(msgspec.convert(item, Event))
+        except msgspec.ValidationError as exc:
+            trace.skipped += 1
+            if len(trace.problems) < 3:
+                trace.problems.append(str(exc))
+    return events
+
+
+def _salvage(body: bytes, trace: RawTrace) -> list[Event]:
+    """Damaged text (unescaped quotes, stray bytes): decode event by event, skipping the bad ones."""
+    starts = [0] + [m.end() - 1 for m in _BOUNDARY.finditer(body)]
+    ends = [m.start() + 1 for m in _BOUNDARY.finditer(body)] + [len(body)]
+    events: list[Event] = []
+    i = 0
+    while i < len(starts):
+        for j in range(i, min(i + 16, len(starts))):
+            piece = body[starts[i] : ends[j]].strip().lstrip(b",")
+            try:
+                events.append(_EVENT.decode(piece))
+            except msgspec.ValidationError as exc:
+                trace.skipped += 1
+                if len(trace.problems) < 3:
+                    trace.problems.append(str(exc))
+            except msgspec.DecodeError:
+                continue
+            i = j + 1
+            break
+        else:
+            trace.skipped += 1
+            if len(trace.problems) < 3:
+                trace.problems.append("malformed JSON event")
+            i += 1
+    return events
+
+
+def _columns(events: list[Event], trace: RawTrace) -> pl.DataFrame:
+    """One chunk of Structs → columns (all phases; the caller filters)."""
+    args = [e.args for e in events]
+    dims = [bytes(d).decode("utf-8", "replace") if (d := a.input_dims) else None for a in args]
+    frame = pl.DataFrame(
+        {
+            "ph": pl.Series([e.ph for e in events], dtype=pl.Categorical),
+            "cat": pl.Series([e.cat for e in events], dtype=pl.Categorical),
+            "name": pl.Series([e.name for e in events], dtype=pl.Categorical),
+            "pid": pl.Series([e.pid for e in events], dtype=pl.String, strict=False),
+            "tid": pl.Series([e.tid for e in events], dtype=pl.String, strict=False),
+            "ts_us": pl.Series([e.ts for e in events], dtype=pl.Float64),
+            "dur_us": pl.Series([e.dur for e in events], dtype=pl.Float64),
+            "flow_id": pl.Series([e.id for e in events], dtype=pl.String, strict=False),
+            "arg_stream": pl.Series([a.stream for a in args], dtype=pl.String, strict=False),
+            "correlation": pl.Series([a.correlation for a in args], dtype=pl.Int64, strict=False),
+            "external_id": pl.Series(
+                [a.external_id if a.external_id is not None else a.external_id_legacy for a in args],
+                dtype=pl.Int64,
+                strict=False,
+            ),
+            "input_dims": pl.Series(dims, dtype=pl.String),
+        }
+    )
+    return frame

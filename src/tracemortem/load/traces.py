@@ -1,0 +1,340 @@
+"""Chrome traces → `TraceSet` (docs/architecture.md "Frames between stages", docs/traces.md).
+
+Each file is decoded by `chrome.read_trace`; here the files are normalised (absolute int64 ns,
+rank resolved), concatenated, and linked: CPU events get the `ProfilerStep#N` that contains them,
+GPU kernels/memcpy/memset get their runtime launch (by `correlation`, or the `ac2g` flow where a
+legacy event lacks it) and the CPU op that made that launch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from ..errors import InputError
+from ..findings import Finding
+from ..progress import Progress, silent
+from . import chrome
+from .chrome import RawTrace
+
+# Categories across Kineto versions (research/trace-analyzers.md §4.3, §4.8).
+GPU_KINDS = {
+    "kernel": "kernel",
+    "Kernel": "kernel",
+    "gpu_memcpy": "memcpy",
+    "Memcpy": "memcpy",
+    "gpu_memset": "memset",
+    "Memset": "memset",
+}
+GPU_CATS = frozenset(GPU_KINDS) | {"gpu_user_annotation", "cuda_sync", "xpu_sync"}
+RUNTIME_CATS = frozenset(
+    {"cuda_runtime", "cuda_driver", "Runtime", "xpu_runtime", "xpu_driver", "privateuse1_runtime", "privateuse1_driver", "mtia_runtime"}
+)
+OP_CATS = frozenset({"cpu_op", "Operator"})
+FLOW_CATS = frozenset({"ac2g", "async", "async_cpu_to_gpu", "async_gpu"})
+_SYNC_TID_OFFSET = 1_000_000  # Kineto moves cuda_sync events to tid = stream + 1,000,000
+_STEP_PREFIX = "ProfilerStep#"
+
+EVENTS_SCHEMA = {
+    "rank": pl.Int32,
+    "name": pl.Categorical,
+    "cat": pl.Categorical,
+    "ts": pl.Int64,
+    "dur": pl.Int64,
+    "pid": pl.String,
+    "tid": pl.String,
+    "stream": pl.Int64,
+    "correlation": pl.Int64,
+    "external_id": pl.Int64,
+    "step": pl.Int64,
+    "input_dims": pl.String,
+}
+STEPS_SCHEMA = {"rank": pl.Int32, "step": pl.Int64, "ts": pl.Int64, "dur": pl.Int64}
+GPU_SCHEMA = {
+    "rank": pl.Int32,
+    "name": pl.Categorical,
+    "kind": pl.Enum(["kernel", "memcpy", "memset"]),
+    "ts": pl.Int64,
+    "dur": pl.Int64,
+    "stream": pl.Int64,
+    "correlation": pl.Int64,
+    "step": pl.Int64,
+    "launch_name": pl.Categorical,
+    "launch_ts": pl.Int64,
+    "launch_dur": pl.Int64,
+    "op": pl.Categorical,
+}
+
+
+@dataclass
+class TraceSet:
+    events: pl.DataFrame
+    profiler_steps: pl.DataFrame
+    gpu: pl.DataFrame
+    ranks: dict[int, dict[str, Any]] = field(default_factory=dict)
+    notes: list[Finding] = field(default_factory=list)
+
+
+def load_traces(files: dict[Path, int | None], progress: Progress = silent) -> TraceSet:
+    """Read every trace; `files` maps each path to the rank guessed from its path (None: unknown).
+
+    The trace's own `distributedInfo.rank` wins over the guess; with neither, rank 0. Several
+    files of one rank (profiling cycles) are concatenated. Raises InputError only when no file
+    could be read at all; a bad file among good ones becomes an `input-error` note.
+    """
+    notes: list[Finding] = []
+    parts: list[pl.DataFrame] = []
+    ranks: dict[int, dict[str, Any]] = {}
+    errors: list[str] = []
+    for index, (path, guess) in enumerate(sorted(files.items(), key=lambda kv: str(kv[0]))):
+        path = Path(path)
+        mb_total = max(path.stat().st_size, 1) / 2**20 if path.exists() else 0.0
+        label = f"rank {guess}" if guess is not None else path.name
+
+        def report(done: int, total: int, label: str = label, mb_total: float = mb_total) -> None:
+            progress(f"parsing {label}: {done / 2**20:.0f}/{mb_total:.0f} MB")
+
+        try:
+            raw = chrome.read_trace(path, report)
+        except InputError as exc:
+            errors.append(str(exc))
+            continue
+        except OSError as exc:
+            errors.append(f"{path}: cannot read ({exc.strerror or exc})")
+            continue
+        rank = _rank_of(raw.envelope, guess)
+        frame, meta, file_notes = _normalise(raw, rank, index)
+        notes += file_notes
+        parts.append(frame)
+        entry = ranks.setdefault(rank, {"rank": rank, "files": []})
+        entry["files"].append(str(path))
+        for key, value in meta.items():
+            entry.setdefault(key, value)
+        if entry.get("base_time_ns") != meta.get("base_time_ns"):
+            entry.setdefault("base_times_ns", []).append(meta.get("base_time_ns"))
+    if not parts:
+        raise InputError(errors[0] if len(errors) == 1 else f"no readable trace among {len(errors)} files; first: {errors[0]}")
+    for message in errors:
+        notes.append(
+            Finding(
+                rule="input-error",
+                severity="warning",
+                title="Unreadable trace file skipped",
+                message=message,
+                suggestion="Check that the file is a torch.profiler chrome trace (.json or .json.gz).",
+            )
+        )
+    progress("linking trace events")
+    all_rows = pl.concat(parts, how="vertical")
+    return _link(all_rows, ranks, notes)
+
+
+def _rank_of(envelope: dict[str, Any], guess: int | None) -> int:
+    info = envelope.get("distributedInfo")
+    if isinstance(info, dict):
+        rank = info.get("rank")
+        if isinstance(rank, int) and not isinstance(rank, bool) and 0 <= rank < 2**31:
+            return rank
+    return guess if guess is not None else 0
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _normalise(raw: RawTrace, rank: int, index: int) -> tuple[pl.DataFrame, dict[str, Any], list[Finding]]:
+    """Absolute int64 ns, rank and file index; drop events whose times are unusable."""
+    env = raw.envelope
+    notes: list[Finding] = []
+    base = _int_or_none(env.get("baseTimeNanoseconds"))
+    if base is not None and not 0 <= base < 2**62:
+        base = None
+    meta = {
+        "hostname": env.get("host_name") if isinstance(env.get("host_name"), str) else None,
+        "distributedInfo": env.get("distributedInfo") if isinstance(env.get("distributedInfo"), dict) else None,
+        "deviceProperties": env.get("deviceProperties") if isinstance(env.get("deviceProperties"), list) else [],
+        "base_time_ns": base,
+        "schemaVersion": env.get("schemaVersion"),
+    }
+    frame = raw.frame
+    ts = pl.col("ts_us")
+    # ns without losing precision on absolute µs (1.7e15 µs * 1000 would round to 256 ns).
+    whole = ts.floor()
+    ts_ns = whole.cast(pl.Int64) * 1000 + ((ts - whole) * 1000).round().cast(pl.Int64) + (base or 0)
+    usable_ts = ts.is_not_null() & ts.is_finite() & (ts.abs() < chrome._MAX_TS_US)
+    is_x = pl.col("ph") == "X"
+    usable_dur = pl.col("dur_us").is_not_null() & pl.col("dur_us").is_finite() & (pl.col("dur_us") < chrome._MAX_DUR_US)
+    keep = usable_ts & (~is_x | usable_dur)
+    bad = frame.select((~keep & pl.col("ph").is_in(["X", "s", "f"])).sum()).item()
+    frame = frame.filter(keep).with_columns(
+        ts=ts_ns,
+        # Kineto clamps negative durations to 0; so do we.
+        dur=(pl.col("dur_us").clip(lower_bound=0) * 1000).round().cast(pl.Int64),
+        rank=pl.lit(rank, dtype=pl.Int32),
+        file=pl.lit(index, dtype=pl.Int32),
+    ).drop("ts_us", "dur_us")
+    skipped = raw.skipped + bad
+    if raw.truncated:
+        kept = frame.height
+        notes.append(
+            Finding(
+                rule="trace-truncated",
+                severity="warning",
+                title="Trace file is cut off",
+                message=(
+                    f"{raw.path.name}: {raw.truncated_detail}; read {kept} events from the first "
+                    f"{raw.bytes_read} bytes (the events up to the last complete one)."
+                ),
+                rank=rank,
+                subject=raw.path.name,
+                evidence={"events_recovered": kept, "bytes_recovered": raw.bytes_read},
+                suggestion="The profiled job was probably killed while writing the trace; results cover only the recovered part.",
+            )
+        )
+    if skipped:
+        detail = "; ".join(raw.problems[:2])
+        notes.append(
+            Finding(
+                rule="input-error",
+                severity="warning",
+                title="Malformed trace events skipped",
+                message=f"{raw.path.name}: skipped {skipped} malformed events" + (f" (e.g. {detail})" if detail else ""),
+                rank=rank,
+                subject=raw.path.name,
+                evidence={"events_skipped": skipped},
+                suggestion="The trace was written by a tool that does not follow the Kineto format; totals may be incomplete.",
+            )
+        )
+    return frame, meta, notes
+
+
+def _link(rows: pl.DataFrame, ranks: dict[int, dict[str, Any]], notes: list[Finding]) -> TraceSet:
+    cat_str = pl.col("cat").cast(pl.String)
+    is_gpu = cat_str.is_in(list(GPU_CATS))
+    rows = rows.with_columns(is_gpu=is_gpu)
+
+    # Legacy events without `correlation`: take it from the ac2g flow ending (GPU) or starting
+    # (runtime) at the same place.
+    flows = rows.filter(pl.col("ph").is_in(["s", "f"]) & cat_str.is_in(list(FLOW_CATS)))
+    x = rows.filter(pl.col("ph") == "X").drop("ph")
+    if flows.height and x.select(pl.col("correlation").is_null().any()).item():
+        flow_keys = (
+            flows.select(
+                "file", "pid", "tid", "ts",
+                is_gpu=pl.col("ph") == "f",
+                flow_corr=pl.col("flow_id").str.to_integer(strict=False),
+            )
+            .drop_nulls("flow_corr")
+            .unique(["file", "pid", "tid", "ts", "is_gpu"], keep="first")
+        )
+        x = x.join(flow_keys, on=["file", "pid", "tid", "ts", "is_gpu"], how="left", maintain_order="left").with_columns(
+            correlation=pl.coalesce("correlation", "flow_corr")
+        ).drop("flow_corr")
+
+    # GPU stream: args.stream (int, or ROCm's "0x0"), else from tid ("7", "stream 7", 1000007).
+    arg_stream = pl.col("arg_stream")
+    parsed_arg = (
+        pl.when(arg_stream.str.starts_with("0x"))
+        .then(arg_stream.str.slice(2).str.to_integer(base=16, strict=False))
+        .otherwise(arg_stream.str.to_integer(strict=False))
+    )
+    tid_num = pl.col("tid").str.extract(r"(\d+)\s*$").str.to_integer(strict=False)
+    tid_stream = pl.when(tid_num >= _SYNC_TID_OFFSET).then(tid_num - _SYNC_TID_OFFSET).otherwise(tid_num)
+    x = x.with_columns(stream=pl.when("is_gpu").then(pl.coalesce(parsed_arg, tid_stream))).drop("arg_stream", "flow_id")
+
+    # Profiler steps: CPU copies only (the GPU-side ProfilerStep mirror has GPU durations).
+    name_str = pl.col("name").cast(pl.String)
+    steps = (
+        x.filter(~pl.col("is_gpu") & name_str.str.starts_with(_STEP_PREFIX))
+        .with_columns(step=name_str.str.slice(len(_STEP_PREFIX)).str.to_integer(strict=False))
+        .drop_nulls("step")
+        .select("rank", "step", "ts", "dur", step_end=pl.col("ts") + pl.col("dur"))
+        .unique(["rank", "step", "ts"], keep="first")
+        .sort("rank", "ts")
+    )
+
+    # CPU events: the step whose span contains the event's start, on any thread of the rank —
+    # backward ops run on autograd threads, outside the ProfilerStep's own thread.
+    x = x.with_row_index("_row")
+    cpu = x.filter(~pl.col("is_gpu")).select("_row", "rank", "ts").sort("rank", "ts")
+    if steps.height:
+        cpu = cpu.join_asof(steps.select("rank", "ts", "step", "step_end"), on="ts", by="rank", strategy="backward", check_sortedness=False)
+        cpu = cpu.select("_row", step=pl.when(pl.col("ts") < pl.col("step_end")).then("step"))
+    else:
+        cpu = cpu.select("_row", step=pl.lit(None, dtype=pl.Int64))
+
+    # GPU events: the launch with the same correlation in the same file, then its step and op.
+    launches = (
+        x.filter(cat_str.is_in(list(RUNTIME_CATS)) & pl.col("correlation").is_not_null())
+        .select("file", "correlation", "_row", "name", "ts", "dur", "external_id", "pid", "tid")
+        .unique(["file", "correlation"], keep="first")
+        .join(cpu, on="_row", how="left")
+        .rename(
+            {
+                "_row": "launch_row",
+                "name": "launch_name",
+                "ts": "launch_ts",
+                "dur": "launch_dur",
+                "external_id": "launch_ext",
+                "pid": "launch_pid",
+                "tid": "launch_tid",
+                "step": "launch_step",
+            }
+        )
+    )
+    ops = x.filter(cat_str.is_in(list(OP_CATS)))
+    op_by_ext = ops.drop_nulls("external_id").unique(["file", "external_id"], keep="first").select(
+        "file", "external_id", op_name="name"
+    )
+    gpu_side = x.filter("is_gpu").select("_row", "file", "correlation", "external_id")
+    gpu_side = gpu_side.join(launches, on=["file", "correlation"], how="left")
+    # Launches whose External id names no op: the innermost op on the launching thread that
+    # started before the launch and is still running at it.
+    op_spans = (
+        ops.select("file", "pid", "tid", op_ts="ts", op_end=pl.col("ts") + pl.col("dur"), op_name2="name")
+        .sort("op_ts")
+    )
+    gpu_side = (
+        gpu_side.join(op_by_ext.rename({"external_id": "launch_ext"}), on=["file", "launch_ext"], how="left")
+        .join(op_by_ext.rename({"op_name": "own_op"}), on=["file", "external_id"], how="left")
+        .sort("launch_ts")
+        .join_asof(
+            op_spans,
+            left_on="launch_ts",
+            right_on="op_ts",
+            by_left=["file", "launch_pid", "launch_tid"],
+            by_right=["file", "pid", "tid"],
+            strategy="backward",
+            check_sortedness=False,
+        )
+        .with_columns(
+            op=pl.coalesce(
+                "op_name",
+                "own_op",
+                pl.when(pl.col("op_end") >= pl.col("launch_ts")).then("op_name2"),
+            )
+        )
+        .select("_row", "launch_name", "launch_ts", "launch_dur", "launch_step", "op")
+    )
+    step_of = pl.concat(
+        [cpu, gpu_side.select("_row", step="launch_step")], how="vertical"
+    )
+    x = x.join(step_of, on="_row", how="left").sort("_row")
+
+    events = x.select(
+        *[pl.col(c).cast(t) for c, t in EVENTS_SCHEMA.items()]
+    )
+    gpu = (
+        x.filter(cat_str.is_in(list(GPU_KINDS)))
+        .join(gpu_side, on="_row", how="left")
+        .sort("_row")
+        .with_columns(kind=pl.col("cat").cast(pl.String).replace_strict(GPU_KINDS, return_dtype=GPU_SCHEMA["kind"]))
+        .select(*[pl.col(c).cast(t) for c, t in GPU_SCHEMA.items()])
+    )
+    profiler_steps = steps.select(*[pl.col(c).cast(t) for c, t in STEPS_SCHEMA.items()])
+    for rank, entry in ranks.items():
+        entry["events"] = int(events.select((pl.col("rank") == rank).sum()).item())
+    return TraceSet(events=events, profiler_steps=profiler_steps, gpu=gpu, ranks=ranks, notes=notes)
