@@ -1,0 +1,36 @@
+"""Training-health findings from the recorder's steps and grads tables (DESIGN §6).
+
+`detect(run, config)` is the entry point. The rules live in `health_numeric` (non-finite
+values, AMP overflows) and `health_magnitude` (exploding/vanishing gradients, dead/unused
+parameters, update ratios, loss spikes); importing them here declares their thresholds.
+"""
+
+from __future__ import annotations
+
+from ..config import Config
+from ..findings import Finding
+from ..load.run import RunData
+from . import health_magnitude as magnitude
+from . import health_numeric as numeric
+from .health_series import compute
+
+RULES = (
+    numeric.nonfinite_gradient,
+    numeric.nonfinite_loss,
+    numeric.amp_overflow,
+    magnitude.exploding_gradient,
+    magnitude.vanishing_gradient,
+    magnitude.dead_and_unused,
+    magnitude.update_ratio,
+    magnitude.loss_spike,
+)
+
+
+def detect(run: RunData, config: Config) -> list[Finding]:
+    if run.steps.is_empty() and not run.grads.collect_schema().names():
+        return []
+    series = compute(run)
+    findings: list[Finding] = []
+    for rule in RULES:
+        findings += rule(run, series, config)
+    return findings

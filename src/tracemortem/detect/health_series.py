@@ -1,0 +1,121 @@
+"""The aggregates every health rule works from, computed once per analysis.
+
+`per_step` is the run-wide series (one row per step, ranks folded) and comes from the small
+steps table. `per_param` is one streaming pass over the grads table, which can hold 100 M rows,
+so it is the only thing computed over all of it; the rules that need grads at particular steps
+filter the lazy frame down to those steps first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+from ..load.run import RunData
+
+STREAMING = "streaming"
+
+
+def finite(col: str | pl.Expr) -> pl.Expr:
+    expr = pl.col(col) if isinstance(col, str) else col
+    return expr.is_not_null() & expr.is_finite()
+
+
+@dataclass
+class HealthSeries:
+    per_step: pl.DataFrame  # step, loss, loss_finite, grad_norm, nonfinite, skipped, scale, first_bad_rank
+    per_param: pl.DataFrame  # params joined with their whole-run gradient and update aggregates
+
+    @property
+    def healthy(self) -> pl.DataFrame:
+        """Steps usable as history for the magnitude rules: applied, everything finite."""
+        return self.per_step.filter(~pl.col("skipped") & pl.col("loss_finite") & finite("grad_norm") & (pl.col("nonfinite") == 0))
+
+
+def _per_step_from_steps(steps: pl.DataFrame, sharded: bool) -> pl.DataFrame:
+    bad_grad = (pl.col("nonfinite").fill_null(0) > 0) | (pl.col("grad_norm").is_not_null() & ~pl.col("grad_norm").is_finite())
+    # Replicated data-parallel ranks hold the same gradients, so the global norm is any rank's;
+    # shards combine by L2.
+    grad_norm = (
+        pl.col("grad_norm").cast(pl.Float64).pow(2).sum().sqrt()
+        if sharded
+        else pl.col("grad_norm").cast(pl.Float64).sort_by("rank").first()
+    )
+    return (
+        steps.group_by("step")
+        .agg(
+            pl.col("loss").cast(pl.Float64).mean().alias("loss"),
+            finite("loss").all().alias("loss_finite"),
+            pl.col("loss").is_not_null().any().alias("has_loss"),
+            grad_norm.alias("grad_norm"),
+            pl.col("nonfinite").fill_null(0).max().alias("nonfinite"),
+            pl.col("skipped").fill_null(False).any().alias("skipped"),
+            pl.col("scale").cast(pl.Float64).min().alias("scale"),
+            pl.col("rank").filter(bad_grad).sort_by(pl.col("time").filter(bad_grad)).first().alias("first_bad_rank"),
+            pl.col("rank").filter(~finite("loss") & pl.col("loss").is_not_null()).min().alias("first_bad_loss_rank"),
+        )
+        .with_columns(pl.when(pl.col("has_loss")).then(pl.col("loss_finite")).otherwise(True).alias("loss_finite"))
+        .drop("has_loss")
+        .sort("step")
+    )
+
+
+def _per_step_from_grads(grads: pl.LazyFrame) -> pl.DataFrame:
+    """Without a steps table, the global series is rebuilt from the per-parameter rows."""
+    bad = (pl.col("nonfinite") > 0) | ~finite("norm")
+    return (
+        grads.group_by("step")
+        .agg(
+            pl.col("norm").cast(pl.Float64).pow(2).sum().sqrt().alias("grad_norm"),
+            bad.sum().cast(pl.Int64).alias("nonfinite"),
+        )
+        .collect(engine=STREAMING)
+        .with_columns(
+            pl.lit(None, pl.Float64).alias("loss"),
+            pl.lit(True).alias("loss_finite"),
+            pl.lit(False).alias("skipped"),
+            pl.lit(None, pl.Float64).alias("scale"),
+            pl.lit(None, pl.Int32).alias("first_bad_rank"),
+            pl.lit(None, pl.Int32).alias("first_bad_loss_rank"),
+        )
+        .sort("step")
+    )
+
+
+def ratio_expr() -> pl.Expr:
+    """|update| / |weight| per row (null where there was no update)."""
+    return pl.col("update_norm").cast(pl.Float64) / pl.col("weight_norm").cast(pl.Float64)
+
+
+def _per_param(run: RunData) -> pl.DataFrame:
+    # Plain masked reductions only: they stream in bounded memory, unlike sort_by/filter chains.
+    norm = pl.col("norm").cast(pl.Float64)
+    ratio = ratio_expr()
+    has_ratio = finite(ratio) & (ratio > 0)
+    aggs = (
+        run.grads.group_by("param_id")
+        .agg(
+            pl.len().alias("rows"),
+            norm.is_not_null().sum().alias("grad_steps"),
+            (norm == 0).sum().alias("zero_steps"),
+            finite(norm).sum().alias("finite_steps"),
+            ((pl.col("nonfinite") > 0) | (norm.is_not_null() & ~norm.is_finite())).sum().alias("nonfinite_steps"),
+            pl.when(finite(norm)).then(norm).max().alias("max_norm"),
+            has_ratio.sum().alias("update_steps"),
+            pl.when(has_ratio).then(ratio.log()).mean().exp().alias("update_ratio"),  # geometric mean
+            pl.when(has_ratio).then(ratio).max().alias("max_update_ratio"),
+        )
+        .collect(engine=STREAMING)
+    )
+    return run.params.join(aggs, on="param_id", how="full", coalesce=True).sort("order", nulls_last=True)
+
+
+def compute(run: RunData) -> HealthSeries:
+    sharded = any(bool(m.get("grads_sharded")) for m in run.metas.values())
+    steps = run.steps
+    if not steps.is_empty():
+        per_step = _per_step_from_steps(steps, sharded)
+    else:
+        per_step = _per_step_from_grads(run.grads)
+    return HealthSeries(per_step, _per_param(run))

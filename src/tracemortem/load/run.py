@@ -1,0 +1,343 @@
+"""Read a run directory (DESIGN §2) into the frames the detectors work on (docs/architecture.md).
+
+Nothing here materialises the grads table: it stays a LazyFrame so that the detectors can
+aggregate it with polars' streaming engine. Damaged input degrades to `input-error` findings;
+only a run with nothing readable at all raises `InputError`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+
+from .. import format as fmt
+from ..errors import InputError
+from ..findings import Finding
+from ..progress import Progress, silent
+from .discover import Inputs
+
+
+def _polars_schema(schema: pa.Schema) -> dict[str, pl.DataType]:
+    return dict(pl.from_arrow(schema.empty_table()).schema)
+
+
+GRADS_COLUMNS = _polars_schema(fmt.GRADS_SCHEMA)
+STEPS_COLUMNS = _polars_schema(fmt.STEPS_SCHEMA)
+HEALTH_COLUMNS = _polars_schema(fmt.HEALTH_SCHEMA)
+PARAM_COLUMNS = {
+    "param_id": pl.Int32,
+    "name": pl.String,
+    "shape": pl.String,
+    "numel": pl.Int64,
+    "dtype": pl.String,
+    "requires_grad": pl.Boolean,
+    "order": pl.Int32,
+}
+
+
+@dataclass
+class RunData:
+    root: Path
+    manifest: dict[str, Any] | None
+    metas: dict[int, dict[str, Any]]
+    steps: pl.DataFrame  # STEPS_SCHEMA + rank + user scalars; small, so eager
+    grads: pl.LazyFrame  # one row per (step, param_id), merged across shards and ranks
+    params: pl.DataFrame  # PARAM_COLUMNS
+    health: pl.DataFrame  # HEALTH_SCHEMA + rank
+    notes: list[Finding] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
+    grad_ranks: list[int] = field(default_factory=list)  # ranks whose grads were read
+
+    def rank_summary(self) -> list[dict[str, Any]]:
+        """Per rank: how many steps it recorded and its median step time."""
+        if self.steps.is_empty():
+            return [{"rank": r, "steps": 0, "step_time_s": None} for r in sorted(self.metas)]
+        per_rank = (
+            self.steps.group_by("rank")
+            .agg(pl.col("step").n_unique().alias("steps"), pl.col("duration_s").median().alias("step_time_s"))
+            .sort("rank")
+        )
+        out = {r: {"rank": r, "steps": 0, "step_time_s": None} for r in self.metas}
+        for row in per_rank.iter_rows(named=True):
+            out[row["rank"]] = {"rank": row["rank"], "steps": row["steps"], "step_time_s": row["step_time_s"]}
+        return [out[r] for r in sorted(out)]
+
+
+def _note(severity: str, title: str, message: str, rank: int | None = None, **evidence: Any) -> Finding:
+    return Finding("input-error", severity, title, message, rank=rank, evidence=evidence,
+                   suggestion="Check the run directory; re-copy it from the training machine if it was truncated.")
+
+
+# --- JSON documents -------------------------------------------------------------------------
+
+
+def _read_optional_json(path: Path, what: str, notes: list[Finding], rank: int | None) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        return fmt.read_json(path, what)
+    except InputError as exc:
+        notes.append(_note("warning", f"unreadable {what}", str(exc), rank=rank))
+        return None
+
+
+def _shape_text(shape: Any) -> str:
+    if isinstance(shape, (list, tuple)):
+        return "(" + ", ".join(str(s) for s in shape) + ")"
+    return "" if shape is None else str(shape)
+
+
+def _as_int(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None and not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _param_rows(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """The meta's parameter table, tolerant of missing keys; `order` from backward order if known."""
+    table = meta.get("params") or meta.get("parameters") or []
+    if not isinstance(table, list):
+        return []
+    backward = meta.get("backward_order")
+    rows = []
+    for i, entry in enumerate(table):
+        if not isinstance(entry, dict):
+            continue
+        pid = _as_int(entry.get("param_id", entry.get("id", i)))
+        if pid is None:
+            continue
+        shape = entry.get("shape")
+        numel = _as_int(entry.get("numel"))
+        if numel is None and isinstance(shape, (list, tuple)):
+            numel = math.prod(int(s) for s in shape) if all(isinstance(s, int) for s in shape) else None
+        rows.append(
+            {
+                "param_id": pid,
+                "name": str(entry.get("name", f"param{pid}")),
+                "shape": _shape_text(shape),
+                "numel": numel,
+                "dtype": None if entry.get("dtype") is None else str(entry.get("dtype")),
+                "requires_grad": bool(entry.get("requires_grad", True)),
+                "backward": _as_int(entry.get("backward_order", entry.get("backward_index"))),
+            }
+        )
+    if isinstance(backward, list):  # a list of param_ids, first = first to get its grad
+        position = {_as_int(p): i for i, p in enumerate(backward)}
+        for row in rows:
+            if row["backward"] is None:
+                row["backward"] = position.get(row["param_id"])
+    return rows
+
+
+def _params_frame(metas: dict[int, dict[str, Any]]) -> pl.DataFrame:
+    """One row per param_id; ranks share ids (the first rank that names an id wins)."""
+    merged: dict[int, dict[str, Any]] = {}
+    for rank in sorted(metas):
+        for row in _param_rows(metas[rank]):
+            merged.setdefault(row["param_id"], row)
+    rows = sorted(merged.values(), key=lambda r: r["param_id"])
+    # order 0 = nearest the output: backward order where known, else reverse registration order.
+    known = all(r["backward"] is not None for r in rows)
+    ranked = sorted(rows, key=lambda r: r["backward"]) if known else sorted(rows, key=lambda r: -r["param_id"])
+    for order, row in enumerate(ranked):
+        row["order"] = order
+    return pl.DataFrame(
+        [{k: r[k] for k in PARAM_COLUMNS} for r in rows], schema=PARAM_COLUMNS, orient="row"
+    )
+
+
+# --- chunk tables ---------------------------------------------------------------------------
+
+
+def _chunks(folder: Path, schema: pa.Schema, what: str, rank: int, notes: list[Finding]) -> list[Path]:
+    chunks = fmt.readable_chunks(folder, schema)
+    for path, why in chunks.skipped:
+        notes.append(_note("warning", f"skipped a {what} chunk", f"{path}: {why}; its rows are missing from the analysis",
+                           rank=rank, chunk=path.name))
+    return chunks.paths
+
+
+def _read_steps(paths: list[Path], rank: int, notes: list[Finding]) -> pl.DataFrame:
+    frames = []
+    for path in paths:  # user scalars may differ between chunks, so chunks are read one by one
+        try:
+            frames.append(pl.read_parquet(path))
+        except Exception as exc:  # a chunk whose body is damaged behind a valid footer
+            notes.append(_note("warning", "skipped a steps chunk", f"{path}: {type(exc).__name__}", rank=rank, chunk=path.name))
+    if not frames:
+        return pl.DataFrame()
+    frame = pl.concat(frames, how="diagonal_relaxed")
+    for name, dtype in STEPS_COLUMNS.items():
+        frame = frame.with_columns((pl.col(name) if name in frame.columns else pl.lit(None)).cast(dtype).alias(name))
+    return frame.with_columns(pl.lit(rank, pl.Int32).alias("rank"))
+
+
+def _scan_grads(paths: list[Path]) -> pl.LazyFrame:
+    return pl.scan_parquet(
+        paths, schema=GRADS_COLUMNS, missing_columns="insert", extra_columns="ignore"
+    ).select(list(GRADS_COLUMNS))
+
+
+def _l2(col: str) -> pl.Expr:
+    return pl.col(col).cast(pl.Float64).pow(2).sum().sqrt().cast(pl.Float32)
+
+
+def merge_grads(frames: list[pl.LazyFrame]) -> pl.LazyFrame:
+    """Merge rows of one (step, param_id) from several shards or ranks (DESIGN §2 merge rule)."""
+    if len(frames) == 1:
+        return frames[0]  # one writer: rows are already unique, skip the costly group_by
+    return (
+        pl.concat(frames)
+        .group_by("step", "param_id")
+        .agg(
+            _l2("norm").alias("norm"),
+            pl.col("absmax").max(),
+            pl.col("nonfinite").sum(),
+            _l2("weight_norm").alias("weight_norm"),
+            # all-null stays null (an update norm is only on sampled steps)
+            pl.when(pl.col("update_norm").is_not_null().any()).then(_l2("update_norm")).alias("update_norm"),
+        )
+        .select(list(GRADS_COLUMNS))
+    )
+
+
+def _grads_are_replicas(metas: dict[int, dict[str, Any]], ranks: list[int]) -> bool:
+    """Data-parallel replicas (every rank holds whole gradients) must not be summed: the
+    merge rule is for shards. The recorder says which in meta `grads_sharded`."""
+    return len(ranks) > 1 and not any(bool(metas.get(r, {}).get("grads_sharded")) for r in ranks)
+
+
+# --- facts ----------------------------------------------------------------------------------
+
+
+def _checkpoints(rank_dir: Path, rank: int) -> list[dict[str, Any]]:
+    found = []
+    for path in sorted(fmt.RankPaths(rank_dir).checkpoints.glob("step-*.pt")):
+        step = _as_int(path.stem.split("-", 1)[1])
+        if step is not None:
+            found.append({"rank": rank, "step": step, "path": str(path)})
+    return found
+
+
+def _snapshot(rank_dir: Path, rank: int, notes: list[Finding]) -> dict[str, Any] | None:
+    folder = fmt.RankPaths(rank_dir).snapshot
+    if not folder.is_dir():
+        return None
+    info = _read_optional_json(folder / fmt.SNAPSHOT_INFO, "snapshot info.json", notes, rank) or {}
+    return {"rank": rank, "path": str(folder), "step": _as_int(info.get("step")), "info": info}
+
+
+def _first(values: list[Any]) -> Any:
+    return next((v for v in values if v is not None), None)
+
+
+def load_run(inputs: Inputs, progress: Progress = silent) -> RunData:
+    root = inputs.run_root if inputs.run_root is not None else inputs.path
+    notes: list[Finding] = []
+    manifest = _read_optional_json(root / fmt.MANIFEST, "manifest.json", notes, None)
+
+    metas: dict[int, dict[str, Any]] = {}
+    steps_frames: list[pl.DataFrame] = []
+    grad_frames: dict[int, pl.LazyFrame] = {}
+    health_frames: list[pl.DataFrame] = []
+    checkpoints: list[dict[str, Any]] = []
+    snapshots: list[dict[str, Any]] = []
+    for rank, rank_dir in sorted(inputs.rank_dirs.items()):
+        progress(f"reading rank {rank}")
+        paths = fmt.RankPaths(rank_dir)
+        meta = _read_optional_json(paths.meta, "meta.json", notes, rank)
+        if meta is None and not paths.meta.exists():
+            notes.append(_note("info", "missing meta.json", f"{paths.meta}: not found; parameter names are unknown", rank=rank))
+        metas[rank] = meta or {}
+        steps = _read_steps(_chunks(paths.steps, fmt.STEPS_SCHEMA, "steps", rank, notes), rank, notes)
+        if not steps.is_empty():
+            steps_frames.append(steps)
+        grad_paths = _chunks(paths.grads, fmt.GRADS_SCHEMA, "grads", rank, notes)
+        if grad_paths:
+            grad_frames[rank] = _scan_grads(grad_paths)
+        if paths.health.is_file():
+            try:
+                health_frames.append(
+                    pl.read_parquet(paths.health).with_columns(pl.lit(rank, pl.Int32).alias("rank"))
+                )
+            except Exception as exc:
+                notes.append(_note("warning", "unreadable checkpoint health", f"{paths.health}: {type(exc).__name__}", rank=rank))
+        checkpoints += _checkpoints(rank_dir, rank)
+        if (snap := _snapshot(rank_dir, rank, notes)) is not None:
+            snapshots.append(snap)
+
+    if not steps_frames and not grad_frames and not any(metas.values()) and manifest is None:
+        raise InputError(f"{root}: run directory has no readable manifest, meta.json, steps or grads")
+
+    steps = pl.concat(steps_frames, how="diagonal_relaxed").sort("step", "rank") if steps_frames else pl.DataFrame(
+        schema={**STEPS_COLUMNS, "rank": pl.Int32}
+    )
+    grad_ranks = sorted(grad_frames)
+    if _grads_are_replicas(metas, grad_ranks):
+        # Replicas agree after all-reduce; the lowest rank stands for all of them.
+        grad_ranks = grad_ranks[:1]
+    grads = merge_grads([grad_frames[r] for r in grad_ranks]) if grad_ranks else pl.LazyFrame(schema=GRADS_COLUMNS)
+    health = pl.concat(health_frames, how="diagonal_relaxed") if health_frames else pl.DataFrame(
+        schema={**HEALTH_COLUMNS, "rank": pl.Int32}
+    )
+    params = _params_frame(metas)
+
+    run = RunData(root, manifest, metas, steps, grads, params, health, notes, grad_ranks=grad_ranks)
+    run.facts = _facts(run, inputs, checkpoints, snapshots, bool(grad_frames))
+    return run
+
+
+def _facts(run: RunData, inputs: Inputs, checkpoints: list[dict[str, Any]], snapshots: list[dict[str, Any]],
+           has_grads: bool) -> dict[str, Any]:
+    manifest = run.manifest or {}
+    metas = [run.metas[r] for r in sorted(run.metas)]
+    steps = run.steps
+    if steps.is_empty():
+        span = {"first": None, "last": None, "count": 0}
+    else:
+        span = {"first": steps["step"].min(), "last": steps["step"].max(), "count": steps["step"].n_unique()}
+    world = _as_int(manifest.get("world_size")) or _as_int(_first([m.get("world_size") for m in metas])) or max(len(run.metas), 1)
+    status = manifest.get("status")
+    if status == fmt.STATUS_RUNNING and not manifest.get("ended"):
+        # The recorder never closed: killed (OOM, SIGKILL, node loss) or still going.
+        run.notes.append(
+            Finding(
+                "input-error",
+                "warning",
+                "run ended without an end marker",
+                f"manifest says the run is still running and has no end time; it was probably killed "
+                f"(or is still writing) after step {span['last']}",
+                step=span["last"],
+                evidence={"last_step": span["last"], "steps_recorded": span["count"]},
+                suggestion="If the job is finished, look at the scheduler's log for an OOM kill or a node failure "
+                "at that time; the last step per rank shows which rank stopped first.",
+            )
+        )
+        status = "crashed"
+    recorded = ["steps"] if not steps.is_empty() else []
+    recorded += ["grads"] if has_grads else []
+    recorded += ["traces"] if inputs.trace_files else []
+    recorded += ["checkpoints"] if checkpoints else []
+    recorded += ["snapshot"] if snapshots else []
+    return {
+        "world_size": world,
+        "steps": span,
+        "status": status,
+        "started": manifest.get("started"),
+        "ended": manifest.get("ended"),
+        "torch_version": _first([m.get("torch_version", m.get("torch")) for m in metas]),
+        "cuda_version": _first([m.get("cuda_version", m.get("cuda")) for m in metas]),
+        "devices": sorted({str(m["device"]) for m in metas if m.get("device") is not None}),
+        "hostnames": sorted({str(m["hostname"]) for m in metas if m.get("hostname") is not None}),
+        "recorded": recorded,
+        "recorder": _first([m.get("recorder", m.get("settings")) for m in metas]),
+        "parameters": run.params.height,
+        "snapshot": snapshots[0] if snapshots else None,
+        "checkpoints": [{k: c[k] for k in ("rank", "step", "path")} for c in checkpoints],
+    }
