@@ -1,0 +1,136 @@
+"""Per-parameter gradient, weight and update statistics computed on the device.
+
+Everything here runs in the training thread, so it uses multi-tensor `torch._foreach_norm`
+launches per (device, dtype) group, never a Python loop of per-tensor reductions, and it never
+reads a value back to the host (the non-finite guard in `nonfinite_counts` is the exception,
+and the recorder calls it only when asked to).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+_INF = float("inf")
+
+
+@dataclass
+class ParamTable:
+    """Parameters in `named_parameters()` order; param_id is the index (shared tensors once)."""
+
+    names: list[str]
+    params: list[torch.Tensor]
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module) -> "ParamTable":
+        names, params, seen = [], [], set()
+        for name, param in model.named_parameters():
+            if id(param) in seen:
+                continue
+            seen.add(id(param))
+            names.append(name)
+            params.append(param)
+        return cls(names, params)
+
+    def rows(self) -> list[dict]:
+        return [
+            {
+                "param_id": i,
+                "name": name,
+                "shape": list(p.shape),
+                "numel": p.numel(),
+                "dtype": str(p.dtype).removeprefix("torch."),
+                "requires_grad": p.requires_grad,
+            }
+            for i, (name, p) in enumerate(zip(self.names, self.params))
+        ]
+
+
+@dataclass
+class GradBatch:
+    """Device-side statistics of one recorded step, before the host copy.
+
+    `matrix` is float32 [3, N]: rows grad L2 norm, grad absmax, weight L2 norm, for the
+    parameters `ids` (those that had a gradient). `update` is float32 [N] on sampled steps.
+    """
+
+    ids: list[int]
+    matrix: torch.Tensor
+    groups: list[tuple[list[int], list[torch.Tensor]]] = field(repr=False)
+    before: list[list[torch.Tensor]] | None = field(default=None, repr=False)
+    update: torch.Tensor | None = None
+    counts: dict[int, int] | None = None  # exact NaN/Inf counts; None = not computed
+
+
+class GradStats:
+    def __init__(self, table: ParamTable):
+        groups: dict[tuple[torch.device, torch.dtype], tuple[list[int], list[torch.Tensor]]] = {}
+        for i, p in enumerate(table.params):
+            if not p.requires_grad:
+                continue
+            ids, params = groups.setdefault((p.device, p.dtype), ([], []))
+            ids.append(i)
+            params.append(p.detach())
+        self._groups = list(groups.values())
+        self._owners = list(table.params)
+        self.device = table.params[0].device if table.params else torch.device("cpu")
+
+    @torch.no_grad()
+    def collect(self, keep_before: bool) -> GradBatch | None:
+        """Grad norm/absmax and weight norm of every parameter that has a grad, on the device."""
+        owners = self._owners
+        used: list[tuple[list[int], list[torch.Tensor]]] = []
+        blocks: list[torch.Tensor] = []
+        all_ids: list[int] = []
+        for ids, params in self._groups:
+            grads = [owners[i].grad for i in ids]
+            if any(g is None for g in grads):
+                keep = [k for k, g in enumerate(grads) if g is not None]
+                if not keep:
+                    continue
+                ids = [ids[k] for k in keep]
+                params = [params[k] for k in keep]
+                grads = [grads[k] for k in keep]
+            norms = torch._foreach_norm(grads, 2, dtype=torch.float32)
+            absmax = torch._foreach_norm(grads, _INF, dtype=torch.float32)
+            weights = torch._foreach_norm(params, 2, dtype=torch.float32)
+            block = torch.stack([*norms, *absmax, *weights]).view(3, len(ids))
+            blocks.append(block.to(self.device, non_blocking=True))
+            used.append((ids, params))
+            all_ids.extend(ids)
+        if not blocks:
+            return None
+        matrix = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
+        before = [torch._foreach_mul(params, 1.0) for _, params in used] if keep_before else None
+        # No reference to the grads is kept: zero_grad frees them as usual.
+        return GradBatch(all_ids, matrix, used, before)
+
+    @torch.no_grad()
+    def guard(self, batch: GradBatch) -> bool:
+        """The one host sync: is any gradient non-finite? If so, count NaN/Inf exactly.
+
+        Must run while the grads still exist (optimizer pre-hook, or step() without one)."""
+        if bool(torch.isfinite(batch.matrix[:2]).all()):
+            batch.counts = {}
+            return False
+        flags = (~torch.isfinite(batch.matrix[:2])).any(dim=0).tolist()
+        owners = self._owners
+        batch.counts = {
+            pid: int((~torch.isfinite(owners[pid].grad)).sum())
+            for pid, bad in zip(batch.ids, flags)
+            if bad and owners[pid].grad is not None
+        }
+        return True
+
+    @torch.no_grad()
+    def finish_update(self, batch: GradBatch) -> None:
+        """After the optimizer step: L2 norm of (weights before − weights after), per parameter."""
+        if batch.before is None:
+            return
+        parts = []
+        for (_, params), before in zip(batch.groups, batch.before):
+            torch._foreach_sub_(before, params)
+            parts.append(torch.stack(torch._foreach_norm(before, 2, dtype=torch.float32)).to(self.device))
+        batch.update = parts[0] if len(parts) == 1 else torch.cat(parts)
+        batch.before = None

@@ -1,0 +1,518 @@
+"""The Recorder (DESIGN §3): attach to a training loop, write a run directory (DESIGN §2).
+
+Training-thread cost is kept to a few foreach launches and one device->host copy per recorded
+step; conversion and Parquet writing happen on a background thread. Every entry point catches
+its own errors: recording may degrade, training never sees an exception from here.
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import os
+import platform
+import signal
+import socket
+import threading
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from .. import format as fmt
+from .checkpoints import Checkpointer
+from .gradstats import GradBatch, GradStats, ParamTable
+from .profiling import ProfileSchedule, resolve_schedule, start_profiler
+from .ranks import discover_rank
+from .snapshot import set_snapshot_loss, write_snapshot
+from .writer import ChunkWriter, HostRing, StepItem
+
+_STANDARD = {f.name for f in fmt.STEPS_SCHEMA}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Recorder:
+    """Record gradient statistics, step metrics, profiler traces, checkpoints and an anomaly
+    snapshot of one training run into `run_dir` (one `rank{R}/` folder per process)."""
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        grad_every: int = 1,
+        update_every: int = 10,
+        profile: bool | ProfileSchedule | None = None,
+        checkpoint_every: int | None = None,
+        keep_checkpoints: int = 3,
+        snapshot_on_nonfinite: bool = True,
+        scaler: Any = None,
+        config: dict[str, Any] | None = None,
+        flush_every: int = 1000,
+        flush_seconds: float = 30.0,
+        max_queue: int = 4096,
+        start_step: int = 0,
+    ):
+        self.model, self.optimizer, self.scaler = model, optimizer, scaler
+        self.grad_every = max(1, int(grad_every))
+        self.update_every = int(update_every) if update_every else 0
+        self.checkpoint_every = int(checkpoint_every) if checkpoint_every else None
+        self.guard = bool(snapshot_on_nonfinite)
+        self.schedule = resolve_schedule(profile)
+        self.config = dict(config or {})
+        self.rank, self.world_size = discover_rank()
+        self.paths = fmt.RunPaths(Path(run_dir))
+        self.rank_paths = self.paths.rank(self.rank)
+        self.started = _now()
+        self.status = fmt.STATUS_RUNNING
+
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._meta_lock = threading.Lock()
+        self._disabled: set[str] = set()
+        self._notes: list[str] = []
+        self.start_step = self._step = int(start_step)
+        self._recorded = 0  # grad-recorded steps so far (update norms are sampled on these)
+        self._last_t = time.perf_counter()
+        self._pending: GradBatch | None = None
+        self._applied = False
+        self._batch: Any = None
+        self._snapshot_step: int | None = None
+        self._hooks: list[Any] = []
+        self._order: list[int] = []
+        self._order_hooks: list[Any] = []
+        self._order_source = "reverse-registration"
+        self._prof = None
+        self._prev_sigterm: Any = None
+
+        self.table = ParamTable.from_model(model)
+        self.stats = GradStats(self.table)
+        self.device = self.stats.device
+        self.settings = {
+            "grad_every": self.grad_every,
+            "update_every": self.update_every,
+            "profile": self.schedule.to_dict() if self.schedule else None,
+            "checkpoint_every": self.checkpoint_every,
+            "keep_checkpoints": keep_checkpoints,
+            "snapshot_on_nonfinite": self.guard,
+            "optimizer": type(optimizer).__name__ if optimizer is not None else None,
+            "scaler": type(scaler).__name__ if scaler is not None else None,
+            "flush_every": flush_every,
+            "flush_seconds": flush_seconds,
+            "max_queue": max_queue,
+        }
+
+        self.rank_paths.root.mkdir(parents=True, exist_ok=True)
+        ring = None
+        if self.device.type == "cuda":
+            ring = HostRing(slots=min(max_queue, 256), length=4 * len(self.table.params) + 64)
+        self.writer = ChunkWriter(
+            self.rank_paths.steps,
+            self.rank_paths.grads,
+            flush_every=max(1, int(flush_every)),
+            flush_seconds=float(flush_seconds),
+            max_queue=max(1, int(max_queue)),
+            ring=ring,
+            after_flush=self._write_status,
+        )
+        self.checkpointer = Checkpointer(self.rank_paths, self.table, keep_checkpoints)
+        self._install_hooks()
+        self._write_status()
+        self.writer.start()
+        if self.schedule is not None:
+            self._guarded("profiler", lambda: setattr(self, "_prof", start_profiler(
+                self.schedule, self.rank_paths.traces, self.rank)))
+        atexit.register(self.close)
+        self._install_sigterm()
+
+    # --- public API --------------------------------------------------------------------------
+
+    def __enter__(self) -> "Recorder":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self.close(status=fmt.STATUS_CRASHED if exc_type is not None else fmt.STATUS_CLOSED)
+        return False  # an exception from the training loop propagates unchanged
+
+    def observe_batch(self, batch: Any) -> None:
+        """Keep a reference to the current batch; it is saved only if a snapshot is taken."""
+        self._batch = batch
+
+    def step(self, loss: Any = None, **scalars: Any) -> None:
+        """End of one training step. `loss` and scalars may be tensors: no `.item()` is done."""
+        if self._closed or "step" in self._disabled:
+            return
+        try:
+            self._end_step(loss, scalars)
+        except Exception as exc:
+            self._fail("step", exc)
+        finally:
+            self._step += 1
+
+    def checkpoint(self) -> Path | None:
+        """Save model (+ optimizer, scaler) state now, named by the last completed step."""
+        if self._closed or self._step == 0:
+            return None
+        return self._guarded("checkpoints", lambda: self._save_checkpoint(self._step - 1))
+
+    def close(self, status: str | None = None) -> None:
+        """Flush and finish the run directory. Idempotent; also runs at exit and on SIGTERM."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            self.status = status or fmt.STATUS_CLOSED
+            for handle in self._hooks + self._order_hooks:
+                handle.remove()
+            self._hooks, self._order_hooks = [], []
+            if self._prof is not None:
+                self._guarded("profiler", self._prof.stop)
+            self.writer.stop(timeout=60.0)
+            self._write_status(ended=_now())
+            atexit.unregister(self.close)
+            self._restore_sigterm()
+        except Exception as exc:
+            self._fail("close", exc)
+
+    @property
+    def dropped_steps(self) -> int:
+        return self.writer.dropped_steps
+
+    # --- hooks -------------------------------------------------------------------------------
+
+    def _install_hooks(self) -> None:
+        if self.optimizer is not None:
+            self._hooks.append(self.optimizer.register_step_pre_hook(self._before_update))
+            self._hooks.append(self.optimizer.register_step_post_hook(self._after_update))
+        try:
+            # Grad-ready order of the first backward pass: nearest the output first.
+            for pid, p in enumerate(self.table.params):
+                if p.requires_grad:
+                    self._order_hooks.append(p.register_post_accumulate_grad_hook(self._order_hook(pid)))
+            self._order_source = "first-backward"
+        except Exception:
+            for handle in self._order_hooks:
+                handle.remove()
+            self._order_hooks = []
+
+    def _order_hook(self, pid: int):
+        def hook(_param: torch.Tensor) -> None:
+            self._order.append(pid)
+
+        return hook
+
+    def backward_order(self) -> list[int]:
+        seen = list(dict.fromkeys(self._order))
+        rest = [pid for pid in reversed(range(len(self.table.params))) if pid not in set(seen)]
+        return seen + rest
+
+    def _grads_due(self) -> bool:
+        return "grads" not in self._disabled and self._step % self.grad_every == 0
+
+    def _before_update(self, _opt: Any, _args: Any, _kwargs: Any) -> None:
+        if self._closed or not self._grads_due():
+            return
+        try:
+            sampled = self.update_every > 0 and self._recorded % self.update_every == 0
+            batch = self.stats.collect(keep_before=sampled)
+            if batch is not None and self.guard and self.stats.guard(batch) and self._snapshot_step is None:
+                self._take_snapshot(batch, "nonfinite-gradient", pre_update=True, loss=None)
+            self._pending = batch
+        except Exception as exc:
+            self._pending = None
+            self._fail("grads", exc)
+
+    def _after_update(self, _opt: Any, _args: Any, _kwargs: Any) -> None:
+        self._applied = True
+        batch = self._pending
+        if batch is None or batch.before is None or self._closed:
+            return
+        try:
+            self.stats.finish_update(batch)
+        except Exception as exc:
+            batch.before = None
+            self._fail("update norms", exc)
+
+    # --- the step ----------------------------------------------------------------------------
+
+    def _end_step(self, loss: Any, scalars: dict[str, Any]) -> None:
+        t = time.perf_counter()
+        step = self._step
+        values: dict[str, Any] = {"step": step, "time": time.time(), "duration_s": t - self._last_t}
+        self._last_t = t
+        tensors: dict[str, torch.Tensor] = {}
+
+        batch, self._pending = self._pending, None
+        applied, self._applied = self._applied, False
+        if self.optimizer is None:
+            values["skipped"] = None
+            if self._grads_due():
+                batch = self.stats.collect(keep_before=False)
+                if batch is not None and self.guard and self.stats.guard(batch) and self._snapshot_step is None:
+                    self._take_snapshot(batch, "nonfinite-gradient", pre_update=None, loss=loss)
+        else:
+            values["skipped"] = not applied
+        if batch is not None:
+            self._recorded += 1
+
+        _put(values, tensors, "loss", loss)
+        if self.optimizer is not None and self.optimizer.param_groups:
+            _put(values, tensors, "lr", self.optimizer.param_groups[0].get("lr"))
+        if self.scaler is not None:
+            _put(values, tensors, "scale", _scale_of(self.scaler))
+        if self.device.type == "cuda":
+            values["mem_allocated"] = torch.cuda.memory_allocated(self.device)
+            values["mem_reserved"] = torch.cuda.memory_reserved(self.device)
+            values["max_mem_allocated"] = torch.cuda.max_memory_allocated(self.device)
+        for name, value in scalars.items():
+            _put(values, tensors, f"scalar_{name}" if name in _STANDARD else name, value)
+
+        if self.guard and self._snapshot_step is None and loss is not None and (
+            values["skipped"] is not False  # an update was not applied: weights are still pre-update
+        ):
+            if not math.isfinite(_as_float(loss)):
+                self._take_snapshot(batch, "nonfinite-loss", pre_update=values["skipped"] or None, loss=loss)
+        if self._snapshot_step == step and loss is not None:
+            self._guarded("snapshot", lambda: set_snapshot_loss(self.rank_paths.snapshot, _as_float(loss)))
+
+        self.writer.put(self._item(step, values, tensors, batch))
+
+        if self._order_hooks:
+            for handle in self._order_hooks:
+                handle.remove()
+            self._order_hooks = []
+            self._write_status()
+        if self._prof is not None:
+            self._guarded("profiler", self._prof.step)
+        if self.checkpoint_every and (step + 1) % self.checkpoint_every == 0:
+            self._guarded("checkpoints", lambda: self._save_checkpoint(step))
+
+    def _item(self, step: int, values: dict, tensors: dict[str, torch.Tensor], batch: GradBatch | None) -> StepItem:
+        """Stack this step's device values into one vector and start its host copy."""
+        parts: list[torch.Tensor] = []
+        item = StepItem(step=step, values=values)
+        offset = 0
+        if batch is not None:
+            parts.append(batch.matrix.reshape(-1))
+            offset = batch.matrix.numel()
+            if batch.update is not None:
+                parts.append(batch.update)
+                offset += batch.update.numel()
+            item.ids, item.has_update, item.counts = batch.ids, batch.update is not None, batch.counts
+        if tensors:
+            names = list(tensors)
+            parts.append(torch.stack([tensors[n].to(self.device, non_blocking=True) for n in names]).float())
+            item.tensor_cols = {n: offset + k for k, n in enumerate(names)}
+        if not parts:
+            return item
+        vec = parts[0] if len(parts) == 1 else torch.cat(parts)
+        item.length = vec.numel()
+        if self.writer.ring is not None:
+            item.slot = self.writer.ring.send(vec)
+            if item.slot is None:  # the writer is behind by a whole ring: drop, never wait
+                self.writer.dropped_steps += 1
+                return StepItem(step=step, values=values)
+        else:
+            item.vec = vec
+        return item
+
+    # --- snapshot / checkpoints --------------------------------------------------------------
+
+    def _take_snapshot(self, batch: GradBatch | None, reason: str, pre_update: bool | None, loss: Any) -> None:
+        def write() -> None:
+            counts = batch.counts if batch is not None and batch.counts else {}
+            order = self.backward_order()
+            bad = [pid for pid in order if pid in counts]
+            write_snapshot(
+                self.rank_paths.snapshot,
+                step=self._step,
+                rank=self.rank,
+                reason=reason,
+                pre_update=pre_update,
+                model=self.model,
+                optimizer=self.optimizer,
+                batch=self._batch,
+                nonfinite_params=[self.table.names[pid] for pid in bad],
+                nonfinite_counts={self.table.names[pid]: counts[pid] for pid in bad},
+                loss=None if loss is None else _as_float(loss),
+            )
+
+        self._snapshot_step = self._step  # once per run, even if writing it fails
+        self._guarded("snapshot", write)
+
+    def _save_checkpoint(self, step: int) -> Path:
+        state: dict[str, Any] = {"step": step, "model": self.model.state_dict()}
+        if self.optimizer is not None:
+            state["optimizer"] = self.optimizer.state_dict()
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return self.checkpointer.save(step, state)
+
+    # --- failure handling, status files, signals ---------------------------------------------
+
+    def _guarded(self, part: str, fn):
+        if part in self._disabled:
+            return None
+        try:
+            return fn()
+        except Exception as exc:
+            self._fail(part, exc)
+            return None
+
+    def _fail(self, part: str, exc: BaseException) -> None:
+        if part in self._disabled:
+            return
+        self._disabled.add(part)
+        note = f"{part} disabled after {type(exc).__name__}: {exc}"
+        self._notes.append(note)
+        try:
+            warnings.warn(f"tracemortem: {note}; training continues", RuntimeWarning, stacklevel=3)
+            self._write_status()
+        except Exception:
+            pass
+
+    def _counters(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "steps": self._step,
+            "dropped_steps": self.writer.dropped_steps,
+            "lost_steps": self.writer.lost_steps,
+            "warnings": self._notes + self.writer.errors,
+            "disabled": sorted(self._disabled),
+        }
+
+    def _write_status(self, ended: str | None = None) -> None:
+        """meta.json of this rank, and (rank 0) manifest.json. Failures are only counted:
+        an unwritable run directory must not stop training."""
+        with self._meta_lock:
+            counters = self._counters()
+            try:
+                fmt.write_json_atomic(self.rank_paths.meta, self._meta(counters, ended))
+            except Exception as exc:
+                self._note_write_error(exc)
+            if self.rank == 0:
+                try:
+                    fmt.write_json_atomic(self.paths.manifest, self._manifest(counters, ended))
+                except Exception as exc:
+                    self._note_write_error(exc)
+
+    def _note_write_error(self, exc: Exception) -> None:
+        message = f"status write failed: {type(exc).__name__}: {exc}"
+        if message not in self._notes:
+            if not self._notes:
+                warnings.warn(f"tracemortem: {message}; training continues", RuntimeWarning, stacklevel=2)
+            self._notes.append(message)
+
+    def _meta(self, counters: dict[str, Any], ended: str | None) -> dict[str, Any]:
+        return {
+            "format": fmt.FORMAT_VERSION,
+            "tool": fmt.TOOL,
+            "version": __version__,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "device": str(self.device),
+            "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None,
+            "torch_version": torch.__version__,
+            "cuda_version": torch.version.cuda,
+            "python_version": platform.python_version(),
+            "started": self.started,
+            "ended": ended,
+            "start_step": self.start_step,
+            "recorder": self.settings,
+            "params": self.table.rows(),
+            "backward_order": self.backward_order(),
+            "backward_order_source": self._order_source if self._order else "reverse-registration",
+            "snapshot_step": self._snapshot_step,
+            **counters,
+        }
+
+    def _manifest(self, counters: dict[str, Any], ended: str | None) -> dict[str, Any]:
+        ranks = sorted(set(self.paths.ranks()) | {self.rank})
+        dropped, lost = counters["dropped_steps"], counters["lost_steps"]
+        for other in ranks:  # fold in the counters other ranks have written so far
+            if other == self.rank:
+                continue
+            try:
+                meta = fmt.read_json(self.paths.rank(other).meta, "meta")
+                dropped += int(meta.get("dropped_steps", 0))
+                lost += int(meta.get("lost_steps", 0))
+            except Exception:
+                continue
+        return {
+            "format": fmt.FORMAT_VERSION,
+            "tool": fmt.TOOL,
+            "version": __version__,
+            "started": self.started,
+            "ended": ended,
+            "status": counters["status"],
+            "world_size": self.world_size,
+            "ranks": ranks,
+            "config": self.config,
+            "dropped_steps": dropped,
+            "lost_steps": lost,
+            "warnings": counters["warnings"],
+        }
+
+    def _install_sigterm(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        try:
+            self._prev_sigterm = signal.getsignal(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+        except (ValueError, OSError):
+            self._prev_sigterm = None
+
+    def _restore_sigterm(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        try:
+            if signal.getsignal(signal.SIGTERM) == self._on_sigterm:
+                signal.signal(signal.SIGTERM, self._prev_sigterm if self._prev_sigterm is not None else signal.SIG_DFL)
+        except (ValueError, OSError, TypeError):
+            pass
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        previous = self._prev_sigterm
+        self._notes.append("terminated by SIGTERM")
+        self.close(status=fmt.STATUS_CRASHED)
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_IGN:
+            return
+        else:  # default action: terminate, as if we had never been here
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _put(values: dict[str, Any], tensors: dict[str, torch.Tensor], name: str, value: Any) -> None:
+    """A tensor value rides along in the step's one host copy; a number is stored directly."""
+    if value is None:
+        return
+    if isinstance(value, torch.Tensor):
+        value = value.detach()
+        tensors[name] = value if value.dim() == 0 else value.float().mean()
+    else:
+        values[name] = float(value)
+
+
+def _as_float(value: Any) -> float:
+    return float(value.detach().float().reshape(-1)[0]) if isinstance(value, torch.Tensor) else float(value)
+
+
+def _scale_of(scaler: Any) -> Any:
+    """The scale in effect after this step's scaler.update(), read without a host sync."""
+    if not getattr(scaler, "is_enabled", lambda: True)():
+        return None
+    scale = getattr(scaler, "_scale", None)
+    return scale if isinstance(scale, torch.Tensor) else scaler.get_scale()

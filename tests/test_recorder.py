@@ -1,0 +1,392 @@
+"""The Recorder on real small CPU training loops: recorded values are checked against values
+computed independently with torch in the test, and the failure promises against real faults."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+
+from tracemortem import format as fmt
+from tracemortem.record import ProfileSchedule, Recorder
+
+from recording_helpers import batches, check_every_file_readable, mlp, read_grads, read_steps
+
+RTOL = 1e-4
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=RTOL, abs_tol=1e-7)
+
+
+def test_recorded_stats_equal_independent_torch_values(tmp_path):
+    model = mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    params = list(model.parameters())
+    expected = []  # (step, pid, norm, absmax, weight_norm, update_norm or None)
+    losses = []
+    with Recorder(tmp_path, model, opt, update_every=3) as rec:
+        for step, (x, y) in enumerate(batches(10)):
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            before = [p.detach().clone() for p in params]
+            stats = [(p.grad.norm().item(), p.grad.abs().max().item(), p.norm().item()) for p in params]
+            opt.step()
+            for pid, (p, b, (n, a, w)) in enumerate(zip(params, before, stats)):
+                upd = (p.detach() - b).norm().item() if step % 3 == 0 else None
+                expected.append((step, pid, n, a, w, upd))
+            opt.zero_grad()
+            losses.append(loss.item())
+            rec.step(loss=loss)
+
+    grads = read_grads(tmp_path)
+    assert grads.height == len(expected)
+    for row, (step, pid, n, a, w, upd) in zip(grads.iter_rows(named=True), expected):
+        assert (row["step"], row["param_id"]) == (step, pid)
+        assert _close(row["norm"], n) and _close(row["absmax"], a) and _close(row["weight_norm"], w)
+        assert row["nonfinite"] == 0
+        if upd is None:
+            assert row["update_norm"] is None
+        else:
+            assert _close(row["update_norm"], upd)
+    steps = read_steps(tmp_path)
+    assert steps["step"].to_list() == list(range(10))
+    assert all(_close(a, b) for a, b in zip(steps["loss"].to_list(), losses))
+    assert steps["lr"].to_list() == [1e-2] * 10
+    assert steps["skipped"].to_list() == [False] * 10
+    by_step = grads.group_by("step").agg((pl.col("norm").cast(pl.Float64) ** 2).sum().sqrt()).sort("step")
+    assert all(_close(a, b) for a, b in zip(steps["grad_norm"].to_list(), by_step["norm"].to_list()))
+    meta = json.loads((tmp_path / "rank0" / "meta.json").read_text())
+    assert [p["name"] for p in meta["params"]] == [n for n, _ in model.named_parameters()]
+    # Backward order: the output layer's parameters become ready first.
+    order = meta["backward_order"]
+    assert order.index(4) < order.index(2) < order.index(0)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["status"] == "closed" and manifest["dropped_steps"] == 0 and manifest["ranks"] == [0]
+
+
+def _exploding_run(run_dir: Path, guard: bool = True):
+    """Linear regression with a far too large learning rate: weights grow until the grads
+    overflow. Returns the true first non-finite step, the weights before its update, its batch,
+    and the exact NaN/Inf counts per param at that step."""
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    first = None
+    with Recorder(run_dir, model, opt, snapshot_on_nonfinite=guard, update_every=1) as rec:
+        for step, (x, y) in enumerate(batches(60, scale=3.0)):
+            rec.observe_batch({"x": x, "y": y})
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            if first is None and any(not torch.isfinite(p.grad).all() for p in model.parameters()):
+                first = (
+                    step,
+                    {k: v.clone() for k, v in model.state_dict().items()},
+                    x.clone(),
+                    [int((~torch.isfinite(p.grad)).sum()) for p in model.parameters()],
+                )
+            opt.step()
+            opt.zero_grad()
+            rec.step(loss=loss)
+    assert first is not None, "the model was meant to explode"
+    return first
+
+
+def test_first_nonfinite_step_and_pre_update_snapshot(tmp_path):
+    first_step, weights_before, x_before, counts = _exploding_run(tmp_path)
+    steps = read_steps(tmp_path)
+    assert steps.filter(pl.col("nonfinite") > 0)["step"].min() == first_step
+    grads = read_grads(tmp_path).filter(pl.col("step") == first_step).sort("param_id")
+    assert grads["nonfinite"].to_list() == counts
+
+    snap = tmp_path / "rank0" / "snapshot"
+    info = json.loads((snap / "info.json").read_text())
+    assert info["step"] == first_step and info["pre_update"] is True
+    assert info["reason"] == "nonfinite-gradient"
+    names = [n for n, _ in torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 1)).named_parameters()]
+    bad = [n for n, c in zip(names, counts) if c]
+    assert sorted(info["nonfinite_params"]) == sorted(bad)
+    # nearest the output first: layer 1 before layer 0
+    layers = [int(n.split(".")[0]) for n in info["nonfinite_params"]]
+    assert layers == sorted(layers, reverse=True)
+    model_state = torch.load(snap / "model.pt", weights_only=True)
+    for key, value in weights_before.items():
+        assert torch.equal(model_state[key], value), key
+    assert torch.equal(torch.load(snap / "batch.pt", weights_only=True)["x"], x_before)
+    torch.load(snap / "optimizer.pt", weights_only=True)
+    rng = torch.load(snap / "rng.pt", weights_only=True)
+    assert {"python", "torch_cpu", "numpy"} <= set(rng)
+    assert info["loss_text"] is not None
+
+
+def test_without_guard_no_snapshot_and_counts_unknown(tmp_path):
+    first_step, _, _, _ = _exploding_run(tmp_path, guard=False)
+    assert not (tmp_path / "rank0" / "snapshot").exists()
+    grads = read_grads(tmp_path).filter(pl.col("step") == first_step)
+    bad = grads.filter(~pl.col("norm").is_finite() | ~pl.col("absmax").is_finite())
+    assert bad.height > 0 and bad["nonfinite"].null_count() == bad.height
+    assert read_steps(tmp_path).filter(pl.col("nonfinite") > 0)["step"].min() == first_step
+
+
+def test_works_without_optimizer(tmp_path):
+    model = mlp()
+    params = list(model.parameters())
+    expected = []
+    with Recorder(tmp_path, model) as rec:
+        for x, y in batches(5):
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            expected.append([(p.grad.norm().item(), p.norm().item()) for p in params])
+            rec.step(loss=loss.detach())
+            with torch.no_grad():
+                for p in params:
+                    p -= 0.01 * p.grad
+                    p.grad = None
+    grads = read_grads(tmp_path)
+    got = [list(zip(g["norm"].to_list(), g["weight_norm"].to_list())) for _, g in grads.group_by("step", maintain_order=True)]
+    for row_got, row_exp in zip(got, expected, strict=True):
+        for (gn, gw), (en, ew) in zip(row_got, row_exp, strict=True):
+            assert _close(gn, en) and _close(gw, ew)
+    assert grads["update_norm"].null_count() == grads.height
+    steps = read_steps(tmp_path)
+    assert steps["skipped"].null_count() == 5 and steps["lr"].null_count() == 5
+
+
+def test_grad_scaler_overflow_steps_are_skipped_with_scale(tmp_path):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    # A scale this large overflows float32 in backward: the scaler skips and halves it.
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127, growth_interval=1000)
+    skipped, scales = [], []
+    with Recorder(tmp_path, model, opt, scaler=scaler) as rec:
+        for x, y in batches(12):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = torch.nn.functional.mse_loss(model(x).float(), y)
+            scaler.scale(loss).backward()
+            before = [p.detach().clone() for p in model.parameters()]
+            scaler.step(opt)
+            scaler.update()
+            skipped.append(all(torch.equal(b, p) for b, p in zip(before, model.parameters())))
+            scales.append(scaler.get_scale())
+            opt.zero_grad()
+            rec.step(loss=loss)
+    assert any(skipped) and not all(skipped)
+    steps = read_steps(tmp_path)
+    assert steps["skipped"].to_list() == skipped
+    assert steps["scale"].to_list() == scales
+    # grads of applied steps only, and they are finite: overflow is AMP's business, not a snapshot's
+    assert set(read_grads(tmp_path)["step"].unique().to_list()) == {i for i, s in enumerate(skipped) if not s}
+    assert not (tmp_path / "rank0" / "snapshot").exists()
+
+
+def test_grad_every_records_only_sampled_steps(tmp_path):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    with Recorder(tmp_path, model, opt, grad_every=3) as rec:
+        for x, y in batches(7):
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+            rec.step()
+    assert sorted(read_grads(tmp_path)["step"].unique().to_list()) == [0, 3, 6]
+    steps = read_steps(tmp_path)
+    assert steps.height == 7 and steps["grad_norm"].null_count() == 4
+
+
+def test_exception_in_loop_propagates_and_marks_crashed(tmp_path):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    with pytest.raises(KeyError, match="boom"):
+        with Recorder(tmp_path, model, opt) as rec:
+            for step, (x, y) in enumerate(batches(6)):
+                torch.nn.functional.mse_loss(model(x), y).backward()
+                opt.step()
+                opt.zero_grad()
+                rec.step()
+                if step == 4:
+                    raise KeyError("boom")
+    assert read_steps(tmp_path)["step"].to_list() == [0, 1, 2, 3, 4]
+    assert json.loads((tmp_path / "manifest.json").read_text())["status"] == "crashed"
+    rec.close()  # idempotent after the context manager closed it
+    rec.close(status="closed")
+    assert json.loads((tmp_path / "manifest.json").read_text())["status"] == "crashed"
+    rec.step()  # after close: a no-op, not an error
+
+
+def _train(rec, model, opt, n):
+    for x, y in batches(n):
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+        rec.step()
+
+
+def test_run_dir_broken_mid_run_does_not_stop_training(tmp_path):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Recorder(tmp_path, model, opt, flush_every=2, checkpoint_every=4) as rec:
+            _train(rec, model, opt, 4)
+            time.sleep(1.5)  # let the writer flush what it has
+            # A real fault that root cannot ignore either: the folders become files.
+            for name in ("grads", "checkpoints"):
+                target = tmp_path / "rank0" / name
+                for child in target.iterdir():
+                    child.unlink()
+                target.rmdir()
+                target.write_text("not a folder")
+            _train(rec, model, opt, 8)
+    assert rec._step == 12  # every step ran
+    assert any("tracemortem" in str(w.message) for w in caught)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["lost_steps"] > 0 and manifest["status"] == "closed"
+    assert manifest["warnings"]
+    assert read_steps(tmp_path)["step"].to_list()[:4] == [0, 1, 2, 3]
+
+
+def test_write_error_at_the_boundary_is_counted_and_recording_recovers(tmp_path, monkeypatch):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    real = fmt.write_chunk
+    failures = {"left": 1}
+
+    def disk_full_once(folder, index, table):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OSError(28, "No space left on device")
+        return real(folder, index, table)
+
+    monkeypatch.setattr(fmt, "write_chunk", disk_full_once)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with Recorder(tmp_path, model, opt, flush_every=1, flush_seconds=0.05) as rec:
+            for _ in range(3):
+                _train(rec, model, opt, 2)
+                time.sleep(0.3)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["lost_steps"] >= 1
+    assert manifest["lost_steps"] + read_steps(tmp_path).height == 6
+
+
+def test_snapshot_fault_warns_once_and_training_goes_on(tmp_path):
+    (tmp_path / "rank0").mkdir()
+    (tmp_path / "rank0" / "snapshot").write_text("in the way")
+    with pytest.warns(RuntimeWarning, match="snapshot"):
+        _exploding_run(tmp_path)
+    steps = read_steps(tmp_path)
+    assert steps.height == 60
+    assert "snapshot" in " ".join(json.loads((tmp_path / "manifest.json").read_text())["warnings"])
+
+
+def test_checkpoints_keep_last_k_with_health(tmp_path):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    with Recorder(tmp_path, model, opt, checkpoint_every=2, keep_checkpoints=2) as rec:
+        _train(rec, model, opt, 7)
+        extra = rec.checkpoint()
+    ckpts = sorted(p.name for p in (tmp_path / "rank0" / "checkpoints").glob("*.pt"))
+    assert ckpts == ["step-00000005.pt", "step-00000006.pt"] and extra.name == ckpts[-1]
+    state = torch.load(extra, weights_only=True)
+    for key, value in model.state_dict().items():
+        assert torch.equal(state["model"][key], value)
+    health = pl.read_parquet(tmp_path / "rank0" / "checkpoints" / "health.parquet").sort("step", "param_id")
+    assert sorted(set(health["step"].to_list())) == [5, 6]
+    last = health.filter(pl.col("step") == 6)
+    for pid, p in enumerate(model.parameters()):
+        assert _close(last["weight_norm"][pid], p.norm().item())
+        assert _close(last["weight_absmax"][pid], p.abs().max().item())
+    assert last["nonfinite"].sum() == 0
+
+
+def test_profiler_writes_gzipped_chrome_traces(tmp_path):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    schedule = ProfileSchedule(wait=1, warmup=1, active=2, repeat=1, skip_first=0)
+    with Recorder(tmp_path, model, opt, profile=schedule) as rec:
+        _train(rec, model, opt, 6)
+    traces = list((tmp_path / "rank0" / "traces").glob("*.pt.trace.json.gz"))
+    assert len(traces) == 1
+    assert check_every_file_readable(tmp_path)["trace"] == 1
+
+
+def test_rank_from_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    with Recorder(tmp_path, model, opt) as rec:
+        _train(rec, model, opt, 2)
+    assert not (tmp_path / "manifest.json").exists()  # only rank 0 writes it
+    meta = json.loads((tmp_path / "rank1" / "meta.json").read_text())
+    assert (meta["rank"], meta["world_size"]) == (1, 2)
+    assert "RANK" not in json.dumps(meta)
+    assert read_steps(tmp_path, rank=1).height == 2
+
+
+_CHILD = textwrap.dedent(
+    """
+    import sys, time, torch
+    sys.path.insert(0, {tests!r})
+    from recording_helpers import mlp, batches
+    from tracemortem.record import ProfileSchedule, Recorder
+    model = mlp(width=64)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    data = batches(8)
+    rec = Recorder({run!r}, model, opt, flush_every=3, flush_seconds=0.05, checkpoint_every=2,
+                   profile=ProfileSchedule(wait=1, warmup=1, active=1, repeat=0, skip_first=0))
+    step = 0
+    while True:
+        x, y = data[step % 8]
+        rec.observe_batch(x)
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        rec.step(loss=loss)
+        step += 1
+        if step == 20:
+            print("ready", flush=True)
+    """
+)
+
+
+def _start_child(run: Path) -> subprocess.Popen:
+    code = _CHILD.format(tests=str(Path(__file__).parent), run=str(run))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+@pytest.mark.parametrize("kill_after", [0.0, 0.4])
+def test_sigkill_leaves_only_readable_files(tmp_path, kill_after):
+    proc = _start_child(tmp_path)
+    time.sleep(kill_after)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    seen = check_every_file_readable(tmp_path)
+    assert seen["parquet"] >= 2 and seen["json"] >= 2 and seen["pt"] >= 1
+    assert json.loads((tmp_path / "manifest.json").read_text())["status"] == "running"
+
+
+def test_sigterm_flushes_then_terminates(tmp_path):
+    proc = _start_child(tmp_path)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == -signal.SIGTERM  # the default action still happens
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["status"] == "crashed" and manifest["ended"]
+    assert "SIGTERM" in " ".join(manifest["warnings"])
+    assert read_steps(tmp_path).height >= 20
+    check_every_file_readable(tmp_path)
