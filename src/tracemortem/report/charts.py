@@ -1,0 +1,512 @@
+"""Figure data for the HTML report: plain plotly `{data, layout}` dicts built from the analysis
+frames with polars, sized for the browser (lines thinned to their extremes, the gradient heatmap
+binned to at most `MAX_STEP_COLUMNS` step columns and quantised to one byte per cell).
+
+Every chart explains itself in one sentence; a chart without data is kept as a one-line note
+(`figure` None) so the reader learns what was not recorded."""
+
+from __future__ import annotations
+
+import base64
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from ..findings import Finding
+from .common import column_label, key_time_column, plotly_text, round_sig, time_unit
+
+MAX_STEP_COLUMNS = 1000  # heatmap columns (DESIGN §7)
+MAX_HEATMAP_ROWS = 2000  # parameters drawn; beyond this the most telling ones are kept
+MAX_LINE_POINTS = 4000  # per line; longer series keep each bucket's min and max
+MAX_MARKS = 2000  # marked steps / cells per chart
+MAX_RANK_LINES = 8
+TOP_BARS = 15
+
+# Heatmap byte levels: 0 no data, 1 exactly zero, 2..254 log10(norm) from lo to hi, 255 non-finite.
+LEVEL_NONE, LEVEL_ZERO, LEVEL_LO, LEVEL_HI, LEVEL_BAD = 0, 1, 2, 254, 255
+
+BAD = "#c62828"
+SPIKE = "#ef6c00"
+
+
+@dataclass
+class Chart:
+    id: str  # the HTML anchor findings link to
+    title: str
+    explain: str  # how to read it, for someone new to the tool
+    figure: dict[str, Any] | None = None
+    missing: str = ""  # why there is no figure
+
+
+# Which chart shows the evidence of each rule.
+RULE_CHART = {
+    "nonfinite-gradient": "chart-grad-norm",
+    "exploding-gradient": "chart-grad-norm",
+    "amp-overflow": "chart-grad-norm",
+    "vanishing-gradient": "chart-grad-heatmap",
+    "dead-parameter": "chart-grad-heatmap",
+    "unused-parameter": "chart-grad-heatmap",
+    "update-ratio": "chart-update-ratio",
+    "nonfinite-loss": "chart-loss",
+    "loss-spike": "chart-loss",
+    "slow-step": "chart-step-time",
+    "dataloader-bound": "chart-breakdown",
+    "host-sync": "chart-breakdown",
+    "gpu-idle": "chart-breakdown",
+    "launch-bound": "chart-breakdown",
+    "slow-op": "chart-ops",
+    "straggler-rank": "chart-ranks",
+    "memory-growth": "chart-memory",
+}
+
+
+def build(analysis: Any) -> list[Chart]:
+    steps = analysis.steps
+    findings = analysis.findings
+    buckets = _StepBuckets.of(analysis.grads)
+    return [
+        loss_chart(steps, findings),
+        grad_norm_chart(steps, findings),
+        grad_heatmap(analysis.grads, analysis.params, findings, buckets),
+        update_ratio_chart(analysis.grads, buckets),
+        step_time_chart(steps, analysis.step_times, findings),
+        breakdown_chart(analysis.step_times),
+        top_chart("chart-ops", "Slowest ops", analysis.ops, "op"),
+        top_chart("chart-kernels", "Slowest GPU kernels", analysis.kernels, "kernel"),
+        memory_chart(steps),
+        rank_chart(analysis.run.get("ranks") or []),
+    ]
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def _has(frame: pl.DataFrame, *columns: str) -> bool:
+    return all(c in frame.columns for c in columns) and frame.height > 0
+
+
+def _ranks(frame: pl.DataFrame) -> list[int | None]:
+    if "rank" not in frame.columns:
+        return [None]
+    return sorted(frame["rank"].drop_nulls().unique().to_list())[:MAX_RANK_LINES]
+
+
+def _of_rank(frame: pl.DataFrame, rank: int | None) -> pl.DataFrame:
+    return frame if rank is None else frame.filter(pl.col("rank") == rank)
+
+
+def _rank_name(rank: int | None, many: bool) -> str:
+    return f"rank {rank}" if many and rank is not None else ""
+
+
+def thin(frame: pl.DataFrame, x: str, y: str) -> tuple[list[int], list[float | None]]:
+    """Finite points of a series, at most MAX_LINE_POINTS: a long series keeps the lowest and
+    highest point of each bucket, so spikes survive thinning."""
+    frame = frame.select(x, pl.col(y).cast(pl.Float64)).filter(pl.col(y).is_finite()).sort(x)
+    if frame.height > MAX_LINE_POINTS:
+        buckets = MAX_LINE_POINTS // 2
+        frame = frame.with_row_index("i")
+        keep = frame.group_by((pl.col("i") * buckets // frame.height).alias("b")).agg(
+            pl.col("i").get(pl.col(y).arg_min()).alias("lo"), pl.col("i").get(pl.col(y).arg_max()).alias("hi")
+        )
+        rows = pl.concat([keep["lo"], keep["hi"]]).unique()
+        frame = frame.filter(pl.col("i").is_in(rows.implode())).drop("i")
+    return frame[x].to_list(), [round_sig(v) for v in frame[y].to_list()]
+
+
+def _line(x: list, y: list, name: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "scatter", "mode": "lines", "x": x, "y": y, "name": plotly_text(name), **extra}
+
+
+def _marks(x: list, y: list, name: str, color: str, symbol: str, text: list[str]) -> dict[str, Any]:
+    return {
+        "type": "scatter",
+        "mode": "markers",
+        "x": x[:MAX_MARKS],
+        "y": y[:MAX_MARKS],
+        "name": name,
+        "marker": {"color": color, "symbol": symbol, "size": 10, "line": {"width": 1, "color": "#fff"}},
+        "text": [plotly_text(t) for t in text[:MAX_MARKS]],
+        "hovertemplate": "%{text}<extra></extra>",
+    }
+
+
+def _finding_steps(findings: list[Finding], rules: set[str]) -> dict[int, str]:
+    """step → title of the first finding of these rules at that step."""
+    marked: dict[int, str] = {}
+    for f in findings:
+        if f.rule in rules and f.step is not None:
+            marked.setdefault(f.step, f.title)
+    return marked
+
+
+def _layout(x_title: str, y_title: str, log_y: bool = False, **extra: Any) -> dict[str, Any]:
+    layout = {
+        "xaxis": {"title": {"text": x_title}},
+        "yaxis": {"title": {"text": y_title}, "type": "log" if log_y else "linear"},
+        **extra,
+    }
+    return layout
+
+
+def _series_chart(
+    steps: pl.DataFrame, column: str, log_y: bool, color_marks: dict[int, str], bad_steps: set[int], y_title: str
+) -> dict[str, Any]:
+    """One line per rank, plus markers at flagged steps and at steps whose value is non-finite
+    (drawn at the top of the axis, where a NaN would be off the chart)."""
+    many = len(_ranks(steps)) > 1
+    data = []
+    top = 0.0
+    for rank in _ranks(steps):
+        x, y = thin(_of_rank(steps, rank), "step", column)
+        data.append(_line(x, y, _rank_name(rank, many) or y_title))
+        top = max([top] + [v for v in y if v is not None])
+    first = _ranks(steps)[0]
+    series = dict(zip(*thin(_of_rank(steps, first), "step", column)))
+    if color_marks:
+        xs = sorted(s for s in color_marks if s in series)
+        data.append(_marks(xs, [series[s] for s in xs], "flagged step", SPIKE, "circle-open", [f"step {s}: {color_marks[s]}" for s in xs]))
+    if bad_steps:
+        xs = sorted(bad_steps)
+        data.append(_marks(xs, [top or 1.0] * len(xs), "non-finite", BAD, "x", [f"step {s}: non-finite {column}" for s in xs]))
+    return {"data": data, "layout": _layout("step", y_title, log_y=log_y, showlegend=len(data) > 1)}
+
+
+def _nonfinite_steps(steps: pl.DataFrame, column: str, extra: pl.Expr | None = None) -> set[int]:
+    value = pl.col(column).cast(pl.Float64)
+    condition = value.is_not_null() & ~value.is_finite()
+    if extra is not None:
+        condition = condition | extra
+    return set(steps.filter(condition)["step"].to_list())
+
+
+# --- the charts -----------------------------------------------------------------------------
+
+
+def loss_chart(steps: pl.DataFrame, findings: list[Finding]) -> Chart:
+    chart = Chart("chart-loss", "Loss", "Training loss per step. Circles mark loss spikes; red crosses mark steps where the loss was NaN or infinite.")
+    if not _has(steps, "step", "loss") or steps["loss"].null_count() == steps.height:
+        chart.missing = "no loss was recorded (pass loss= to Recorder.step)."
+        return chart
+    marks = _finding_steps(findings, {"loss-spike"})
+    chart.figure = _series_chart(steps, "loss", False, marks, _nonfinite_steps(steps, "loss"), "loss")
+    return chart
+
+
+def grad_norm_chart(steps: pl.DataFrame, findings: list[Finding]) -> Chart:
+    chart = Chart(
+        "chart-grad-norm",
+        "Global gradient norm",
+        "L2 norm of all gradients per step, log scale. A healthy run stays within an order of magnitude or two; "
+        "circles mark gradient explosions, red crosses mark steps with NaN or infinite gradients.",
+    )
+    if not _has(steps, "step", "grad_norm") or steps["grad_norm"].null_count() == steps.height:
+        chart.missing = "no gradient norms were recorded."
+        return chart
+    marks = _finding_steps(findings, {"exploding-gradient", "amp-overflow"})
+    extra = pl.col("nonfinite") > 0 if "nonfinite" in steps.columns else None
+    bad = _nonfinite_steps(steps, "grad_norm", extra)
+    chart.figure = _series_chart(steps, "grad_norm", True, marks, bad, "gradient norm")
+    return chart
+
+
+@dataclass
+class _StepBuckets:
+    """Maps recorded gradient steps to at most MAX_STEP_COLUMNS heatmap columns."""
+
+    expr: pl.Expr  # step → column index
+    labels: list[int]  # first step of each column
+    width: int  # steps per column (1 when unbinned)
+
+    @classmethod
+    def of(cls, grads: pl.LazyFrame) -> "_StepBuckets | None":
+        if "step" not in grads.collect_schema().names():
+            return None
+        span = grads.select(
+            pl.col("step").min().alias("lo"), pl.col("step").max().alias("hi"), pl.col("step").approx_n_unique().alias("n")
+        ).collect(engine="streaming")
+        lo, hi, n = span.row(0)
+        if lo is None:
+            return None
+        if n <= MAX_STEP_COLUMNS:
+            recorded = grads.select(pl.col("step").unique()).collect(engine="streaming")["step"].sort().to_list()
+            if len(recorded) <= MAX_STEP_COLUMNS:
+                expr = pl.col("step").replace_strict(recorded, list(range(len(recorded))), return_dtype=pl.Int64)
+                return cls(expr, recorded, 1)
+        length = hi - lo + 1
+        width = -(-length // MAX_STEP_COLUMNS)
+        columns = -(-length // width)
+        return cls(((pl.col("step") - lo) // width).cast(pl.Int64), [lo + c * width for c in range(columns)], width)
+
+
+def grad_heatmap(grads: pl.LazyFrame, params: pl.DataFrame, findings: list[Finding], buckets: _StepBuckets | None) -> Chart:
+    chart = Chart(
+        "chart-grad-heatmap",
+        "Gradient norm per parameter",
+        "One row per parameter (in model order), one column per step; colour is the gradient norm on a log scale. "
+        "Dark bands are parameters whose gradients vanish or are zero; bright columns are explosions; "
+        "red crosses are NaN/Inf gradients.",
+    )
+    if buckets is None or "norm" not in grads.collect_schema().names():
+        chart.missing = "no per-parameter gradient statistics were recorded."
+        return chart
+    norm = pl.col("norm").cast(pl.Float64)
+    nonfinite = ~norm.is_finite()
+    if "nonfinite" in grads.collect_schema().names():
+        nonfinite = nonfinite | (pl.col("nonfinite") > 0)
+    cells = (
+        grads.select("param_id", buckets.expr.alias("col"), norm.alias("norm"), nonfinite.alias("bad"))
+        .group_by("param_id", "col")
+        .agg(pl.col("norm").filter(pl.col("norm").is_finite()).max(), pl.col("bad").any())
+        .collect(engine="streaming")
+    )
+    rows, row_note = _heatmap_rows(cells, params, findings)
+    row_of = {pid: i for i, (pid, _) in enumerate(rows)}
+    cells = cells.filter(pl.col("param_id").is_in(list(row_of))).with_columns(
+        pl.col("param_id").replace_strict(row_of, return_dtype=pl.Int64).alias("row")
+    )
+    positive = cells.filter(pl.col("norm") > 0)["norm"].log10()
+    lo = math.floor(positive.min() * 100) / 100 if positive.len() else 0.0
+    hi = math.ceil(positive.max() * 100) / 100 if positive.len() else 1.0
+    hi = max(hi, lo + 0.01)
+    level = (
+        pl.when(pl.col("bad") & pl.col("norm").is_null())
+        .then(LEVEL_BAD)
+        .when(pl.col("norm") == 0)
+        .then(LEVEL_ZERO)
+        .when(pl.col("norm") > 0)
+        .then((LEVEL_LO + (pl.col("norm").log10() - lo) / (hi - lo) * (LEVEL_HI - LEVEL_LO)).round().clip(LEVEL_LO, LEVEL_HI))
+        .otherwise(LEVEL_NONE)
+        .cast(pl.UInt8)
+    )
+    n_cols = len(buckets.labels)
+    cells = cells.with_columns(level.alias("level"), (pl.col("row") * n_cols + pl.col("col")).alias("at"))
+    grid = pl.zeros(len(rows) * n_cols, dtype=pl.UInt8, eager=True).scatter(cells["at"], cells["level"])
+    bad = cells.filter(pl.col("bad")).sort("row", "col").head(MAX_MARKS)
+    names = [plotly_text(name) for _, name in rows]
+    heat = {
+        "type": "heatmap",
+        "x": buckets.labels,
+        "y": names,
+        "bytes": base64.b64encode(grid.to_arrow().buffers()[1].to_pybytes()[: grid.len()]).decode("ascii"),
+        "levels": [LEVEL_NONE, LEVEL_ZERO, LEVEL_LO, LEVEL_HI, LEVEL_BAD],
+        "zmin": lo,
+        "zmax": hi,
+        "colorscale": "Viridis",
+        "colorbar": {"title": {"text": "grad norm"}, "tickvals": list(range(math.ceil(lo), math.floor(hi) + 1)),
+                     "ticktext": [f"1e{k}" for k in range(math.ceil(lo), math.floor(hi) + 1)]},
+        "hovertemplate": "%{y}<br>step %{x}" + (f"–+{buckets.width - 1}" if buckets.width > 1 else "")
+        + "<br>log10 grad norm %{z:.2f}<extra></extra>",
+    }
+    data: list[dict[str, Any]] = [heat]
+    if bad.height:
+        data.append(_marks([buckets.labels[c] for c in bad["col"]], [names[r] for r in bad["row"]], "non-finite", BAD, "x",
+                           [f"{names[r]}<br>step {buckets.labels[c]}: NaN/Inf gradient" for r, c in zip(bad["row"], bad["col"])]))
+    notes = [row_note] if row_note else []
+    if buckets.width > 1:
+        notes.append(f"each column is {buckets.width} steps (largest norm shown)")
+    layout = _layout("step", "", showlegend=False, height=min(900, max(320, 60 + 14 * len(rows))))
+    layout["yaxis"].update(autorange="reversed", type="category", showticklabels=len(rows) <= 60, automargin=True)
+    chart.figure = {"data": data, "layout": layout}
+    if notes:
+        chart.explain += " Note: " + "; ".join(notes) + "."
+    return chart
+
+
+def _heatmap_rows(cells: pl.DataFrame, params: pl.DataFrame, findings: list[Finding]) -> tuple[list[tuple[int, str]], str]:
+    """(param_id, display name) in model order; names made unique so plotly keeps every row."""
+    present = cells.group_by("param_id").agg(pl.col("norm").max().alias("peak"), pl.col("bad").any())
+    if _has(params, "param_id", "name"):
+        present = present.join(params.select("param_id", "name"), on="param_id", how="left")
+    else:
+        present = present.with_columns(pl.lit(None, pl.String).alias("name"))
+    present = present.with_columns(pl.coalesce(pl.col("name"), pl.format("param {}", "param_id")).alias("name")).sort("param_id")
+    note = ""
+    if present.height > MAX_HEATMAP_ROWS:
+        named = {f.subject for f in findings if f.subject}
+        keep = present.sort(
+            pl.col("name").is_in(list(named)), pl.col("bad"), pl.col("peak"), descending=True, nulls_last=True
+        ).head(MAX_HEATMAP_ROWS)["param_id"]
+        note = f"showing {MAX_HEATMAP_ROWS:,} of {present.height:,} parameters (those in findings, then the largest gradients)"
+        present = present.filter(pl.col("param_id").is_in(keep.implode()))
+    seen: dict[str, int] = {}
+    rows = []
+    for pid, name in present.select("param_id", "name").iter_rows():
+        seen[name] = seen.get(name, 0) + 1
+        rows.append((pid, name if seen[name] == 1 else f"{name} #{pid}"))
+    return rows, note
+
+
+def update_ratio_chart(grads: pl.LazyFrame, buckets: _StepBuckets | None) -> Chart:
+    chart = Chart(
+        "chart-update-ratio",
+        "Update-to-weight ratio",
+        "How much each optimizer step changes the weights (update norm / weight norm), across parameters, log scale. "
+        "Around 1e-3 is typical; far above means the learning rate is too high for some parameters, far below means they barely learn.",
+    )
+    names = grads.collect_schema().names()
+    if buckets is None or not {"update_norm", "weight_norm"} <= set(names):
+        chart.missing = "no optimizer updates were recorded."
+        return chart
+    ratio = (pl.col("update_norm").cast(pl.Float64) / pl.col("weight_norm").cast(pl.Float64)).alias("ratio")
+    per_col = (
+        grads.select(buckets.expr.alias("col"), ratio)
+        .filter(pl.col("ratio").is_finite() & (pl.col("ratio") > 0))
+        .group_by("col")
+        .agg(pl.col("ratio").min().alias("min"), pl.col("ratio").median().alias("median"), pl.col("ratio").max().alias("max"))
+        .sort("col")
+        .collect(engine="streaming")
+    )
+    if per_col.height == 0:
+        chart.missing = "no optimizer updates were recorded."
+        return chart
+    x = [buckets.labels[c] for c in per_col["col"]]
+    data = [
+        _line(x, [round_sig(v) for v in per_col[name]], label, line={"color": color, "dash": dash})
+        for name, label, color, dash in (
+            ("max", "largest parameter", SPIKE, "solid"),
+            ("median", "median parameter", "#1565c0", "solid"),
+            ("min", "smallest parameter", "#78909c", "dot"),
+        )
+    ]
+    chart.figure = {"data": data, "layout": _layout("step", "update / weight", log_y=True)}
+    return chart
+
+
+def _duration_column(frame: pl.DataFrame) -> str | None:
+    for column in frame.columns:
+        if column.startswith("duration") and frame.schema[column].is_numeric() and time_unit(column):
+            return column
+    return None
+
+
+def step_time_chart(steps: pl.DataFrame, step_times: pl.DataFrame, findings: list[Finding]) -> Chart:
+    chart = Chart(
+        "chart-step-time",
+        "Step time",
+        "Wall-clock time of each training step. Circles mark steps much slower than the typical (median) step.",
+    )
+    source = steps if _has(steps, "step", "duration_s") else step_times
+    column = _duration_column(source) if _has(source, "step") else None
+    if column is None:
+        chart.missing = "no step timings were recorded or profiled."
+        return chart
+    scale = time_unit(column) or 1.0
+    source = source.with_columns((pl.col(column).cast(pl.Float64) * scale * 1e3).alias("ms"))
+    marks = _finding_steps(findings, {"slow-step"})
+    chart.figure = _series_chart(source, "ms", False, marks, set(), "step time (ms)")
+    return chart
+
+
+# Step-breakdown columns that are keys or totals rather than parts of a step.
+_NOT_PARTS = ("rank", "step", "ts", "start", "end", "duration", "total")
+
+
+def breakdown_chart(step_times: pl.DataFrame) -> Chart:
+    chart = Chart(
+        "chart-breakdown",
+        "Where each step's time went",
+        "Each bar is one profiled step, split into what the time was spent on (GPU compute, communication, copies, "
+        "data loading, host synchronisation, idle). A large data-loading, sync or idle share is the bottleneck.",
+    )
+    parts = [
+        c for c in step_times.columns
+        if step_times.schema[c].is_numeric() and time_unit(c) and not any(c.startswith(p) for p in _NOT_PARTS)
+    ]
+    if not _has(step_times, "step") or not parts:
+        chart.missing = "no profiler trace with step markers (ProfilerStep#N) was found."
+        return chart
+    ranks = _ranks(step_times)
+    frame = _of_rank(step_times, ranks[0]).sort("step")
+    x = [str(s) for s in frame["step"].to_list()]
+    data = []
+    for column in parts:
+        values = frame[column].cast(pl.Float64) * ((time_unit(column) or 1.0) * 1e3)
+        if values.fill_null(0).abs().sum() > 0:
+            label = column_label(column)
+            data.append({"type": "bar", "x": x, "y": [round_sig(v, 4) for v in values.to_list()], "name": plotly_text(label)})
+    if not data:
+        chart.missing = "the profiled steps have no time breakdown."
+        return chart
+    title = "step" + (f" (rank {ranks[0]})" if ranks[0] is not None and len(ranks) > 1 else "")
+    chart.figure = {"data": data, "layout": _layout(title, "time (ms)", barmode="stack", xaxis={"type": "category", "title": {"text": title}})}
+    return chart
+
+
+def top_chart(chart_id: str, title: str, frame: pl.DataFrame, what: str) -> Chart:
+    chart = Chart(chart_id, title, f"The {what}s that took the most time in the profiled steps, longest first.")
+    column = key_time_column(frame)
+    if not _has(frame, "name") or column is None:
+        chart.missing = f"no profiler trace with {what} timings was found."
+        return chart
+    top = frame.sort(column, descending=True, nulls_last=True).head(TOP_BARS)
+    scale = (time_unit(column) or 1.0) * 1e3
+    names = [plotly_text(_short(n)) for n in top["name"].cast(pl.String).to_list()]
+    bar = {
+        "type": "bar",
+        "orientation": "h",
+        "x": [round_sig(v * scale, 4) if v is not None else None for v in top[column].to_list()],
+        "y": names,
+        "hovertemplate": "%{y}<br>%{x} ms<extra></extra>",
+        "marker": {"color": "#1565c0"},
+    }
+    layout = _layout(f"{column_label(column)} (ms)", "", height=max(260, 40 + 24 * len(names)))
+    layout["yaxis"].update(autorange="reversed", type="category", automargin=True)
+    chart.figure = {"data": [bar], "layout": layout}
+    return chart
+
+
+def _short(name: str, limit: int = 60) -> str:
+    return name if len(name) <= limit else name[: limit - 1] + "…"
+
+
+def memory_chart(steps: pl.DataFrame) -> Chart:
+    chart = Chart("chart-memory", "GPU memory", "Memory allocated by tensors at the end of each step. A steady climb is a leak (e.g. keeping losses or graphs alive).")
+    columns = [c for c in ("mem_allocated", "max_mem_allocated") if c in steps.columns and steps[c].null_count() < steps.height]
+    if not _has(steps, "step") or not columns:
+        chart.missing = "no GPU memory was recorded (CPU run)."
+        return chart
+    many = len(_ranks(steps)) > 1
+    data = []
+    for rank in _ranks(steps):
+        frame = _of_rank(steps, rank).with_columns([(pl.col(c) / 2**20).alias(c) for c in columns])
+        for column in columns:
+            x, y = thin(frame, "step", column)
+            label = "allocated" if column == "mem_allocated" else "peak allocated"
+            data.append(_line(x, y, f"{_rank_name(rank, many)} {label}".strip(), line={"dash": "dot"} if column.startswith("max") else {}))
+    chart.figure = {"data": data, "layout": _layout("step", "MiB")}
+    return chart
+
+
+def rank_chart(ranks: list[dict[str, Any]]) -> Chart:
+    chart = Chart(
+        "chart-ranks",
+        "Ranks compared",
+        "Median step time of each rank (and, with GPU traces, how its GPU time splits). One rank far above the rest is a straggler that the others wait for.",
+    )
+    if len(ranks) < 2:
+        chart.missing = "only one rank was recorded."
+        return chart
+    labels = [f"rank {r['rank']}" for r in ranks]
+    data = []
+    if any(r.get("step_time_s") is not None for r in ranks):
+        data.append({"type": "bar", "x": labels, "y": [round_sig((r.get("step_time_s") or 0) * 1e3, 4) for r in ranks],
+                     "name": "median step (ms)", "marker": {"color": "#1565c0"}})
+    for key, color in (("compute_us", "#2e7d32"), ("non_compute_us", "#f9a825"), ("idle_us", "#9e9e9e")):
+        values = [(r.get("gpu") or {}).get(key) for r in ranks]
+        if any(v is not None for v in values):
+            data.append({"type": "bar", "x": labels, "y": [round_sig(v / 1e3, 4) if v is not None else None for v in values],
+                         "name": f"GPU {key[:-3].replace('_', '-')} (ms)", "marker": {"color": color}, "yaxis": "y2", "xaxis": "x2"})
+    if not data:
+        chart.missing = "the ranks have no timings."
+        return chart
+    layout = _layout("", "median step (ms)", xaxis={"type": "category", "domain": [0, 0.45]})
+    if any(t.get("yaxis") == "y2" for t in data):
+        layout.update(barmode="stack", xaxis2={"type": "category", "domain": [0.55, 1], "anchor": "y2"},
+                      yaxis2={"title": {"text": "GPU time (ms)"}, "anchor": "x2"})
+    else:
+        layout["xaxis"]["domain"] = [0, 1]
+    chart.figure = {"data": data, "layout": layout}
+    return chart

@@ -1,0 +1,88 @@
+"""The run facts and tables every document shows, as plain rows (label, text) so each format
+only decides how to lay them out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+from ..findings import SEVERITIES, Finding
+from .common import Table, fmt_number, fmt_seconds, frame_table, key_time_column
+
+TOP_OPS = 15
+
+# DESIGN §6 `run` keys worth a line in the header, in reading order.
+_FACT_LABELS = (
+    ("path", "Path"),
+    ("status", "Status"),
+    ("world_size", "World size"),
+    ("steps", "Steps"),
+    ("torch_version", "PyTorch"),
+    ("devices", "Devices"),
+    ("hostnames", "Hosts"),
+    ("recorded", "Recorded"),
+    ("snapshot", "Anomaly snapshot"),
+    ("checkpoints", "Checkpoints"),
+    ("started", "Started"),
+    ("ended", "Ended"),
+)
+_INPUT_KIND = {"run": "run directory", "rank": "rank directory", "trace": "profiler trace", "traces": "profiler traces"}
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_text(v)}" for k, v in sorted(value.items(), key=lambda kv: str(kv[0])))
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_text(v) for v in value) or "—"
+    return fmt_number(value)
+
+
+def run_facts(run: dict[str, Any]) -> list[tuple[str, str]]:
+    facts = []
+    for key, label in _FACT_LABELS:
+        value = run.get(key)
+        if value is None or value == [] or value == {}:
+            continue
+        if key == "steps":
+            if not value.get("count"):
+                continue
+            text = f"{fmt_number(value.get('first'))} – {fmt_number(value.get('last'))} ({fmt_number(value.get('count'))} steps)"
+        else:
+            text = _text(value)
+        facts.append((label, text))
+    if run.get("kind") in _INPUT_KIND:
+        facts.insert(1, ("Input", _INPUT_KIND[run["kind"]]))
+    ranks = run.get("ranks") or []
+    if ranks:
+        facts.insert(2, ("Ranks", ", ".join(str(r.get("rank")) for r in ranks)))
+    return facts
+
+
+def severity_counts(findings: list[Finding]) -> dict[str, int]:
+    return {s: sum(f.severity == s for f in findings) for s in SEVERITIES}
+
+
+def evidence(finding: Finding) -> list[tuple[str, str]]:
+    return [(key, _text(value)) for key, value in sorted(finding.evidence.items())]
+
+
+def rank_table(run: dict[str, Any]) -> Table:
+    ranks = run.get("ranks") or []
+    gpu_keys = [k for k in ("compute_us", "non_compute_us", "idle_us") if any(k in (r.get("gpu") or {}) for r in ranks)]
+    headers = ["rank", "steps", "median step"] + [f"GPU {k[:-3].replace('_', '-')}" for k in gpu_keys]
+    rows = []
+    for r in ranks:
+        steps = r.get("steps")
+        count = steps.get("count") if isinstance(steps, dict) else steps
+        gpu = r.get("gpu") or {}
+        rows.append(
+            [fmt_number(r.get("rank")), fmt_number(count), fmt_seconds(r.get("step_time_s"))]
+            + [fmt_seconds(gpu[k] / 1e6) if isinstance(gpu.get(k), (int, float)) else "—" for k in gpu_keys]
+        )
+    return Table(headers, rows, [True] * len(headers))
+
+
+def ops_table(frame: pl.DataFrame, top: int = TOP_OPS) -> Table:
+    column = key_time_column(frame)
+    return frame_table(frame.sort(column, descending=True, nulls_last=True) if column else frame, top)
