@@ -282,6 +282,18 @@ def _decode_last(buf: bytes, trace: RawTrace, frames: list[pl.DataFrame]) -> byt
         if events is not None:
             frames.append(_columns(events, trace))
             return buf[match.end() :]
+    # Damaged text before a closing bracket whose remainder is valid: salvage up to it.
+    for n, match in enumerate(_ARRAY_CLOSE.finditer(buf)):
+        if n >= 64:
+            break
+        rest = buf[match.end() :]
+        try:
+            whole = isinstance(_ANY.decode(b'{"x":[]' + rest), dict)
+        except (msgspec.DecodeError, RecursionError):
+            whole = False
+        if whole:
+            frames.append(_columns(_salvage(buf[: match.start() + 1], trace), trace))
+            return rest
     # No closing bracket that works: the file was cut off. Keep every complete event.
     ends = [len(buf.rstrip())] + [m.start() + 1 for m in reversed(list(_LAST_COMMA.finditer(buf, max(0, len(buf) - 2**20))))]
     for end in ends[: _SPLIT_TRIES + 1]:
@@ -344,28 +356,45 @@ def _salvage(body: bytes, trace: RawTrace) -> list[Event]:
     return events
 
 
+def _strings(values: list) -> pl.Series:
+    """pid/tid/ids: ints almost always, strings sometimes ("Spans", "stream 7"); as text."""
+    try:
+        return pl.Series(values, dtype=pl.Int64).cast(pl.String)
+    except (TypeError, OverflowError, pl.exceptions.PolarsError):
+        return pl.Series([None if v is None else str(v) for v in values], dtype=pl.String)
+
+
+def _ints(values: list) -> pl.Series:
+    try:
+        return pl.Series(values, dtype=pl.Int64)
+    except (TypeError, OverflowError, pl.exceptions.PolarsError):  # beyond int64: unusable as an id
+        return pl.Series([v if isinstance(v, int) and -(2**63) <= v < 2**63 else None for v in values], dtype=pl.Int64)
+
+
 def _columns(events: list[Event], trace: RawTrace) -> pl.DataFrame:
-    """One chunk of Structs → columns (all phases; the caller filters)."""
+    """One chunk of Structs → columns (all phases; the caller filters). The per-field list
+    comprehensions are the main cost of loading after msgspec's decode, so keep them few."""
     args = [e.args for e in events]
-    dims = [bytes(d).decode("utf-8", "replace") if (d := a.input_dims) else None for a in args]
-    frame = pl.DataFrame(
+    ext = [a.external_id for a in args]
+    if not any(v is not None for v in ext):
+        ext = [a.external_id_legacy for a in args]
+    dims = [a.input_dims for a in args]
+    return pl.DataFrame(
         {
             "ph": pl.Series([e.ph for e in events], dtype=pl.Categorical),
             "cat": pl.Series([e.cat for e in events], dtype=pl.Categorical),
             "name": pl.Series([e.name for e in events], dtype=pl.Categorical),
-            "pid": pl.Series([e.pid for e in events], dtype=pl.String, strict=False),
-            "tid": pl.Series([e.tid for e in events], dtype=pl.String, strict=False),
+            "pid": _strings([e.pid for e in events]),
+            "tid": _strings([e.tid for e in events]),
             "ts_us": pl.Series([e.ts for e in events], dtype=pl.Float64),
             "dur_us": pl.Series([e.dur for e in events], dtype=pl.Float64),
-            "flow_id": pl.Series([e.id for e in events], dtype=pl.String, strict=False),
-            "arg_stream": pl.Series([a.stream for a in args], dtype=pl.String, strict=False),
-            "correlation": pl.Series([a.correlation for a in args], dtype=pl.Int64, strict=False),
-            "external_id": pl.Series(
-                [a.external_id if a.external_id is not None else a.external_id_legacy for a in args],
-                dtype=pl.Int64,
-                strict=False,
-            ),
-            "input_dims": pl.Series(dims, dtype=pl.String),
+            "flow_id": _ints([e.id for e in events]) if any(e.id is not None for e in events) else pl.Series([None] * len(events), dtype=pl.Int64),
+            "arg_stream": _strings([a.stream for a in args]),
+            "correlation": _ints([a.correlation for a in args]),
+            "external_id": _ints(ext),
+            # Raw JSON text of the shapes; empty Raw (not recorded) becomes null.
+            "input_dims": pl.Series(list(map(bytes, dims)), dtype=pl.Binary).cast(pl.String).replace("", None)
+            if any(dims)
+            else pl.Series([None] * len(events), dtype=pl.String),
         }
     )
-    return frame

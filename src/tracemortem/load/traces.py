@@ -178,7 +178,7 @@ def _normalise(raw: RawTrace, rank: int, index: int) -> tuple[pl.DataFrame, dict
     ).drop("ts_us", "dur_us")
     skipped = raw.skipped + bad
     if raw.truncated:
-        kept = frame.height
+        kept = frame.select((pl.col("ph") == "X").sum()).item()
         notes.append(
             Finding(
                 rule="trace-truncated",
@@ -213,8 +213,7 @@ def _normalise(raw: RawTrace, rank: int, index: int) -> tuple[pl.DataFrame, dict
 
 def _link(rows: pl.DataFrame, ranks: dict[int, dict[str, Any]], notes: list[Finding]) -> TraceSet:
     cat_str = pl.col("cat").cast(pl.String)
-    is_gpu = cat_str.is_in(list(GPU_CATS))
-    rows = rows.with_columns(is_gpu=is_gpu)
+    rows = rows.with_columns(is_gpu=cat_str.is_in(list(GPU_CATS)))
 
     # Legacy events without `correlation`: take it from the ac2g flow ending (GPU) or starting
     # (runtime) at the same place.
@@ -225,7 +224,7 @@ def _link(rows: pl.DataFrame, ranks: dict[int, dict[str, Any]], notes: list[Find
             flows.select(
                 "file", "pid", "tid", "ts",
                 is_gpu=pl.col("ph") == "f",
-                flow_corr=pl.col("flow_id").str.to_integer(strict=False),
+                flow_corr=pl.col("flow_id"),
             )
             .drop_nulls("flow_corr")
             .unique(["file", "pid", "tid", "ts", "is_gpu"], keep="first")

@@ -1,0 +1,235 @@
+"""Trace → polars parse benchmark (issue 3 §2). One command, prints a table:
+
+    python benchmarks/parse_speed.py                 # 50 MB, 300 MB, 1 GB
+    python benchmarks/parse_speed.py --sizes 50 300  # quicker
+
+Builds large traces from real profiler output: a small transformer trained on CPU under
+torch.profiler (record_shapes), its events replicated with fresh ids and shifted timestamps until
+the file reaches the size (cached in benchmarks/.data/). Every method runs in a fresh subprocess;
+wall time is the median of --repeat runs, peak RSS the child's ru_maxrss. HTA runs from the venv
+benchmarks/.data/hta-venv when it exists (`pip install HolisticTraceAnalysis` there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / ".data"
+HTA_PYTHON = DATA / "hta-venv" / "bin" / "python"
+MB = 10**6
+
+# --- building the traces -------------------------------------------------------------------
+
+
+def record_base(path: Path) -> None:
+    """A real torch.profiler trace of a small transformer training on CPU."""
+    import torch
+    from torch import nn
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    torch.manual_seed(0)
+    model = nn.TransformerEncoder(nn.TransformerEncoderLayer(64, 4, 128, batch_first=True), 2)
+    head = nn.Linear(64, 10)
+    opt = torch.optim.AdamW([*model.parameters(), *head.parameters()], 1e-3)
+    with profile(
+        activities=[ProfilerActivity.CPU],
+        record_shapes=True,
+        schedule=schedule(wait=1, warmup=1, active=6),
+        on_trace_ready=lambda p: p.export_chrome_trace(str(path)),
+    ) as prof:
+        for _ in range(8):
+            x = torch.randn(8, 32, 64)
+            loss = nn.functional.cross_entropy(head(model(x).mean(1)), torch.randint(0, 10, (8,)))
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            prof.step()
+
+
+_NUMBER = re.compile(rb'"(ts|External id|correlation|id|Record function id|Ev Idx)": (-?\d+(?:\.\d+)?)')
+
+
+def build(size_mb: int) -> Path:
+    """Replicate the base trace's events (fresh ids, shifted time) up to `size_mb` MB."""
+    DATA.mkdir(parents=True, exist_ok=True)
+    out = DATA / f"cpu{size_mb}.json"
+    if out.exists() and (DATA / f"cpu{size_mb}.json.gz").exists():
+        return out
+    base = DATA / "base_cpu.json"
+    if not base.exists():  # in a child process, so torch does not inflate this one
+        subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(HERE)!r}); "
+                        f"import parse_speed; parse_speed.record_base(parse_speed.Path({str(base)!r}))"], check=True)
+    text = base.read_bytes()
+    head, _, rest = text.partition(b'"traceEvents": [')
+    body, _, _ = rest.rpartition(b"]")
+    body = body.strip().rstrip(b",")
+    events = json.loads(text)["traceEvents"]
+    span = max(e["ts"] + e.get("dur", 0) for e in events if "ts" in e) - min(e["ts"] for e in events if "ts" in e)
+    id_span = 10 ** len(str(max(len(events), 1000) * 10))
+    tmp = out.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        f.write(head + b'"traceEvents": [\n')
+        k, written = 0, 0
+        while written < size_mb * MB:
+
+            def shift(m: re.Match, k: int = k) -> bytes:
+                key, value = m.group(1), m.group(2)
+                if key == b"ts":
+                    return b'"ts": %.3f' % (float(value) + k * (span + 1000.0))
+                return b'"%s": %d' % (key, int(float(value)) + k * id_span)
+
+            chunk = _NUMBER.sub(shift, body)
+            f.write((b",\n" if k else b"") + chunk)
+            written += len(chunk)
+            k += 1
+        f.write(b'\n  ],"traceName": "bench"\n}')
+    tmp.rename(out)
+    with open(out, "rb") as src, gzip.open(out.with_suffix(".json.gz"), "wb", compresslevel=6) as dst:
+        while block := src.read(16 * 2**20):
+            dst.write(block)
+    return out
+
+
+# --- the methods (each runs in its own process) --------------------------------------------
+
+
+def run_method(method: str, path: str) -> None:
+    import gc
+
+    if method == "msgspec_typed":
+        import msgspec
+
+        from tracemortem.load.chrome import Event
+
+        doc = msgspec.defstruct("Doc", [("traceEvents", list[Event])])
+        n = len(msgspec.json.decode(Path(path).read_bytes(), type=doc).traceEvents)
+    elif method == "orjson":
+        import orjson
+
+        gc.disable()
+        n = len(orjson.loads(Path(path).read_bytes())["traceEvents"])
+    elif method == "json":
+        n = len(json.loads(Path(path).read_bytes())["traceEvents"])
+    elif method == "gunzip":
+        import zlib
+
+        z, n = zlib.decompressobj(31), 0
+        with open(path, "rb") as f:
+            while block := f.read(4 * 2**20):
+                n += len(z.decompress(block))
+    elif method.startswith("tracemortem"):
+        from tracemortem.load.traces import load_traces
+
+        n = load_traces({Path(path): 0}).events.height
+    elif method == "hta":
+        from hta.trace_analysis import TraceAnalysis
+
+        link = Path(path).parent / f"hta-{Path(path).stem.split('.')[0]}"
+        link.mkdir(exist_ok=True)
+        target = link / "rank-0.json"
+        if not target.exists():
+            target.symlink_to(Path(path).resolve())
+        analyzer = TraceAnalysis(trace_dir=str(link))
+        n = len(analyzer.t.get_trace(0))
+    else:
+        raise SystemExit(f"unknown method {method}")
+    # VmHWM belongs to this process image; ru_maxrss would include the forking parent's.
+    status = Path("/proc/self/status").read_text()
+    print(n, int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) // 1024)
+
+
+def measure(method: str, path: Path, repeat: int) -> tuple[float, float, str] | None:
+    python = str(HTA_PYTHON) if method == "hta" else sys.executable
+    walls, rss, out = [], [], ""
+    for _ in range(repeat):
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            [python, __file__, "--run", method, str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(HERE.parent / "src")},
+        )
+        stdout, stderr = proc.communicate()
+        walls.append(time.perf_counter() - start)
+        out, err = stdout.decode().strip(), stderr.decode().strip()
+        if proc.returncode != 0:
+            print(f"  {method} failed: {err.splitlines()[-1] if err else proc.returncode}", file=sys.stderr)
+            return None
+        rss.append(int(out.split()[-1]))
+    return statistics.median(walls), max(rss), out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", type=int, nargs="+", default=[50, 300, 1000], help="trace sizes in MB")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--no-hta", action="store_true")
+    parser.add_argument("--run", nargs=2, metavar=("METHOD", "FILE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run:
+        run_method(*args.run)
+        return
+    hta = HTA_PYTHON.exists() and not args.no_hta
+    if not hta:
+        print(f"HTA not run: no {HTA_PYTHON} (python -m venv {DATA}/hta-venv && .../pip install HolisticTraceAnalysis)")
+    rows = []
+    for size in args.sizes:
+        plain = build(size)
+        gz = plain.with_suffix(".json.gz")
+        mb = plain.stat().st_size / MB
+        print(f"\n## cpu{size}: {mb:.0f} MB plain, {gz.stat().st_size / MB:.1f} MB gzip", flush=True)
+        print(f"| method | file | wall s (median of {args.repeat}) | MB/s | peak RSS MB | RSS / trace size |")
+        print("|---|---|---|---|---|---|")
+        results = {}
+        methods = [("msgspec_typed", plain), ("orjson", plain), ("json", plain), ("gunzip", gz),
+                   ("tracemortem", plain), ("tracemortem_gz", gz)]
+        if hta:
+            methods.append(("hta", plain))
+        for method, path in methods:
+            result = measure(method, path, 1 if method in ("hta", "json") else args.repeat)
+            if result is None:
+                print(f"| {method} | {path.name} | failed | | | |", flush=True)
+                continue
+            wall, rss, _ = result
+            results[method] = (wall, rss)
+            print(f"| {method} | {path.name} | {wall:.2f} | {mb / wall:.0f} | {rss:.0f} | {rss / mb:.2f} |", flush=True)
+        rows.append((size, mb, results))
+    print("\n## targets")
+    print("| size | check | value | target | result |")
+    print("|---|---|---|---|---|")
+    for size, mb, r in rows:
+        if "tracemortem" not in r:
+            continue
+        tm, tm_rss = r["tracemortem"]
+        checks = []
+        if "msgspec_typed" in r:
+            checks.append(("load / msgspec_typed", tm / r["msgspec_typed"][0], 2.5, "≤"))
+        if "hta" in r:
+            checks.append(("hta / load", r["hta"][0] / tm, 15.0, "≥"))
+        if "tracemortem_gz" in r and "gunzip" in r:
+            checks.append(("load_gz / (load + gunzip)", r["tracemortem_gz"][0] / (tm + r["gunzip"][0]), 1.5, "≤"))
+        checks.append(("peak RSS / trace size (plain)", tm_rss / mb, 2.0, "≤"))
+        if "tracemortem_gz" in r:
+            checks.append(("peak RSS / trace size (gzip)", r["tracemortem_gz"][1] / mb, 2.0, "≤"))
+        for name, value, target, op in checks:
+            ok = value <= target if op == "≤" else value >= target
+            print(f"| {size} MB | {name} | {value:.2f} | {op} {target} | {'PASS' if ok else 'FAIL'} |")
+    if len(rows) > 1:
+        first, last = rows[0], rows[-1]
+        if "tracemortem" in first[2] and "tracemortem" in last[2]:
+            per_mb = [r[2]["tracemortem"][0] / r[1] for r in rows]
+            print(f"\nlinearity: tracemortem s/MB {' → '.join(f'{v * 1000:.1f} ms' for v in per_mb)}")
+
+
+if __name__ == "__main__":
+    main()
