@@ -159,8 +159,7 @@ def exploding_gradient(run: RunData, series: HealthSeries, config: Config) -> li
     first = spikes.row(0, named=True)
     step = first["step"]
     episodes = spikes.select((pl.col("i").diff().fill_null(2) > 1).sum()).item()
-    bad = series.per_step.filter(~pl.col("skipped") & ((pl.col("nonfinite") > 0) | ~pl.col("loss_finite")
-                                                       | (pl.col("grad_norm").is_not_null() & ~finite("grad_norm"))))
+    bad = series.per_step.filter(~pl.col("skipped") & (pl.col("grad_bad") | ~pl.col("loss_finite")))
     nonfinite_after = bad.filter(pl.col("step") >= step)["step"].min() if bad.height else None
     leads_to_nan = nonfinite_after is not None and nonfinite_after - step <= config[HORIZON]
     severe = bool(spikes["early"].any() or spikes["growth"].any() or leads_to_nan)

@@ -9,7 +9,7 @@ import polars as pl
 from ..config import Config, threshold
 from ..findings import Finding
 from ..load.run import RunData
-from .health_series import HealthSeries, finite
+from .health_series import HealthSeries, bad_element
 
 NAMES_SHOWN = threshold(
     "nonfinite-gradient.names_shown", 10,
@@ -34,12 +34,9 @@ AMP_MIN_SCALE = threshold(
 )
 
 
-def _bad_grad() -> pl.Expr:
-    return (pl.col("nonfinite") > 0) | (pl.col("grad_norm").is_not_null() & ~finite("grad_norm"))
-
-
 def _last_healthy(series: HealthSeries, before: int) -> int | None:
-    rows = series.healthy.filter(pl.col("step") < before)
+    """The last step before `before` whose values were all finite (its update was sane)."""
+    rows = series.per_step.filter((pl.col("step") < before) & ~pl.col("skipped") & pl.col("loss_finite") & ~pl.col("grad_bad"))
     return rows["step"].max() if rows.height else None
 
 
@@ -70,14 +67,14 @@ def _recovery_hint(run: RunData, last_ok: int | None) -> tuple[dict[str, Any], s
 
 def nonfinite_gradient(run: RunData, series: HealthSeries, config: Config) -> list[Finding]:
     # Skipped steps are the loss scaler doing its job (amp-overflow), not a divergence.
-    bad = series.per_step.filter(~pl.col("skipped") & _bad_grad())
+    bad = series.per_step.filter(~pl.col("skipped") & pl.col("grad_bad"))
     if bad.is_empty():
         return []
     first = bad.row(0, named=True)
     step = first["step"]
     offenders = (
         run.grads.filter(pl.col("step") == step)
-        .filter((pl.col("nonfinite") > 0) | ~finite("norm"))
+        .filter(bad_element())
         .select("param_id", "nonfinite", "norm")
         .collect()
         .join(run.params.select("param_id", "name", "order"), on="param_id", how="left")
@@ -115,7 +112,7 @@ def nonfinite_loss(run: RunData, series: HealthSeries, config: Config) -> list[F
         return []
     first = bad.row(0, named=True)
     step = first["step"]
-    grad_bad = series.per_step.filter(~pl.col("skipped") & _bad_grad())
+    grad_bad = series.per_step.filter(~pl.col("skipped") & pl.col("grad_bad"))
     grads_first = grad_bad["step"].min() if grad_bad.height else None
     last_ok = _last_healthy(series, step)
     evidence, hint = _recovery_hint(run, last_ok)

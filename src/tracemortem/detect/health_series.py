@@ -24,13 +24,14 @@ def finite(col: str | pl.Expr) -> pl.Expr:
 
 @dataclass
 class HealthSeries:
-    per_step: pl.DataFrame  # step, loss, loss_finite, grad_norm, nonfinite, skipped, scale, first_bad_rank
+    # step, loss, loss_finite, grad_norm, nonfinite, grad_bad, skipped, scale, first_bad_rank, first_bad_loss_rank
+    per_step: pl.DataFrame
     per_param: pl.DataFrame  # params joined with their whole-run gradient and update aggregates
 
     @property
     def healthy(self) -> pl.DataFrame:
         """Steps usable as history for the magnitude rules: applied, everything finite."""
-        return self.per_step.filter(~pl.col("skipped") & pl.col("loss_finite") & finite("grad_norm") & (pl.col("nonfinite") == 0))
+        return self.per_step.filter(~pl.col("skipped") & pl.col("loss_finite") & finite("grad_norm") & ~pl.col("grad_bad"))
 
 
 def _per_step_from_steps(steps: pl.DataFrame, sharded: bool) -> pl.DataFrame:
@@ -63,12 +64,11 @@ def _per_step_from_steps(steps: pl.DataFrame, sharded: bool) -> pl.DataFrame:
 
 def _per_step_from_grads(grads: pl.LazyFrame) -> pl.DataFrame:
     """Without a steps table, the global series is rebuilt from the per-parameter rows."""
-    bad = (pl.col("nonfinite") > 0) | ~finite("norm")
     return (
         grads.group_by("step")
         .agg(
             pl.col("norm").cast(pl.Float64).pow(2).sum().sqrt().alias("grad_norm"),
-            bad.sum().cast(pl.Int64).alias("nonfinite"),
+            bad_element().sum().cast(pl.Int64).alias("nonfinite"),
         )
         .collect(engine=STREAMING)
         .with_columns(
@@ -100,7 +100,7 @@ def _per_param(run: RunData) -> pl.DataFrame:
             norm.is_not_null().sum().alias("grad_steps"),
             (norm == 0).sum().alias("zero_steps"),
             finite(norm).sum().alias("finite_steps"),
-            ((pl.col("nonfinite") > 0) | (norm.is_not_null() & ~norm.is_finite())).sum().alias("nonfinite_steps"),
+            bad_element().sum().alias("nonfinite_steps"),
             pl.when(finite(norm)).then(norm).max().alias("max_norm"),
             has_ratio.sum().alias("update_steps"),
             pl.when(has_ratio).then(ratio.log()).mean().exp().alias("update_ratio"),  # geometric mean
@@ -111,6 +111,34 @@ def _per_param(run: RunData) -> pl.DataFrame:
     return run.params.join(aggs, on="param_id", how="full", coalesce=True).sort("order", nulls_last=True)
 
 
+def bad_element() -> pl.Expr:
+    """A grads row whose gradient holds a NaN/Inf element. A finite gradient whose L2 norm
+    overflows float32 has an infinite `norm` but a finite `absmax`: that is an exploding
+    gradient, not a non-finite one."""
+    return (pl.col("nonfinite").fill_null(0) > 0) | (pl.col("absmax").is_not_null() & ~finite("absmax"))
+
+
+def _confirm_nonfinite(per_step: pl.DataFrame, grads: pl.LazyFrame) -> pl.DataFrame:
+    """`grad_bad` per step. The steps table flags any parameter whose norm is not finite; the
+    grads rows of just those flagged steps say whether an element really was NaN/Inf."""
+    flagged = (pl.col("nonfinite") > 0) | (pl.col("grad_norm").is_not_null() & ~finite("grad_norm"))
+    candidates = per_step.filter(flagged)["step"]
+    if candidates.is_empty():
+        return per_step.with_columns(pl.lit(False).alias("grad_bad"))
+    confirmed = (
+        grads.filter(pl.col("step").is_in(candidates.implode()))
+        .group_by("step")
+        .agg(bad_element().any().alias("confirmed"))
+        .collect(engine=STREAMING)
+    )
+    return (
+        per_step.join(confirmed, on="step", how="left")
+        # steps without grads rows (grad_every > 1) keep the steps table's flag
+        .with_columns((flagged & pl.col("confirmed").fill_null(True)).alias("grad_bad"))
+        .drop("confirmed")
+    )
+
+
 def compute(run: RunData) -> HealthSeries:
     sharded = any(bool(m.get("grads_sharded")) for m in run.metas.values())
     steps = run.steps
@@ -118,4 +146,4 @@ def compute(run: RunData) -> HealthSeries:
         per_step = _per_step_from_steps(steps, sharded)
     else:
         per_step = _per_step_from_grads(run.grads)
-    return HealthSeries(per_step, _per_param(run))
+    return HealthSeries(_confirm_nonfinite(per_step, run.grads), _per_param(run))
