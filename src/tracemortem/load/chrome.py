@@ -192,7 +192,9 @@ def _read(source: _Source, path: Path, total: int, progress) -> RawTrace:
             raise InputError(f"{path}: JSON object without a traceEvents list; not a chrome trace")
         raise InputError(f"{path}: not a chrome trace (no traceEvents found{'; ' + source.damaged if source.damaged else ''})")
 
-    buf = buf[start:]
+    # A bytearray, so chunks are cut and bracketed in place instead of copied; buf[0] is always
+    # the separator byte before the next event (the "[" at first), overwritten with "[".
+    buf = bytearray(buf[start - 1 :])
     frames: list[pl.DataFrame] = []
     trace = RawTrace(path, pl.DataFrame(), {})
     eof = False
@@ -213,9 +215,10 @@ def _read(source: _Source, path: Path, total: int, progress) -> RawTrace:
                 break
             buf += data
             continue
-        buf = buf[cut:]
+        del buf[:cut]
         if progress is not None:
             progress(source.position(), total)
+    buf = bytes(buf[1:])
 
     # 3. The rest: the last events, the closing "]" and the envelope tail (or a cut-off file).
     tail = _decode_last(buf, trace, frames)
@@ -248,26 +251,46 @@ def _read(source: _Source, path: Path, total: int, progress) -> RawTrace:
     return trace
 
 
-def _decode_prefix(buf: bytes, trace: RawTrace, frames: list[pl.DataFrame]) -> int | None:
-    """Decode the events of `buf` up to its last verified boundary; return where the rest starts."""
-    window = max(0, len(buf) - 2 * 2**20)
+def _decode_prefix(buf: bytearray, trace: RawTrace, frames: list[pl.DataFrame]) -> int | None:
+    """Decode the events of `buf` up to its last verified boundary; return where the rest starts
+    (keeping one separator byte before the next event)."""
+    window = max(1, len(buf) - 2 * 2**20)
     candidates: list[re.Match] = []
     while not candidates:
         candidates = list(_BOUNDARY.finditer(buf, window))
-        if window == 0:
+        if window == 1:
             break
-        window = max(0, window - 8 * 2**20)
+        window = max(1, window - 8 * 2**20)
     for match in reversed(candidates[-_SPLIT_TRIES:]):
-        events = _try_decode(buf[: match.start() + 1], trace)
-        if events is not None:
-            frames.append(_columns(events, trace))
-            return match.end() - 1
+        end = match.start() + 1  # the byte after "}": whitespace or ","
+        saved = buf[end]
+        buf[0], buf[end] = 0x5B, 0x5D  # "[" ... "]"
+        frame = _decode_view(buf, end + 1, trace)
+        if frame is not None:
+            frames.append(frame)
+            return match.end() - 2
+        buf[end] = saved
     if candidates and len(buf) > 4 * CHUNK_BYTES:
         # Many MB without a boundary that decodes: damaged text. Salvage event by event.
         match = candidates[-1]
-        frames.append(_columns(_salvage(buf[: match.start() + 1], trace), trace))
-        return match.end() - 1
+        frames.append(_columns(_salvage(bytes(buf[1 : match.start() + 1]), trace), trace))
+        return match.end() - 2
     return None
+
+
+def _decode_view(buf: bytearray, end: int, trace: RawTrace) -> pl.DataFrame | None:
+    """Decode buf[:end] in place. Raw fields point into the buffer, so the columns are built and
+    the Structs dropped before the view is released."""
+    with memoryview(buf) as view, view[:end] as text:
+        try:
+            events = _EVENTS.decode(text)
+        except msgspec.ValidationError:
+            events = _try_decode(bytes(text[1:-1]), trace)
+        except msgspec.DecodeError:
+            return None
+        frame = _columns(events, trace) if events is not None else None
+        del events
+        return frame
 
 
 def _decode_last(buf: bytes, trace: RawTrace, frames: list[pl.DataFrame]) -> bytes | None:
