@@ -18,7 +18,7 @@ NAN_STEP = 70
 SLOW_STEP = 25
 
 
-def _norm(step: int, pid: int) -> float:
+def norm_of(step: int, pid: int) -> float:
     """Deterministic, varied gradient norms: decaying with depth, a spike, a NaN, one dead param."""
     if pid == 2:
         return 0.0
@@ -41,7 +41,7 @@ def make_analysis(
     for rank in range(ranks):
         for s in range(n_steps):
             loss = 2.5 * math.exp(-s / 40) + 0.05 * math.sin(s) + (3.0 if s == SPIKE_STEP + 1 else 0.0)
-            grad = math.sqrt(sum(_norm(s, p) ** 2 for p in range(n_params)))
+            grad = math.sqrt(sum(norm_of(s, p) ** 2 for p in range(n_params)))
             step_rows.append({
                 "step": s, "time": 1_700_000_000.0 + s, "duration_s": 0.1 * (1 + 0.05 * rank) * (4 if s == SLOW_STEP else 1),
                 "loss": math.nan if s == NAN_STEP else loss, "lr": 1e-3, "grad_norm": grad,
@@ -52,7 +52,7 @@ def make_analysis(
                                                        "mem_allocated": pl.Int64, "mem_reserved": pl.Int64, "max_mem_allocated": pl.Int64})
     grads = pl.DataFrame(
         [
-            {"step": s, "param_id": p, "norm": _norm(s, p), "absmax": _norm(s, p), "nonfinite": int(not math.isfinite(_norm(s, p))),
+            {"step": s, "param_id": p, "norm": norm_of(s, p), "absmax": norm_of(s, p), "nonfinite": int(not math.isfinite(norm_of(s, p))),
              "weight_norm": 1.0 + p, "update_norm": 10 ** (-2 - p / 2) * (1 + p) * (1 + 0.2 * math.cos(s + p)) if s % 2 == 0 else None}
             for s in range(n_steps)
             for p in range(n_params)
@@ -97,3 +97,43 @@ def make_analysis(
            "recorded": ["steps", "grads", "traces"], "ranks": ranks_facts}
     return Analysis(path=Path("runs/exp1"), kind="run", findings=findings, run=run, steps=steps, grads=grads, params=params,
                     ops=ops, kernels=kernels, step_times=step_times)
+
+
+# A payload without dots, so torch accepts it as a module name (and so as a parameter name).
+HOSTILE_MODULE = "</script><img src=x onerror=__pwned=1>'\"{{ 7*7 }}|"
+
+
+def recorded_analysis(run_dir: Path, steps: int = 60, nan_at: int | None = 45) -> Analysis:
+    """Train a tiny model for real with `tracemortem.Recorder` (one layer named HOSTILE_MODULE;
+    inputs made infinite at `nan_at`) and analyse the run directory it leaves."""
+    import torch
+
+    import tracemortem
+    from tracemortem.analysis import run_facts
+    from tracemortem.config import Config
+    from tracemortem.detect import health
+    from tracemortem.load.discover import discover
+    from tracemortem.load.run import load_run
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential()
+    model.add_module("embed", torch.nn.Linear(8, 16))
+    model.add_module(HOSTILE_MODULE, torch.nn.Linear(16, 16))
+    model.add_module("head", torch.nn.Linear(16, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    gen = torch.Generator().manual_seed(1)
+    with tracemortem.Recorder(run_dir, model, optimizer, update_every=2) as rec:
+        for step in range(steps):
+            x = torch.randn(32, 8, generator=gen)
+            if step == nan_at:
+                x[0, 0] = math.inf
+            loss = ((model(x) - x.sum(dim=1, keepdim=True)) ** 2).mean()
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            rec.step(loss=loss)
+    inputs = discover(run_dir)
+    run = load_run(inputs)
+    findings = sort_findings(run.notes + health.detect(run, Config()))
+    return Analysis(path=inputs.path, kind=inputs.kind, findings=findings, run=run_facts(inputs, run, None), steps=run.steps,
+                    grads=run.grads, params=run.params, ops=pl.DataFrame(), kernels=pl.DataFrame(), step_times=pl.DataFrame())

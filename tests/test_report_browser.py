@@ -91,12 +91,13 @@ def test_report_renders_offline_with_every_chart(browser, tmp_path):
         # A finding's link leads to the chart that shows it.
         page.locator("#findings a[href='#chart-grad-norm']").first.click()
         assert page.evaluate("location.hash") == "#chart-grad-norm"
-        # Parsing the 4.8 MB plotly.js alone takes 1.5 s on an idle 2-core machine (more under
-        # load); drawing is what the report adds, and the page as a whole must stay well inside 3 s
-        # there. The bound on the whole load is loose because CI machines are shared.
+        # Parsing the 4.8 MB plotly.js alone takes ~1.5 s on an idle 2-core machine and scales with
+        # load; drawing is what the report adds. Bounded relative to that parse so a shared CI
+        # machine does not fail it, while a drawing regression (several times slower) still does.
+        parse = page.evaluate("performance.getEntriesByName('tracemortem:draw-start')[0].startTime")
         draw = page.evaluate("performance.measure('draw', 'tracemortem:draw-start', 'tracemortem:draw-end').duration")
-        assert draw < 1500
-        assert visit.seconds < 8.0
+        assert draw < max(1500, parse), (draw, parse)
+        assert visit.seconds < 3 * max(1.0, parse / 1500) + 1.0, (visit.seconds, parse)
         ARTIFACTS.mkdir(exist_ok=True)
         page.evaluate("window.scrollTo(0, 0)")
         page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
@@ -142,5 +143,25 @@ def test_findings_and_tables_read_without_javascript(browser, tmp_path):
         assert "aten::mm" in page.locator("#ops table").inner_text()
         assert page.get_by_text("Charts need JavaScript").is_visible()
         assert page.locator(".main-svg").count() == 0
+    finally:
+        visit.close()
+
+
+def test_a_recorded_run_with_hostile_parameter_names(browser, tmp_path):
+    pytest.importorskip("torch")
+    from report_helpers import HOSTILE_MODULE, recorded_analysis
+
+    analysis = recorded_analysis(tmp_path / "run")
+    path = _write(tmp_path, analysis, "recorded.html")
+    assert "<img src=x" not in path.read_text(encoding="utf-8")
+    visit = Visit(browser, path)
+    try:
+        page = visit.page
+        assert visit.blocked == [] and visit.page_errors == []
+        assert [m for m in visit.console if m[0] in ("error", "warning")] == []
+        assert page.evaluate("window.__pwned") is None and page.locator("img").count() == 0
+        labels = page.locator("#chart-grad-heatmap .ytick text").all_text_contents()
+        assert f"{HOSTILE_MODULE}.weight" in labels and "embed.weight" in labels
+        assert page.locator("#findings code.rule").all_text_contents()[:2] == ["nonfinite-gradient", "nonfinite-loss"]
     finally:
         visit.close()

@@ -252,15 +252,22 @@ def grad_heatmap(grads: pl.LazyFrame, params: pl.DataFrame, findings: list[Findi
     if buckets is None or "norm" not in grads.collect_schema().names():
         chart.missing = "no per-parameter gradient statistics were recorded."
         return chart
-    norm = pl.col("norm").cast(pl.Float64)
-    nonfinite = ~norm.is_finite()
-    if "nonfinite" in grads.collect_schema().names():
-        nonfinite = nonfinite | (pl.col("nonfinite") > 0)
+    schema = grads.collect_schema().names()
+    finite = pl.col("norm").is_finite()
+    bad = ~finite & pl.col("norm").is_not_null()
+    if "nonfinite" in schema:
+        bad = bad | (pl.col("nonfinite") > 0)
+    n_cols = len(buckets.labels)
+    # One integer key per cell hashes far faster than a (param_id, column) pair: this group-by
+    # is the whole cost of the report for a large run (2,000 params × 50,000 steps = 1e8 rows).
+    cell = (pl.col("param_id").cast(pl.Int64) * n_cols + buckets.expr).alias("cell")
     cells = (
-        grads.select("param_id", buckets.expr.alias("col"), norm.alias("norm"), nonfinite.alias("bad"))
-        .group_by("param_id", "col")
-        .agg(pl.col("norm").filter(pl.col("norm").is_finite()).max(), pl.col("bad").any())
+        grads.select(cell, pl.when(finite).then(pl.col("norm")).alias("norm"), bad.alias("bad"))
+        .group_by("cell")
+        .agg(pl.col("norm").max(), pl.col("bad").max())
+        .with_columns((pl.col("cell") // n_cols).cast(pl.Int32).alias("param_id"), (pl.col("cell") % n_cols).alias("col"))
         .collect(engine="streaming")
+        .with_columns(pl.col("norm").cast(pl.Float64))
     )
     rows, row_note = _heatmap_rows(cells, params, findings)
     row_of = {pid: i for i, (pid, _) in enumerate(rows)}
@@ -281,7 +288,6 @@ def grad_heatmap(grads: pl.LazyFrame, params: pl.DataFrame, findings: list[Findi
         .otherwise(LEVEL_NONE)
         .cast(pl.UInt8)
     )
-    n_cols = len(buckets.labels)
     cells = cells.with_columns(level.alias("level"), (pl.col("row") * n_cols + pl.col("col")).alias("at"))
     grid = pl.zeros(len(rows) * n_cols, dtype=pl.UInt8, eager=True).scatter(cells["at"], cells["level"])
     bad = cells.filter(pl.col("bad")).sort("row", "col").head(MAX_MARKS)

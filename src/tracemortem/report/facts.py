@@ -19,7 +19,9 @@ _FACT_LABELS = (
     ("world_size", "World size"),
     ("steps", "Steps"),
     ("torch_version", "PyTorch"),
+    ("cuda_version", "CUDA"),
     ("devices", "Devices"),
+    ("parameters", "Parameters"),
     ("hostnames", "Hosts"),
     ("recorded", "Recorded"),
     ("snapshot", "Anomaly snapshot"),
@@ -48,6 +50,11 @@ def run_facts(run: dict[str, Any]) -> list[tuple[str, str]]:
             if not value.get("count"):
                 continue
             text = f"{fmt_number(value.get('first'))} – {fmt_number(value.get('last'))} ({fmt_number(value.get('count'))} steps)"
+        elif key == "checkpoints" and isinstance(value, list):
+            last = max((c.get("step") for c in value if isinstance(c, dict) and isinstance(c.get("step"), int)), default=None)
+            text = f"{len(value)}" + (f" (last at step {fmt_number(last)})" if last is not None else "")
+        elif key == "snapshot" and isinstance(value, dict) and value.get("step") is not None:
+            text = f"taken at step {fmt_number(value['step'])}" + (f" ({value['path']})" if value.get("path") else "")
         else:
             text = _text(value)
         facts.append((label, text))
@@ -57,6 +64,13 @@ def run_facts(run: dict[str, Any]) -> list[tuple[str, str]]:
     if ranks:
         facts.insert(2, ("Ranks", ", ".join(str(r.get("rank")) for r in ranks)))
     return facts
+
+
+def recorder_settings(run: dict[str, Any]) -> list[tuple[str, str]]:
+    settings = run.get("recorder")
+    if not isinstance(settings, dict):
+        return []
+    return [(str(k), _text(v)) for k, v in sorted(settings.items(), key=lambda kv: str(kv[0]))]
 
 
 def severity_counts(findings: list[Finding]) -> dict[str, int]:

@@ -11,7 +11,7 @@ from markupsafe import Markup
 from .. import __version__
 from . import charts as charts_mod
 from .common import SEVERITY_LABEL, asset, environment, script_json
-from .facts import evidence, ops_table, rank_table, run_facts, severity_counts
+from .facts import evidence, ops_table, rank_table, recorder_settings, run_facts, severity_counts
 
 
 @lru_cache(maxsize=1)
@@ -39,6 +39,7 @@ def render(analysis: Any) -> str:
         version=__version__,
         run=analysis.run,
         facts=run_facts(analysis.run),
+        settings=recorder_settings(analysis.run),
         counts=severity_counts(analysis.findings),
         severity_label=SEVERITY_LABEL,
         findings=findings,

@@ -1,0 +1,187 @@
+"""Markdown, JSON, terminal and HTML output checked for content (rule ids, steps, names,
+numbers), for determinism and for size."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+
+import polars as pl
+import pytest
+
+from report_helpers import HOSTILE, NAN_STEP, SLOW_STEP, SPIKE_STEP, make_analysis, norm_of
+from tracemortem import report
+from tracemortem.report import charts
+from tracemortem.report.common import script_json
+
+
+@pytest.fixture(scope="module")
+def analysis():
+    return make_analysis()
+
+
+def test_markdown_is_a_short_ticket_body_with_the_findings(analysis):
+    md = report.render(analysis, "md")
+    lines = md.splitlines()
+    assert len(lines) <= 60
+    rows = [line for line in lines if line.startswith("| error") or line.startswith("| warning") or line.startswith("| info")]
+    assert [r.split("|")[2].strip() for r in rows] == ["`nonfinite-gradient`", "`slow-step`", "`exploding-gradient`", "`dead-parameter`", "`slow-op`"]
+    assert f"| {NAN_STEP} | 0 | layers.0.weight |" in rows[0]
+    assert f"| {SLOW_STEP} |" in rows[1] and f"| {SPIKE_STEP} |" in rows[2]
+    assert "**Findings:** 1 error, 3 warning, 1 info" in md
+    assert "- **Steps:** 0 – 99 (100 steps)" in md
+    assert "| aten::mm | \\[\\[8, 8\\], \\[8, 8\\]\\] | 100 | 5 ms | 4 ms | 3 ms |" in md
+
+
+def test_markdown_escapes_names_so_tables_and_markup_hold(analysis):
+    md = report.render(make_analysis(names=[HOSTILE + str(i) for i in range(4)], op_names=[HOSTILE]), "md")
+    for line in md.splitlines():
+        if line.startswith("| error"):
+            cells = re.split(r"(?<!\\)\|", line)
+            assert len(cells) == 8  # 6 columns: the `|` in the name did not add one
+    assert "<img" not in md and "</script>" not in md
+    assert "&lt;img src=x onerror=" in md
+    assert "\\|\\`\\*\\_" in md
+
+
+def test_json_is_the_design_document(analysis):
+    doc = json.loads(report.render(analysis, "json"))
+    assert doc["tool"] == "tracemortem" and doc["format"] == 1
+    assert [f["rule"] for f in doc["findings"]] == ["nonfinite-gradient", "slow-step", "exploding-gradient", "dead-parameter", "slow-op"]
+    first = doc["findings"][0]
+    assert first["step"] == NAN_STEP and first["subject"] == "layers.0.weight" and first["evidence"] == {"nonfinite": 1, "norm": "nan"}
+    assert doc["run"]["steps"] == {"first": 0, "last": 99, "count": 100}
+    assert doc["run"]["ranks"][0]["step_time_s"] == pytest.approx(0.1)
+
+
+def test_json_survives_non_finite_run_facts():
+    a = make_analysis()
+    a.run["ranks"][0]["step_time_s"] = math.inf
+    text = report.render(a, "json")
+    assert json.loads(text)["run"]["ranks"][0]["step_time_s"] == "inf"
+    assert list(json.loads(text)) == sorted(json.loads(text))
+
+
+def test_terminal_summary_and_ops_table(analysis):
+    text = report.render(analysis, "text")
+    assert f"ERROR   nonfinite-gradient  step {NAN_STEP}  rank 0  layers.0.weight" in text
+    assert "try: Clip gradients." in text
+    ops = report.render_ops_table(analysis, 2)
+    lines = ops.splitlines()
+    assert lines[0] == "Top ops" and lines[3].startswith("aten::mm") and lines[4].startswith("aten::addmm")
+    assert "aten::relu" not in ops  # --top 2
+    assert "kernel<aten::mm>" in ops
+
+
+def test_terminal_neutralises_control_characters():
+    a = make_analysis(names=["evil\x1b[2J\rname", "b", "c"])
+    text = report.render(a, "text")
+    assert "\x1b" not in text and "\r" not in text and "evil\\x1b[2J\\x0dname" in text
+
+
+@pytest.mark.parametrize("fmt", ["html", "md", "json", "text"])
+def test_same_input_gives_the_same_bytes(fmt):
+    assert report.render(make_analysis(ranks=2), fmt) == report.render(make_analysis(ranks=2), fmt)
+
+
+def test_html_escapes_every_name_and_embeds_data_safely():
+    html = report.render(make_analysis(names=[HOSTILE + str(i) for i in range(4)], op_names=[HOSTILE]), "html")
+    data = html.split('<script type="application/json" id="tm-figures">', 1)[1].split("</script>", 1)[0]
+    assert "<" not in data and ">" not in data and "&" not in data.replace("\\u0026", "")
+    assert "&lt;/script&gt;&lt;img src=x onerror=" in html  # the finding text, escaped by jinja2
+    # Outside the trusted scripts, the only <script tags are the report's own three.
+    assert html.count("<script") == 3
+    assert "{{" not in html.split("<script", 1)[0].replace("{{ 7*7 }}", "")
+
+
+def test_script_json_escapes_what_could_end_a_script_block():
+    text = script_json({"a": "</script><!--\u2028\u2029&"})
+    assert text == '{"a":"\\u003c/script\\u003e\\u003c!--\\u2028\\u2029\\u0026"}'
+    assert json.loads(text) == {"a": "</script><!--\u2028\u2029&"}
+
+
+def test_html_links_each_finding_to_its_chart(analysis):
+    html = report.render(analysis, "html")
+    findings = html.split('id="findings"', 1)[1].split('id="charts"', 1)[0]
+    links = re.findall(r'<li class="finding sev-\w+" id="finding-\d+">.*?<code class="rule">([\w-]+)</code>.*?(?:href="#(chart-[\w-]+)"|</li>)', findings, re.S)
+    assert dict(links) == {"nonfinite-gradient": "chart-grad-norm", "slow-step": "chart-step-time", "exploding-gradient": "chart-grad-norm",
+                           "dead-parameter": "chart-grad-heatmap", "slow-op": "chart-ops"}
+    for target in set(dict(links).values()):
+        assert f'id="{target}"' in html
+
+
+def test_charts_without_data_become_a_note():
+    a = make_analysis()
+    a.ops, a.kernels, a.step_times = pl.DataFrame(), pl.DataFrame(), pl.DataFrame()
+    built = {c.id: c for c in charts.build(a)}
+    assert built["chart-ops"].figure is None and "no profiler trace" in built["chart-ops"].missing
+    assert built["chart-memory"].figure is None
+    html = report.render(a, "html")
+    assert "<strong>Slowest ops</strong>: no profiler trace" in html
+    assert 'href="#chart-ops"' not in html  # the slow-op finding no longer links to a missing chart
+
+
+def test_heatmap_cells_hold_the_quantised_log_norm():
+    fig = {c.id: c for c in charts.build(make_analysis(n_params=4, n_steps=100))}["chart-grad-heatmap"].figure
+    heat, marks = fig["data"]
+    grid = base64.b64decode(heat["bytes"])
+    assert len(grid) == 4 * 100 and heat["x"] == list(range(100))
+    assert heat["y"] == [f"layers.{i}.weight" for i in range(4)]
+
+    def level(p, s):
+        return grid[p * 100 + s]
+
+    assert level(2, 10) == charts.LEVEL_ZERO  # the dead parameter
+    assert level(0, NAN_STEP) == charts.LEVEL_BAD
+    assert (marks["x"], marks["y"]) == ([NAN_STEP], ["layers.0.weight"])
+    assert level(1, SPIKE_STEP) == max(grid[100:200])  # the spike is the brightest cell of its row
+    step = (heat["zmax"] - heat["zmin"]) / (charts.LEVEL_HI - charts.LEVEL_LO)
+    assert heat["zmin"] + (level(1, 5) - charts.LEVEL_LO) * step == pytest.approx(math.log10(norm_of(5, 1)), abs=step)
+
+
+def test_heatmap_bins_long_runs_to_at_most_1000_columns():
+    steps, params = 5000, 3
+    grads = pl.LazyFrame({
+        "step": [s for s in range(steps) for _ in range(params)],
+        "param_id": [p for _ in range(steps) for p in range(params)],
+        "norm": [1.0 if s != 4321 else 1e6 for s in range(steps) for _ in range(params)],
+        "nonfinite": [0] * steps * params,
+    }, schema_overrides={"param_id": pl.Int32, "norm": pl.Float32})
+    buckets = charts._StepBuckets.of(grads)
+    chart = charts.grad_heatmap(grads, pl.DataFrame(), [], buckets)
+    heat = chart.figure["data"][0]
+    assert len(heat["x"]) == 1000 and heat["x"][:3] == [0, 5, 10]
+    assert "each column is 5 steps" in chart.explain
+    grid = base64.b64decode(heat["bytes"])
+    assert grid[4321 // 5] == charts.LEVEL_HI and grid[0] == charts.LEVEL_LO  # max per bin keeps the spike
+
+
+def test_long_lines_are_thinned_but_keep_their_spikes():
+    frame = pl.DataFrame({"step": range(100_000), "v": [1.0] * 77_777 + [50.0] + [1.0] * 22_222})
+    x, y = charts.thin(frame, "step", "v")
+    assert len(x) <= charts.MAX_LINE_POINTS and 77_777 in x and max(y) == 50.0
+
+
+def test_report_size_for_the_sample_shape(analysis):
+    html = report.render(make_analysis(n_params=50, n_steps=2000, ranks=2), "html")
+    plotly = 4_815_765
+    assert len(html.encode()) - plotly < 500_000
+
+
+def test_a_recorded_run_reports_its_nan_step_in_every_format(tmp_path):
+    pytest.importorskip("torch")
+    from report_helpers import HOSTILE_MODULE, recorded_analysis
+
+    analysis = recorded_analysis(tmp_path / "run", steps=60, nan_at=45)
+    doc = json.loads(report.render(analysis, "json"))
+    first = doc["findings"][0]
+    assert (first["rule"], first["step"], first["severity"]) == ("nonfinite-gradient", 45, "error")
+    assert doc["run"]["steps"] == {"first": 0, "last": 59, "count": 60}
+    md = report.render(analysis, "md")
+    assert "| error | `nonfinite-gradient` | 45 | 0 |" in md and "| error | `nonfinite-loss` | 45 |" in md
+    assert len(md.splitlines()) <= 60
+    html = report.render(analysis, "html")
+    assert HOSTILE_MODULE not in html and "&lt;/script&gt;&lt;img src=x onerror=__pwned=1&gt;" in html
+    assert "taken at step 45" in html
