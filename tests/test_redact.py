@@ -53,7 +53,8 @@ def _analysis(extra_ops: list[str] = (), scalar_names: list[str] = (), param_nam
                       ranks={r: {"rank": r, "files": [files[r]], "hostname": h, "distributedInfo": {"rank": r, "HF_TOKEN": HF}}
                              for r, h in enumerate(hosts)})
     manifest = {"config": {"lr": 0.1, "db_password": PASSWORD, "wandb": {"apiKey": OPENAI, "project": "llama"},
-                           "notes": ENV_DUMP, "use_auth": True}}
+                           "notes": ENV_DUMP, "use_auth": True,
+                           "credentials": {f"{AKIA}": "x", "n": [1, None]}}}
     metas = {r: {"rank": r, "hostname": h, "user": "alice", "params": [{"name": n} for n in names]} for r, h in enumerate(hosts)}
     run_data = RunData(Path("/home/alice/runs/exp"), manifest, metas, steps, pl.LazyFrame(), params, pl.DataFrame())
     run = {
@@ -115,6 +116,7 @@ def test_redaction_keeps_structure_and_context() -> None:
     config = after.run["config"]
     assert config["db_password"] == REDACTED and config["wandb"] == {"apiKey": REDACTED, "project": "llama"}
     assert config["lr"] == 0.1 and config["use_auth"] is True  # a flag says nothing secret
+    assert config["credentials"] == {REDACTED: REDACTED, "n": [REDACTED, None]}
     assert config["notes"].startswith("PATH=/usr/bin HF_TOKEN=[redacted] WANDB_API_KEY=[redacted]")
     assert after.run["env"] == {"HF_TOKEN": REDACTED, "GITHUB_TOKEN": REDACTED, "HOME": "/home/alice"}
     assert after.run["url"] == "https://[redacted]@minio.internal:9000/bucket"

@@ -78,13 +78,14 @@ def is_secret_key(key: str) -> bool:
     return any(p in SECRET_WORDS for p in parts) or (len(parts) > 1 and parts[-1] == "key")
 
 
-def _blank(value: Any) -> Any:
+def _blank(value: Any, table: dict[str, str]) -> Any:
+    """Everything under a secret key; nested keys are cleaned like any string."""
     if value is None or isinstance(value, bool):
         return value  # nothing to hide, and "was it set?" stays answerable
     if isinstance(value, dict):
-        return {k: _blank(v) for k, v in value.items()}
+        return {table.get(k, k) if isinstance(k, str) else k: _blank(v, table) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_blank(v) for v in value]
+        return [_blank(v, table) for v in value]
     return REDACTED
 
 
@@ -201,7 +202,7 @@ def _rebuild(value: Any, table: dict[str, str], limit: float = float("inf")) -> 
         out: dict[Any, Any] = {}
         for k, v in value.items():
             new_key = _unique(table.get(k, k), out) if isinstance(k, str) else k
-            out[new_key] = _blank(v) if isinstance(k, str) and is_secret_key(k) else _rebuild(v, table, limit)
+            out[new_key] = _blank(v, table) if isinstance(k, str) and is_secret_key(k) else _rebuild(v, table, limit)
         return out
     if isinstance(value, (list, tuple)) and len(value) > limit:
         return value
