@@ -185,3 +185,25 @@ def test_a_recorded_run_reports_its_nan_step_in_every_format(tmp_path):
     html = report.render(analysis, "html")
     assert HOSTILE_MODULE not in html and "&lt;/script&gt;&lt;img src=x onerror=__pwned=1&gt;" in html
     assert "taken at step 45" in html
+
+
+@pytest.mark.slow
+def test_a_run_of_2000_params_by_50000_steps_stays_under_10_mb():
+    params, steps = 2000, 50_000
+    i = pl.int_range(0, params * steps, dtype=pl.Int64)
+    grads = pl.LazyFrame().select(i.alias("i")).select(
+        (pl.col("i") // params).alias("step"),
+        (pl.col("i") % params).cast(pl.Int32).alias("param_id"),
+        # six decades of norms, varying along both axes, so the quantised bytes do not compress away
+        (10.0 ** (((pl.col("i") * 7919) % 600001) / 100000.0 - 4)).cast(pl.Float32).alias("norm"),
+        pl.lit(0, pl.Int64).alias("nonfinite"),
+    )
+    a = make_analysis(n_params=3, n_steps=10)
+    a.grads = grads
+    a.params = pl.DataFrame({"param_id": pl.Series(range(params), dtype=pl.Int32), "name": [f"blocks.{p // 8}.mlp{p % 8}.weight" for p in range(params)]})
+    a.steps = pl.DataFrame({"step": range(steps), "loss": [2.0 / (1 + s / 1000) for s in range(steps)], "grad_norm": [1.0 + (s % 97) / 97 for s in range(steps)],
+                            "duration_s": [0.1 + (s % 13) / 100 for s in range(steps)], "nonfinite": [0] * steps, "rank": pl.Series([0] * steps, dtype=pl.Int32)})
+    html = report.render(a, "html")
+    assert len(html.encode()) <= 10_000_000
+    heat = json.loads(html.split('id="tm-figures">', 1)[1].split("</script>", 1)[0])["chart-grad-heatmap"]["data"][0]
+    assert len(heat["x"]) == 1000 and len(heat["y"]) == params
