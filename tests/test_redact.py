@@ -211,13 +211,13 @@ def test_host_names_from_trace_file_names_and_recorder_spelling(monkeypatch: pyt
     before = dataclasses.replace(before, run={
         "files": ["traces/trainer-3_991.1700000000000123.pt.trace.json", "r/rank1_node_a_77.1700000000000.pt.trace.json.gz"],
         "hostnames": ["node.a"],
-        "who": "ran by zoe on trainer-3; root-cause unknown; /root/.cache/x",
+        "who": "ran by zoe on trainer-3; root-cause unknown; /root/.cache/x; C:\\Users\\zoe\\x",
     })
     after = redact_analysis(before, pseudonymize=True)
     assert after.run["files"] == ["traces/host-2_991.1700000000000123.pt.trace.json", "r/rank1_host-1_77.1700000000000.pt.trace.json.gz"]
     # users by name: alice (home paths in the extras), root, zoe (getpass's login name, known as a
     # bare word); `root` is only a home directory, never a bare word
-    assert after.run["who"] == "ran by user-3 on host-2; root-cause unknown; /home/user-2/.cache/x"
+    assert after.run["who"] == "ran by user-3 on host-2; root-cause unknown; /home/user-2/.cache/x; C:\\Users\\user-3\\x"
 
 
 def test_names_that_clean_to_the_same_text_stay_distinct() -> None:

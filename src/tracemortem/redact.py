@@ -98,7 +98,8 @@ USER_KEYS = frozenset({"user", "username", "user_name", "logname"})
 GENERIC_USERS = frozenset({"root", "user", "admin", "ubuntu", "jovyan", "runner", "nobody", "ec2-user"})
 _USER_CHARS = r"[A-Za-z0-9._-]+"
 _HOME_PREFIXES = ("/home/", "/Users/", "/usr/home/", "\\Users\\", "torchinductor_")
-HOME_USER = r"(?:/home/|/Users/|/usr/home/|\\Users\\|torchinductor_)" + _USER_CHARS
+_HOME = "|".join(map(re.escape, _HOME_PREFIXES))
+HOME_USER = f"(?:{_HOME}){_USER_CHARS}"
 ROOT_HOME = r"(?:^|[^A-Za-z0-9._/-])/root(?:[^A-Za-z0-9._-]|$)"
 # torch's tensorboard_trace_handler names files `{host}_{pid}.{ns}.pt.trace.json[.gz]`; the
 # recorder prefixes `rank{R}_`.
@@ -123,9 +124,11 @@ class Pseudonyms:
                     self.hosts.setdefault(variant, f"host-{count}")
         self.users = {name: f"user-{i + 1}" for i, name in enumerate(sorted(set(users)))}
         bare_users = [u for u in self.users if u not in GENERIC_USERS and len(u) >= 3]
-        by_length = lambda names: sorted(names, key=lambda n: (-len(n), n))  # longest wins  # noqa: E731
+        def by_length(names: Iterable[str]) -> list[str]:
+            return sorted(names, key=lambda n: (-len(n), n))  # the longest name wins at a position
+
         alternatives = [
-            r"(?P<home>/home/|/Users/|/usr/home/|\\Users\\|torchinductor_)(?P<huser>" + _USER_CHARS + ")",
+            f"(?P<home>{_HOME})(?P<huser>{_USER_CHARS})",
             r"(?<![A-Za-z0-9._/-])(?P<root>/root)(?![A-Za-z0-9._-])",
         ]
         if self.hosts:
