@@ -67,13 +67,14 @@ class GradStats:
     def __init__(self, table: ParamTable):
         groups: dict[tuple[torch.device, torch.dtype], tuple[list[int], list[torch.Tensor]]] = {}
         for i, p in enumerate(table.params):
-            if not p.requires_grad:
+            if not p.requires_grad or p.numel() == 0:  # nothing to measure
                 continue
             ids, params = groups.setdefault((p.device, p.dtype), ([], []))
             ids.append(i)
             params.append(p.detach())
         self._groups = list(groups.values())
         self._owners = list(table.params)
+        self._buffers: dict[tuple[int, ...], list[torch.Tensor]] = {}
         self.device = table.params[0].device if table.params else torch.device("cpu")
 
     @torch.no_grad()
@@ -92,19 +93,31 @@ class GradStats:
                 ids = [ids[k] for k in keep]
                 params = [params[k] for k in keep]
                 grads = [grads[k] for k in keep]
-            norms = torch._foreach_norm(grads, 2, dtype=torch.float32)
-            absmax = torch._foreach_norm(grads, _INF, dtype=torch.float32)
-            weights = torch._foreach_norm(params, 2, dtype=torch.float32)
-            block = torch.stack([*norms, *absmax, *weights]).view(3, len(ids))
+            norms = torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32))
+            weights = torch.stack(torch._foreach_norm(params, 2, dtype=torch.float32))
+            block = torch.stack([norms, _absmax(grads), weights])
             blocks.append(block.to(self.device, non_blocking=True))
             used.append((ids, params))
             all_ids.extend(ids)
         if not blocks:
             return None
         matrix = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
-        before = [torch._foreach_mul(params, 1.0) for _, params in used] if keep_before else None
+        before = [self._copy(params) for _, params in used] if keep_before else None
         # No reference to the grads is kept: zero_grad frees them as usual.
         return GradBatch(all_ids, matrix, used, before)
+
+    def _copy(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Pre-update weights. On CUDA a fresh copy each sampled step (the caching allocator
+        makes it cheap and the memory is free between samples); on CPU a buffer kept per
+        group, because fresh large host allocations page-fault on every sampled step."""
+        if params[0].device.type != "cpu":
+            return torch._foreach_mul(params, 1.0)
+        key = tuple(id(p) for p in params)
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = self._buffers[key] = [torch.empty_like(p) for p in params]
+        torch._foreach_copy_(buf, params)
+        return buf
 
     @torch.no_grad()
     def guard(self, batch: GradBatch) -> bool:
@@ -134,3 +147,16 @@ class GradStats:
             parts.append(torch.stack(torch._foreach_norm(before, 2, dtype=torch.float32)).to(self.device))
         batch.update = parts[0] if len(parts) == 1 else torch.cat(parts)
         batch.before = None
+
+
+def _absmax(grads: list[torch.Tensor]) -> torch.Tensor:
+    """max |g| per tensor as float32 [n]; NaN if the tensor holds a NaN.
+
+    CUDA: one fused `_foreach_norm(ord=inf)` launch. CPU: that op materialises |g| (a fresh
+    allocation per tensor, very slow on CPU) so use one `aminmax` pass per tensor instead."""
+    if grads[0].device.type != "cpu":
+        return torch.stack(torch._foreach_norm(grads, _INF, dtype=torch.float32))
+    pairs = [torch.aminmax(g) for g in grads]
+    high = torch.stack([p.max for p in pairs]).float()
+    low = torch.stack([p.min for p in pairs]).float()
+    return torch.maximum(high, low.neg())

@@ -1,0 +1,176 @@
+"""Recorder overhead on a small transformer training loop (one command, prints a table).
+
+    python benchmarks/recorder_overhead.py [--device cpu|cuda] [--rounds 8] [--steps 15]
+
+Variants, interleaved in shuffled order round after round so that drift of the machine hits
+all of them alike; each gets its own identically initialised model:
+  (a) no recording
+  (b) tracemortem.Recorder at defaults
+  (c) a per-parameter `p.grad.norm().item()` loop (the common hand-written approach)
+  (d) TensorBoard SummaryWriter.add_histogram of every gradient, every step
+Then a longer recorded run measures the bytes on disk per grads row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from tracemortem.record import Recorder  # noqa: E402
+
+
+class TinyLM(nn.Module):
+    def __init__(self, vocab: int, d_model: int, layers: int, seq: int):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d_model)
+        self.pos = nn.Parameter(torch.zeros(seq, d_model))
+        block = nn.TransformerEncoderLayer(d_model, nhead=4, dim_feedforward=4 * d_model, batch_first=True, dropout=0.0)
+        self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, vocab)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        mask = nn.Transformer.generate_square_subsequent_mask(tokens.shape[1], device=tokens.device)
+        return self.head(self.norm(self.blocks(self.embed(tokens) + self.pos, mask=mask, is_causal=True)))
+
+
+class Variant:
+    def __init__(self, name: str, args: argparse.Namespace, workdir: Path):
+        self.name, self.args = name, args
+        torch.manual_seed(0)
+        self.model = TinyLM(args.vocab, args.d_model, args.layers, args.seq).to(args.device)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=3e-4)
+        gen = torch.Generator().manual_seed(1)
+        self.data = [torch.randint(0, args.vocab, (args.batch, args.seq + 1), generator=gen).to(args.device) for _ in range(8)]
+        self.i = 0
+        self.times: list[float] = []
+        self.rounds: list[float] = []  # median step time of each round
+        self.cpu: list[float] = []  # process CPU seconds per step (all threads), per round
+        self.rec = Recorder(workdir / name, self.model, self.opt) if name == "recorder" else None
+        self.tb = None
+        if name == "tb_histogram":
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(workdir / name))
+        self.named = list(self.model.named_parameters())
+
+    def step(self) -> None:
+        tokens = self.data[self.i % len(self.data)]
+        logits = self.model(tokens[:, :-1])
+        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+        loss.backward()
+        if self.name == "norm_item_loop":
+            norms = {n: p.grad.norm().item() for n, p in self.named}
+            assert norms
+        elif self.tb is not None:
+            for n, p in self.named:
+                self.tb.add_histogram(f"grad/{n}", p.grad, self.i)
+        self.opt.step()
+        self.opt.zero_grad()
+        if self.rec is not None:
+            self.rec.step(loss=loss)
+        self.i += 1
+
+    def run(self, steps: int, keep: bool) -> None:
+        sync = torch.cuda.synchronize if self.args.device == "cuda" else (lambda: None)
+        times = []
+        cpu0 = time.process_time()
+        for _ in range(steps):
+            sync()
+            t0 = time.perf_counter()
+            self.step()
+            sync()
+            times.append(time.perf_counter() - t0)
+        if keep:
+            self.cpu.append((time.process_time() - cpu0) / steps)
+            self.times.extend(times)
+            self.rounds.append(statistics.median(times))
+
+    def close(self) -> None:
+        if self.rec is not None:
+            self.rec.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def bytes_per_grads_row(args: argparse.Namespace, workdir: Path) -> tuple[int, int, float]:
+    """A longer recorded run at defaults (small batch to keep it quick): on-disk bytes / rows."""
+    import pyarrow.parquet as pq
+
+    small = argparse.Namespace(**{**vars(args), "batch": 2, "seq": 16})
+    v = Variant("recorder", small, workdir / "long")
+    v.run(args.bytes_steps, keep=False)
+    v.close()
+    files = list((workdir / "long" / "recorder" / "rank0" / "grads").glob("*.parquet"))
+    rows = sum(pq.read_metadata(f).num_rows for f in files)
+    size = sum(f.stat().st_size for f in files)
+    return rows, size, size / max(rows, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per variant per round")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seq", type=int, default=64)
+    parser.add_argument("--d-model", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--vocab", type=int, default=2000)
+    parser.add_argument("--bytes-steps", type=int, default=1500, help="steps of the run that measures bytes/row")
+    args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but CUDA is not available")
+
+    names = ["none", "recorder", "norm_item_loop", "tb_histogram"]
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        variants = {n: Variant(n, args, workdir) for n in names}
+        for v in variants.values():
+            v.run(args.warmup, keep=False)
+        order = list(names)
+        rng = random.Random(0)
+        for _ in range(args.rounds):
+            rng.shuffle(order)
+            for n in order:
+                variants[n].run(args.steps, keep=True)
+        for v in variants.values():
+            v.close()
+        rows, size, per_row = bytes_per_grads_row(args, workdir)
+
+    params = sum(p.numel() for p in variants["none"].model.parameters())
+    tensors = len(variants["none"].named)
+    print(f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} "
+          f"model: {tensors} param tensors, {params / 1e6:.2f} M params; batch={args.batch} seq={args.seq}; "
+          f"{args.rounds} interleaved rounds x {args.steps} steps per variant")
+    print("overhead = median over rounds of (variant's median step / (a)'s median step in the same round) - 1")
+    print(f"{'variant':<20}{'median ms':>10}{'p90 ms':>10}{'overhead':>10}{'CPU ms':>10}{'CPU overhead':>14}")
+    labels = {"none": "(a) none", "recorder": "(b) Recorder", "norm_item_loop": "(c) .norm().item()",
+              "tb_histogram": "(d) add_histogram"}
+    base_rounds = variants["none"].rounds
+    base_cpu = variants["none"].cpu
+    overhead, cpu_overhead = {}, {}
+    for n in names:
+        t = sorted(variants[n].times)
+        overhead[n] = statistics.median([r / b for r, b in zip(variants[n].rounds, base_rounds)]) - 1
+        cpu_overhead[n] = statistics.median([r / b for r, b in zip(variants[n].cpu, base_cpu)]) - 1
+        print(f"{labels[n]:<20}{statistics.median(t) * 1e3:>10.2f}{t[int(0.9 * (len(t) - 1))] * 1e3:>10.2f}"
+              f"{overhead[n] * 100:>9.1f}%{statistics.median(variants[n].cpu) * 1e3:>10.2f}{cpu_overhead[n] * 100:>13.1f}%")
+    for label, o in (("wall", overhead), ("CPU", cpu_overhead)):
+        ratio = f"{o['tb_histogram'] / o['recorder']:.1f}x" if o["recorder"] > 0 else "unbounded ((b) within noise of (a))"
+        print(f"(d) overhead / (b) overhead, {label} time: {ratio}")
+    print(f"grads table: {rows} rows in {size} bytes on disk = {per_row:.2f} bytes/row ({args.bytes_steps} steps)")
+
+
+if __name__ == "__main__":
+    main()
