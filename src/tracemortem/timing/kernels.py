@@ -1,0 +1,31 @@
+"""Per GPU kernel (and memcpy/memset) name over all ranks: calls, total, mean, max (exact ns),
+plus `hta_sum_us`, the total in HTA's view of the trace (see `gpu.hta_view`) for checking."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from .gpu import kernel_type
+
+
+def kernel_table(gpu: pl.DataFrame, view: pl.DataFrame) -> pl.DataFrame:
+    if gpu.is_empty():
+        return pl.DataFrame(schema={"name": pl.String, "kind": pl.String, "type": pl.String, "calls": pl.UInt32,
+                                    "total_ns": pl.Int64, "mean_ns": pl.Float64, "max_ns": pl.Int64,
+                                    "ranks": pl.UInt32, "hta_sum_us": pl.Int64})
+    hta = view.group_by(pl.col("name").cast(pl.String)).agg(pl.col("dur").sum().alias("hta_sum_us"))
+    return (
+        gpu.group_by(pl.col("name").cast(pl.String))
+        .agg(
+            pl.col("kind").first().cast(pl.String),
+            pl.len().alias("calls"),
+            pl.col("dur").sum().alias("total_ns"),
+            pl.col("dur").mean().alias("mean_ns"),
+            pl.col("dur").max().alias("max_ns"),
+            pl.col("rank").n_unique().alias("ranks"),
+        )
+        .with_columns(kernel_type(pl.col("name")).alias("type"))
+        .join(hta, on="name", how="left")
+        .select("name", "kind", "type", "calls", "total_ns", "mean_ns", "max_ns", "ranks", "hta_sum_us")
+        .sort(["total_ns", "name"], descending=[True, False])
+    )

@@ -1,0 +1,93 @@
+"""Per (rank, ProfilerStep) time breakdown.
+
+Each step's wall-clock window is split by priority, in the spirit of tb_plugin's waterfall
+(research/trace-analyzers.md §2.3), so the exclusive parts sum to the step's duration:
+GPU compute > communication (NCCL) > memcpy > memset > data loading > host sync > other.
+A lower part only gets window time no higher part covers: `data_loading_ns` is DataLoader time
+while the GPU was idle, `other_ns` is time with no GPU work, no data loading and no sync (on a
+CPU-only trace: the CPU's own work). The `total_*` columns are the same categories without the
+priority (all DataLoader time in the step, all sync time, all GPU idle time).
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from . import intervals
+from .gpu import kernel_type
+
+DATALOADER_RE = r"^enumerate\((DataLoader|DataPipe)\)#.*"
+SYNC_CALLS = (
+    "cudaStreamSynchronize",
+    "cudaDeviceSynchronize",
+    "cudaEventSynchronize",
+    "cudaMemcpy",
+    "hipStreamSynchronize",
+    "hipDeviceSynchronize",
+    "hipMemcpy",
+)
+# Ops that block the host only when the tensor lives on a device (on CPU they are plain reads).
+SYNC_OPS = ("aten::item", "aten::_local_scalar_dense")
+
+LEVELS = ("compute", "comm", "memcpy", "memset", "data_loading", "host_sync")
+GPU_LEVELS = LEVELS[:4]
+
+
+def _gpu_intervals(gpu: pl.DataFrame) -> pl.DataFrame:
+    kind_level = (
+        pl.when(pl.col("kind") == "memcpy").then(pl.lit("memcpy"))
+        .when(pl.col("kind") == "memset").then(pl.lit("memset"))
+        .when(kernel_type(pl.col("name")) == "COMMUNICATION").then(pl.lit("comm"))
+        .otherwise(pl.lit("compute"))
+    )
+    return gpu.select("rank", "ts", (pl.col("ts") + pl.col("dur")).alias("end"), kind_level.alias("level"))
+
+
+def _cpu_intervals(events: pl.DataFrame, gpu: pl.DataFrame, gpu_ranks: list[int]) -> pl.DataFrame:
+    name = pl.col("name").cast(pl.String)
+    cpu = events.filter(pl.col("stream").is_null())
+    loading = cpu.filter(name.str.contains(DATALOADER_RE) & name.str.ends_with("__next__"))
+    sync = cpu.filter(name.is_in(SYNC_CALLS) | (name.is_in(SYNC_OPS) & pl.col("rank").is_in(gpu_ranks)))
+    # A device-to-host copy blocks the host for the span of its launching call.
+    dtoh = gpu.filter((pl.col("kind") == "memcpy") & pl.col("name").cast(pl.String).str.contains("DtoH") & pl.col("launch_ts").is_not_null())
+    span = [pl.col("ts"), (pl.col("ts") + pl.col("dur")).alias("end")]
+    return pl.concat(
+        [
+            loading.select("rank", *span, pl.lit("data_loading").alias("level")),
+            sync.select("rank", *span, pl.lit("host_sync").alias("level")),
+            dtoh.select("rank", pl.col("launch_ts").alias("ts"), (pl.col("launch_ts") + pl.col("launch_dur")).alias("end"), pl.lit("host_sync").alias("level")),
+        ]
+    )
+
+
+def step_breakdown(events: pl.DataFrame, profiler_steps: pl.DataFrame, gpu: pl.DataFrame) -> pl.DataFrame:
+    keys = ["rank", "step"]
+    steps = profiler_steps.select("rank", "step", pl.col("ts").alias("ts_ns"), pl.col("dur").alias("duration_ns")).sort(keys)
+    if steps.is_empty():
+        return steps
+    gpu_ranks = gpu["rank"].unique().to_list()
+    windows = profiler_steps.select("rank", "step", pl.col("ts").alias("w_ts"), (pl.col("ts") + pl.col("dur")).alias("w_end"))
+    spans = pl.concat([_gpu_intervals(gpu), _cpu_intervals(events, gpu, gpu_ranks)])
+    pieces = intervals.clip_to_windows(spans.with_columns(pl.col("level").cast(pl.String)), windows)
+
+    out = steps
+    previous = pl.lit(0, pl.Int64)
+    for i, level in enumerate(LEVELS):
+        covered = intervals.union_length(pieces.filter(pl.col("level").is_in(LEVELS[: i + 1])), keys, f"_u{i}")
+        alone = intervals.union_length(pieces.filter(pl.col("level") == level), keys, f"total_{level}_ns")
+        out = out.join(covered, on=keys, how="left").join(alone, on=keys, how="left")
+        out = out.with_columns(pl.col(f"_u{i}").fill_null(0), pl.col(f"total_{level}_ns").fill_null(0))
+        out = out.with_columns((pl.col(f"_u{i}") - previous).alias(f"{level}_ns"))
+        previous = pl.col(f"_u{i}")
+    has_gpu = pl.col("rank").is_in(gpu_ranks)
+    busy = pl.col(f"_u{len(GPU_LEVELS) - 1}")
+    out = out.with_columns(
+        (pl.col("duration_ns") - previous).alias("other_ns"),
+        pl.when(has_gpu).then(pl.col("duration_ns") - busy).alias("total_gpu_idle_ns"),
+        *[pl.when(has_gpu).then(pl.col(f"{level}_ns")).alias(f"{level}_ns") for level in GPU_LEVELS],
+    )
+    return out.select(
+        *keys, "ts_ns", "duration_ns",
+        *[f"{level}_ns" for level in LEVELS], "other_ns",
+        "total_gpu_idle_ns", "total_data_loading_ns", "total_host_sync_ns",
+    ).sort(keys)
