@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 from pathlib import Path
 
@@ -30,6 +31,11 @@ PASSWORD = "hunter2-correct-horse"
 URL_PASS = "s3cr3tpw"
 PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAuXJ2\nQWERTY==\n-----END RSA PRIVATE KEY-----"
 SECRETS = [HF, GHP, AKIA, JWT, AWS_SECRET, SLACK, OPENAI, GOOGLE, PASSWORD, URL_PASS, "MIIEowIBAAKCAQEAuXJ2"]
+
+def _core(secret: str) -> str:
+    """The longest stretch of a secret that no report format escapes (Markdown escapes `_`)."""
+    return max(re.findall(r"[A-Za-z0-9-]+", secret), key=len)
+
 
 ENV_DUMP = f"PATH=/usr/bin HF_TOKEN={HF} WANDB_API_KEY=0123456789abcdef aws_secret_access_key={AWS_SECRET}"
 ORDINARY_OPS = ["aten::addmm", "aten::_foreach_norm", "aten::mm", "ns::get_token::run", "Optimizer.step#AdamW.step"]
@@ -108,7 +114,7 @@ def test_no_planted_secret_survives_anywhere(pseudonymize: bool) -> None:
     for fmt in ("json", "md", "html", "text"):
         document = render(after, fmt)
         for secret in SECRETS:
-            assert secret not in document, (fmt, secret)
+            assert _core(secret) not in document, (fmt, secret)
 
 
 def test_redaction_keeps_structure_and_context() -> None:
