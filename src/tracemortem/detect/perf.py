@@ -1,0 +1,455 @@
+"""Performance findings from `Timing` (profiler traces) and the recorder's steps (DESIGN §6).
+
+`detect(timing, run, config)`: either input may be None. Rules: slow-step, slow-op,
+dataloader-bound, host-sync, gpu-idle, launch-bound, straggler-rank, memory-growth
+(docs/findings-performance.md). Every rule is quiet unless its evidence clears a declared
+threshold; uniform training loops produce nothing at warning level.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+from ..config import Config, threshold
+from ..findings import Finding
+from ..load.run import RunData
+from ..timing import Timing
+from ..timing.steps import SYNC_CALLS, SYNC_OPS
+
+MAD_SIGMA = 1.4826  # MAD → σ for normal data, so k reads as "k robust standard deviations"
+
+SLOW_STEP_K = threshold("slow-step.mad_k", 6.0, "A step is slow when it exceeds median + k·1.4826·MAD of its rank's steps.",
+                        "research/gradient-debuggers.md §6(a) G33: robust version of smdebug StepOutlier (median + 6·MAD)")
+SLOW_STEP_RATIO = threshold("slow-step.min_ratio", 1.5, "…and is at least this many times the median step.",
+                            "TraceLens anomaly-capture tutorial keeps steps > 1.5 × median")
+SLOW_STEP_MIN = threshold("slow-step.min_steps", 5, "Steps a rank needs before outliers are judged.", "tracemortem default")
+SLOW_STEP_MAX = threshold("slow-step.max_findings", 10, "At most this many slow steps are reported per rank (largest first).",
+                          "tracemortem default")
+SLOW_OP_RATIO = threshold("slow-op.step_ratio", 3.0, "An op is intermittently slow when its p95 time per step is this many "
+                          "times its median time per step.", "research/gradient-debuggers.md §6(a) G34 (p95 > 3× median)")
+SLOW_OP_SHARE = threshold("slow-op.min_share", 0.02, "…and its time above that bound is at least this share of the rank's "
+                          "profiled step time.", "tracemortem default")
+TOP_OP_SHARE = threshold("slow-op.top_share", 0.25, "The top op by self time (GPU self time on GPU traces) is reported (info) "
+                         "when it takes at least this share of profiled step time.", "tracemortem default")
+LOADER_WARN = threshold("dataloader-bound.min_share", 0.2, "Warning when DataLoader time is at least this share of step time.",
+                        "research/gradient-debuggers.md §6(a) G36 (data loading > 20% of step time)")
+LOADER_INFO = threshold("dataloader-bound.info_share", 0.05, "Info when DataLoader time is at least this share of step time.",
+                        "tb_plugin recommendation rule 1 (DataLoader > 5% of step time)")
+SYNC_SHARE = threshold("host-sync.min_share", 0.05, "Warning when host-synchronising calls take at least this share of step "
+                       "time on a GPU rank.", "research/gradient-debuggers.md §6(a) G34 (sync ops > 5% of step time)")
+IDLE_SHARE = threshold("gpu-idle.min_share", 0.5, "Warning when the GPU is idle for at least this share of its active span "
+                       "(HTA temporal breakdown).", "tb_plugin recommendation rule 5 (GPU utilization < 50%)")
+LAUNCH_SHORT = threshold("launch-bound.short_share", 0.5, "Share of GPU ops that run shorter than their CPU launch call.",
+                         "HTA get_cuda_kernel_launch_stats 'short kernels' (gpu_duration < cpu_duration); share is ours")
+LAUNCH_IDLE = threshold("launch-bound.min_idle_share", 0.3, "…together with at least this GPU idle share.", "tracemortem default")
+STRAGGLER_SKEW = threshold("straggler-rank.skew", 0.1, "A rank is behind on a step when its step time exceeds the cross-rank "
+                           "median by this fraction.", "research/gradient-debuggers.md §6(a) G38 ((max − median)/median > 10%)")
+STRAGGLER_STEPS = threshold("straggler-rank.min_step_share", 0.2, "…on at least this share of the steps all ranks recorded.",
+                            "research/gradient-debuggers.md §6(a) G38 (on ≥ 20% of steps)")
+MEM_GROWTH = threshold("memory-growth.min_growth", 0.1, "Allocated CUDA memory grows by at least this fraction from the first "
+                       "to the last fifth of the run (after warm-up).", "tracemortem default (smdebug GPUMemoryIncrease uses "
+                       "+5 points of total memory)")
+MEM_BYTES = threshold("memory-growth.min_bytes", 64 * 2**20, "…and by at least this many bytes.", "tracemortem default")
+MEM_STEPS = threshold("memory-growth.min_steps", 50, "Steps with memory readings a rank needs before growth is judged.",
+                      "tracemortem default")
+
+
+def detect(timing: Timing | None, run: RunData | None, config: Config | None = None) -> list[Finding]:
+    config = config or Config()
+    durations = _step_durations(timing, run)
+    findings: list[Finding] = []
+    findings += slow_steps(durations, timing, config)
+    findings += straggler_ranks(durations, config)
+    if timing is not None:
+        findings += slow_ops(timing, config)
+        findings += dataloader_bound(timing, config)
+        findings += host_sync(timing, config)
+        findings += gpu_idle(timing, config)
+    if run is not None:
+        findings += memory_growth(run.steps, config)
+    return findings
+
+
+def _step_durations(timing: Timing | None, run: RunData | None) -> pl.DataFrame:
+    """`rank, step, seconds` from profiled steps, else from the recorder's `duration_s`."""
+    if timing is not None and not timing.steps.is_empty():
+        return timing.steps.select("rank", "step", (pl.col("duration_ns") / 1e9).alias("seconds"))
+    if run is not None and {"rank", "step", "duration_s"} <= set(run.steps.columns):
+        return run.steps.select("rank", "step", pl.col("duration_s").alias("seconds")).drop_nulls("seconds")
+    return pl.DataFrame(schema={"rank": pl.Int32, "step": pl.Int64, "seconds": pl.Float64})
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1e3, 3)
+
+
+# ---------------------------------------------------------------- slow-step
+
+
+def slow_steps(durations: pl.DataFrame, timing: Timing | None, config: Config) -> list[Finding]:
+    k, ratio = config[SLOW_STEP_K], config[SLOW_STEP_RATIO]
+    stats = (
+        durations.group_by("rank")
+        .agg(pl.len().alias("n"), pl.col("seconds").median().alias("median"))
+        .filter(pl.col("n") >= config[SLOW_STEP_MIN])
+    )
+    scored = (
+        durations.join(stats, on="rank")
+        .with_columns((pl.col("seconds") - pl.col("median")).abs().median().over("rank").alias("mad"))
+        .with_columns(
+            pl.max_horizontal(pl.col("median") + k * MAD_SIGMA * pl.col("mad"), pl.col("median") * ratio).alias("bound")
+        )
+        .with_columns((pl.col("seconds") > pl.col("bound")).alias("slow"))
+    )
+    findings = []
+    for rank in scored.filter(pl.col("slow"))["rank"].unique().sort().to_list():
+        mine = scored.filter(pl.col("rank") == rank)
+        normal = mine.filter(~pl.col("slow"))["step"].to_list()
+        worst = mine.filter(pl.col("slow")).sort("seconds", descending=True).head(config[SLOW_STEP_MAX])
+        for row in worst.iter_rows(named=True):
+            excess = row["seconds"] - row["median"]
+            causes = _explain(timing, rank, row["step"], normal, excess) if timing is not None else []
+            findings.append(_slow_step_finding(row, excess, causes, timing is not None))
+    return findings
+
+
+def _explain(timing: Timing, rank: int, step: int, normal: list[int], excess_s: float) -> list[dict[str, Any]]:
+    """Ops (by self time) and step categories whose time in `step` most exceeds a median normal step."""
+    ops = timing.step_ops.filter(pl.col("rank") == rank)
+    slow = ops.filter(pl.col("step") == step).select("name", pl.col("self_ns").alias("slow_ns"))
+    base_steps = pl.DataFrame({"step": normal}, schema={"step": pl.Int64})
+    baseline = (
+        base_steps.join(slow.select("name"), how="cross")
+        .join(ops.select("step", "name", "self_ns"), on=["step", "name"], how="left")
+        .group_by("name")
+        .agg(pl.col("self_ns").fill_null(0).median().alias("base_ns"))
+    )
+    deltas = (
+        slow.join(baseline, on="name", how="left")
+        .with_columns(((pl.col("slow_ns") - pl.col("base_ns").fill_null(0)) / 1e9).alias("extra_s"))
+        .filter(pl.col("extra_s") > 0)
+        .sort("extra_s", descending=True)
+        .head(3)
+    )
+    causes = [
+        {"op": r["name"], "extra_ms": _ms(r["extra_s"]), "share_of_excess": round(r["extra_s"] / excess_s, 3)}
+        for r in deltas.iter_rows(named=True)
+    ]
+    steps = timing.steps.filter(pl.col("rank") == rank)
+    for column, label in (("total_data_loading_ns", "data loading"), ("total_host_sync_ns", "host sync")):
+        slow_v = steps.filter(pl.col("step") == step)[column].sum()
+        base_v = steps.filter(pl.col("step").is_in(normal))[column].median() or 0
+        extra = (slow_v - base_v) / 1e9
+        if extra > 0.25 * excess_s:
+            causes.append({"category": label, "extra_ms": _ms(extra), "share_of_excess": round(extra / excess_s, 3)})
+    return causes
+
+
+def _slow_step_finding(row: dict[str, Any], excess: float, causes: list[dict[str, Any]], traced: bool) -> Finding:
+    step, rank = row["step"], row["rank"]
+    lead = next((c for c in causes if "category" in c), None) or (causes[0] if causes else None)
+    if lead is None:
+        why = " Profile this step (torch.profiler) to see which ops took the extra time." if not traced else ""
+        subject = None
+    elif "category" in lead:
+        why = f" {lead['category'].capitalize()} took {lead['extra_ms']} ms more than in a median step."
+        subject = lead["category"]
+    else:
+        named = ", ".join(f"{c['op']} (+{c['extra_ms']} ms)" for c in causes if "op" in c)
+        why = f" The extra time went mostly to {named}."
+        subject = lead["op"]
+    return Finding(
+        "slow-step", "warning", f"Step {step} was {row['seconds'] / row['median']:.1f}× slower than the median step",
+        f"Step {step} on rank {rank} took {_ms(row['seconds'])} ms against a median of {_ms(row['median'])} ms "
+        f"(outlier bound {_ms(row['bound'])} ms).{why}",
+        step=step, rank=rank, subject=subject,
+        evidence={"step_ms": _ms(row["seconds"]), "median_ms": _ms(row["median"]), "mad_ms": _ms(row["mad"]),
+                  "bound_ms": _ms(row["bound"]), "excess_ms": _ms(excess), "causes": causes},
+        suggestion=(f"Look at what {subject} does on step {step} (input size, a periodic checkpoint, logging or eval, "
+                    "garbage collection, another process on the host)." if subject else
+                    "Check for periodic work on that step: checkpointing, evaluation, logging, garbage collection."),
+    )
+
+
+# ---------------------------------------------------------------- slow-op
+
+
+def slow_ops(timing: Timing, config: Config) -> list[Finding]:
+    findings = _top_op(timing, config)
+    steps = timing.steps
+    if steps.is_empty():
+        return findings
+    ratio = config[SLOW_OP_RATIO]
+    profiled = steps.group_by("rank").agg(pl.col("duration_ns").sum().alias("profiled_ns"), pl.len().alias("n_steps"))
+    grid = steps.select("rank", "step").join(timing.step_ops.select("rank", "name").unique(), on="rank")
+    per_step = grid.join(timing.step_ops.select("rank", "step", "name", "total_ns"), on=["rank", "step", "name"], how="left") \
+        .with_columns(pl.col("total_ns").fill_null(0))
+    # Only outermost time counts once: nested ops repeat their parent's delay, so report each
+    # (rank, step-set) through the op with the most excess and list the rest as related.
+    stats = (
+        per_step.group_by("rank", "name")
+        .agg(
+            pl.col("total_ns").median().alias("median_ns"),
+            pl.col("total_ns").quantile(0.95, "nearest").alias("p95_ns"),
+            pl.col("step").filter(pl.col("total_ns") > ratio * pl.col("total_ns").median()).alias("slow_steps"),
+            (pl.col("total_ns") - ratio * pl.col("total_ns").median()).clip(lower_bound=0).sum().alias("excess_ns"),
+        )
+        .join(profiled, on="rank")
+        .filter(
+            (pl.col("median_ns") > 0)
+            & (pl.col("p95_ns") >= ratio * pl.col("median_ns"))
+            & (pl.col("excess_ns") >= config[SLOW_OP_SHARE] * pl.col("profiled_ns"))
+            & (pl.col("slow_steps").list.len() < pl.col("n_steps"))
+        )
+        .sort("rank", "excess_ns", descending=[False, True])
+    )
+    for rank in stats["rank"].unique().sort().to_list():
+        mine = stats.filter(pl.col("rank") == rank)
+        top = mine.row(0, named=True)
+        related = [n for n in mine["name"].to_list()[1:6]]
+        findings.append(Finding(
+            "slow-op", "warning", f"{top['name']} is intermittently slow",
+            f"On rank {rank}, {top['name']} takes {_ms(top['median_ns'] / 1e9)} ms in a median step but "
+            f"{_ms(top['p95_ns'] / 1e9)} ms at the 95th percentile; it is over {ratio:g}× its median on steps "
+            f"{_steps_text(top['slow_steps'])}.",
+            rank=rank, subject=top["name"], step=min(top["slow_steps"]) if top["slow_steps"] else None,
+            evidence={"median_ms": _ms(top["median_ns"] / 1e9), "p95_ms": _ms(top["p95_ns"] / 1e9),
+                      "excess_ms": _ms(top["excess_ns"] / 1e9), "slow_steps": top["slow_steps"],
+                      "share_of_profiled_time": round(top["excess_ns"] / top["profiled_ns"], 4), "also_slow": related},
+            suggestion=f"Find what differs on those steps for {top['name']}: input shapes (padding, variable sequence "
+                       "length), a cache miss or recompilation, contention from another process.",
+        ))
+    return findings
+
+
+def _steps_text(steps: list[int]) -> str:
+    shown = ", ".join(str(s) for s in steps[:8])
+    return shown + (f" and {len(steps) - 8} more" if len(steps) > 8 else "")
+
+
+def _top_op(timing: Timing, config: Config) -> list[Finding]:
+    ops = timing.ops.filter(pl.col("cat").cast(pl.String).is_in(["cpu_op", "Operator"]))
+    if ops.is_empty() or timing.steps.is_empty():
+        return []
+    on_gpu = bool(timing.gpu_ranks()) and ops["gpu_ns"].sum() > 0
+    column = "gpu_ns" if on_gpu else "self_ns"
+    top = ops.sort(column, descending=True).row(0, named=True)
+    profiled = timing.steps["duration_ns"].sum()
+    share = top[column] / profiled if profiled else 0.0
+    if share < config[TOP_OP_SHARE]:
+        return []
+    where = "GPU kernel time" if on_gpu else "CPU self time"
+    shapes = f" (inputs {top['input_dims']})" if top["input_dims"] else ""
+    return [Finding(
+        "slow-op", "info", f"{top['name']} dominates {where}",
+        f"{top['name']}{shapes} accounts for {share:.0%} of profiled step time as {where} "
+        f"({top['calls']} calls, {_ms(top[column] / 1e9)} ms).",
+        subject=top["name"],
+        evidence={"share": round(share, 4), "calls": top["calls"], f"{column[:-3]}_ms": _ms(top[column] / 1e9),
+                  "total_ms": _ms(top["total_ns"] / 1e9)},
+        suggestion="This is where optimisation pays most: check its input sizes and dtype (mixed precision, "
+                   "channels_last), or whether a fused/compiled version (torch.compile) applies.",
+    )]
+
+
+# ---------------------------------------------------------------- step shares
+
+
+def _shares(timing: Timing, column: str) -> pl.DataFrame:
+    return (
+        timing.steps.filter(pl.col(column).is_not_null())
+        .group_by("rank")
+        .agg(pl.len().alias("steps"), pl.col(column).sum().alias("part"), pl.col("duration_ns").sum().alias("total"))
+        .with_columns((pl.col("part") / pl.col("total")).alias("share"))
+        .sort("rank")
+    )
+
+
+def dataloader_bound(timing: Timing, config: Config) -> list[Finding]:
+    if timing.steps.is_empty():
+        return []
+    findings = []
+    for row in _shares(timing, "total_data_loading_ns").iter_rows(named=True):
+        if row["share"] < config[LOADER_INFO]:
+            continue
+        severity = "warning" if row["share"] >= config[LOADER_WARN] else "info"
+        findings.append(Finding(
+            "dataloader-bound", severity, f"Data loading takes {row['share']:.0%} of step time",
+            f"On rank {row['rank']}, the DataLoader's __next__ took {_ms(row['part'] / 1e9 / row['steps'])} ms of a "
+            f"{_ms(row['total'] / 1e9 / row['steps'])} ms step on average over {row['steps']} profiled steps.",
+            rank=row["rank"], subject="DataLoader",
+            evidence={"share": round(row["share"], 4), "loading_ms_per_step": _ms(row["part"] / 1e9 / row["steps"]),
+                      "step_ms": _ms(row["total"] / 1e9 / row["steps"]), "steps": row["steps"]},
+            suggestion="Load batches in the background: DataLoader(num_workers=N, pin_memory=True, "
+                       "persistent_workers=True, prefetch_factor=2+); move decoding/augmentation out of __getitem__ "
+                       "or cache preprocessed samples.",
+        ))
+    return findings
+
+
+def host_sync(timing: Timing, config: Config) -> list[Finding]:
+    gpu_ranks = timing.gpu_ranks()
+    if timing.steps.is_empty() or not gpu_ranks:
+        return []
+    findings = []
+    names = list(SYNC_CALLS) + list(SYNC_OPS)
+    for row in _shares(timing, "total_host_sync_ns").filter(pl.col("rank").is_in(gpu_ranks)).iter_rows(named=True):
+        if row["share"] < config[SYNC_SHARE]:
+            continue
+        calls = (
+            timing.step_ops.filter((pl.col("rank") == row["rank"]) & pl.col("name").is_in(names))
+            .group_by("name").agg(pl.col("calls").sum(), pl.col("total_ns").sum())
+            .sort("total_ns", descending=True)
+        )
+        top = calls.row(0, named=True) if not calls.is_empty() else None
+        findings.append(Finding(
+            "host-sync", "warning", f"The host waits on the GPU for {row['share']:.0%} of step time",
+            f"On rank {row['rank']}, synchronising calls (device-to-host copies, .item(), stream/device synchronize) "
+            f"blocked the CPU for {_ms(row['part'] / 1e9 / row['steps'])} ms per step"
+            + (f"; the largest is {top['name']} ({top['calls']} calls)." if top else "."),
+            rank=row["rank"], subject=top["name"] if top else None,
+            evidence={"share": round(row["share"], 4), "sync_ms_per_step": _ms(row["part"] / 1e9 / row["steps"]),
+                      "by_call": {r["name"]: {"calls": r["calls"], "ms": _ms(r["total_ns"] / 1e9)} for r in calls.head(5).iter_rows(named=True)}},
+            suggestion="Keep values on the device inside the loop: log loss.item() every N steps, avoid Python "
+                       "conditionals on tensors, use non_blocking=True copies with pinned memory.",
+        ))
+    return findings
+
+
+def gpu_idle(timing: Timing, config: Config) -> list[Finding]:
+    findings = []
+    for entry in timing.ranks:
+        gpu = entry.get("gpu")
+        if not gpu or gpu["span_us"] <= 0:
+            continue
+        share = gpu["idle_us"] / gpu["span_us"]
+        launch = entry.get("launch") or {}
+        short_share = launch.get("shorter_than_launch", 0) / launch["launches"] if launch.get("launches") else 0.0
+        if share >= config[LAUNCH_IDLE] and short_share >= config[LAUNCH_SHORT]:
+            findings.append(Finding(
+                "launch-bound", "warning", f"GPU work is shorter than its launches ({short_share:.0%} of GPU ops)",
+                f"On rank {entry['rank']}, {launch['shorter_than_launch']} of {launch['launches']} GPU ops ran for less "
+                f"time than the CPU call that launched them (median launch {launch['launch_p50_us']} µs, median GPU "
+                f"op {launch['gpu_p50_us']} µs) and the GPU was idle {share:.0%} of its span: the CPU cannot issue "
+                "work fast enough.",
+                rank=entry["rank"],
+                evidence={"short_share": round(short_share, 4), "idle_share": round(share, 4), **launch},
+                suggestion="Give the GPU bigger pieces of work: larger batches, fused ops (torch.compile), CUDA graphs "
+                           "(torch.compile mode='reduce-overhead'), fewer tiny elementwise ops.",
+            ))
+        if share < config[IDLE_SHARE]:
+            continue
+        cause, hint = _idle_cause(timing, entry["rank"])
+        findings.append(Finding(
+            "gpu-idle", "warning", f"The GPU is idle {share:.0%} of the time",
+            f"On rank {entry['rank']}, the GPU ran nothing for {gpu['idle_us'] / 1e3:.1f} ms of its "
+            f"{gpu['span_us'] / 1e3:.1f} ms active span (HTA temporal breakdown: compute {gpu['compute_us'] / 1e3:.1f} ms, "
+            f"non-compute {gpu['non_compute_us'] / 1e3:.1f} ms).{cause}",
+            rank=entry["rank"],
+            evidence={"idle_share": round(share, 4), **{k: gpu[k] for k in ("idle_us", "compute_us", "non_compute_us", "span_us")}},
+            suggestion=hint,
+        ))
+    return findings
+
+
+def _idle_cause(timing: Timing, rank: int) -> tuple[str, str]:
+    steps = timing.steps.filter(pl.col("rank") == rank) if not timing.steps.is_empty() else timing.steps
+    if steps.is_empty():
+        return "", "Profile with ProfilerStep markers (torch.profiler schedule + prof.step()) to see what the idle time overlaps."
+    parts = {c: steps[c].sum() for c in ("data_loading_ns", "host_sync_ns", "other_ns")}
+    worst = max(parts, key=lambda c: parts[c])
+    total = steps["duration_ns"].sum()
+    text = {"data_loading_ns": ("waiting for data loading", "Speed up the input pipeline (DataLoader num_workers, pin_memory, prefetching)."),
+            "host_sync_ns": ("blocked in host synchronisation", "Remove per-step .item()/CPU copies and explicit synchronize calls."),
+            "other_ns": ("CPU-side work with no GPU work queued (Python overhead, small ops, launch latency)",
+                         "Overlap CPU work with GPU work: larger batches, torch.compile or CUDA graphs, move CPU "
+                         "preprocessing off the training thread.")}[worst]
+    return f" In the profiled steps, most idle time ({parts[worst] / total:.0%} of step time) was {text[0]}.", text[1]
+
+
+# ---------------------------------------------------------------- straggler-rank
+
+
+def straggler_ranks(durations: pl.DataFrame, config: Config) -> list[Finding]:
+    ranks = durations["rank"].n_unique()
+    if ranks < 2:
+        return []
+    common = durations.group_by("step").agg(pl.len().alias("n")).filter(pl.col("n") == ranks).select("step")
+    shared = durations.join(common, on="step")
+    if shared.is_empty():
+        return []
+    skew = config[STRAGGLER_SKEW]
+    scored = shared.with_columns(pl.col("seconds").median().over("step").alias("median")).with_columns(
+        ((pl.col("seconds") - pl.col("median")) / pl.col("median")).alias("skew")
+    )
+    per_rank = (
+        scored.group_by("rank")
+        .agg(
+            (pl.col("skew") > skew).mean().alias("behind_share"),
+            pl.col("seconds").median().alias("rank_median"),
+            pl.col("median").median().alias("all_median"),
+            pl.col("skew").median().alias("median_skew"),
+            pl.len().alias("steps"),
+        )
+        .filter(pl.col("behind_share") >= config[STRAGGLER_STEPS])
+        .sort("median_skew", descending=True)
+    )
+    return [
+        Finding(
+            "straggler-rank", "warning", f"Rank {row['rank']} is slower than the other ranks",
+            f"Rank {row['rank']} took more than {skew:.0%} longer than the cross-rank median on "
+            f"{row['behind_share']:.0%} of {row['steps']} shared steps (its median step {_ms(row['rank_median'])} ms, "
+            f"all ranks {_ms(row['all_median'])} ms).",
+            rank=row["rank"], subject=f"rank {row['rank']}",
+            evidence={"behind_share": round(row["behind_share"], 4), "median_skew": round(row["median_skew"], 4),
+                      "rank_median_ms": _ms(row["rank_median"]), "all_median_ms": _ms(row["all_median"]), "steps": row["steps"]},
+            suggestion="Compare this rank's host and device (thermal throttling, a slower GPU/NIC, other jobs on the "
+                       "node) and its data shard (longer sequences, slower storage).",
+        )
+        for row in per_rank.iter_rows(named=True)
+    ]
+
+
+# ---------------------------------------------------------------- memory-growth
+
+
+def memory_growth(steps: pl.DataFrame, config: Config) -> list[Finding]:
+    if not {"rank", "step", "mem_allocated"} <= set(steps.columns):
+        return []
+    findings = []
+    readings = steps.filter(pl.col("mem_allocated").is_not_null()).sort("rank", "step")
+    for rank in readings["rank"].unique().sort().to_list():
+        mine = readings.filter(pl.col("rank") == rank)
+        if mine.height < config[MEM_STEPS]:
+            continue
+        # Skip warm-up (optimizer state and caches are allocated in the first steps), then compare fifths.
+        body = mine.slice(mine.height // 10)
+        fifths = body.with_columns((pl.int_range(pl.len()) * 5 // pl.len()).alias("part")).group_by("part").agg(
+            pl.col("mem_allocated").median().alias("mem"),
+            pl.col("step").first().alias("from_step"),
+            *([pl.col("max_mem_allocated").max().alias("peak")] if "max_mem_allocated" in body.columns else []),
+        ).sort("part")
+        mem = fifths["mem"].to_list()
+        growth = mem[-1] - mem[0]
+        steady = all(b >= a for a, b in zip(mem, mem[1:]))
+        if not steady or growth < config[MEM_BYTES] or growth < config[MEM_GROWTH] * max(mem[0], 1):
+            continue
+        span = body["step"][-1] - body["step"][0]
+        per_step = growth / max(span * 0.8, 1)
+        evidence: dict[str, Any] = {"first_fifth_bytes": int(mem[0]), "last_fifth_bytes": int(mem[-1]),
+                                    "growth_bytes": int(growth), "bytes_per_step": round(per_step), "fifths_bytes": [int(m) for m in mem]}
+        if "peak" in fifths.columns and fifths["peak"].null_count() < fifths.height:
+            evidence["peak_bytes"] = int(fifths["peak"].max())
+        findings.append(Finding(
+            "memory-growth", "warning", "CUDA memory keeps growing",
+            f"On rank {rank}, allocated CUDA memory rose from {mem[0] / 2**20:.0f} MiB to {mem[-1] / 2**20:.0f} MiB "
+            f"(median of the first and last fifth of steps after warm-up), about {per_step / 2**20:.2f} MiB per step, "
+            "and never fell back.",
+            rank=rank, step=int(body["step"][-1]), evidence=evidence,
+            suggestion="Look for tensors kept across steps: accumulating the loss without .item()/.detach() "
+                       "(keeps each step's graph), appending outputs to a list, caches keyed by step; "
+                       "torch.cuda.memory._record_memory_history() shows what holds the memory.",
+        ))
+    return findings
