@@ -125,6 +125,31 @@ def test_sync_events_take_stream_from_args(tmp_path):
     assert ts.events["stream"].to_list() == [7, 9]
 
 
+def test_op_of_a_launch_without_named_op_is_the_innermost_enclosing_one(tmp_path):
+    def op(name, ts, dur, tid=1):
+        return {"ph": "X", "cat": "cpu_op", "name": name, "pid": 1, "tid": tid, "ts": ts, "dur": dur, "args": {"External id": 1}}
+
+    def launch(ts, corr, tid=1):
+        return [
+            {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": 1, "tid": tid, "ts": ts, "dur": 1,
+             "args": {"External id": 900 + corr, "correlation": corr}},
+            {"ph": "X", "cat": "kernel", "name": f"k{corr}", "pid": 0, "tid": 7, "ts": ts + 5, "dur": 1,
+             "args": {"External id": 900 + corr, "correlation": corr}},
+        ]
+
+    events = [
+        op("outer", 0, 100), op("early_child", 10, 10), op("inner", 30, 5), op("other_thread", 40, 50, tid=2),
+        op("tie_outer", 200, 30), op("tie_inner", 200, 10),
+        *launch(50, 1),  # after both children ended: outer
+        *launch(32, 2),  # inside inner
+        *launch(205, 3),  # equal starts: the shorter one is inside
+        *launch(150, 4),  # between ops: none
+    ]
+    ts = load_traces({_write(tmp_path / "nest.json", {"traceEvents": events}): None})
+    ops = dict(ts.gpu.select(pl.col("name").cast(pl.String), pl.col("op").cast(pl.String)).iter_rows())
+    assert ops == {"k1": "outer", "k2": "inner", "k3": "tie_inner", "k4": None}
+
+
 # --- real GPU traces ------------------------------------------------------------------------
 
 needs_real = pytest.mark.skipif(not REAL_TRACES.is_dir(), reason="shared/real_traces not present")
@@ -140,9 +165,31 @@ def test_real_gpu_traces_link_kernels_to_launches_and_ops(folder):
     assert ts.gpu.height > 0
     assert ts.gpu["launch_name"].is_not_null().mean() >= 0.99
     # Newer traces name the op through External id; the 2022 A100 trace partly needs containment.
-    assert ts.gpu["op"].is_not_null().mean() >= (0.75 if folder == "diff_control_a100" else 0.9)
+    assert ts.gpu["op"].is_not_null().mean() >= 0.95
     assert ts.gpu["step"].is_not_null().mean() >= 0.9
     assert not ts.notes
+
+
+@needs_real
+def test_2022_trace_ops_found_by_containment_are_the_innermost():
+    # External ids of launches there equal correlation ids, so no op is named by id: every op
+    # comes from time containment on the launching thread.
+    files = sorted((REAL_TRACES / "diff_test_v100").glob("*.json.gz"))
+    ts = load_traces({f: None for f in files})
+    launched = ts.gpu.filter(pl.col("launch_ts").is_not_null())
+    assert launched.height > 0.9 * ts.gpu.height
+    assert launched["op"].is_not_null().mean() >= 0.97
+    ops = ts.events.filter(pl.col("cat") == "cpu_op").select(
+        "pid", "tid", "ts", end=pl.col("ts") + pl.col("dur"), name=pl.col("name").cast(pl.String)
+    )
+    runtime = ts.events.filter(pl.col("cat") == "cuda_runtime").select("correlation", "pid", "tid")
+    sample = launched.join(runtime, on="correlation").sample(300, seed=3)
+    for row in sample.iter_rows(named=True):
+        t = row["launch_ts"]
+        enclosing = ops.filter(
+            (pl.col("pid") == row["pid"]) & (pl.col("tid") == row["tid"]) & (pl.col("ts") <= t) & (pl.col("end") >= t)
+        ).sort(["ts", "end"], descending=[True, False])
+        assert row["op"] == (enclosing["name"][0] if enclosing.height else None)
 
 
 @needs_real

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from ..errors import InputError
@@ -212,13 +213,14 @@ def _normalise(raw: RawTrace, rank: int, index: int) -> tuple[pl.DataFrame, dict
 
 
 def _link(rows: pl.DataFrame, ranks: dict[int, dict[str, Any]], notes: list[Finding]) -> TraceSet:
-    cat_str = pl.col("cat").cast(pl.String)
-    rows = rows.with_columns(is_gpu=cat_str.is_in(list(GPU_CATS)))
+    # Category tests on the Categorical directly: casting millions of rows to String per test
+    # was a large part of the linking time.
+    cat = pl.col("cat")
+    flows = rows.filter(pl.col("ph").is_in(["s", "f"]) & cat.is_in(list(FLOW_CATS)))
+    x = rows.filter(pl.col("ph") == "X").drop("ph").with_columns(is_gpu=cat.is_in(list(GPU_CATS)))
 
     # Legacy events without `correlation`: take it from the ac2g flow ending (GPU) or starting
     # (runtime) at the same place.
-    flows = rows.filter(pl.col("ph").is_in(["s", "f"]) & cat_str.is_in(list(FLOW_CATS)))
-    x = rows.filter(pl.col("ph") == "X").drop("ph")
     if flows.height and x.select(pl.col("correlation").is_null().any()).item():
         flow_keys = (
             flows.select(
@@ -242,13 +244,17 @@ def _link(rows: pl.DataFrame, ranks: dict[int, dict[str, Any]], notes: list[Find
     )
     tid_num = pl.col("tid").str.extract(r"(\d+)\s*$").str.to_integer(strict=False)
     tid_stream = pl.when(tid_num >= _SYNC_TID_OFFSET).then(tid_num - _SYNC_TID_OFFSET).otherwise(tid_num)
-    x = x.with_columns(stream=pl.when("is_gpu").then(pl.coalesce(parsed_arg, tid_stream))).drop("arg_stream", "flow_id")
+    x = x.drop("flow_id").with_row_index("_row")
+    gpu_rows = x.filter("is_gpu").with_columns(stream=pl.coalesce(parsed_arg, tid_stream)).drop("arg_stream")
+    x = x.drop("arg_stream")
 
-    # Profiler steps: CPU copies only (the GPU-side ProfilerStep mirror has GPU durations).
-    name_str = pl.col("name").cast(pl.String)
+    # Profiler steps: CPU copies only (the GPU-side ProfilerStep mirror has GPU durations). The
+    # name test runs on the few distinct names, not on every row.
+    names = x.get_column("name").unique().cast(pl.String)
+    step_names = names.filter(names.str.starts_with(_STEP_PREFIX))
     steps = (
-        x.filter(~pl.col("is_gpu") & name_str.str.starts_with(_STEP_PREFIX))
-        .with_columns(step=name_str.str.slice(len(_STEP_PREFIX)).str.to_integer(strict=False))
+        x.filter(~pl.col("is_gpu") & pl.col("name").is_in(step_names.to_list()))
+        .with_columns(step=pl.col("name").cast(pl.String).str.slice(len(_STEP_PREFIX)).str.to_integer(strict=False))
         .drop_nulls("step")
         .select("rank", "step", "ts", "dur", step_end=pl.col("ts") + pl.col("dur"))
         .unique(["rank", "step", "ts"], keep="first")
@@ -257,23 +263,24 @@ def _link(rows: pl.DataFrame, ranks: dict[int, dict[str, Any]], notes: list[Find
 
     # CPU events: the step whose span contains the event's start, on any thread of the rank —
     # backward ops run on autograd threads, outside the ProfilerStep's own thread.
-    x = x.with_row_index("_row")
-    cpu = x.filter(~pl.col("is_gpu")).select("_row", "rank", "ts").sort("rank", "ts")
+    cpu = x.filter(~pl.col("is_gpu")).select("_row", "rank", "ts")
     if steps.height:
-        cpu = cpu.join_asof(steps.select("rank", "ts", "step", "step_end"), on="ts", by="rank", strategy="backward", check_sortedness=False)
+        cpu = cpu.sort("rank", "ts").join_asof(
+            steps.select("rank", "ts", "step", "step_end"), on="ts", by="rank", strategy="backward", check_sortedness=False
+        )
         cpu = cpu.select("_row", step=pl.when(pl.col("ts") < pl.col("step_end")).then("step"))
     else:
         cpu = cpu.select("_row", step=pl.lit(None, dtype=pl.Int64))
 
     # GPU events: the launch with the same correlation in the same file, then its step and op.
     launches = (
-        x.filter(cat_str.is_in(list(RUNTIME_CATS)) & pl.col("correlation").is_not_null())
+        x.filter(cat.is_in(list(RUNTIME_CATS)) & pl.col("correlation").is_not_null())
         .select("file", "correlation", "_row", "name", "ts", "dur", "external_id", "pid", "tid")
         .unique(["file", "correlation"], keep="first")
         .join(cpu, on="_row", how="left")
+        .drop("_row")
         .rename(
             {
-                "_row": "launch_row",
                 "name": "launch_name",
                 "ts": "launch_ts",
                 "dur": "launch_dur",
@@ -284,56 +291,93 @@ def _link(rows: pl.DataFrame, ranks: dict[int, dict[str, Any]], notes: list[Find
             }
         )
     )
-    ops = x.filter(cat_str.is_in(list(OP_CATS)))
+    ops = x.filter(cat.is_in(list(OP_CATS)))
     op_by_ext = ops.drop_nulls("external_id").unique(["file", "external_id"], keep="first").select(
         "file", "external_id", op_name="name"
     )
-    gpu_side = x.filter("is_gpu").select("_row", "file", "correlation", "external_id")
-    gpu_side = gpu_side.join(launches, on=["file", "correlation"], how="left")
-    # Launches whose External id names no op: the innermost op on the launching thread that
-    # started before the launch and is still running at it.
-    op_spans = (
-        ops.select("file", "pid", "tid", op_ts="ts", op_end=pl.col("ts") + pl.col("dur"), op_name2="name")
-        .sort("op_ts")
-    )
     gpu_side = (
-        gpu_side.join(op_by_ext.rename({"external_id": "launch_ext"}), on=["file", "launch_ext"], how="left")
-        .join(op_by_ext.rename({"op_name": "own_op"}), on=["file", "external_id"], how="left")
-        .sort("launch_ts")
-        .join_asof(
-            op_spans,
-            left_on="launch_ts",
-            right_on="op_ts",
-            by_left=["file", "launch_pid", "launch_tid"],
-            by_right=["file", "pid", "tid"],
-            strategy="backward",
-            check_sortedness=False,
-        )
-        .with_columns(
-            op=pl.coalesce(
-                "op_name",
-                "own_op",
-                pl.when(pl.col("op_end") >= pl.col("launch_ts")).then("op_name2"),
-            )
-        )
-        .select("_row", "launch_name", "launch_ts", "launch_dur", "launch_step", "op")
+        gpu_rows.join(launches, on=["file", "correlation"], how="left", maintain_order="left")
+        .join(op_by_ext.rename({"external_id": "launch_ext"}), on=["file", "launch_ext"], how="left", maintain_order="left")
+        .join(op_by_ext.rename({"op_name": "own_op"}), on=["file", "external_id"], how="left", maintain_order="left")
     )
-    step_of = pl.concat(
-        [cpu, gpu_side.select("_row", step="launch_step")], how="vertical"
-    )
-    x = x.join(step_of, on="_row", how="left").sort("_row")
+    gpu_side = gpu_side.with_columns(op=pl.coalesce("op_name", "own_op")).drop("op_name", "own_op")
+    unresolved = gpu_side.filter(pl.col("op").is_null() & pl.col("launch_ts").is_not_null())
+    if unresolved.height and ops.height:
+        # Launches whose External id names no op (2022-era traces reuse the correlation id):
+        # the innermost op on the launching thread that encloses the launch.
+        found = _enclosing_ops(ops, unresolved)
+        gpu_side = gpu_side.join(found, on="_row", how="left", maintain_order="left").with_columns(
+            op=pl.coalesce("op", "enclosing_op")
+        ).drop("enclosing_op")
 
-    events = x.select(
-        *[pl.col(c).cast(t) for c, t in EVENTS_SCHEMA.items()]
-    )
+    # Every X row is in exactly one of `cpu` and `gpu_side`: sorted by row they give the step column.
+    step = pl.concat([cpu, gpu_side.select("_row", step="launch_step")]).sort("_row").get_column("step")
+    x = x.with_columns(step=step).join(gpu_rows.select("_row", "stream"), on="_row", how="left", maintain_order="left")
+
+    events = x.select(*[pl.col(c).cast(t) for c, t in EVENTS_SCHEMA.items()])
     gpu = (
-        x.filter(cat_str.is_in(list(GPU_KINDS)))
-        .join(gpu_side, on="_row", how="left")
-        .sort("_row")
-        .with_columns(kind=pl.col("cat").cast(pl.String).replace_strict(GPU_KINDS, return_dtype=GPU_SCHEMA["kind"]))
+        gpu_side.filter(cat.is_in(list(GPU_KINDS)))
+        .with_columns(
+            step=pl.col("launch_step"),
+            kind=pl.col("cat").cast(pl.String).replace_strict(GPU_KINDS, return_dtype=GPU_SCHEMA["kind"]),
+        )
         .select(*[pl.col(c).cast(t) for c, t in GPU_SCHEMA.items()])
     )
     profiler_steps = steps.select(*[pl.col(c).cast(t) for c, t in STEPS_SCHEMA.items()])
+    counts = dict(events.group_by("rank").len().iter_rows())
     for rank, entry in ranks.items():
-        entry["events"] = int(events.select((pl.col("rank") == rank).sum()).item())
+        entry["events"] = int(counts.get(rank, 0))
     return TraceSet(events=events, profiler_steps=profiler_steps, gpu=gpu, ranks=ranks, notes=notes)
+
+
+def _enclosing_ops(ops: pl.DataFrame, launches: pl.DataFrame) -> pl.DataFrame:
+    """For each launch (`_row`, file, launch_pid, launch_tid, launch_ts): the name of the innermost
+    op on its thread with start <= launch_ts <= end. Innermost, because that is the op Kineto names
+    through External id in newer traces, so GPU time lands on the same ops (aten::mm, not
+    aten::linear) whatever the trace's age.
+
+    Ops are sorted per thread by start (outer first on equal starts). The answer is the last op at
+    or before the launch's position whose end reaches the launch: found for all launches at once
+    by skipping runs of ops that ended earlier, using block maxima of the ends (2^k-op blocks)."""
+    keys = ["file", "pid", "tid"]
+    spans = (
+        ops.select(*keys, "ts", end=pl.col("ts") + pl.col("dur"), enclosing_op="name")
+        .sort(*keys, "ts", "end", descending=[False, False, False, False, True])
+        .with_row_index("_op")
+        .with_columns(group_start=pl.col("_op").first().over(keys))
+    )
+    # The last op of the thread starting at or before the launch; ties in start resolved to the
+    # last of the tie (the innermost) through `tie_last`.
+    spans = spans.with_columns(tie_last=pl.col("_op").last().over(*keys, "ts"))
+    query = launches.select(
+        "_row", "file", pid=pl.col("launch_pid"), tid=pl.col("launch_tid"), ts=pl.col("launch_ts")
+    ).sort("ts")
+    query = query.join_asof(
+        spans.select(*keys, "ts", "tie_last", "group_start").sort("ts"), on="ts", by=keys, strategy="backward", check_sortedness=False
+    ).drop_nulls("tie_last")
+    if not query.height:
+        return pl.DataFrame(schema={"_row": pl.UInt32, "enclosing_op": pl.Categorical})
+    end = spans.get_column("end").to_numpy()
+    t = query.get_column("ts").to_numpy()
+    pos = query.get_column("tie_last").to_numpy().astype(np.int64) + 1  # ops in [pos, j0] end before t
+    levels = [end]
+    while (1 << len(levels)) <= len(end):
+        prev, width = levels[-1], 1 << (len(levels) - 1)
+        # block max of (j - 2^k, j]: the previous level here and `width` ops earlier (clipped at 0)
+        levels.append(np.concatenate([prev[:width], np.maximum(prev[width:], prev[:-width])]))
+    for k in range(len(levels) - 1, -1, -1):
+        live = pos > 0
+        skip = np.zeros_like(live)
+        skip[live] = levels[k][pos[live] - 1] < t[live]
+        pos = np.where(skip, np.maximum(pos - (1 << k), 0), pos)
+    found = pos - 1
+    ok = found >= query.get_column("group_start").to_numpy().astype(np.int64)
+    names = spans.get_column("enclosing_op")
+    return pl.DataFrame(
+        {
+            "_row": query.get_column("_row"),
+            "enclosing_op": names.gather(pl.Series(np.where(ok, found, 0))).set(pl.Series(~ok), None)
+            if len(names)
+            else names,
+        }
+    )
