@@ -24,6 +24,8 @@ SLOW_STEP_K = threshold("slow-step.mad_k", 6.0, "A step is slow when it exceeds 
                         "research/gradient-debuggers.md §6(a) G33: robust version of smdebug StepOutlier (median + 6·MAD)")
 SLOW_STEP_RATIO = threshold("slow-step.min_ratio", 1.5, "…and is at least this many times the median step.",
                             "TraceLens anomaly-capture tutorial keeps steps > 1.5 × median")
+SLOW_STEP_EXCESS = threshold("slow-step.min_excess_ms", 20.0, "…and is at least this many ms longer than the median step "
+                             "(shorter delays are scheduler noise on a shared host).", "tracemortem default")
 SLOW_STEP_MIN = threshold("slow-step.min_steps", 5, "Steps a rank needs before outliers are judged.", "tracemortem default")
 SLOW_STEP_MAX = threshold("slow-step.max_findings", 10, "At most this many slow steps are reported per rank (largest first).",
                           "tracemortem default")
@@ -99,7 +101,11 @@ def slow_steps(durations: pl.DataFrame, timing: Timing | None, config: Config) -
         durations.join(stats, on="rank")
         .with_columns((pl.col("seconds") - pl.col("median")).abs().median().over("rank").alias("mad"))
         .with_columns(
-            pl.max_horizontal(pl.col("median") + k * MAD_SIGMA * pl.col("mad"), pl.col("median") * ratio).alias("bound")
+            pl.max_horizontal(
+                pl.col("median") + k * MAD_SIGMA * pl.col("mad"),
+                pl.col("median") * ratio,
+                pl.col("median") + config[SLOW_STEP_EXCESS] / 1e3,
+            ).alias("bound")
         )
         .with_columns((pl.col("seconds") > pl.col("bound")).alias("slow"))
     )

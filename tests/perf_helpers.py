@@ -1,0 +1,62 @@
+"""Real CPU training loops profiled with torch.profiler, shared by the timing and perf tests."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile, record_function, schedule
+
+from tracemortem.load.traces import load_traces
+from tracemortem.timing import Timing, summarize
+
+ACTIVE = 8  # profiled steps: ProfilerStep#1 .. #8 (step 0 is the warm-up)
+
+
+class SlowDataset(torch.utils.data.Dataset):
+    """Each sample costs `sleep_s` of wall time, as a slow decode or remote read would."""
+
+    def __init__(self, n: int, sleep_s: float):
+        gen = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 256, generator=gen)
+        self.sleep_s = sleep_s
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.sleep_s:
+            time.sleep(self.sleep_s)
+        return self.x[i], self.x[i].sum(dim=0, keepdim=True)
+
+
+def profiled_loop(out: Path, slow_steps: tuple[int, ...] = (), slow_s: float = 0.0, sample_sleep_s: float = 0.0,
+                  batch: int = 64, item_every_step: bool = False) -> Path:
+    """Train a small MLP for 1 + ACTIVE steps under the profiler; a `slow_block` annotation runs
+    each step and sleeps `slow_s` on `slow_steps`. Returns the chrome trace path."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512), torch.nn.ReLU(),
+                                torch.nn.Linear(512, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    loader = torch.utils.data.DataLoader(SlowDataset(batch * (ACTIVE + 1), sample_sleep_s), batch_size=batch)
+    trace = out / "trace.json"
+    sched = schedule(wait=0, warmup=1, active=ACTIVE, repeat=1)
+    with profile(activities=[ProfilerActivity.CPU], schedule=sched,
+                 on_trace_ready=lambda p: p.export_chrome_trace(str(trace))) as prof:
+        for step, (x, y) in enumerate(loader):
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            with record_function("slow_block"):
+                if step in slow_steps:
+                    time.sleep(slow_s)
+            if item_every_step:
+                loss.item()
+            prof.step()
+    return trace
+
+
+def timing_of(trace: Path) -> Timing:
+    return summarize(load_traces({trace: 0}))
