@@ -33,6 +33,10 @@ SLOW_OP_RATIO = threshold("slow-op.step_ratio", 3.0, "An op is intermittently sl
                           "times its median time per step.", "research/gradient-debuggers.md §6(a) G34 (p95 > 3× median)")
 SLOW_OP_SHARE = threshold("slow-op.min_share", 0.02, "…and its time above that bound is at least this share of the rank's "
                           "profiled step time.", "tracemortem default")
+SLOW_OP_RECUR = threshold("slow-op.min_slow_steps", 2, "…on at least this many steps (one slow instance is more often "
+                          "a scheduler stall than a property of the op).", "tracemortem default")
+SLOW_OP_EXCESS = threshold("slow-op.min_excess_ms", 20.0, "…with at least this much time above the bound in total.",
+                           "tracemortem default (as slow-step.min_excess_ms)")
 TOP_OP_SHARE = threshold("slow-op.top_share", 0.25, "The top op by self time (GPU self time on GPU traces) is reported (info) "
                          "when it takes at least this share of profiled step time.", "tracemortem default")
 LOADER_WARN = threshold("dataloader-bound.min_share", 0.2, "Warning when DataLoader time is at least this share of step time.",
@@ -207,6 +211,8 @@ def slow_ops(timing: Timing, config: Config) -> list[Finding]:
             (pl.col("median_ns") > 0)
             & (pl.col("p95_ns") >= ratio * pl.col("median_ns"))
             & (pl.col("excess_ns") >= config[SLOW_OP_SHARE] * pl.col("profiled_ns"))
+            & (pl.col("excess_ns") >= config[SLOW_OP_EXCESS] * 1e6)
+            & (pl.col("slow_steps").list.len() >= config[SLOW_OP_RECUR])
             & (pl.col("slow_steps").list.len() < pl.col("n_steps"))
         )
         .sort("rank", "excess_ns", descending=[False, True])

@@ -1,0 +1,110 @@
+"""Performance findings on real profiled CPU loops, real GPU traces, and hand-made recorder steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from perf_helpers import profiled_loop, timing_of
+from tracemortem.config import Config
+from tracemortem.detect import perf
+from tracemortem.findings import at_or_above
+from tracemortem.load.traces import load_traces
+from tracemortem.timing import summarize
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "real_traces"
+
+
+def by_rule(findings, rule):
+    return [f for f in findings if f.rule == rule]
+
+
+def test_slow_step_names_the_steps_and_the_op(tmp_path):
+    timing = timing_of(profiled_loop(tmp_path, slow_steps=(3, 6), slow_s=1.0))
+    findings = perf.detect(timing, None, Config())
+    slow = by_rule(findings, "slow-step")
+    assert sorted(f.step for f in slow) == [3, 6]
+    assert all(f.subject == "slow_block" and f.severity == "warning" for f in slow)
+    assert all(f.evidence["causes"][0]["share_of_excess"] > 0.8 for f in slow)
+    ops = by_rule(findings, "slow-op")
+    assert [f.subject for f in ops if f.severity == "warning"] == ["slow_block"]
+    assert sorted(ops[-1].evidence["slow_steps"]) == [3, 6]
+
+
+def test_slow_dataset_is_dataloader_bound(tmp_path):
+    timing = timing_of(profiled_loop(tmp_path, sample_sleep_s=0.0008))
+    loader = by_rule(perf.detect(timing, None, Config()), "dataloader-bound")
+    assert len(loader) == 1 and loader[0].severity == "warning"
+    assert loader[0].evidence["loading_ms_per_step"] >= 64 * 0.8  # 64 samples, each sleeping 0.8 ms
+
+
+def test_healthy_loop_is_quiet(tmp_path):
+    # .item() each step is not a sync on CPU, so it must not be reported either.
+    timing = timing_of(profiled_loop(tmp_path, item_every_step=True))
+    assert at_or_above(perf.detect(timing, None, Config()), "warning") == []
+
+
+@pytest.fixture(scope="module")
+def gpu_timing():
+    def get(folder: str):
+        if not (REAL / folder).is_dir():
+            pytest.skip("shared/real_traces not present")
+        return summarize(load_traces({p: None for p in (REAL / folder).glob("*.json*")}))
+
+    return get
+
+
+def test_host_sync_on_real_gpu_trace_with_item_calls(gpu_timing):
+    findings = perf.detect(gpu_timing("diff_control_a100"), None, Config())
+    sync = by_rule(findings, "host-sync")
+    assert len(sync) == 1 and sync[0].subject == "aten::item" and sync[0].evidence["share"] > 0.05
+    assert by_rule(perf.detect(gpu_timing("v100_single"), None, Config()), "host-sync") == []
+
+
+def test_gpu_idle_and_launch_bound_on_real_gpu_traces(gpu_timing):
+    busy = perf.detect(gpu_timing("v100_single"), None, Config())  # GPU idle 2.6 % (HTA)
+    assert by_rule(busy, "gpu-idle") == [] and by_rule(busy, "launch-bound") == []
+    starved = perf.detect(gpu_timing("nccl_a100"), None, Config())  # idle 78 %, most ops shorter than launch
+    idle = by_rule(starved, "gpu-idle")
+    assert len(idle) == 1 and idle[0].evidence["idle_us"] == 338781
+    assert len(by_rule(starved, "launch-bound")) == 1
+
+
+def recorder_steps(ranks: dict[int, list[float]], mem: dict[int, list[int]] | None = None) -> pl.DataFrame:
+    rows = []
+    for rank, durations in ranks.items():
+        for step, seconds in enumerate(durations):
+            rows.append({"rank": rank, "step": step, "duration_s": seconds,
+                         "mem_allocated": (mem or {}).get(rank, [None] * len(durations))[step]})
+    return pl.DataFrame(rows, schema={"rank": pl.Int32, "step": pl.Int64, "duration_s": pl.Float64, "mem_allocated": pl.Int64})
+
+
+def test_straggler_rank_from_recorder_step_times():
+    steps = recorder_steps({0: [0.10] * 40, 1: [0.101] * 40, 2: [0.13] * 40, 3: [0.099] * 40})
+    findings = perf.straggler_ranks(steps.select("rank", "step", pl.col("duration_s").alias("seconds")), Config())
+    assert [f.rank for f in findings] == [2]
+    even = recorder_steps({0: [0.10] * 40, 1: [0.104] * 40})
+    assert perf.straggler_ranks(even.select("rank", "step", pl.col("duration_s").alias("seconds")), Config()) == []
+
+
+def test_memory_growth_from_recorder_memory_columns():
+    n, mib = 200, 2**20
+    leaking = [2000 * mib + step * 2 * mib for step in range(n)]  # +2 MiB per step, never freed
+    steady = [2000 * mib + (step % 7) * mib for step in range(n)]  # sawtooth within one step's working set
+    steps = recorder_steps({0: [0.1] * n, 1: [0.1] * n}, {0: leaking, 1: steady})
+    findings = perf.memory_growth(steps, Config())
+    assert [f.rank for f in findings] == [0]
+    assert findings[0].evidence["bytes_per_step"] == pytest.approx(2 * mib, rel=0.05)
+
+
+def test_slow_step_from_recorder_durations_without_trace():
+    durations = [0.1 + 0.001 * (i % 3) for i in range(30)]
+    durations[17] = 0.45
+    findings = perf.slow_steps(recorder_steps({0: durations}).select("rank", "step", pl.col("duration_s").alias("seconds")),
+                               None, Config())
+    assert [(f.step, f.rank) for f in findings] == [(17, 0)]
+    override = Config({"slow-step.min_ratio": 5.0})
+    assert perf.slow_steps(recorder_steps({0: durations}).select("rank", "step", pl.col("duration_s").alias("seconds")),
+                           None, override) == []
