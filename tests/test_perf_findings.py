@@ -22,7 +22,7 @@ def by_rule(findings, rule):
 
 
 def test_slow_step_names_the_steps_and_the_op(tmp_path):
-    timing = timing_of(profiled_loop(tmp_path, slow_steps=(3, 6), slow_s=1.0))
+    timing = timing_of(profiled_loop(tmp_path, slow_steps=(3, 6), slow_s=1.5, batch=8)  # little compute: little contention noise)
     findings = perf.detect(timing, None, Config())
     slow = by_rule(findings, "slow-step")
     assert sorted(f.step for f in slow) == [3, 6]
