@@ -22,7 +22,8 @@ def by_rule(findings, rule):
 
 
 def test_slow_step_names_the_steps_and_the_op(tmp_path):
-    timing = timing_of(profiled_loop(tmp_path, slow_steps=(3, 6), slow_s=1.5, batch=8)  # little compute: little contention noise)
+    # Little compute per step, so contention from other processes cannot hide the outliers.
+    timing = timing_of(profiled_loop(tmp_path, slow_steps=(3, 6), slow_s=1.5, batch=8))
     findings = perf.detect(timing, None, Config())
     slow = by_rule(findings, "slow-step")
     assert sorted(f.step for f in slow) == [3, 6]
