@@ -196,5 +196,26 @@ def ops(path: str, top: int, sets, redact: bool, debug: bool) -> None:
     _run(debug, body)
 
 
+@main.command()
+@click.argument("baseline", type=click.Path(path_type=str))
+@click.argument("candidate", type=click.Path(path_type=str))
+@click.option("--format", "fmt", type=click.Choice(("text", "md", "json")), default="text", show_default=True)
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="How many ops and kernels to list.")
+@with_common
+def diff(baseline: str, candidate: str, fmt: str, top: int, sets, redact: bool, debug: bool) -> None:
+    """Compare two runs or traces: what got slower, which findings are new."""
+
+    def body() -> int:
+        from .diff import compare
+        from .report.diff import render_diff
+
+        config = _load_config(sets)
+        result = compare(_analyze(baseline, config, redact), _analyze(candidate, config, redact), top)
+        click.echo(render_diff(result, fmt), nl=False)
+        return 0
+
+    _run(debug, body)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
