@@ -122,6 +122,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per variant per round")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch intra-op threads (0: torch's default); 1 steadies CPU time on a shared machine")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--d-model", type=int, default=128)
@@ -132,6 +134,8 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but CUDA is not available")
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     names = ["none", "recorder", "norm_item_loop", "tb_histogram"]
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)

@@ -158,7 +158,7 @@ class ChunkWriter(threading.Thread):
             n = len(item.ids)
             matrix = vec[: 3 * n].reshape(3, n)
             norm, absmax, weight = matrix[0], matrix[1], matrix[2]
-            bad = ~(np.isfinite(norm) & np.isfinite(absmax))
+            bad = ~np.isfinite(absmax)  # an element is NaN/Inf (the norm may overflow alone)
             ids = np.asarray(item.ids, dtype=np.int32)
             if item.counts is None:  # guard off: exact counts unknown for non-finite grads
                 nonfinite = np.zeros(n, np.int64)
