@@ -116,3 +116,14 @@ def test_run_and_rank_directories_are_recognised(tmp_path):
     assert fmt.is_run_dir(run.root) and fmt.is_rank_dir(rank.root)
     assert rank.rank == 3
     assert rank.checkpoint(12).name == "step-00000012.pt"
+
+
+def test_written_files_get_the_ordinary_mode_not_private_temp_mode(tmp_path):
+    import os
+    import stat
+
+    fmt.write_json_atomic(tmp_path / "manifest.json", {"a": 1})
+    chunk = fmt.write_chunk(tmp_path / "grads", 0, _grads(2))
+    expected = 0o666 & ~fmt._umask()
+    for path in (tmp_path / "manifest.json", chunk):
+        assert stat.S_IMODE(os.stat(path).st_mode) == expected

@@ -10,9 +10,10 @@ import json
 import os
 import re
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -161,39 +162,44 @@ def is_rank_dir(path: Path) -> bool:
 # --- writing ----------------------------------------------------------------------------
 
 
-def _atomic_target(path: Path) -> tuple[int, str]:
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+# Files are created 0600 by mkstemp; give them the mode an ordinary open() would (shared run
+# directories must stay readable by the team).
+_FILE_MODE = 0o666 & ~_umask()
+
+
+@contextmanager
+def atomic_file(path: Path) -> Iterator[str]:
+    """Yield a temp path next to `path`; on success it is renamed over `path`, so readers (and a
+    job killed mid-write) see the old file or the new one, never a torn one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, _FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON so that readers see the old file or the new one, never a torn one."""
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=1, sort_keys=True, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        _discard(tmp)
-        raise
+    with atomic_file(path) as tmp, open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=1, sort_keys=True, default=str)
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        _discard(tmp)
-        raise
-
-
-def _discard(tmp: str) -> None:
-    try:
-        os.unlink(tmp)
-    except OSError:
-        pass
+    with atomic_file(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
 
 
 def chunk_path(folder: Path, index: int) -> Path:
@@ -207,12 +213,10 @@ def next_chunk_index(folder: Path) -> int:
 
 
 def write_chunk(folder: Path, index: int, table: pa.Table) -> Path:
-    """Write one Parquet chunk atomically (temp file + rename): a killed job leaves only whole chunks."""
+    """Write one Parquet chunk atomically: a killed job leaves only whole chunks."""
     path = chunk_path(folder, index)
-    fd, tmp = _atomic_target(path)
-    os.close(fd)
-    try:
-        split = [name for name in table.column_names if name in _BYTE_SPLIT]
+    split = [name for name in table.column_names if name in _BYTE_SPLIT]
+    with atomic_file(path) as tmp:
         pq.write_table(
             table,
             tmp,
@@ -222,10 +226,6 @@ def write_chunk(folder: Path, index: int, table: pa.Table) -> Path:
             use_byte_stream_split=split or False,
             write_statistics=["step"] if "step" in table.column_names else False,
         )
-        os.replace(tmp, path)
-    except BaseException:
-        _discard(tmp)
-        raise
     return path
 
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,18 +31,8 @@ class Checkpointer:
 
     def save(self, step: int, state: dict[str, Any]) -> Path:
         target = self.paths.checkpoint(step)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.close(fd)
-        try:
+        with fmt.atomic_file(target) as tmp:
             torch.save(state, tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
         rel = f"{fmt.CHECKPOINTS}/{target.name}"
         self._health = [r for r in self._health if r["path"] != rel] + self._rows(step, rel)
         self._prune()

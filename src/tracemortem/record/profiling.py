@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from .. import format as fmt
+
 
 @dataclass(frozen=True)
 class ProfileSchedule:
@@ -52,21 +54,13 @@ class TraceWriter:
     def __call__(self, prof: "torch.profiler.profile") -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         final = self.folder / f"{self.worker}.{int(time.time() * 1000)}.pt.trace.json.gz"
-        fd, raw = tempfile.mkstemp(prefix=".trace.", suffix=".json.tmp", dir=self.folder)
-        os.close(fd)
-        packed = raw + ".gz"
-        try:
+        with tempfile.TemporaryDirectory(dir=self.folder, prefix=".trace.") as scratch:
+            raw = os.path.join(scratch, "trace.json")
             prof.export_chrome_trace(raw)
-            with open(raw, "rb") as src, gzip.open(packed, "wb", compresslevel=6) as dst:
-                shutil.copyfileobj(src, dst)
-            os.replace(packed, final)
-            self.written.append(final)
-        finally:
-            for leftover in (raw, packed):
-                try:
-                    os.unlink(leftover)
-                except OSError:
-                    pass
+            with fmt.atomic_file(final) as packed:
+                with open(raw, "rb") as src, gzip.open(packed, "wb", compresslevel=6) as dst:
+                    shutil.copyfileobj(src, dst)
+        self.written.append(final)
 
 
 def start_profiler(schedule: ProfileSchedule, folder: Path, rank: int) -> "torch.profiler.profile":
