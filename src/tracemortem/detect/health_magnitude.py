@@ -152,6 +152,16 @@ def _leaders(run: RunData, step: int, n: int) -> list[dict[str, Any]]:
             for r in scores.iter_rows(named=True)]
 
 
+def _spike_reason(row: dict, config: Config) -> str:
+    """Say which test flagged the first spike, with the numbers that test used."""
+    if row["sigma"]:
+        return (f"more than {_num(config[SPIKE_SIGMA])} std above the mean {_num(row['mean'])} "
+                f"of the previous {int(config[SPIKE_WINDOW])} steps")
+    if row["early"]:
+        return f"{_num(row['grad_norm'] / row['early_max'])}x the maximum {_num(row['early_max'])} of the first {int(config[EARLY_STEPS])} steps"
+    return f"{_num(row['growth_ratio'])}x in {int(config[GROWTH_WINDOW])} steps, rising on most of them"
+
+
 def exploding_gradient(run: RunData, series: HealthSeries, config: Config) -> list[Finding]:
     spikes = grad_spikes(series, config).filter("spike")
     if spikes.is_empty():
@@ -178,7 +188,7 @@ def exploding_gradient(run: RunData, series: HealthSeries, config: Config) -> li
         Finding(
             "exploding-gradient", "error" if severe else "warning", "exploding gradient norm",
             f"the global gradient norm spiked at step {step} to {_num(first['grad_norm'])} "
-            f"(window mean {_num(first['mean'])}, early max {_num(first['early_max'])}){led}; "
+            f"({_spike_reason(first, config)}){led}; "
             f"{spikes.height} spike step(s) in {episodes} episode(s), peak {_num(peak['grad_norm'])} at step "
             f"{peak['step']}{tail}.",
             step=step, subject=leaders[0]["name"] if leaders else None, evidence=evidence,
