@@ -6,8 +6,9 @@
 Builds large traces from real profiler output: a small transformer trained on CPU under
 torch.profiler (record_shapes), its events replicated with fresh ids and shifted timestamps until
 the file reaches the size (cached in benchmarks/.data/). Every method runs in a fresh subprocess;
-wall time and CPU time (all threads of the child, `time.process_time`) are medians of --repeat
-runs of the work after imports, peak RSS the child's VmHWM (whole process, imports included).
+wall time and CPU time (all threads of the child and of its own children, i.e. the loader's
+worker processes) are medians of --repeat runs of the work after imports, peak RSS the child's
+VmHWM (whole process, imports included) plus, for the loader, its workers' (largest × count).
 The machine may be shared: CPU time is what other processes disturb least, so each target is
 checked on both and the table says which ratio passes. HTA runs from the venv
 benchmarks/.data/hta-venv when it exists (`pip install HolisticTraceAnalysis` there).
@@ -20,6 +21,7 @@ import gzip
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -30,6 +32,7 @@ HERE = Path(__file__).resolve().parent
 DATA = HERE / ".data"
 HTA_PYTHON = DATA / "hta-venv" / "bin" / "python"
 MB = 10**6
+WORKERS = 2  # the loader's worker processes (tracemortem.load.workers.Workers)
 
 # --- building the traces -------------------------------------------------------------------
 
@@ -119,7 +122,7 @@ def run_method(method: str, path: str) -> None:
         from tracemortem.load.traces import load_traces
     elif method == "hta":
         from hta.trace_analysis import TraceAnalysis
-    start, cpu_start = time.perf_counter(), time.process_time()
+    start, cpu_start = time.perf_counter(), _cpu()
     if method == "msgspec_typed":
         import msgspec
 
@@ -153,13 +156,21 @@ def run_method(method: str, path: str) -> None:
         raise SystemExit(f"unknown method {method}")
     # VmHWM belongs to this process image; ru_maxrss would include the forking parent's.
     status = Path("/proc/self/status").read_text()
-    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    print(n, wall, int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) // 1024, cpu)
+    wall, cpu = time.perf_counter() - start, _cpu() - cpu_start
+    # The loader's worker processes (ended by now): the largest one's peak, in MB.
+    workers_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024
+    print(n, wall, int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) // 1024, cpu, workers_rss)
 
 
-def measure(method: str, path: Path, repeat: int) -> tuple[float, float, float] | None:
+def _cpu() -> float:
+    """CPU seconds of this process and of its ended child processes (the loader's workers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def measure(method: str, path: Path, repeat: int) -> tuple[float, float, float, float] | None:
     python = str(HTA_PYTHON) if method == "hta" else sys.executable
-    walls, cpus, rss = [], [], []
+    walls, cpus, rss, workers = [], [], [], []
     for _ in range(repeat):
         proc = subprocess.Popen(
             [python, __file__, "--run", method, str(path)],
@@ -176,7 +187,8 @@ def measure(method: str, path: Path, repeat: int) -> tuple[float, float, float] 
         walls.append(float(fields[1]))
         rss.append(int(fields[2]))
         cpus.append(float(fields[3]))
-    return statistics.median(walls), max(rss), statistics.median(cpus)
+        workers.append(int(fields[4]) if len(fields) > 4 else 0)
+    return statistics.median(walls), max(rss), statistics.median(cpus), max(workers)
 
 
 def main() -> None:
@@ -198,8 +210,8 @@ def main() -> None:
         gz = plain.with_suffix(".json.gz")
         mb = plain.stat().st_size / MB
         print(f"\n## cpu{size}: {mb:.0f} MB plain, {gz.stat().st_size / MB:.1f} MB gzip", flush=True)
-        print(f"| method | file | wall s (median of {args.repeat}, after imports) | CPU s (median) | MB/s (wall) | peak RSS MB | RSS / trace size |")
-        print("|---|---|---|---|---|---|---|")
+        print(f"| method | file | wall s (median of {args.repeat}, after imports) | CPU s (median) | MB/s (wall) | peak RSS MB | RSS / trace size | largest child RSS MB |")
+        print("|---|---|---|---|---|---|---|---|")
         results = {}
         methods = [("msgspec_typed", plain), ("orjson", plain), ("json", plain), ("gunzip", gz),
                    ("tracemortem", plain), ("tracemortem_gz", gz)]
@@ -208,11 +220,11 @@ def main() -> None:
         for method, path in methods:
             result = measure(method, path, 1 if method in ("hta", "json") else args.repeat)
             if result is None:
-                print(f"| {method} | {path.name} | failed | | | | |", flush=True)
+                print(f"| {method} | {path.name} | failed | | | | | |", flush=True)
                 continue
-            wall, rss, cpu = result
-            results[method] = (wall, rss, cpu)
-            print(f"| {method} | {path.name} | {wall:.2f} | {cpu:.2f} | {mb / wall:.0f} | {rss:.0f} | {rss / mb:.2f} |", flush=True)
+            wall, rss, cpu, child = result
+            results[method] = (wall, rss, cpu, child)
+            print(f"| {method} | {path.name} | {wall:.2f} | {cpu:.2f} | {mb / wall:.0f} | {rss:.0f} | {rss / mb:.2f} | {child:.0f} |", flush=True)
         rows.append((size, mb, results))
     print("\n## targets (wall and CPU ratios; PASS when the value meets the target)")
     print("| size | check | wall | CPU | target | wall | CPU |")
@@ -230,9 +242,11 @@ def main() -> None:
         if "tracemortem_gz" in r and "gunzip" in r:
             gz, gun = r["tracemortem_gz"], r["gunzip"]
             checks.append(("load_gz / (load + gunzip)", gz[0] / (tm[0] + gun[0]), gz[2] / (tm[2] + gun[2]), 1.5, "≤"))
-        checks.append(("peak RSS / trace size (plain)", tm[1] / mb, None, 2.0, "≤"))
+        # With worker processes, their memory counts too: parent + WORKERS × the largest (a bound).
+        checks.append(("peak RSS / trace size (plain)", (tm[1] + WORKERS * tm[3]) / mb, None, 2.0, "≤"))
         if "tracemortem_gz" in r:
-            checks.append(("peak RSS / trace size (gzip)", r["tracemortem_gz"][1] / mb, None, 2.0, "≤"))
+            gz = r["tracemortem_gz"]
+            checks.append(("peak RSS / trace size (gzip)", (gz[1] + WORKERS * gz[3]) / mb, None, 2.0, "≤"))
         for name, wall, cpu, target, op in checks:
 
             def verdict(value: float | None) -> str:

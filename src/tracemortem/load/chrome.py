@@ -9,6 +9,7 @@ decoded separately. A file cut off mid-write is read up to its last complete eve
 
 from __future__ import annotations
 
+import os
 import re
 import zlib
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import msgspec
 import polars as pl
 
 from ..errors import InputError
+from .workers import WorkerFailed, Workers
 
 # Refuse a trace that decompresses (or is) larger than this: the biggest real traces reported
 # are ~10 GB per rank, so 16 GiB leaves room while stopping a gzip bomb. Read at call time so
@@ -29,6 +31,9 @@ MAX_TRACE_BYTES = 16 * 2**30
 # vanishes, small enough that the chunk's Python objects stay a small fraction of the columns.
 CHUNK_BYTES = 32 * 2**20
 _READ_BYTES = 4 * 2**20
+# Traces larger than this (uncompressed) are decoded by worker processes when the caller passes
+# them: below it, starting the workers (~0.3 s) costs more than they save. Tests set it to 0.
+PARALLEL_MIN_BYTES = 64 * 2**20
 # How many candidate boundaries to try before treating a chunk as damaged.
 _SPLIT_TRIES = 4
 # Absolute µs beyond this cannot be an epoch time in int64 ns (year 2096); relative times are
@@ -96,6 +101,13 @@ class _Source:
         self.gzip = self.file.read(2) == b"\x1f\x8b"
         self.file.seek(0)
         self._z = zlib.decompressobj(31) if self.gzip else None
+        # Uncompressed size, to decide on parallel decoding up front: gzip's trailer has it modulo
+        # 4 GiB (so reading past PARALLEL_MIN_BYTES decides too).
+        self.expected = os.fstat(self.file.fileno()).st_size
+        if self.gzip and self.expected >= 18:
+            self.file.seek(-4, os.SEEK_END)
+            self.expected = int.from_bytes(self.file.read(4), "little")
+            self.file.seek(0)
         self.produced = 0
         self.damaged = ""  # why the gzip stream ended early, if it did
 
@@ -141,22 +153,25 @@ class _Source:
         self.file.close()
 
 
-def read_trace(path: Path, progress: Callable[[int, int], None] | None = None) -> RawTrace:
-    """Decode one trace file. Raises InputError when nothing usable can be read."""
+def read_trace(path: Path, progress: Callable[[int, int], None] | None = None, workers: Workers | None = None) -> RawTrace:
+    """Decode one trace file. Raises InputError when nothing usable can be read. With `workers`,
+    a trace over PARALLEL_MIN_BYTES (uncompressed) has its chunks decoded by them."""
     limit = MAX_TRACE_BYTES
     source = _Source(path, limit)
     total = path.stat().st_size
     try:
-        return _read(source, path, total, progress)
+        return _read(source, path, total, progress, workers)
     except RecursionError:
         raise InputError(f"{path}: JSON nested too deeply to be a chrome trace") from None
     except MemoryError:
         raise InputError(f"{path}: not enough memory to read this trace") from None
     finally:
         source.close()
+        if workers is not None:
+            workers.drain()  # answers left by an error must not be read as the next file's
 
 
-def _read(source: _Source, path: Path, total: int, progress) -> RawTrace:
+def _read(source: _Source, path: Path, total: int, progress, workers: Workers | None) -> RawTrace:
     buf = b""
     # 1. The head: everything up to the opening "[" of traceEvents (or of a bare array).
     start = -1
@@ -199,30 +214,62 @@ def _read(source: _Source, path: Path, total: int, progress) -> RawTrace:
     frames: list[pl.DataFrame] = []
     trace = RawTrace(path, pl.DataFrame(), {})
     eof = False
-    # 2. Full chunks, cut at verified event boundaries.
+    pool = None
+    inflight: list[tuple[bytes, int]] = []  # chunks at the workers: (bytes, predicted cut)
+    serial = False  # decode the next chunk here: a worker's cut differed from the predicted one
+    # 2. Full chunks, cut at verified event boundaries. Past the eof test only when the buffer was
+    # rebuilt from chunks a worker gave back (see _collect).
     while True:
         while not eof and len(buf) < CHUNK_BYTES:
             data = source.read()
             if not data:
                 eof = True
             buf += data
-        if eof:
-            break
-        cut = _decode_prefix(buf, trace, frames)
-        if cut is None:  # no boundary in this chunk (one huge event, or damage): read more
-            data = source.read()
-            if not data:
-                eof = True
+        if pool is None and workers is not None and max(source.expected, source.produced) > PARALLEL_MIN_BYTES:
+            pool = workers if workers.start() else None
+        if eof and inflight:
+            # The tail is decoded here while the workers finish; kept only if none gives its chunk back.
+            scratch = RawTrace(path, pl.DataFrame(), {})
+            tail_frames: list[pl.DataFrame] = []
+            tail = _decode_last(bytes(buf[1:]), scratch, tail_frames)
+            while inflight and not serial:
+                buf, serial = _collect(pool, inflight, buf, trace, frames)
+            if not serial:
+                frames += tail_frames
+                _merge(trace, scratch.skipped, scratch.problems)
                 break
-            buf += data
+            pool = None if pool.failed else pool
             continue
-        del buf[:cut]
+        if eof and len(buf) <= 2 * CHUNK_BYTES:
+            tail = _decode_last(bytes(buf[1:]), trace, frames)
+            break
+        if pool is not None and not serial and (candidates := _candidates(buf)):
+            # Sent off before it is verified: the worker checks that its decode ends at this cut.
+            predicted = candidates[-1].end() - 2
+            chunk = bytes(buf)
+            pool.submit(chunk)
+            inflight.append((chunk, predicted))
+            del buf[:predicted]
+            if len(inflight) > pool.count:
+                buf, serial = _collect(pool, inflight, buf, trace, frames)
+                pool = None if pool.failed else pool
+        else:
+            cut = _decode_prefix(buf, trace, frames)
+            if cut is None:  # no boundary in this chunk (one huge event, or damage): read more
+                data = b"" if eof else source.read()
+                if not data:
+                    eof = True
+                    tail = _decode_last(bytes(buf[1:]), trace, frames)
+                    break
+                buf += data
+                continue
+            del buf[:cut]
+            serial = False
         if progress is not None:
             progress(source.position(), total)
-    buf = bytes(buf[1:])
 
-    # 3. The rest: the last events, the closing "]" and the envelope tail (or a cut-off file).
-    tail = _decode_last(buf, trace, frames)
+    # 3. The rest (decoded above by _decode_last): the last events, the closing "]" and the
+    # envelope tail, or None for a cut-off file.
     trace.bytes_read = source.produced
     if tail is None:
         trace.truncated = True
@@ -252,16 +299,39 @@ def _read(source: _Source, path: Path, total: int, progress) -> RawTrace:
     return trace
 
 
+def _collect(pool: Workers, inflight: list[tuple[bytes, int]], buf: bytearray, trace: RawTrace, frames: list[pl.DataFrame]) -> tuple[bytearray, bool]:
+    """Take the oldest chunk's columns from the workers. When the worker cut it elsewhere than
+    predicted (a boundary inside a string, damage) or failed, the chunks sent after it start at the
+    wrong place: drop their answers and return the text from the worker's cut on, to be decoded
+    here, with True."""
+    chunk, predicted = inflight.pop(0)
+    try:
+        frame, cut, skipped, problems = pool.result()
+    except WorkerFailed:
+        frame, cut = None, None
+    if frame is not None:
+        frames.append(frame)
+        _merge(trace, skipped, problems)
+    if cut == predicted:
+        return buf, False
+    rest = bytearray(chunk[cut or 0 : predicted])
+    for data, end in inflight:
+        rest += data[:end]
+    rest += buf
+    inflight.clear()
+    pool.drain()
+    return rest, True
+
+
+def _merge(trace: RawTrace, skipped: int, problems: list[str]) -> None:
+    trace.skipped += skipped
+    trace.problems += problems[: max(0, 3 - len(trace.problems))]
+
+
 def _decode_prefix(buf: bytearray, trace: RawTrace, frames: list[pl.DataFrame]) -> int | None:
     """Decode the events of `buf` up to its last verified boundary; return where the rest starts
     (keeping one separator byte before the next event)."""
-    window = max(1, len(buf) - 2 * 2**20)
-    candidates: list[re.Match] = []
-    while not candidates:
-        candidates = list(_BOUNDARY.finditer(buf, window))
-        if window == 1:
-            break
-        window = max(1, window - 8 * 2**20)
+    candidates = _candidates(buf)
     for match in reversed(candidates[-_SPLIT_TRIES:]):
         end = match.start() + 1  # the byte after "}": whitespace or ","
         saved = buf[end]
@@ -277,6 +347,26 @@ def _decode_prefix(buf: bytearray, trace: RawTrace, frames: list[pl.DataFrame]) 
         frames.append(_columns(_salvage(bytes(buf[1 : match.start() + 1]), trace), trace))
         return match.end() - 2
     return None
+
+
+def _candidates(buf: bytearray) -> list[re.Match]:
+    """Candidate event boundaries near the end of `buf`, in order."""
+    window = max(1, len(buf) - 2 * 2**20)
+    candidates: list[re.Match] = []
+    while not candidates:
+        candidates = list(_BOUNDARY.finditer(buf, window))
+        if window == 1:
+            break
+        window = max(1, window - 8 * 2**20)
+    return candidates
+
+
+def decode_chunk(data: bytes) -> tuple[pl.DataFrame | None, int | None, int, list[str]]:
+    """In a worker: what `_decode_prefix` makes of one chunk, as (frame, cut, skipped, problems)."""
+    stats = RawTrace(Path(), pl.DataFrame(), {})
+    frames: list[pl.DataFrame] = []
+    cut = _decode_prefix(bytearray(data), stats, frames)
+    return (frames[0] if frames else None), cut, stats.skipped, stats.problems
 
 
 def _decode_view(buf: bytearray, end: int, trace: RawTrace) -> pl.DataFrame | None:

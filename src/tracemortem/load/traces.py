@@ -90,32 +90,34 @@ def load_traces(files: dict[Path, int | None], progress: Progress = silent) -> T
     parts: list[pl.DataFrame] = []
     ranks: dict[int, dict[str, Any]] = {}
     errors: list[str] = []
-    for index, (path, guess) in enumerate(sorted(files.items(), key=lambda kv: str(kv[0]))):
-        path = Path(path)
-        mb_total = max(path.stat().st_size, 1) / 2**20 if path.exists() else 0.0
-        label = f"rank {guess}" if guess is not None else path.name
+    # Worker processes for big traces, started on the first one and shared by all the files.
+    with chrome.Workers() as workers:
+        for index, (path, guess) in enumerate(sorted(files.items(), key=lambda kv: str(kv[0]))):
+            path = Path(path)
+            mb_total = max(path.stat().st_size, 1) / 2**20 if path.exists() else 0.0
+            label = f"rank {guess}" if guess is not None else path.name
 
-        def report(done: int, total: int, label: str = label, mb_total: float = mb_total) -> None:
-            progress(f"parsing {label}: {done / 2**20:.0f}/{mb_total:.0f} MB")
+            def report(done: int, total: int, label: str = label, mb_total: float = mb_total) -> None:
+                progress(f"parsing {label}: {done / 2**20:.0f}/{mb_total:.0f} MB")
 
-        try:
-            raw = chrome.read_trace(path, report)
-        except InputError as exc:
-            errors.append(str(exc))
-            continue
-        except OSError as exc:
-            errors.append(f"{path}: cannot read ({exc.strerror or exc})")
-            continue
-        rank = _rank_of(raw.envelope, guess)
-        frame, meta, file_notes = _normalise(raw, rank, index)
-        notes += file_notes
-        parts.append(frame)
-        entry = ranks.setdefault(rank, {"rank": rank, "files": []})
-        entry["files"].append(str(path))
-        for key, value in meta.items():
-            entry.setdefault(key, value)
-        if entry.get("base_time_ns") != meta.get("base_time_ns"):
-            entry.setdefault("base_times_ns", []).append(meta.get("base_time_ns"))
+            try:
+                raw = chrome.read_trace(path, report, workers)
+            except InputError as exc:
+                errors.append(str(exc))
+                continue
+            except OSError as exc:
+                errors.append(f"{path}: cannot read ({exc.strerror or exc})")
+                continue
+            rank = _rank_of(raw.envelope, guess)
+            frame, meta, file_notes = _normalise(raw, rank, index)
+            notes += file_notes
+            parts.append(frame)
+            entry = ranks.setdefault(rank, {"rank": rank, "files": []})
+            entry["files"].append(str(path))
+            for key, value in meta.items():
+                entry.setdefault(key, value)
+            if entry.get("base_time_ns") != meta.get("base_time_ns"):
+                entry.setdefault("base_times_ns", []).append(meta.get("base_time_ns"))
     if not parts:
         raise InputError(errors[0] if len(errors) == 1 else f"no readable trace among {len(errors)} files; first: {errors[0]}")
     for message in errors:
