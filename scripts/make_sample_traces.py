@@ -3,9 +3,9 @@
     python scripts/make_sample_traces.py [--out sample_traces]
 
 healthy/    a tiny causal transformer LM learning a copy task; profiler traces, checkpoints
-exploding/  linear regression with a too large learning rate: weights and grads grow ~2x per
-            step until they overflow to Inf/NaN (step 69), so the run has a snapshot of the
-            state before the first non-finite update
+exploding/  an MLP regression whose learning-rate warmup never stops: the loss turns unstable,
+            then the gradients overflow to Inf/NaN, so the run has a snapshot of the state
+            before the first non-finite update; profiler traces of a few early steps
 vanishing/  a deep, narrow sigmoid MLP: gradients of the early layers shrink towards zero
 Seeds are fixed; only wall-clock columns (time, duration, trace timestamps) differ per run.
 """
@@ -73,19 +73,25 @@ def healthy(out: Path) -> None:
 
 def exploding(out: Path) -> None:
     seed(3)
-    model = nn.Sequential(nn.Linear(8, 1))
-    # Curvature of this loss is ~18, so any lr above 2/18 diverges geometrically.
-    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    # A warmup that never stops: the lr keeps rising past what momentum SGD tolerates on this
+    # regression, the loss turns unstable, then the gradients overflow (step 97 with these seeds).
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 + 0.08 * step)
     gen = torch.Generator().manual_seed(1)
-    with Recorder(out, model, opt, config={"sample": "exploding", "lr": 0.2}) as rec:
-        for _ in range(100):
-            x = torch.randn(16, 8, generator=gen) * 3.0
-            y = x.sum(dim=1, keepdim=True)
+    true_w = torch.randn(16, 1, generator=gen)
+    profile = ProfileSchedule(wait=30, warmup=1, active=3, repeat=1)
+    with Recorder(out, model, opt, profile=profile,
+                  config={"sample": "exploding", "lr": 0.01, "warmup": "linear, unbounded"}) as rec:
+        for _ in range(120):
+            x = torch.randn(32, 16, generator=gen)
+            y = x @ true_w + 0.1 * torch.randn(32, 1, generator=gen)
             rec.observe_batch({"x": x, "y": y})
             loss = nn.functional.mse_loss(model(x), y)
             loss.backward()
             opt.step()
             opt.zero_grad()
+            sched.step()
             rec.step(loss=loss)
 
 
