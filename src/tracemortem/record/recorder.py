@@ -77,6 +77,8 @@ class Recorder:
         self._closed = False
         self._close_lock = threading.Lock()
         self._meta_lock = threading.Lock()
+        self._warn_lock = threading.Lock()
+        self._warned = False
         self._disabled: set[str] = set()
         self._notes: list[str] = []
         self.start_step = self._step = int(start_step)
@@ -120,6 +122,7 @@ class Recorder:
             flush_every=max(1, int(flush_every)),
             flush_seconds=float(flush_seconds),
             max_queue=max(1, int(max_queue)),
+            warn=self._warn,
             ring=ring,
             after_flush=self._write_status,
         )
@@ -290,7 +293,7 @@ class Recorder:
             for handle in self._order_hooks:
                 handle.remove()
             self._order_hooks = []
-            self._write_status()
+            self.writer.request_status()  # backward order is known now
         if self._prof is not None:
             self._guarded("profiler", self._prof.step)
         if self.checkpoint_every and (step + 1) % self.checkpoint_every == 0:
@@ -375,8 +378,11 @@ class Recorder:
         note = f"{part} disabled after {type(exc).__name__}: {exc}"
         self._notes.append(note)
         try:
-            warnings.warn(f"tracemortem: {note}; training continues", RuntimeWarning, stacklevel=3)
-            self._write_status()
+            self._warn(f"{note}; training continues")
+            if self.writer.is_alive():
+                self.writer.request_status()
+            else:  # closing: no writer thread left to do it
+                self._write_status()
         except Exception:
             pass
 
@@ -408,9 +414,18 @@ class Recorder:
     def _note_write_error(self, exc: Exception) -> None:
         message = f"status write failed: {type(exc).__name__}: {exc}"
         if message not in self._notes:
-            if not self._notes:
-                warnings.warn(f"tracemortem: {message}; training continues", RuntimeWarning, stacklevel=2)
+            self._warn(f"{message}; training continues")
             self._notes.append(message)
+
+    def _warn(self, message: str) -> None:
+        """Warn about the first recorder problem only (DESIGN §3: warn once, then degrade); every
+        problem is listed under `warnings` in meta.json / manifest.json. Called from both threads."""
+        with self._warn_lock:
+            if self._warned:
+                return
+            self._warned = True
+        warnings.warn(f"tracemortem: {message}. Later recorder problems are listed in meta.json and "
+                      "manifest.json only", RuntimeWarning, stacklevel=3)
 
     def _meta(self, counters: dict[str, Any], ended: str | None) -> dict[str, Any]:
         return {

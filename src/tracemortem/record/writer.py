@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 import threading
 import time
-import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +76,7 @@ class ChunkWriter(threading.Thread):
         flush_every: int,
         flush_seconds: float,
         max_queue: int,
+        warn: Callable[[str], None],
         ring: HostRing | None = None,
         after_flush: Callable[[], None] | None = None,
     ):
@@ -85,6 +85,7 @@ class ChunkWriter(threading.Thread):
         self.flush_every, self.flush_seconds, self.max_queue = flush_every, flush_seconds, max_queue
         self.ring = ring
         self.after_flush = after_flush
+        self.warn = warn
         self.dropped_steps = 0
         self.lost_steps = 0  # converted but whose chunk could not be written
         self.written_steps = 0
@@ -92,6 +93,7 @@ class ChunkWriter(threading.Thread):
         self._queue: deque[StepItem] = deque()
         self._cond = threading.Condition()
         self._stopping = False
+        self._status_due = False
         self._steps_rows: list[dict[str, Any]] = []
         self._grads_parts: list[dict[str, np.ndarray]] = []
         self._last_flush = time.monotonic()
@@ -109,6 +111,13 @@ class ChunkWriter(threading.Thread):
             self._queue.append(item)
             if len(self._queue) >= self.flush_every:
                 self._cond.notify()
+
+    def request_status(self) -> None:
+        """Have the status files rewritten on this thread: the training thread never waits for
+        a file write (a stalled disk would stall training)."""
+        with self._cond:
+            self._status_due = True
+            self._cond.notify()
 
     def stop(self, timeout: float) -> None:
         with self._cond:
@@ -135,12 +144,13 @@ class ChunkWriter(threading.Thread):
             due = time.monotonic() - self._last_flush >= self.flush_seconds
             if stopping or due or len(self._steps_rows) >= self.flush_every:
                 self.flush()
+            if self._status_due:
+                self._write_status()
             if stopping:
                 return
 
     def _error(self, message: str) -> None:
-        if not self.errors:
-            warnings.warn(f"tracemortem: {message}; recording continues, this data is lost", stacklevel=1)
+        self.warn(f"{message}; this data is lost, recording continues")
         if len(self.errors) < 20:
             self.errors.append(message)
 
@@ -197,6 +207,10 @@ class ChunkWriter(threading.Thread):
         except Exception as exc:
             self.lost_steps += len(rows)
             self._error(f"could not write a chunk of {len(rows)} steps: {exc!r}")
+        self._write_status()
+
+    def _write_status(self) -> None:
+        self._status_due = False
         if self.after_flush is not None:
             self.after_flush()
 

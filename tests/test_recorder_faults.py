@@ -1,0 +1,251 @@
+"""The Recorder's promises (DESIGN §3) under real faults, each in a real training process
+(tests/recorder_fault_child.py): disk full (injected at the write boundary, and a real full
+tmpfs), a stalling disk, SIGTERM, SIGKILL, an exception from the loop, and 2-rank gloo DDP.
+Faults already covered in-process by test_recorder.py (run folder replaced by a file, one
+failed chunk write, in-process exception, files readable after SIGKILL) are not repeated."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+from click.testing import CliRunner
+
+from recording_helpers import batches, check_every_file_readable, mlp, read_grads, read_steps
+from tracemortem import analyze
+from tracemortem import format as fmt
+from tracemortem.cli import main
+
+CHILD = Path(__file__).with_name("recorder_fault_child.py")
+WARNING_LINE = re.compile(r"^\S+:\d+: \w*Warning: tracemortem:", re.M)
+
+
+def _child(mode: str, env: dict | None = None, **args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(CHILD), mode, json.dumps(args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 60) -> tuple[dict, str]:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err
+    return json.loads(out.strip().splitlines()[-1]), err
+
+
+def _report(run: Path) -> dict:
+    result = CliRunner().invoke(main, ["report", str(run), "--format", "json", "-o", "-", "--fail-on", "never"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def _manifest(run: Path) -> dict:
+    return json.loads((run / "manifest.json").read_text())
+
+
+# --- disk full ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def disk_full(tmp_path_factory):
+    """One training process, two runs with the disk full during steps 10-19: ENOSPC injected at
+    the write boundary, and (where this process may mount) a real 2 MiB tmpfs filled up."""
+    root = tmp_path_factory.mktemp("disk_full")
+    runs = {"inject": root / "run"}
+    mount = root / "fs"
+    mount.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
+    if mounted.returncode == 0:
+        runs["tmpfs"] = mount / "run"
+    result, stderr = _finish(_child("disk_full", runs={k: str(v) for k, v in runs.items()}))
+    logs = dict(re.findall(r"^=== (\w+)\n(.*?)(?=^=== |\Z)", stderr, re.M | re.S))
+    yield runs, result, logs, mounted.stderr.decode().strip()
+    if mounted.returncode == 0:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def _check_disk_full(run: Path, loss: float, reference: float, stderr: str) -> None:
+    # Training is untouched: bit-identical to the same seeded loop without a recorder.
+    assert loss == reference
+    assert len(WARNING_LINE.findall(stderr)) == 1, stderr
+    recorded = list(range(10)) + list(range(20, 30))  # steps 10-19 were due while the disk was full
+    assert read_steps(run)["step"].to_list() == recorded
+    assert read_grads(run)["step"].unique().sort().to_list() == recorded
+    manifest = _manifest(run)
+    assert manifest["status"] == "closed"
+    assert (manifest["lost_steps"], manifest["dropped_steps"]) == (10, 0)
+    assert any("No space left on device" in w for w in manifest["warnings"]), manifest["warnings"]
+    # Checkpoints turn themselves off at their first failure (documented); the ones before stay.
+    assert any(w.startswith("checkpoints disabled") for w in manifest["warnings"])
+    assert sorted(p.name for p in (run / "rank0" / "checkpoints").glob("*.pt")) == [
+        "step-00000004.pt", "step-00000009.pt"]
+    check_every_file_readable(run)
+    assert not list(run.rglob(".*"))  # no temp files of the failed writes left behind
+
+
+def test_disk_full_at_the_write_boundary(disk_full):
+    runs, result, logs, _ = disk_full
+    _check_disk_full(runs["inject"], result["inject"], result["reference"], logs["inject"])
+
+
+def test_disk_full_on_a_real_full_filesystem(disk_full):
+    runs, result, logs, why = disk_full
+    if "tmpfs" not in runs:
+        pytest.skip(f"cannot mount a tmpfs here: {why}")
+    _check_disk_full(runs["tmpfs"], result["tmpfs"], result["reference"], logs["tmpfs"])
+
+
+# --- slow disk ------------------------------------------------------------------------------
+
+
+def test_stalling_disk_never_stalls_training(tmp_path):
+    stall = 0.25
+    result, stderr = _finish(_child("slow_disk", fast_run=str(tmp_path / "fast"), slow_run=str(tmp_path / "slow"),
+                                    stall=stall), timeout=90)
+    fast, slow = result["fast"], result["slow"]
+    assert fast["loss"] == slow["loss"] == result["reference"]
+    assert slow["median"] < 1.5 * fast["median"] + 0.005, result
+    # No step of the training thread waited for a file write, not even once (e.g. a status write).
+    assert slow["max"] < stall, result
+    assert slow["longest_queue"] <= 8 and fast["longest_queue"] <= 8
+    manifest, rows = _manifest(tmp_path / "slow"), read_steps(tmp_path / "slow")
+    assert manifest["dropped_steps"] > 0 and manifest["lost_steps"] == 0
+    # Every step is either on disk or counted as dropped; recording order is kept.
+    assert rows.height + manifest["dropped_steps"] == 150
+    assert rows["step"].is_sorted() and rows["step"][-1] == 149
+    assert not WARNING_LINE.findall(stderr)  # dropping under back-pressure is counted, not warned
+
+
+# --- signals --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def loops(tmp_path_factory):
+    """The SIGTERM, SIGKILL and exception processes, started together to share start-up time."""
+    runs = {name: tmp_path_factory.mktemp(name) for name in ("sigterm", "sigkill", "raise")}
+    procs = {name: _child("loop", run=str(run), raise_at=7 if name == "raise" else None) for name, run in runs.items()}
+    yield {name: (runs[name], procs[name]) for name in runs}
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def _when_ready(proc: subprocess.Popen) -> subprocess.Popen:
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def test_sigterm_flushes_and_the_analyzer_reads_a_crashed_run(loops):
+    tmp_path, proc = loops["sigterm"]
+    _when_ready(proc)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGTERM, stderr
+    steps = read_steps(tmp_path)["step"].to_list()
+    meta = json.loads((tmp_path / "rank0" / "meta.json").read_text())
+    # Every completed rec.step() was flushed (the step cut by the signal may be there too).
+    assert steps == list(range(len(steps))) and len(steps) - meta["steps"] in (0, 1)
+    manifest = _manifest(tmp_path)
+    # Killed, not finished: "crashed", with the end time and the cause.
+    assert manifest["status"] == "crashed" and manifest["ended"]
+    assert "terminated by SIGTERM" in manifest["warnings"]
+    report = _report(tmp_path)
+    assert report["run"]["status"] == "crashed"
+    assert report["run"]["steps"]["last"] == steps[-1]
+    assert not [f for f in report["findings"] if f["title"] == "run ended without an end marker"]
+
+
+def test_sigkill_is_reported_as_a_crash_at_the_last_whole_chunk(loops):
+    tmp_path, proc = loops["sigkill"]
+    _when_ready(proc)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    check_every_file_readable(tmp_path)
+    last = max(pl.read_parquet(p)["step"].max() for p in fmt.list_chunks(tmp_path / "rank0" / "steps"))
+    assert _manifest(tmp_path)["status"] == "running"
+    report = _report(tmp_path)
+    assert report["run"]["status"] == "crashed" and report["run"]["steps"]["last"] == last
+    [end] = [f for f in report["findings"] if f["title"] == "run ended without an end marker"]
+    assert end["step"] == last and end["evidence"]["last_step"] == last
+
+
+# --- exception from the loop ----------------------------------------------------------------
+
+
+def test_exception_from_the_loop_propagates_unchanged(loops):
+    tmp_path, proc = loops["raise"]
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    # The interpreter's traceback: our exception, raised in the loop's own load(), nothing
+    # chained or added on the way out of the with block.
+    assert stderr.rstrip().endswith("ValueError: corrupt sample in batch 7"), stderr
+    trace = stderr[stderr.index("Traceback"):]
+    assert re.search(r'line \d+, in load\n\s+raise ValueError', trace), trace
+    assert "During handling" not in trace and "tracemortem" not in trace.replace(str(CHILD), "")
+    assert read_steps(tmp_path)["step"].to_list() == list(range(7))
+    manifest = _manifest(tmp_path)
+    assert manifest["status"] == "crashed" and manifest["ended"] and manifest["lost_steps"] == 0
+    assert _report(tmp_path)["run"]["status"] == "crashed"
+
+
+# --- two ranks ------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_grad_norms() -> list[list[float]]:
+    """What DDP computes, without DDP: per step, the mean of both ranks' local gradients."""
+    model = mlp(seed=0)
+    params = list(model.parameters())
+    norms = []
+    for (x0, y0), (x1, y1) in zip(batches(10, seed=10), batches(10, seed=11)):
+        grads = []
+        for x, y in ((x0, y0), (x1, y1)):
+            grads.append(torch.autograd.grad(torch.nn.functional.mse_loss(model(x), y), params))
+        mean = [(a + b) / 2 for a, b in zip(*grads)]
+        norms.append([g.norm().item() for g in mean])
+        with torch.no_grad():
+            for p, g in zip(params, mean):
+                p -= 0.05 * g
+    return norms
+
+
+def test_two_rank_gloo_ddp_is_merged_as_replicas(tmp_path):
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2"}
+    procs = [_child("ddp", env={**env, "RANK": str(r)}, run=str(tmp_path)) for r in (0, 1)]
+    for proc in procs:
+        _finish(proc, timeout=90)
+
+    manifest = _manifest(tmp_path)
+    assert (manifest["status"], manifest["world_size"], manifest["ranks"]) == ("closed", 2, [0, 1])
+    assert (manifest["dropped_steps"], manifest["lost_steps"], manifest["warnings"]) == (0, 0, [])
+    for rank in (0, 1):
+        meta = json.loads((tmp_path / f"rank{rank}" / "meta.json").read_text())
+        assert (meta["rank"], meta["world_size"], meta["status"]) == (rank, 2, "closed")
+
+    expected = _ddp_grad_norms()
+    for rank in (0, 1):  # after the all-reduce both replicas hold the same, mean gradient
+        got = read_grads(tmp_path, rank)["norm"].to_list()
+        assert got == pytest.approx([n for step in expected for n in step], rel=1e-4)
+    analysis = analyze(tmp_path)
+    run = analysis.to_dict()["run"]
+    assert run["world_size"] == 2 and [r["rank"] for r in run["ranks"]] == [0, 1]
+    assert [r["steps"] for r in run["ranks"]] == [10, 10]
+    # Replicas are not summed as shards would be (that would give sqrt(2) x the norm).
+    merged = analysis.grads.collect().sort("step", "param_id")["norm"].to_list()
+    assert merged == pytest.approx([n for step in expected for n in step], rel=1e-4)
