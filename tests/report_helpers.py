@@ -4,6 +4,7 @@ on the recorder, the trace loader or the detectors."""
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import polars as pl
@@ -137,3 +138,40 @@ def recorded_analysis(run_dir: Path, steps: int = 60, nan_at: int | None = 45) -
     findings = sort_findings(run.notes + health.detect(run, Config()))
     return Analysis(path=inputs.path, kind=inputs.kind, findings=findings, run=run_facts(inputs, run, None), steps=run.steps,
                     grads=run.grads, params=run.params, ops=pl.DataFrame(), kernels=pl.DataFrame(), step_times=pl.DataFrame())
+
+
+class Visit:
+    """A page load in the `browser` fixture's Chromium with every request other than the report
+    file itself refused and counted; console messages, page errors and dialogs are collected."""
+
+    def __init__(self, browser, path: Path, javascript: bool = True):
+        self.context = browser.new_context(java_script_enabled=javascript, viewport={"width": 1360, "height": 900})
+        self.url = path.resolve().as_uri()
+        self.blocked: list[str] = []
+        self.console: list[tuple[str, str]] = []
+        self.page_errors: list[str] = []
+        self.dialogs: list[str] = []
+        self.context.route("**/*", self._route)
+        self.page = self.context.new_page()
+        self.page.on("console", lambda m: self.console.append((m.type, m.text)))
+        self.page.on("pageerror", lambda e: self.page_errors.append(str(e)))
+        self.page.on("dialog", self._dialog)
+        start = time.monotonic()
+        self.page.goto(self.url, wait_until="load")
+        if javascript:
+            self.page.wait_for_function("[...document.querySelectorAll('[data-figure]')].every(d => d.querySelector('.main-svg'))")
+        self.seconds = time.monotonic() - start
+
+    def _route(self, route):
+        if route.request.url == self.url:
+            route.continue_()
+        else:
+            self.blocked.append(route.request.url)
+            route.abort()
+
+    def _dialog(self, dialog):
+        self.dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    def close(self):
+        self.context.close()

@@ -4,63 +4,18 @@ script from the data, and reads with JavaScript off."""
 
 from __future__ import annotations
 
-import os
-import time
 from pathlib import Path
 
 import pytest
 
-from report_helpers import HOSTILE, make_analysis
+from report_helpers import HOSTILE, Visit, make_analysis
 from tracemortem import report
 
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"needs Debian chromium at {CHROMIUM} (apt-get install -y chromium)"),
-]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        yield b
-        b.close()
-
-
-class Visit:
-    """A page load with every request other than the report file itself refused and counted."""
-
-    def __init__(self, browser, path: Path, javascript: bool = True):
-        self.context = browser.new_context(java_script_enabled=javascript, viewport={"width": 1360, "height": 900})
-        self.url = path.resolve().as_uri()
-        self.blocked: list[str] = []
-        self.console: list[tuple[str, str]] = []
-        self.page_errors: list[str] = []
-        self.context.route("**/*", self._route)
-        self.page = self.context.new_page()
-        self.page.on("console", lambda m: self.console.append((m.type, m.text)))
-        self.page.on("pageerror", lambda e: self.page_errors.append(str(e)))
-        start = time.monotonic()
-        self.page.goto(self.url, wait_until="load")
-        if javascript:
-            self.page.wait_for_function("[...document.querySelectorAll('[data-figure]')].every(d => d.querySelector('.main-svg'))")
-        self.seconds = time.monotonic() - start
-
-    def _route(self, route):
-        if route.request.url == self.url:
-            route.continue_()
-        else:
-            self.blocked.append(route.request.url)
-            route.abort()
-
-    def close(self):
-        self.context.close()
+# The `browser` fixture (tests/conftest.py) skips without Chromium, or fails under
+# TRACEMORTEM_REQUIRE_BROWSER=1.
+pytestmark = pytest.mark.browser
 
 
 def _write(tmp_path: Path, analysis, name: str) -> Path:
