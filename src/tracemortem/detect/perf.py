@@ -31,12 +31,12 @@ SLOW_STEP_MAX = threshold("slow-step.max_findings", 10, "At most this many slow 
                           "tracemortem default")
 SLOW_OP_RATIO = threshold("slow-op.step_ratio", 3.0, "An op is intermittently slow when its p95 time per step is this many "
                           "times its median time per step.", "research/gradient-debuggers.md §6(a) G34 (p95 > 3× median)")
-SLOW_OP_SHARE = threshold("slow-op.min_share", 0.02, "…and its time above that bound is at least this share of the rank's "
+SLOW_OP_SHARE = threshold("slow-op.min_share", 0.05, "…and its time above that bound is at least this share of the rank's "
                           "profiled step time.", "tracemortem default")
 SLOW_OP_RECUR = threshold("slow-op.min_slow_steps", 2, "…on at least this many steps (one slow instance is more often "
                           "a scheduler stall than a property of the op).", "tracemortem default")
-SLOW_OP_EXCESS = threshold("slow-op.min_excess_ms", 20.0, "…with at least this much time above the bound in total.",
-                           "tracemortem default (as slow-step.min_excess_ms)")
+SLOW_OP_EXCESS = threshold("slow-op.min_excess_ms", 50.0, "…with at least this much time above the bound in total "
+                           "(a busy host deschedules a process for tens of ms at a time).", "tracemortem default")
 TOP_OP_SHARE = threshold("slow-op.top_share", 0.25, "The top op by self time (GPU self time on GPU traces) is reported (info) "
                          "when it takes at least this share of profiled step time.", "tracemortem default")
 LOADER_WARN = threshold("dataloader-bound.min_share", 0.2, "Warning when DataLoader time is at least this share of step time.",
@@ -194,8 +194,15 @@ def slow_ops(timing: Timing, config: Config) -> list[Finding]:
     ratio = config[SLOW_OP_RATIO]
     profiled = steps.group_by("rank").agg(pl.col("duration_ns").sum().alias("profiled_ns"), pl.len().alias("n_steps"))
     grid = steps.select("rank", "step").join(timing.step_ops.select("rank", "name").unique(), on="rank")
-    per_step = grid.join(timing.step_ops.select("rank", "step", "name", "total_ns"), on=["rank", "step", "name"], how="left") \
+    per_step = (
+        grid.join(timing.step_ops.select("rank", "step", "name", "total_ns"), on=["rank", "step", "name"], how="left")
+        .join(steps.select("rank", "step", "duration_ns"), on=["rank", "step"])
         .with_columns(pl.col("total_ns").fill_null(0))
+        .with_columns((pl.col("total_ns") / pl.col("duration_ns").clip(lower_bound=1)).alias("share"))
+    )
+    # A step that is slow as a whole (a busy host, a slower node) makes every op slow with it;
+    # an op is intermittently slow only when its share of the step jumps too.
+    slow = (pl.col("total_ns") > ratio * pl.col("total_ns").median()) & (pl.col("share") > ratio * pl.col("share").median())
     # Only outermost time counts once: nested ops repeat their parent's delay, so report each
     # (rank, step-set) through the op with the most excess and list the rest as related.
     stats = (
@@ -203,8 +210,8 @@ def slow_ops(timing: Timing, config: Config) -> list[Finding]:
         .agg(
             pl.col("total_ns").median().alias("median_ns"),
             pl.col("total_ns").quantile(0.95, "nearest").alias("p95_ns"),
-            pl.col("step").filter(pl.col("total_ns") > ratio * pl.col("total_ns").median()).alias("slow_steps"),
-            (pl.col("total_ns") - ratio * pl.col("total_ns").median()).clip(lower_bound=0).sum().alias("excess_ns"),
+            pl.col("step").filter(slow).alias("slow_steps"),
+            (pl.col("total_ns") - ratio * pl.col("total_ns").median()).clip(lower_bound=0).filter(slow).sum().alias("excess_ns"),
         )
         .join(profiled, on="rank")
         .filter(
