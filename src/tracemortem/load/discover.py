@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
-from ..format import RunPaths, is_rank_dir, is_run_dir
+from ..format import RunPaths, is_inside, is_rank_dir, is_run_dir
 
 TRACE_SUFFIXES = (".json", ".json.gz")
 _RANK_IN_NAME = re.compile(r"rank[-_]?(\d+)", re.IGNORECASE)
@@ -23,6 +23,8 @@ class Inputs:
     # trace file → rank guessed from its path (rank{R} folder, rank-N in the name); None = unknown.
     # The trace's own distributedInfo.rank, when present, wins over this guess.
     trace_files: dict[Path, int | None] = field(default_factory=dict)
+    # trace files of a run directory that link outside it: not read (load_run reports them)
+    refused: list[Path] = field(default_factory=list)
 
 
 def is_trace_file(path: Path) -> bool:
@@ -42,6 +44,15 @@ def _traces_under(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if is_trace_file(p))
 
 
+def _refuse_outside(inputs: Inputs) -> Inputs:
+    """A run directory's traces must lie inside it (a link out of it could pull any local file in)."""
+    assert inputs.run_root is not None
+    inputs.refused = [t for t in inputs.trace_files if not is_inside(inputs.run_root, t)]
+    for t in inputs.refused:
+        del inputs.trace_files[t]
+    return inputs
+
+
 def discover(path: str | Path) -> Inputs:
     path = Path(path)
     if not path.exists():
@@ -56,11 +67,11 @@ def discover(path: str | Path) -> Inputs:
         run = RunPaths(path)
         ranks = {r: run.rank(r).root for r in run.ranks()}
         traces = {t: r for r, d in ranks.items() for t in _traces_under(d / "traces")}
-        return Inputs(path, "run", run_root=path, rank_dirs=ranks, trace_files=traces)
+        return _refuse_outside(Inputs(path, "run", run_root=path, rank_dirs=ranks, trace_files=traces))
     if is_rank_dir(path):
         rank = int(path.name[4:])
         traces = {t: rank for t in _traces_under(path / "traces")}
-        return Inputs(path, "rank", run_root=path.parent, rank_dirs={rank: path}, trace_files=traces)
+        return _refuse_outside(Inputs(path, "rank", run_root=path.parent, rank_dirs={rank: path}, trace_files=traces))
     traces = {t: rank_from_path(t.relative_to(path)) for t in _traces_under(path)}
     if not traces:
         raise InputError(f"{path}: no run directory (manifest.json, rank*/) and no chrome traces (*.json, *.json.gz) found")

@@ -76,8 +76,11 @@ def _note(severity: str, title: str, message: str, rank: int | None = None, **ev
 # --- JSON documents -------------------------------------------------------------------------
 
 
-def _read_optional_json(path: Path, what: str, notes: list[Finding], rank: int | None) -> dict[str, Any] | None:
+def _read_optional_json(path: Path, what: str, notes: list[Finding], rank: int | None, root: Path) -> dict[str, Any] | None:
     if not path.is_file():
+        return None
+    if not fmt.is_inside(root, path):
+        notes.append(_note("warning", f"refused {what}", f"{path}: links outside the run directory; not read", rank=rank))
         return None
     try:
         return fmt.read_json(path, what)
@@ -92,11 +95,13 @@ def _shape_text(shape: Any) -> str:
     return "" if shape is None else str(shape)
 
 
-def _as_int(value: Any) -> int | None:
+def _as_int(value: Any, bits: int = 64) -> int | None:
+    """An int that fits a signed `bits`-bit column, else None (untrusted JSON: inf, 1e400, 2**70)."""
     try:
-        return int(value) if value is not None and not isinstance(value, bool) else None
-    except (TypeError, ValueError):
+        number = int(value) if value is not None and not isinstance(value, bool) else None
+    except (TypeError, ValueError, OverflowError):
         return None
+    return number if number is not None and -(2 ** (bits - 1)) <= number < 2 ** (bits - 1) else None
 
 
 def _param_rows(meta: dict[str, Any]) -> list[dict[str, Any]]:
@@ -109,13 +114,13 @@ def _param_rows(meta: dict[str, Any]) -> list[dict[str, Any]]:
     for i, entry in enumerate(table):
         if not isinstance(entry, dict):
             continue
-        pid = _as_int(entry.get("param_id", entry.get("id", i)))
+        pid = _as_int(entry.get("param_id", entry.get("id", i)), bits=32)
         if pid is None:
             continue
         shape = entry.get("shape")
         numel = _as_int(entry.get("numel"))
         if numel is None and isinstance(shape, (list, tuple)):
-            numel = math.prod(int(s) for s in shape) if all(isinstance(s, int) for s in shape) else None
+            numel = _as_int(math.prod(shape)) if all(isinstance(s, int) and not isinstance(s, bool) for s in shape) else None
         rows.append(
             {
                 "param_id": pid,
@@ -155,8 +160,8 @@ def _params_frame(metas: dict[int, dict[str, Any]]) -> pl.DataFrame:
 # --- chunk tables ---------------------------------------------------------------------------
 
 
-def _chunks(folder: Path, schema: pa.Schema, what: str, rank: int, notes: list[Finding]) -> list[Path]:
-    chunks = fmt.readable_chunks(folder, schema)
+def _chunks(folder: Path, schema: pa.Schema, what: str, rank: int, notes: list[Finding], root: Path) -> list[Path]:
+    chunks = fmt.readable_chunks(folder, schema, root)
     for path, why in chunks.skipped:
         notes.append(_note("warning", f"skipped a {what} chunk", f"{path}: {why}; its rows are missing from the analysis",
                            rank=rank, chunk=path.name))
@@ -225,11 +230,11 @@ def _checkpoints(rank_dir: Path, rank: int) -> list[dict[str, Any]]:
     return found
 
 
-def _snapshot(rank_dir: Path, rank: int, notes: list[Finding]) -> dict[str, Any] | None:
+def _snapshot(rank_dir: Path, rank: int, notes: list[Finding], root: Path) -> dict[str, Any] | None:
     folder = fmt.RankPaths(rank_dir).snapshot
     if not folder.is_dir():
         return None
-    info = _read_optional_json(folder / fmt.SNAPSHOT_INFO, "snapshot info.json", notes, rank) or {}
+    info = _read_optional_json(folder / fmt.SNAPSHOT_INFO, "snapshot info.json", notes, rank, root) or {}
     return {"rank": rank, "path": str(folder), "step": _as_int(info.get("step")), "info": info}
 
 
@@ -240,7 +245,9 @@ def _first(values: list[Any]) -> Any:
 def load_run(inputs: Inputs, progress: Progress = silent) -> RunData:
     root = inputs.run_root if inputs.run_root is not None else inputs.path
     notes: list[Finding] = []
-    manifest = _read_optional_json(root / fmt.MANIFEST, "manifest.json", notes, None)
+    manifest = _read_optional_json(root / fmt.MANIFEST, "manifest.json", notes, None, root)
+    for path in inputs.refused:
+        notes.append(_note("warning", "refused a trace", f"{path}: links outside the run directory; not read"))
 
     metas: dict[int, dict[str, Any]] = {}
     steps_frames: list[pl.DataFrame] = []
@@ -251,17 +258,19 @@ def load_run(inputs: Inputs, progress: Progress = silent) -> RunData:
     for rank, rank_dir in sorted(inputs.rank_dirs.items()):
         progress(f"reading rank {rank}")
         paths = fmt.RankPaths(rank_dir)
-        meta = _read_optional_json(paths.meta, "meta.json", notes, rank)
+        meta = _read_optional_json(paths.meta, "meta.json", notes, rank, root)
         if meta is None and not paths.meta.exists():
             notes.append(_note("info", "missing meta.json", f"{paths.meta}: not found; parameter names are unknown", rank=rank))
         metas[rank] = meta or {}
-        steps = _read_steps(_chunks(paths.steps, fmt.STEPS_SCHEMA, "steps", rank, notes), rank, notes)
+        steps = _read_steps(_chunks(paths.steps, fmt.STEPS_SCHEMA, "steps", rank, notes, root), rank, notes)
         if not steps.is_empty():
             steps_frames.append(steps)
-        grad_paths = _chunks(paths.grads, fmt.GRADS_SCHEMA, "grads", rank, notes)
+        grad_paths = _chunks(paths.grads, fmt.GRADS_SCHEMA, "grads", rank, notes, root)
         if grad_paths:
             grad_frames[rank] = _scan_grads(grad_paths)
-        if paths.health.is_file():
+        if paths.health.is_file() and not fmt.is_inside(root, paths.health):
+            notes.append(_note("warning", "refused checkpoint health", f"{paths.health}: links outside the run directory; not read", rank=rank))
+        elif paths.health.is_file():
             try:
                 health_frames.append(
                     pl.read_parquet(paths.health).with_columns(pl.lit(rank, pl.Int32).alias("rank"))
@@ -269,7 +278,7 @@ def load_run(inputs: Inputs, progress: Progress = silent) -> RunData:
             except Exception as exc:
                 notes.append(_note("warning", "unreadable checkpoint health", f"{paths.health}: {type(exc).__name__}", rank=rank))
         checkpoints += _checkpoints(rank_dir, rank)
-        if (snap := _snapshot(rank_dir, rank, notes)) is not None:
+        if (snap := _snapshot(rank_dir, rank, notes, root)) is not None:
             snapshots.append(snap)
 
     if not steps_frames and not grad_frames and not any(metas.values()) and manifest is None:
