@@ -120,7 +120,8 @@ def _line(x: list, y: list, name: str, **extra: Any) -> dict[str, Any]:
     return {"type": "scatter", "mode": "lines", "x": x, "y": y, "name": plotly_text(name), **extra}
 
 
-def _marks(x: list, y: list, name: str, color: str, symbol: str, text: list[str]) -> dict[str, Any]:
+def _marks(x: list, y: list, name: str, color: str, symbol: str, text: list[str], escaped: bool = False) -> dict[str, Any]:
+    """Marker trace; `text` is plain text, or plotly markup already built with plotly_text (`escaped`)."""
     return {
         "type": "scatter",
         "mode": "markers",
@@ -128,7 +129,7 @@ def _marks(x: list, y: list, name: str, color: str, symbol: str, text: list[str]
         "y": y[:MAX_MARKS],
         "name": name,
         "marker": {"color": color, "symbol": symbol, "size": 10, "line": {"width": 1, "color": "#fff"}},
-        "text": [plotly_text(t) for t in text[:MAX_MARKS]],
+        "text": [t if escaped else plotly_text(t) for t in text[:MAX_MARKS]],
         "hovertemplate": "%{text}<extra></extra>",
     }
 
@@ -309,7 +310,8 @@ def grad_heatmap(grads: pl.LazyFrame, params: pl.DataFrame, findings: list[Findi
     data: list[dict[str, Any]] = [heat]
     if bad.height:
         data.append(_marks([buckets.labels[c] for c in bad["col"]], [names[r] for r in bad["row"]], "non-finite", BAD, "x",
-                           [f"{names[r]}<br>step {buckets.labels[c]}: NaN/Inf gradient" for r, c in zip(bad["row"], bad["col"])]))
+                           [f"{names[r]}<br>step {buckets.labels[c]}: NaN/Inf gradient" for r, c in zip(bad["row"], bad["col"])],
+                           escaped=True))
     notes = [row_note] if row_note else []
     if buckets.width > 1:
         notes.append(f"each column is {buckets.width} steps (largest norm shown)")
