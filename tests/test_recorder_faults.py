@@ -89,6 +89,10 @@ def _check_disk_full(run: Path, loss: float, reference: float, stderr: str) -> N
         "step-00000004.pt", "step-00000009.pt"]
     check_every_file_readable(run)
     assert not list(run.rglob(".*"))  # no temp files of the failed writes left behind
+    # The report says what was lost, so a reader knows the charts have a gap.
+    losses = [f for f in _report(run)["findings"] if f["title"] == "the recorder reported problems"]
+    assert len(losses) == 1 and losses[0]["severity"] == "warning"
+    assert losses[0]["evidence"]["lost_steps"] == 10
 
 
 def test_disk_full_at_the_write_boundary(disk_full):
@@ -163,6 +167,8 @@ def test_sigterm_flushes_and_the_analyzer_reads_a_crashed_run(loops):
     assert report["run"]["status"] == "crashed"
     assert report["run"]["steps"]["last"] == steps[-1]
     assert not [f for f in report["findings"] if f["title"] == "run ended without an end marker"]
+    crashed = [f for f in report["findings"] if f["title"] == "run crashed"]
+    assert len(crashed) == 1 and crashed[0]["step"] == steps[-1]
 
 
 def test_sigkill_is_reported_as_a_crash_at_the_last_whole_chunk(loops):

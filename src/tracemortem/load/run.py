@@ -302,6 +302,27 @@ def load_run(inputs: Inputs, progress: Progress = silent) -> RunData:
     return run
 
 
+def _recorder_losses(run: RunData) -> list[Finding]:
+    """What the recorder itself says it could not keep (dropped or lost steps, its warnings), per
+    rank from meta.json, else from the manifest."""
+    sources = {rank: meta for rank, meta in run.metas.items()} or {None: run.manifest or {}}
+    notes = []
+    for rank, source in sorted(sources.items(), key=lambda item: -1 if item[0] is None else item[0]):
+        dropped, lost = _as_int(source.get("dropped_steps")) or 0, _as_int(source.get("lost_steps")) or 0
+        problems = [str(w) for w in source.get("warnings") or [] if isinstance(w, (str, int, float))][:10]
+        if not (dropped or lost or problems):
+            continue
+        notes.append(Finding(
+            "input-error", "warning" if dropped or lost else "info", "the recorder reported problems",
+            f"{dropped} step(s) dropped (writer queue full) and {lost} step(s) lost (write errors)"
+            + (f"; its notes: {'; '.join(problems)}" if problems else ""),
+            rank=rank, evidence={"dropped_steps": dropped, "lost_steps": lost, "notes": problems},
+            suggestion="Dropped steps mean the disk could not keep up (raise max_queue or flush less often); "
+            "lost steps mean writes failed (disk full, permissions): the missing steps are absent from every chart.",
+        ))
+    return notes
+
+
 def _facts(run: RunData, inputs: Inputs, checkpoints: list[dict[str, Any]], snapshots: list[dict[str, Any]],
            has_grads: bool) -> dict[str, Any]:
     manifest = run.manifest or {}
@@ -329,6 +350,16 @@ def _facts(run: RunData, inputs: Inputs, checkpoints: list[dict[str, Any]], snap
             )
         )
         status = "crashed"
+    elif status == fmt.STATUS_CRASHED:
+        run.notes.append(Finding(
+            "input-error", "warning", "run crashed",
+            f"the recorder closed the run as crashed after step {span['last']} (an exception in the training loop or "
+            "a termination signal); the analysis covers the steps up to there",
+            step=span["last"], evidence={"last_step": span["last"], "steps_recorded": span["count"]},
+            suggestion="The job's own log has the exception or the signal; the recorder's notes are listed in the "
+            "other input findings and in manifest.json.",
+        ))
+    run.notes.extend(_recorder_losses(run))
     recorded = ["steps"] if not steps.is_empty() else []
     recorded += ["grads"] if has_grads else []
     recorded += ["traces"] if inputs.trace_files else []
