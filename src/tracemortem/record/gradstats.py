@@ -1,13 +1,14 @@
 """Per-parameter gradient, weight and update statistics computed on the device.
 
 Everything here runs in the training thread, so it uses multi-tensor `torch._foreach_norm`
-launches per (device, dtype) group, never a Python loop of per-tensor reductions, and it never
-reads a value back to the host (the non-finite guard in `nonfinite_counts` is the exception,
-and the recorder calls it only when asked to).
+launches per (device, dtype) group, never a Python loop of per-tensor reductions (CPU absmax
+is the exception, see `_cpu_block`), and it never reads a value back to the host (the
+non-finite guard `guard` is the exception, and the recorder calls it only when asked to).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -93,9 +94,7 @@ class GradStats:
                 ids = [ids[k] for k in keep]
                 params = [params[k] for k in keep]
                 grads = [grads[k] for k in keep]
-            norms = torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32))
-            weights = torch.stack(torch._foreach_norm(params, 2, dtype=torch.float32))
-            block = torch.stack([norms, _absmax(grads), weights])
+            block = (_cpu_block if params[0].device.type == "cpu" else _fused_block)(params, grads)
             blocks.append(block.to(self.device, non_blocking=True))
             used.append((ids, params))
             all_ids.extend(ids)
@@ -127,7 +126,7 @@ class GradStats:
         # absmax is NaN/Inf exactly when an element is; the L2 norm can also overflow fp32
         # on finite values, so it is not the test.
         absmax = batch.matrix[1]
-        if bool(torch.isfinite(absmax).all()):
+        if math.isfinite(absmax.max()):  # max propagates NaN
             batch.counts = {}
             return False
         flags = (~torch.isfinite(absmax)).tolist()
@@ -152,14 +151,28 @@ class GradStats:
         batch.before = None
 
 
-def _absmax(grads: list[torch.Tensor]) -> torch.Tensor:
-    """max |g| per tensor as float32 [n]; NaN if the tensor holds a NaN.
-
-    CUDA: one fused `_foreach_norm(ord=inf)` launch. CPU: that op materialises |g| (a fresh
-    allocation per tensor, very slow on CPU) so use one `aminmax` pass per tensor instead."""
-    if grads[0].device.type != "cpu":
-        return torch.stack(torch._foreach_norm(grads, _INF, dtype=torch.float32))
+def _cpu_block(params: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.Tensor:
+    """float32 [3, n] (grad L2, grad absmax, weight L2) of one CPU group. absmax from one
+    `aminmax` pass per tensor: the inf-norm materialises |g| on CPU, which is far slower."""
+    n = len(grads)
+    norms = torch._foreach_norm(grads + params, 2, dtype=_accumulation(params[0].dtype))
     pairs = [torch.aminmax(g) for g in grads]
-    high = torch.stack([p.max for p in pairs]).float()
-    low = torch.stack([p.min for p in pairs]).float()
-    return torch.maximum(high, low.neg())
+    block = torch.stack([*norms[:n], *(p.max for p in pairs), *norms[n:], *(p.min for p in pairs)])
+    block = block.view(4, n).to(torch.float32)
+    torch.maximum(block[1], block[3].neg_(), out=block[1])  # max |g|; NaN propagates
+    return block[:3]
+
+
+def _fused_block(params: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.Tensor:
+    """float32 [3, n] (grad L2, grad absmax, weight L2) of one accelerator group: two fused
+    multi-tensor launches and one stack."""
+    n, acc = len(grads), _accumulation(params[0].dtype)
+    norms = torch._foreach_norm(grads + params, 2, dtype=acc)
+    absmax = torch._foreach_norm(grads, _INF, dtype=acc)
+    return torch.stack([*norms[:n], *absmax, *norms[n:]]).view(3, n).to(torch.float32)
+
+
+def _accumulation(dtype: torch.dtype) -> torch.dtype | None:
+    """Norms of 16-bit floats in float32; float64 in float64 (the norm ops refuse a
+    narrowing dtype), converted to float32 afterwards."""
+    return torch.float32 if dtype.itemsize <= 4 else None
