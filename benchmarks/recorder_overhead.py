@@ -1,6 +1,6 @@
 """Recorder overhead on a small transformer training loop (one command, prints a table).
 
-    python benchmarks/recorder_overhead.py [--device cpu|cuda] [--rounds 8] [--steps 15]
+    python benchmarks/recorder_overhead.py [--device cpu|cuda] [--rounds 20] [--steps 5] [--threads 1]
 
 Variants, interleaved in shuffled order round after round so that drift of the machine hits
 all of them alike; each gets its own identically initialised model:
@@ -8,7 +8,9 @@ all of them alike; each gets its own identically initialised model:
   (b) tracemortem.Recorder at defaults
   (c) a per-parameter `p.grad.norm().item()` loop (the common hand-written approach)
   (d) TensorBoard SummaryWriter.add_histogram of every gradient, every step
-Then a longer recorded run measures the bytes on disk per grads row.
+For (b) it also times the Recorder's own work on the training thread (thread CPU time in its
+optimizer hooks and rec.step()): a direct figure that whole-step ratios on a shared machine
+blur. Then a longer recorded run measures the bytes on disk per grads row.
 """
 
 from __future__ import annotations
@@ -55,7 +57,17 @@ class Variant:
         self.times: list[float] = []
         self.rounds: list[float] = []  # median step time of each round
         self.cpu: list[float] = []  # process CPU seconds per step (all threads), per round
-        self.rec = Recorder(workdir / name, self.model, self.opt) if name == "recorder" else None
+        self.rec = None
+        self.own: list[float] = []  # recorder variant: its training-thread CPU seconds per step
+        if name == "recorder":
+            # Hooks registered before and after the Recorder's bracket its own hooks.
+            marks: dict[str, float] = {}
+            self.marks = marks
+            self.opt.register_step_pre_hook(lambda *_: marks.__setitem__("pre0", time.thread_time()))
+            self.opt.register_step_post_hook(lambda *_: marks.__setitem__("post0", time.thread_time()))
+            self.rec = Recorder(workdir / name, self.model, self.opt)
+            self.opt.register_step_pre_hook(lambda *_: marks.__setitem__("pre1", time.thread_time()))
+            self.opt.register_step_post_hook(lambda *_: marks.__setitem__("post1", time.thread_time()))
         self.tb = None
         if name == "tb_histogram":
             from torch.utils.tensorboard import SummaryWriter
@@ -77,7 +89,10 @@ class Variant:
         self.opt.step()
         self.opt.zero_grad()
         if self.rec is not None:
+            t0 = time.thread_time()
             self.rec.step(loss=loss)
+            m = self.marks
+            self.own.append(time.thread_time() - t0 + m["pre1"] - m["pre0"] + m["post1"] - m["post0"])
         self.i += 1
 
     def run(self, steps: int, keep: bool) -> None:
@@ -119,11 +134,11 @@ def bytes_per_grads_row(args: argparse.Namespace, workdir: Path) -> tuple[int, i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per variant per round")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch intra-op threads (0: torch's default); 1 steadies CPU time on a shared machine")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (0: torch's default); 1 steadies timings on a shared machine")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--d-model", type=int, default=128)
@@ -173,6 +188,10 @@ def main() -> None:
     for label, o in (("wall", overhead), ("CPU", cpu_overhead)):
         ratio = f"{o['tb_histogram'] / o['recorder']:.1f}x" if o["recorder"] > 0 else "unbounded ((b) within noise of (a))"
         print(f"(d) overhead / (b) overhead, {label} time: {ratio}")
+    own = variants["recorder"].own[args.warmup:]
+    print(f"(b) Recorder's own work on the training thread: {statistics.mean(own) * 1e3:.2f} ms/step mean, "
+          f"{statistics.median(own) * 1e3:.2f} ms median (thread CPU time in its hooks and step(); "
+          f"update norms on every 10th step)")
     print(f"grads table: {rows} rows in {size} bytes on disk = {per_row:.2f} bytes/row ({args.bytes_steps} steps)")
 
 
