@@ -198,15 +198,21 @@ class ChunkWriter(threading.Thread):
         self._steps_rows, self._grads_parts = [], []
         if not rows and not parts:
             return
-        try:
-            if parts:
-                self._write("grads", self.grads_dir, _grads_table(parts))
-            if rows:
-                self._write("steps", self.steps_dir, _steps_table(rows))
-            self.written_steps += len(rows)
-        except Exception as exc:
+        # Each table on its own: a broken grads folder must not cost the steps table its rows.
+        incomplete = False
+        for name, folder, table, data in (("grads", self.grads_dir, _grads_table, parts),
+                                          ("steps", self.steps_dir, _steps_table, rows)):
+            if not data:
+                continue
+            try:
+                self._write(name, folder, table(data))
+                if name == "steps":
+                    self.written_steps += len(rows)
+            except Exception as exc:
+                incomplete = True
+                self._error(f"could not write a {name} chunk of {len(rows)} steps: {exc!r}")
+        if incomplete:
             self.lost_steps += len(rows)
-            self._error(f"could not write a chunk of {len(rows)} steps: {exc!r}")
         self._write_status()
 
     def _write_status(self) -> None:
