@@ -220,11 +220,18 @@ def _read(source: _Source, path: Path, total: int, progress, workers: Workers | 
     # 2. Full chunks, cut at verified event boundaries. Past the eof test only when the buffer was
     # rebuilt from chunks a worker gave back (see _collect).
     while True:
-        while not eof and len(buf) < CHUNK_BYTES:
+        # Joined once per chunk: appending each read to the bytearray reallocated and copied
+        # the whole chunk again and again.
+        pieces, size = [buf], len(buf)
+        while not eof and size < CHUNK_BYTES:
             data = source.read()
             if not data:
                 eof = True
-            buf += data
+            pieces.append(data)
+            size += len(data)
+        if len(pieces) > 1:
+            buf = bytearray().join(pieces)
+        del pieces
         if pool is None and workers is not None and max(source.expected, source.produced) > PARALLEL_MIN_BYTES:
             pool = workers if workers.start() else None
         if eof and inflight:
@@ -489,46 +496,51 @@ def _ints(values: list) -> pl.Series:
 # One C-level attribute getter per field: map(attrgetter) over a chunk costs about a third of a
 # list comprehension, and this extraction is the main cost of loading after msgspec's decode.
 _GET = {name: attrgetter(name) for name in ("ph", "cat", "name", "pid", "tid", "ts", "dur", "id", "args")}
-_GET_ARG = {
-    name: attrgetter(name) for name in ("external_id", "external_id_legacy", "correlation", "stream", "input_dims")
-}
+_GET_ARG = {name: attrgetter(name) for name in ("external_id", "correlation", "stream", "input_dims")}
+_GET_LEGACY_EXT = attrgetter("external_id_legacy")
+# Fields are extracted a batch of events at a time: one pass per field over a whole chunk misses
+# the cache on every Struct, which made extraction about a third slower.
+_BATCH = 1024
 
 
 def _columns(events: list[Event], trace: RawTrace) -> pl.DataFrame:
     """One chunk of Structs → columns (all phases; the caller filters)."""
     n = len(events)
-
-    def col(name: str) -> list:
-        return list(map(_GET[name], events))
-
-    args = col("args")
-
-    def arg(name: str) -> list:
-        return list(map(_GET_ARG[name], args))
-
-    ext = arg("external_id")
+    cols: dict[str, list] = {name: [] for name in (*_GET, *_GET_ARG)}
+    fields = [(cols[name].extend, getter) for name, getter in _GET.items()]
+    arg_fields = [(cols[name].extend, getter) for name, getter in _GET_ARG.items()]
+    get_args = _GET["args"]
+    for start in range(0, n, _BATCH):
+        part = events[start : start + _BATCH]
+        for extend, getter in fields:
+            extend(map(getter, part))
+        args = list(map(get_args, part))
+        for extend, getter in arg_fields:
+            extend(map(getter, args))
+    ext = cols["external_id"]
     if ext.count(None) == n:
-        ext = arg("external_id_legacy")
-    # Raw JSON text of the shapes; an empty Raw (not recorded) becomes null.
-    dims = arg("input_dims")
-    dims_col = (
-        pl.Series(list(map(bytes, dims)), dtype=pl.Binary).cast(pl.String).replace("", None)
-        if any(dims)
-        else pl.Series([None] * n, dtype=pl.String)
-    )
+        ext = list(map(_GET_LEGACY_EXT, cols["args"]))
+    # Raw JSON text of the shapes; an empty Raw (not recorded) becomes null. Joined and split in
+    # polars, which costs a fraction of one bytes object per event (JSON text never holds a NUL).
+    dims = cols["input_dims"]
+    if any(dims):
+        text = pl.Series([b"\x00".join(dims)], dtype=pl.Binary).cast(pl.String).str.split("\x00").explode()
+        dims_col = pl.select(pl.when(text != "").then(text)).to_series()
+    else:
+        dims_col = pl.Series([None] * n, dtype=pl.String)
     return pl.DataFrame(
         {
-            "ph": pl.Series(col("ph"), dtype=pl.Categorical),
-            "cat": pl.Series(col("cat"), dtype=pl.Categorical),
-            "name": pl.Series(col("name"), dtype=pl.Categorical),
-            "pid": _strings(col("pid")),
-            "tid": _strings(col("tid")),
-            "ts_us": pl.Series(col("ts"), dtype=pl.Float64),
-            "dur_us": pl.Series(col("dur"), dtype=pl.Float64),
-            "flow_id": _ints(col("id")),
-            "arg_stream": _strings(arg("stream")),
-            "correlation": _ints(arg("correlation")),
+            "ph": pl.Series(cols["ph"], dtype=pl.Categorical),
+            "cat": pl.Series(cols["cat"], dtype=pl.Categorical),
+            "name": pl.Series(cols["name"], dtype=pl.Categorical),
+            "pid": _strings(cols["pid"]),
+            "tid": _strings(cols["tid"]),
+            "ts_us": pl.Series(cols["ts"], dtype=pl.Float64),
+            "dur_us": pl.Series(cols["dur"], dtype=pl.Float64),
+            "flow_id": _ints(cols["id"]),
+            "arg_stream": _strings(cols["stream"]),
+            "correlation": _ints(cols["correlation"]),
             "external_id": _ints(ext),
-            "input_dims": dims_col,
+            "input_dims": dims_col.alias("input_dims"),
         }
     )
