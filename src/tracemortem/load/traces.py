@@ -294,8 +294,11 @@ def _link(rows: pl.DataFrame, ranks: dict[int, dict[str, Any]], notes: list[Find
         )
     )
     ops = x.filter(cat.is_in(list(OP_CATS)))
-    op_by_ext = ops.drop_nulls("external_id").unique(["file", "external_id"], keep="first").select(
-        "file", "external_id", op_name="name"
+    # Narrowed before `unique`: it gathers every column it is given, input_dims text included.
+    op_by_ext = (
+        ops.select("file", "external_id", op_name="name")
+        .drop_nulls("external_id")
+        .unique(["file", "external_id"], keep="first")
     )
     gpu_side = (
         gpu_rows.join(launches, on=["file", "correlation"], how="left", maintain_order="left")
