@@ -9,6 +9,7 @@ decoded separately. A file cut off mid-write is read up to its last complete eve
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import zlib
@@ -47,6 +48,8 @@ _BOUNDARY = re.compile(rb"\}\s*,\s*\{")
 _TRACE_EVENTS_KEY = re.compile(rb'"traceEvents"\s*:\s*')
 _ARRAY_CLOSE = re.compile(rb"\}\s*\]")
 _LAST_COMMA = re.compile(rb"\}\s*,")
+_AFTER_CLOSE = re.compile(rb"\s*(?:[,}]|\Z)")
+_EMPTY_REST = re.compile(rb"\s*\]")
 
 
 class Args(msgspec.Struct, gc=False, frozen=True):
@@ -238,7 +241,7 @@ def _read(source: _Source, path: Path, total: int, progress, workers: Workers | 
             # The tail is decoded here while the workers finish; kept only if none gives its chunk back.
             scratch = RawTrace(path, pl.DataFrame(), {})
             tail_frames: list[pl.DataFrame] = []
-            tail = _decode_last(bytes(buf[1:]), scratch, tail_frames)
+            tail = _decode_last(buf, scratch, tail_frames)
             while inflight and not serial:
                 buf, serial = _collect(pool, inflight, buf, trace, frames)
             if not serial:
@@ -248,7 +251,7 @@ def _read(source: _Source, path: Path, total: int, progress, workers: Workers | 
             pool = None if pool.failed else pool
             continue
         if eof and len(buf) <= 2 * CHUNK_BYTES:
-            tail = _decode_last(bytes(buf[1:]), trace, frames)
+            tail = _decode_last(buf, trace, frames)
             break
         if pool is not None and not serial and (candidates := _candidates(buf)):
             # Sent off before it is verified: the worker checks that its decode ends at this cut.
@@ -266,7 +269,7 @@ def _read(source: _Source, path: Path, total: int, progress, workers: Workers | 
                 data = b"" if eof else source.read()
                 if not data:
                     eof = True
-                    tail = _decode_last(bytes(buf[1:]), trace, frames)
+                    tail = _decode_last(buf, trace, frames)
                     break
                 buf += data
                 continue
@@ -391,18 +394,33 @@ def _decode_view(buf: bytearray, end: int, trace: RawTrace) -> pl.DataFrame | No
         return frame
 
 
-def _decode_last(buf: bytes, trace: RawTrace, frames: list[pl.DataFrame]) -> bytes | None:
-    """Decode the final events; return the bytes after the closing "]", or None when cut off."""
-    stripped = buf.lstrip()
-    if stripped.startswith(b"]"):  # empty array, or a boundary right before the close
-        return stripped[1:]
-    for n, match in enumerate(_ARRAY_CLOSE.finditer(buf)):
-        if n >= _SPLIT_TRIES * 4:
-            break
-        events = _try_decode(buf[: match.start() + 1], trace)
-        if events is not None:
-            frames.append(_columns(events, trace))
-            return buf[match.end() :]
+def _decode_last(buf: bytearray, trace: RawTrace, frames: list[pl.DataFrame]) -> bytes | None:
+    """Decode the final events of `buf` (buf[0] is the separator byte before them, left as it
+    was); return the bytes after the closing "]", or None when cut off."""
+    saved = buf[0]
+    try:
+        return _decode_last_events(buf, trace, frames)
+    finally:
+        buf[0] = saved
+
+
+def _decode_last_events(buf: bytearray, trace: RawTrace, frames: list[pl.DataFrame]) -> bytes | None:
+    empty = _EMPTY_REST.match(buf, 1)
+    if empty:  # empty array, or a boundary right before the close
+        return bytes(buf[empty.end() :])
+    # Each wrong close costs a decode of everything before it, so the closes followed by what can
+    # follow the array (more envelope, or the end) are tried first, from the end; at most one
+    # close can give valid JSON, so the order changes only the cost.
+    likely = [m for m in reversed(list(_ARRAY_CLOSE.finditer(buf, max(1, len(buf) - 2**20)))) if _AFTER_CLOSE.match(buf, m.end())]
+    tried = {m.start() for m in likely[:_SPLIT_TRIES]}
+    first = [m for m in itertools.islice(_ARRAY_CLOSE.finditer(buf, 1), _SPLIT_TRIES * 4) if m.start() not in tried]
+    buf[0] = 0x5B  # "[": each candidate decodes in place as buf[: close + 1]
+    for match in likely[:_SPLIT_TRIES] + first:
+        frame = _decode_view(buf, match.end(), trace)
+        if frame is not None:
+            frames.append(frame)
+            return bytes(buf[match.end() :])
+    buf = bytes(buf[1:])
     # Damaged text before a closing bracket whose remainder is valid: salvage up to it.
     for n, match in enumerate(_ARRAY_CLOSE.finditer(buf)):
         if n >= 64:
