@@ -9,9 +9,11 @@ import gzip
 import json
 import os
 import pickle
+import random
 import shutil
 import subprocess
 import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,9 +165,12 @@ def _doc(*events) -> bytes:
     return json.dumps({"traceEvents": list(events)}).encode()
 
 
+# Seeded, and not starting like JSON ("{", "[", whitespace), so the case cannot change between runs.
+_RANDOM = b"\x93" + random.Random(6).randbytes(4095)
+
 UNREADABLE = {  # name → bytes; each must end in exit 3 with one line
-    "random.json": os.urandom(4096),
-    "random.json.gz": gzip.compress(os.urandom(4096)),
+    "random.json": _RANDOM,
+    "random.json.gz": gzip.compress(_RANDOM),
     "empty.json": b"",
     "empty.json.gz": gzip.compress(b""),
     "traceEvents-object.json": json.dumps({"traceEvents": {"0": _ev()}}).encode(),
@@ -190,6 +195,7 @@ MALFORMED = {  # name → (bytes, names of the events that must survive)
     "ts-as-strings.json": (_doc(_ev(ts="10"), _ev(name="ok")), ["ok"]),
     "missing-dur.json": (_doc({k: v for k, v in _ev().items() if k != "dur"}, _ev(name="ok")), ["ok"]),
     "names-are-objects.json": (_doc(_ev(name={"x": 1}), _ev(name="ok")), ["ok"]),
+    "events-are-numbers.json": (_doc(1, 2.5, _ev(name="ok"), 3, _ev(name="ok2")), ["ok", "ok2"]),
     "huge-numbers.json": (
         b'{"traceEvents": [' + json.dumps(_ev(name="ok")).encode()
         + b', {"ph": "X", "cat": "cpu_op", "name": "inf", "pid": 1, "tid": 1, "ts": 1e400, "dur": 1e400},'
@@ -216,9 +222,43 @@ def test_malformed_events_are_skipped_and_counted(name, gz, tmp_path):
     assert out.doc["run"]["ranks"][0]["rank"] == 0
 
 
+_WHOLE = json.dumps([_ev(name="ProfilerStep#1", cat="user_annotation", dur=100.0), _ev(ts=20.0)])
+ODD_ENVELOPES = {  # whole files whose metadata is odd: every event kept, nothing reported as cut off
+    "base-1e400": f'{{"baseTimeNanoseconds": 1e400, "traceEvents": {_WHOLE}}}'.encode(),
+    "base-2**70": f'{{"baseTimeNanoseconds": {2**70}, "traceEvents": {_WHOLE}}}'.encode(),
+    "rank-2**70": f'{{"distributedInfo": {{"rank": {2**70}, "world_size": 1e400}}, "traceEvents": {_WHOLE}}}'.encode(),
+    "device-props-1e400-after": f'{{"traceEvents": {_WHOLE}, "deviceProperties": [{{"totalGlobalMem": 1e400}}]}}'.encode(),
+    "device-props-number": f'{{"deviceProperties": 5, "traceEvents": {_WHOLE}}}'.encode(),
+    "utf8-bom": b"\xef\xbb\xbf" + f'{{"baseTimeNanoseconds": 1000, "traceEvents": {_WHOLE}}}'.encode(),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ODD_ENVELOPES))
+def test_odd_metadata_in_a_whole_trace_is_not_truncation(name, tmp_path):
+    path = tmp_path / f"{name}.json"
+    path.write_bytes(ODD_ENVELOPES[name])
+    out = report(path)
+    assert out.code == 0 and out.doc["run"]["steps"]["count"] == 1
+    assert out.rules() == [], out.doc["findings"]
+
+
+def test_gzip_bomb_is_refused_beyond_the_documented_limit(tmp_path):
+    # 64 MiB of spaces inside the array compress to ~64 KiB; the limit is lowered for the test
+    # through the documented TRACEMORTEM_MAX_TRACE_BYTES (the default, 16 GiB, is too slow to reach).
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)
+    bomb = tmp_path / "bomb.json.gz"
+    bomb.write_bytes(z.compress(b'{"traceEvents": [' + b" " * (64 * 2**20)) + z.flush())
+    assert bomb.stat().st_size < 2**20
+    out = report(bomb, env={"TRACEMORTEM_MAX_TRACE_BYTES": str(8 * 2**20)}, process=True)
+    assert out.code == 3 and "larger than 8388608 bytes" in out.stderr
+    assert report(bomb, env={"TRACEMORTEM_MAX_TRACE_BYTES": "8 MB"}, process=True).code == 2
+    # The same file under the default limit is just an (empty, unterminated) trace.
+    assert report(bomb).code == 0
+
+
 def test_a_bad_trace_among_good_ones_is_a_note(cpu_trace, tmp_path):
     shutil.copy(cpu_trace, tmp_path / "rank0.json")
-    (tmp_path / "rank1.json").write_bytes(os.urandom(100))
+    (tmp_path / "rank1.json").write_bytes(_RANDOM[:100])
     out = report(tmp_path)
     assert out.code == 0 and [r["rank"] for r in out.doc["run"]["ranks"]] == [0]
     [note] = out.notes("input-error")
@@ -269,9 +309,9 @@ def test_damaged_chunk_is_skipped_and_named(run_copy, table, damage):
 
 
 RUN_DAMAGE = {  # relative path → (new content, title of the input-error note)
-    "rank0/meta.json": (os.urandom(64), "unreadable meta.json"),
+    "rank0/meta.json": (_RANDOM[:64], "unreadable meta.json"),
     "manifest.json": (b"[1, 2, 3]", "unreadable manifest.json"),
-    "rank0/checkpoints/health.parquet": (b"PAR1" + os.urandom(64), "unreadable checkpoint health"),
+    "rank0/checkpoints/health.parquet": (b"PAR1" + _RANDOM[:64], "unreadable checkpoint health"),
 }
 
 

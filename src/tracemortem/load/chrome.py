@@ -10,6 +10,7 @@ decoded separately. A file cut off mid-write is read up to its last complete eve
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import zlib
@@ -21,7 +22,7 @@ from typing import Any, Callable
 import msgspec
 import polars as pl
 
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from .workers import WorkerFailed, Workers
 
 # Refuse a trace that decompresses (or is) larger than this: the biggest real traces reported
@@ -109,7 +110,8 @@ class _Source:
         self.expected = os.fstat(self.file.fileno()).st_size
         if self.gzip and self.expected >= 18:
             self.file.seek(-4, os.SEEK_END)
-            self.expected = int.from_bytes(self.file.read(4), "little")
+            # Deflate inflates at most ~1032:1; a cut-off file's last 4 bytes are not its size.
+            self.expected = min(int.from_bytes(self.file.read(4), "little"), 1032 * self.expected)
             self.file.seek(0)
         self.produced = 0
         self.damaged = ""  # why the gzip stream ended early, if it did
@@ -156,11 +158,21 @@ class _Source:
         self.file.close()
 
 
+def _max_trace_bytes() -> int:
+    """MAX_TRACE_BYTES, or TRACEMORTEM_MAX_TRACE_BYTES from the environment (a stricter limit for a
+    service that opens strangers' files; tests of the CLI, a subprocess, lower it this way)."""
+    value = os.environ.get("TRACEMORTEM_MAX_TRACE_BYTES", "").strip()
+    if not value:
+        return MAX_TRACE_BYTES
+    if not value.isdigit():
+        raise ConfigError(f"TRACEMORTEM_MAX_TRACE_BYTES must be a number of bytes, not {value!r}")
+    return int(value)
+
+
 def read_trace(path: Path, progress: Callable[[int, int], None] | None = None, workers: Workers | None = None) -> RawTrace:
     """Decode one trace file. Raises InputError when nothing usable can be read. With `workers`,
     a trace over PARALLEL_MIN_BYTES (uncompressed) has its chunks decoded by them."""
-    limit = MAX_TRACE_BYTES
-    source = _Source(path, limit)
+    source = _Source(path, _max_trace_bytes())
     total = path.stat().st_size
     try:
         return _read(source, path, total, progress, workers)
@@ -194,7 +206,7 @@ def _read(source: _Source, path: Path, total: int, progress, workers: Workers | 
             after = buf[match.end() : match.end() + 1]
             if after == b"[":
                 start = match.end() + 1
-                head = buf[: match.end()]
+                head = buf[: match.end()].removeprefix(b"\xef\xbb\xbf")  # a BOM is not JSON
                 break
             if after:
                 raise InputError(f"{path}: traceEvents is not a list")
@@ -290,14 +302,10 @@ def _read(source: _Source, path: Path, total: int, progress, workers: Workers | 
         if source.damaged:
             trace.truncated, trace.truncated_detail = True, source.damaged
     if head:
-        try:
-            envelope = _ANY.decode(envelope_text)
-        except (msgspec.DecodeError, RecursionError):
+        envelope = _decode_envelope(envelope_text)
+        if envelope is None:
             # The events were read; what follows them is cut off or malformed. Keep what the head has.
-            try:
-                envelope = _ANY.decode(head + b"[]}")
-            except (msgspec.DecodeError, RecursionError):
-                envelope = {}
+            envelope = _decode_envelope(head + b"[]}") or {}
             if tail is not None and not trace.truncated:
                 trace.truncated = True
                 trace.truncated_detail = "file ends after the traceEvents list, inside the metadata that follows it"
@@ -336,6 +344,20 @@ def _collect(pool: Workers, inflight: list[tuple[bytes, int]], buf: bytearray, t
 def _merge(trace: RawTrace, skipped: int, problems: list[str]) -> None:
     trace.skipped += skipped
     trace.problems += problems[: max(0, 3 - len(trace.problems))]
+
+
+def _decode_envelope(text: bytes) -> Any:
+    """The JSON around the event list, or None when it is not valid JSON. msgspec refuses numbers
+    beyond a double (1e400) that Python's json reads as inf: a whole file is not "cut off" for that."""
+    try:
+        return _ANY.decode(text)
+    except RecursionError:
+        return None
+    except msgspec.DecodeError:
+        try:
+            return json.loads(text)
+        except (ValueError, RecursionError):
+            return None
 
 
 def _decode_prefix(buf: bytearray, trace: RawTrace, frames: list[pl.DataFrame]) -> int | None:
