@@ -31,7 +31,10 @@ from .workers import WorkerFailed, Workers
 MAX_TRACE_BYTES = 16 * 2**30
 # Events are decoded in chunks of about this many bytes: large enough that per-chunk overhead
 # vanishes, small enough that the chunk's Python objects stay a small fraction of the columns.
-CHUNK_BYTES = 32 * 2**20
+# 8 MiB loaded a 300 MB trace ~10 % faster than 32 MiB: the chunk's buffer and Structs stay
+# closer to the cache, and its buffer is below glibc's largest mmap threshold, so it is reused
+# instead of being mapped and faulted in afresh for every chunk.
+CHUNK_BYTES = 8 * 2**20
 _READ_BYTES = 4 * 2**20
 # Traces larger than this (uncompressed) are decoded by worker processes when the caller passes
 # them: below it, starting the workers (~0.3 s) costs more than they save. Tests set it to 0.
@@ -383,7 +386,7 @@ def _decode_prefix(buf: bytearray, trace: RawTrace, frames: list[pl.DataFrame]) 
 
 def _candidates(buf: bytearray) -> list[re.Match]:
     """Candidate event boundaries near the end of `buf`, in order."""
-    window = max(1, len(buf) - 2 * 2**20)
+    window = max(1, len(buf) - 2**18)  # hundreds of boundaries in real traces; widened when none
     candidates: list[re.Match] = []
     while not candidates:
         candidates = list(_BOUNDARY.finditer(buf, window))
