@@ -32,12 +32,12 @@ class SlowDataset(torch.utils.data.Dataset):
 
 
 def profiled_loop(out: Path, slow_steps: tuple[int, ...] = (), slow_s: float = 0.0, sample_sleep_s: float = 0.0,
-                  batch: int = 64, item_every_step: bool = False) -> Path:
+                  batch: int = 64, item_every_step: bool = False, hidden: int = 512) -> Path:
     """Train a small MLP for 1 + ACTIVE steps under the profiler; a `slow_block` annotation runs
     each step and sleeps `slow_s` on `slow_steps`. Returns the chrome trace path."""
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512), torch.nn.ReLU(),
-                                torch.nn.Linear(512, 1))
+    model = torch.nn.Sequential(torch.nn.Linear(256, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, hidden),
+                                torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     loader = torch.utils.data.DataLoader(SlowDataset(batch * (ACTIVE + 1), sample_sleep_s), batch_size=batch)
     trace = out / "trace.json"
