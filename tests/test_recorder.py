@@ -276,11 +276,11 @@ def test_write_error_at_the_boundary_is_counted_and_recording_recovers(tmp_path,
                 _train(rec, model, opt, 2)
                 time.sleep(0.3)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert manifest["lost_steps"] == 1
-    # The failed write was a grads chunk: only that step's grads are missing; the steps table,
-    # written on its own, is whole.
+    # The failed write was the first grads chunk (one flush: one or two steps, as the writer
+    # woke): only those steps' grads are missing; the steps table, written on its own, is whole.
+    assert manifest["lost_steps"] >= 1
     assert read_steps(tmp_path).height == 6
-    assert read_grads(tmp_path)["step"].n_unique() == 5
+    assert read_grads(tmp_path)["step"].n_unique() + manifest["lost_steps"] == 6
 
 
 def test_snapshot_fault_warns_once_and_training_goes_on(tmp_path):
