@@ -45,6 +45,8 @@ def test_vanishing_sample_names_the_first_layers():
     vanishing = [f for f in report["findings"] if f["rule"] == "vanishing-gradient"]
     assert vanishing and vanishing[0]["severity"] in ("error", "warning")
     assert vanishing[0]["subject"].startswith("0.")
+    # Nothing else: in particular the first step's start-up time is not a slow step.
+    assert _rules(report, "error", "warning") == {"vanishing-gradient"}
 
 
 @pytest.mark.parametrize("sample", ["healthy", "exploding", "vanishing"])

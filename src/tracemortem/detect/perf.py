@@ -27,6 +27,8 @@ SLOW_STEP_RATIO = threshold("slow-step.min_ratio", 1.5, "…and is at least this
 SLOW_STEP_EXCESS = threshold("slow-step.min_excess_ms", 20.0, "…and is at least this many ms longer than the median step "
                              "(shorter delays are scheduler noise on a shared host).", "tracemortem default")
 SLOW_STEP_MIN = threshold("slow-step.min_steps", 5, "Steps a rank needs before outliers are judged.", "tracemortem default")
+SLOW_STEP_WARMUP = threshold("slow-step.warmup_steps", 1, "First recorder steps of each rank left out of step-time outliers "
+                             "(start-up work; profiled steps already follow the profiler's warm-up).", "tracemortem default")
 SLOW_STEP_MAX = threshold("slow-step.max_findings", 10, "At most this many slow steps are reported per rank (largest first).",
                           "tracemortem default")
 SLOW_OP_RATIO = threshold("slow-op.step_ratio", 3.0, "An op is intermittently slow when its p95 time per step is this many "
@@ -64,7 +66,7 @@ MEM_STEPS = threshold("memory-growth.min_steps", 50, "Steps with memory readings
 
 def detect(timing: Timing | None, run: RunData | None, config: Config | None = None) -> list[Finding]:
     config = config or Config()
-    durations = _step_durations(timing, run)
+    durations = _step_durations(timing, run, config)
     findings: list[Finding] = []
     findings += slow_steps(durations, timing, config)
     findings += straggler_ranks(durations, config)
@@ -78,12 +80,19 @@ def detect(timing: Timing | None, run: RunData | None, config: Config | None = N
     return findings
 
 
-def _step_durations(timing: Timing | None, run: RunData | None) -> pl.DataFrame:
+def _step_durations(timing: Timing | None, run: RunData | None, config: Config) -> pl.DataFrame:
     """`rank, step, seconds` from profiled steps, else from the recorder's `duration_s`."""
     if timing is not None and not timing.steps.is_empty():
         return timing.steps.select("rank", "step", (pl.col("duration_ns") / 1e9).alias("seconds"))
     if run is not None and {"rank", "step", "duration_s"} <= set(run.steps.columns):
-        return run.steps.select("rank", "step", pl.col("duration_s").alias("seconds")).drop_nulls("seconds")
+        # The first recorded steps of a rank include one-off start-up work (allocator warm-up,
+        # lazy initialisation, the recorder's own set-up): expected, not an outlier.
+        warmup = int(config[SLOW_STEP_WARMUP])
+        return (
+            run.steps.select("rank", "step", pl.col("duration_s").alias("seconds"))
+            .drop_nulls("seconds")
+            .filter(pl.col("step").rank("ordinal").over("rank") > warmup)
+        )
     return pl.DataFrame(schema={"rank": pl.Int32, "step": pl.Int64, "seconds": pl.Float64})
 
 
