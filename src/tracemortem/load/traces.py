@@ -110,6 +110,7 @@ def load_traces(files: dict[Path, int | None], progress: Progress = silent) -> T
                 continue
             rank = _rank_of(raw.envelope, guess)
             frame, meta, file_notes = _normalise(raw, rank, index)
+            del raw  # its frame is the un-normalised copy: peak memory is the point of this loop
             notes += file_notes
             parts.append(frame)
             entry = ranks.setdefault(rank, {"rank": rank, "files": []})
@@ -131,8 +132,7 @@ def load_traces(files: dict[Path, int | None], progress: Progress = silent) -> T
             )
         )
     progress("linking trace events")
-    all_rows = pl.concat(parts, how="vertical")
-    return _link(all_rows, ranks, notes)
+    return _link(parts, ranks, notes)
 
 
 def _rank_of(envelope: dict[str, Any], guess: int | None) -> int:
@@ -214,12 +214,18 @@ def _normalise(raw: RawTrace, rank: int, index: int) -> tuple[pl.DataFrame, dict
     return frame, meta, notes
 
 
-def _link(rows: pl.DataFrame, ranks: dict[int, dict[str, Any]], notes: list[Finding]) -> TraceSet:
+def _link(parts: list[pl.DataFrame], ranks: dict[int, dict[str, Any]], notes: list[Finding]) -> TraceSet:
+    """Link the normalised frames of every file. Takes the list and empties it, and every frame
+    is dropped as soon as the next one derived from it exists: peak memory is a small multiple of
+    the events table."""
+    rows = pl.concat(parts, how="vertical")
+    parts.clear()
     # Category tests on the Categorical directly: casting millions of rows to String per test
     # was a large part of the linking time.
     cat = pl.col("cat")
     flows = rows.filter(pl.col("ph").is_in(["s", "f"]) & cat.is_in(list(FLOW_CATS)))
     x = rows.filter(pl.col("ph") == "X").drop("ph").with_columns(is_gpu=cat.is_in(list(GPU_CATS)))
+    del rows
 
     # Legacy events without `correlation`: take it from the ac2g flow ending (GPU) or starting
     # (runtime) at the same place.
@@ -293,7 +299,8 @@ def _link(rows: pl.DataFrame, ranks: dict[int, dict[str, Any]], notes: list[Find
             }
         )
     )
-    ops = x.filter(cat.is_in(list(OP_CATS)))
+    # Only the columns the op lookups read: a filter copies every column it keeps.
+    ops = x.lazy().filter(cat.is_in(list(OP_CATS))).select("file", "pid", "tid", "ts", "dur", "external_id", "name").collect()
     # Narrowed before `unique`: it gathers every column it is given, input_dims text included.
     op_by_ext = (
         ops.select("file", "external_id", op_name="name")
@@ -315,11 +322,16 @@ def _link(rows: pl.DataFrame, ranks: dict[int, dict[str, Any]], notes: list[Find
             op=pl.coalesce("op", "enclosing_op")
         ).drop("enclosing_op")
 
-    # Every X row is in exactly one of `cpu` and `gpu_side`: sorted by row they give the step column.
-    step = pl.concat([cpu, gpu_side.select("_row", step="launch_step")]).sort("_row").get_column("step")
-    x = x.with_columns(step=step).join(gpu_rows.select("_row", "stream"), on="_row", how="left", maintain_order="left")
-
-    events = x.select(*[pl.col(c).cast(t) for c, t in EVENTS_SCHEMA.items()])
+    # Every X row is in exactly one of `cpu` and `gpu_side`: sorted by row they give the step and
+    # stream columns (a join would copy every column of x).
+    by_row = pl.concat(
+        [cpu.with_columns(stream=pl.lit(None, dtype=pl.Int64)), gpu_side.select("_row", step="launch_step", stream="stream")]
+    ).sort("_row")
+    del cpu
+    events = x.with_columns(by_row.get_column("step"), by_row.get_column("stream")).select(
+        *[pl.col(c).cast(t) for c, t in EVENTS_SCHEMA.items()]
+    )
+    del x, by_row
     gpu = (
         gpu_side.filter(cat.is_in(list(GPU_KINDS)))
         .with_columns(
