@@ -1,16 +1,18 @@
 """Recorder overhead on a small transformer training loop (one command, prints a table).
 
-    python benchmarks/recorder_overhead.py [--device cpu|cuda] [--rounds 20] [--steps 5] [--threads 1]
+    python benchmarks/recorder_overhead.py [--device cpu|cuda] [--cycles 300] [--threads 1]
 
-Variants, interleaved in shuffled order round after round so that drift of the machine hits
-all of them alike; each gets its own identically initialised model:
+Variants, each with its own identically initialised model:
   (a) no recording
   (b) tracemortem.Recorder at defaults
   (c) a per-parameter `p.grad.norm().item()` loop (the common hand-written approach)
   (d) TensorBoard SummaryWriter.add_histogram of every gradient, every step
-For (b) it also times the Recorder's own work on the training thread (thread CPU time in its
-optimizer hooks and rec.step()): a direct figure that whole-step ratios on a shared machine
-blur. Then a longer recorded run measures the bytes on disk per grads row.
+They are interleaved step by step: each cycle runs one step of every variant, in a freshly
+shuffled order, so that whatever else the machine is doing hits all of them alike. Overhead is
+the variant's median step time over the (a)'s, minus one, with a 90 % bootstrap interval
+(cycles resampled). For (b) it also times the Recorder's own work on the training thread
+(thread CPU time in its optimizer hooks and rec.step()): a direct figure that whole-step ratios
+on a shared machine blur. Then a longer recorded run measures the bytes on disk per grads row.
 """
 
 from __future__ import annotations
@@ -54,9 +56,8 @@ class Variant:
         gen = torch.Generator().manual_seed(1)
         self.data = [torch.randint(0, args.vocab, (args.batch, args.seq + 1), generator=gen).to(args.device) for _ in range(8)]
         self.i = 0
-        self.times: list[float] = []
-        self.rounds: list[float] = []  # median step time of each round
-        self.cpu: list[float] = []  # process CPU seconds per step (all threads), per round
+        self.times: list[float] = []  # wall seconds of each kept step, cycle by cycle
+        self.cpu: list[float] = []  # process CPU seconds (all threads) of each kept step
         self.rec = None
         self.own: list[float] = []  # recorder variant: its training-thread CPU seconds per step
         if name == "recorder":
@@ -97,24 +98,37 @@ class Variant:
 
     def run(self, steps: int, keep: bool) -> None:
         sync = torch.cuda.synchronize if self.args.device == "cuda" else (lambda: None)
-        times = []
-        cpu0 = time.process_time()
         for _ in range(steps):
             sync()
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.process_time()
             self.step()
             sync()
-            times.append(time.perf_counter() - t0)
-        if keep:
-            self.cpu.append((time.process_time() - cpu0) / steps)
-            self.times.extend(times)
-            self.rounds.append(statistics.median(times))
+            if keep:
+                self.times.append(time.perf_counter() - t0)
+                self.cpu.append(time.process_time() - cpu0)
 
     def close(self) -> None:
         if self.rec is not None:
             self.rec.close()
         if self.tb is not None:
             self.tb.close()
+
+
+def _ratio(times: list[float], base: list[float]) -> float:
+    return statistics.median(times) / statistics.median(base) - 1
+
+
+def _interval(times: list[float], base: list[float], draws: int = 2000) -> tuple[float, float]:
+    """5th and 95th percentile of the overhead when whole cycles are resampled with replacement
+    (a cycle's steps ran side by side, so they are drawn together)."""
+    rng = random.Random(1)
+    n = len(times)
+    ratios = []
+    for _ in range(draws):
+        pick = [rng.randrange(n) for _ in range(n)]
+        ratios.append(_ratio([times[i] for i in pick], [base[i] for i in pick]))
+    ratios.sort()
+    return ratios[int(0.05 * draws)], ratios[int(0.95 * draws)]
 
 
 def bytes_per_grads_row(args: argparse.Namespace, workdir: Path) -> tuple[int, int, float]:
@@ -134,9 +148,8 @@ def bytes_per_grads_row(args: argparse.Namespace, workdir: Path) -> tuple[int, i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per variant per round")
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--cycles", type=int, default=300, help="timed steps per variant, interleaved")
+    parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (0: torch's default); 1 steadies timings on a shared machine")
     parser.add_argument("--batch", type=int, default=16)
@@ -159,10 +172,10 @@ def main() -> None:
             v.run(args.warmup, keep=False)
         order = list(names)
         rng = random.Random(0)
-        for _ in range(args.rounds):
+        for _ in range(args.cycles):
             rng.shuffle(order)
             for n in order:
-                variants[n].run(args.steps, keep=True)
+                variants[n].run(1, keep=True)
         for v in variants.values():
             v.close()
         rows, size, per_row = bytes_per_grads_row(args, workdir)
@@ -171,20 +184,22 @@ def main() -> None:
     tensors = len(variants["none"].named)
     print(f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} "
           f"model: {tensors} param tensors, {params / 1e6:.2f} M params; batch={args.batch} seq={args.seq}; "
-          f"{args.rounds} interleaved rounds x {args.steps} steps per variant")
-    print("overhead = median over rounds of (variant's median step / (a)'s median step in the same round) - 1")
-    print(f"{'variant':<20}{'median ms':>10}{'p90 ms':>10}{'overhead':>10}{'CPU ms':>10}{'CPU overhead':>14}")
+          f"{args.cycles} cycles of one step per variant, shuffled")
+    print("overhead = variant's median step / (a)'s median step - 1; [90 % bootstrap interval over cycles]")
+    print(f"{'variant':<20}{'median ms':>10}{'p90 ms':>10}{'overhead':>10}{'interval':>18}{'CPU ms':>10}{'CPU overhead':>14}")
     labels = {"none": "(a) none", "recorder": "(b) Recorder", "norm_item_loop": "(c) .norm().item()",
               "tb_histogram": "(d) add_histogram"}
-    base_rounds = variants["none"].rounds
-    base_cpu = variants["none"].cpu
+    base = variants["none"]
     overhead, cpu_overhead = {}, {}
     for n in names:
-        t = sorted(variants[n].times)
-        overhead[n] = statistics.median([r / b for r, b in zip(variants[n].rounds, base_rounds)]) - 1
-        cpu_overhead[n] = statistics.median([r / b for r, b in zip(variants[n].cpu, base_cpu)]) - 1
+        v = variants[n]
+        t = sorted(v.times)
+        overhead[n] = _ratio(v.times, base.times)
+        cpu_overhead[n] = _ratio(v.cpu, base.cpu)
+        low, high = _interval(v.times, base.times)
         print(f"{labels[n]:<20}{statistics.median(t) * 1e3:>10.2f}{t[int(0.9 * (len(t) - 1))] * 1e3:>10.2f}"
-              f"{overhead[n] * 100:>9.1f}%{statistics.median(variants[n].cpu) * 1e3:>10.2f}{cpu_overhead[n] * 100:>13.1f}%")
+              f"{overhead[n] * 100:>9.1f}%{f'[{low * 100:.1f}, {high * 100:.1f}]%':>18}"
+              f"{statistics.median(v.cpu) * 1e3:>10.2f}{cpu_overhead[n] * 100:>13.1f}%")
     for label, o in (("wall", overhead), ("CPU", cpu_overhead)):
         ratio = f"{o['tb_histogram'] / o['recorder']:.1f}x" if o["recorder"] > 0 else "unbounded ((b) within noise of (a))"
         print(f"(d) overhead / (b) overhead, {label} time: {ratio}")
