@@ -271,41 +271,35 @@ def _link(parts: list[pl.DataFrame], ranks: dict[int, dict[str, Any]], notes: li
 
     # CPU events: the step whose span contains the event's start, on any thread of the rank —
     # backward ops run on autograd threads, outside the ProfilerStep's own thread.
-    cpu = x.filter(~pl.col("is_gpu")).select("_row", "rank", "ts")
-    if steps.height:
-        cpu = cpu.sort("rank", "ts").join_asof(
-            steps.select("rank", "ts", "step", "step_end"), on="ts", by="rank", strategy="backward", check_sortedness=False
-        )
-        cpu = cpu.select("_row", step=pl.when(pl.col("ts") < pl.col("step_end")).then("step"))
-    else:
-        cpu = cpu.select("_row", step=pl.lit(None, dtype=pl.Int64))
+    cpu = _with_step(x.filter(~pl.col("is_gpu")).select("_row", "rank", "ts"), steps).select("_row", "step")
 
     # GPU events: the launch with the same correlation in the same file, then its step and op.
-    launches = (
+    launches = _with_step(
         x.filter(cat.is_in(list(RUNTIME_CATS)) & pl.col("correlation").is_not_null())
-        .select("file", "correlation", "_row", "name", "ts", "dur", "external_id", "pid", "tid")
-        .unique(["file", "correlation"], keep="first")
-        .join(cpu, on="_row", how="left")
-        .drop("_row")
-        .rename(
-            {
-                "name": "launch_name",
-                "ts": "launch_ts",
-                "dur": "launch_dur",
-                "external_id": "launch_ext",
-                "pid": "launch_pid",
-                "tid": "launch_tid",
-                "step": "launch_step",
-            }
-        )
+        .select("file", "correlation", "rank", "name", "ts", "dur", "external_id", "pid", "tid")
+        .unique(["file", "correlation"], keep="first", maintain_order=True),
+        steps,
+    ).drop("rank").rename(
+        {
+            "name": "launch_name",
+            "ts": "launch_ts",
+            "dur": "launch_dur",
+            "external_id": "launch_ext",
+            "pid": "launch_pid",
+            "tid": "launch_tid",
+            "step": "launch_step",
+        }
     )
-    # Only the columns the op lookups read: a filter copies every column it keeps.
     ops = x.lazy().filter(cat.is_in(list(OP_CATS))).select("file", "pid", "tid", "ts", "dur", "external_id", "name").collect()
-    # Narrowed before `unique`: it gathers every column it is given, input_dims text included.
+    # Only the ops that some GPU event or launch names: far fewer than all ops, and `unique` over
+    # all of them was the costliest step of linking.
+    wanted = pl.concat(
+        [launches.select("file", external_id="launch_ext"), gpu_rows.select("file", "external_id")]
+    ).drop_nulls()
     op_by_ext = (
         ops.select("file", "external_id", op_name="name")
-        .drop_nulls("external_id")
-        .unique(["file", "external_id"], keep="first")
+        .join(wanted, on=["file", "external_id"], how="semi", maintain_order="left")
+        .unique(["file", "external_id"], keep="first", maintain_order=True)
     )
     gpu_side = (
         gpu_rows.join(launches, on=["file", "correlation"], how="left", maintain_order="left")
@@ -345,6 +339,19 @@ def _link(parts: list[pl.DataFrame], ranks: dict[int, dict[str, Any]], notes: li
     for rank, entry in ranks.items():
         entry["events"] = int(counts.get(rank, 0))
     return TraceSet(events=events, profiler_steps=profiler_steps, gpu=gpu, ranks=ranks, notes=notes)
+
+
+def _with_step(frame: pl.DataFrame, steps: pl.DataFrame) -> pl.DataFrame:
+    """`frame` (with rank and ts) plus `step`: the ProfilerStep of its rank whose span contains ts,
+    null outside every step. The result is sorted by rank and ts."""
+    if not steps.height:
+        return frame.with_columns(step=pl.lit(None, dtype=pl.Int64))
+    return (
+        frame.sort("rank", "ts")
+        .join_asof(steps.select("rank", "ts", "step", "step_end"), on="ts", by="rank", strategy="backward", check_sortedness=False)
+        .with_columns(step=pl.when(pl.col("ts") < pl.col("step_end")).then("step"))
+        .drop("step_end")
+    )
 
 
 def _enclosing_ops(ops: pl.DataFrame, launches: pl.DataFrame) -> pl.DataFrame:
