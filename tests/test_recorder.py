@@ -349,6 +349,7 @@ _CHILD = textwrap.dedent(
     data = batches(8)
     rec = Recorder({run!r}, model, opt, flush_every=3, flush_seconds=0.05, checkpoint_every=2,
                    profile=ProfileSchedule(wait=1, warmup=1, active=1, repeat=0, skip_first=0))
+    {setup}
     step = 0
     while True:
         x, y = data[step % 8]
@@ -365,10 +366,11 @@ _CHILD = textwrap.dedent(
 )
 
 
-def _start_child(run: Path) -> subprocess.Popen:
-    code = _CHILD.format(tests=str(Path(__file__).parent), run=str(run))
+def _start_child(run: Path, setup: str = "", ready: bool = True) -> subprocess.Popen:
+    code = _CHILD.format(tests=str(Path(__file__).parent), run=str(run), setup=setup)
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert proc.stdout.readline().strip() == "ready"
+    if ready:
+        assert proc.stdout.readline().strip() == "ready"
     return proc
 
 
@@ -391,6 +393,27 @@ def test_sigterm_flushes_then_terminates(tmp_path):
     assert manifest["status"] == "crashed" and manifest["ended"]
     assert "SIGTERM" in " ".join(manifest["warnings"])
     assert read_steps(tmp_path).height >= 20
+    check_every_file_readable(tmp_path)
+
+
+# SIGTERM delivered while the training thread is handing a step to the writer (the handler runs
+# right there, in the middle of `put`): the close must not wait on anything that code holds.
+_TERM_INSIDE_PUT = """
+import collections, os, signal
+class _TermOnAppend(collections.deque):
+    def append(self, item):
+        super().append(item)
+        if item.step == 25:
+            os.kill(os.getpid(), signal.SIGTERM)
+rec.writer._queue = _TermOnAppend()
+"""
+
+
+def test_sigterm_inside_the_step_hand_over_still_flushes_and_terminates(tmp_path):
+    proc = _start_child(tmp_path, setup=_TERM_INSIDE_PUT, ready=False)
+    assert proc.wait(timeout=30) == -signal.SIGTERM
+    assert json.loads((tmp_path / "manifest.json").read_text())["status"] == "crashed"
+    assert read_steps(tmp_path).height >= 25
     check_every_file_readable(tmp_path)
 
 

@@ -75,9 +75,11 @@ class Recorder:
         self.status = fmt.STATUS_RUNNING
 
         self._closed = False
-        self._close_lock = threading.Lock()
-        self._meta_lock = threading.Lock()
-        self._warn_lock = threading.Lock()
+        # Reentrant: the SIGTERM handler runs close() in the training thread, possibly while the
+        # code it interrupted holds one of these.
+        self._close_lock = threading.RLock()
+        self._meta_lock = threading.RLock()
+        self._warn_lock = threading.RLock()
         self._warned = False
         self._disabled: set[str] = set()
         self._notes: list[str] = []

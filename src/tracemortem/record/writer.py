@@ -1,11 +1,17 @@
 """Background writer: a bounded queue of recorded steps, turned into Parquet chunks off the
 training thread. The training thread only appends to the queue; when the queue is full the
 oldest unwritten step is dropped and counted, so recording never blocks or grows without bound.
+
+The training thread takes no Python lock here: the SIGTERM handler (which runs in the training
+thread, between any two bytecodes) closes the recorder, and a lock held by the code it
+interrupted would stall that close. Steps go through a deque (append and popleft are atomic) and
+wake-ups through a `queue.SimpleQueue`, whose put is reentrant.
 """
 
 from __future__ import annotations
 
 import math
+import queue
 import threading
 import time
 from collections import deque
@@ -91,9 +97,10 @@ class ChunkWriter(threading.Thread):
         self.written_steps = 0
         self.errors: list[str] = []
         self._queue: deque[StepItem] = deque()
-        self._cond = threading.Condition()
+        self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()
         self._stopping = False
         self._status_due = False
+        self._woken = False
         self._steps_rows: list[dict[str, Any]] = []
         self._grads_parts: list[dict[str, np.ndarray]] = []
         self._last_flush = time.monotonic()
@@ -102,39 +109,47 @@ class ChunkWriter(threading.Thread):
     # --- training thread -------------------------------------------------------------------
 
     def put(self, item: StepItem) -> None:
-        with self._cond:
-            if len(self._queue) >= self.max_queue:
+        self._queue.append(item)
+        while len(self._queue) > self.max_queue:
+            try:
                 old = self._queue.popleft()
-                if old.slot is not None and self.ring is not None:
-                    self.ring.release(old.slot)
-                self.dropped_steps += 1
-            self._queue.append(item)
-            if len(self._queue) >= self.flush_every:
-                self._cond.notify()
+            except IndexError:  # the writer took them meanwhile
+                break
+            if old.slot is not None and self.ring is not None:
+                self.ring.release(old.slot)
+            self.dropped_steps += 1
+        if len(self._queue) >= self.flush_every and not self._woken:
+            self._woken = True  # one wake-up per batch: a stalled writer must not pile them up
+            self._wake.put(None)
 
     def request_status(self) -> None:
         """Have the status files rewritten on this thread: the training thread never waits for
         a file write (a stalled disk would stall training)."""
-        with self._cond:
-            self._status_due = True
-            self._cond.notify()
+        self._status_due = True
+        self._wake.put(None)
 
     def stop(self, timeout: float) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify()
+        self._stopping = True
+        self._wake.put(None)
         self.join(timeout)
 
     # --- writer thread ---------------------------------------------------------------------
 
     def run(self) -> None:
         while True:
-            with self._cond:
-                if not self._stopping:
-                    self._cond.wait(timeout=min(self.flush_seconds, 1.0))
-                items = list(self._queue)
-                self._queue.clear()
-                stopping = self._stopping
+            if not self._stopping:
+                try:
+                    self._wake.get(timeout=min(self.flush_seconds, 1.0))
+                except queue.Empty:
+                    pass
+            self._woken = False
+            stopping = self._stopping  # read before draining: nothing put before stop() is missed
+            items = []
+            while True:
+                try:
+                    items.append(self._queue.popleft())
+                except IndexError:
+                    break
             for item in items:
                 try:
                     self._convert(item)
