@@ -1,6 +1,6 @@
 """Recorder overhead on a small transformer training loop (one command, prints a table).
 
-    python benchmarks/recorder_overhead.py [--device cpu|cuda] [--cycles 300] [--threads 1]
+    python benchmarks/recorder_overhead.py [--device cpu|cuda] [--cycles 600] [--threads 1]
 
 Variants, each with its own identically initialised model:
   (a) no recording
@@ -148,7 +148,7 @@ def bytes_per_grads_row(args: argparse.Namespace, workdir: Path) -> tuple[int, i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--cycles", type=int, default=300, help="timed steps per variant, interleaved")
+    parser.add_argument("--cycles", type=int, default=600, help="timed steps per variant, interleaved")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (0: torch's default); 1 steadies timings on a shared machine")
