@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import statistics
 from pathlib import Path
 
 import polars as pl
@@ -45,8 +47,17 @@ def test_healthy_loop_is_quiet(tmp_path):
     # .item() each step is not a sync on CPU, so it must not be reported either. The model is wide
     # enough that compute dominates: with a 512-wide MLP, collating 64 samples is a genuine ~20 %
     # of a 3 ms step, which is right at the dataloader-bound threshold.
-    timing = timing_of(profiled_loop(tmp_path, item_every_step=True, hidden=2048))
-    assert at_or_above(perf.detect(timing, None, Config()), "warning") == []
+    trace = profiled_loop(tmp_path, item_every_step=True, hidden=2048)
+    findings = at_or_above(perf.detect(timing_of(trace), None, Config()), "warning")
+    assert [f for f in findings if f.rule != "slow-step"] == []
+    # On a shared machine a step can really be slow (another process took the core for tens of
+    # ms): then saying so is right. Whatever slow-step reports must hold in the profiler's own
+    # ProfilerStep spans, read here without tracemortem.
+    spans = {int(e["name"].split("#")[1]): e["dur"] for e in json.loads(trace.read_text())["traceEvents"]
+             if e.get("ph") == "X" and e.get("name", "").startswith("ProfilerStep#")}
+    median = statistics.median(spans.values())
+    for finding in by_rule(findings, "slow-step"):
+        assert spans[finding.step] >= 1.5 * median and spans[finding.step] - median >= 20_000  # µs
 
 
 @pytest.fixture(scope="module")
