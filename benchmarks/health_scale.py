@@ -33,15 +33,28 @@ def generate(root: Path, steps: int, seed: int = 0) -> None:
     """A run with realistic structure and a few events the rules must find: a gradient spike
     at 80% of the run, NaN from 95%, one dead and one unused parameter."""
     rng = np.random.default_rng(seed)
-    fmt.write_json_atomic(root / fmt.MANIFEST, {"format": 1, "status": "closed", "world_size": 1,
-                                                "started": 0, "ended": 1})
+    fmt.write_json_atomic(
+        root / fmt.MANIFEST, {"format": 1, "status": "closed", "world_size": 1, "started": 0, "ended": 1}
+    )
     shapes = [[256, 256] if i % 2 == 0 else [256] for i in range(PARAMS)]
-    fmt.write_json_atomic(root / "rank0" / fmt.META, {
-        "rank": 0, "world_size": 1,
-        "params": [{"param_id": i, "name": f"layers.{i // 2}.{'weight' if i % 2 == 0 else 'bias'}",
-                    "shape": s, "numel": int(np.prod(s)), "dtype": "float32", "requires_grad": True}
-                   for i, s in enumerate(shapes)],
-    })
+    fmt.write_json_atomic(
+        root / "rank0" / fmt.META,
+        {
+            "rank": 0,
+            "world_size": 1,
+            "params": [
+                {
+                    "param_id": i,
+                    "name": f"layers.{i // 2}.{'weight' if i % 2 == 0 else 'bias'}",
+                    "shape": s,
+                    "numel": int(np.prod(s)),
+                    "dtype": "float32",
+                    "requires_grad": True,
+                }
+                for i, s in enumerate(shapes)
+            ],
+        },
+    )
     base = rng.lognormal(-2, 1, PARAMS).astype(np.float32)
     weight = rng.lognormal(1, 0.5, PARAMS).astype(np.float32)
     spike, nan_from = int(steps * 0.8), int(steps * 0.95)
@@ -52,33 +65,58 @@ def generate(root: Path, steps: int, seed: int = 0) -> None:
     for c, lo in enumerate(range(0, steps, CHUNK_STEPS)):
         n = min(CHUNK_STEPS, steps - lo)
         step = np.repeat(np.arange(lo, lo + n, dtype=np.int64), PARAMS)
-        norm = (base * rng.lognormal(0, 0.2, (n, PARAMS)).astype(np.float32))
+        norm = base * rng.lognormal(0, 0.2, (n, PARAMS)).astype(np.float32)
         norm[:, dead] = 0.0
         rows = np.arange(lo, lo + n)
         norm[rows == spike] *= 1000.0
         norm[rows >= nan_from] = np.nan
-        grad_norm[lo:lo + n] = np.sqrt(np.nansum(norm.astype(np.float64) ** 2, axis=1))
-        grad_norm[lo:lo + n][rows >= nan_from] = np.nan
+        grad_norm[lo : lo + n] = np.sqrt(np.nansum(norm.astype(np.float64) ** 2, axis=1))
+        grad_norm[lo : lo + n][rows >= nan_from] = np.nan
         flat = norm.ravel()
         keep = pid_all[: n * PARAMS] != unused  # never got a gradient: no row
         nonfinite = np.where(np.isfinite(flat), 0, 65536).astype(np.int64)
-        table = pa.table({
-            "step": step[keep], "param_id": pid_all[: n * PARAMS][keep], "norm": flat[keep],
-            "absmax": (flat * 0.1)[keep], "nonfinite": nonfinite[keep],
-            "weight_norm": np.tile(weight, n)[keep],
-            "update_norm": (np.tile(weight, n) * 1e-3)[keep],
-        }, schema=fmt.GRADS_SCHEMA)
+        table = pa.table(
+            {
+                "step": step[keep],
+                "param_id": pid_all[: n * PARAMS][keep],
+                "norm": flat[keep],
+                "absmax": (flat * 0.1)[keep],
+                "nonfinite": nonfinite[keep],
+                "weight_norm": np.tile(weight, n)[keep],
+                "update_norm": (np.tile(weight, n) * 1e-3)[keep],
+            },
+            schema=fmt.GRADS_SCHEMA,
+        )
         fmt.write_chunk(rank.grads, c, table)
     loss = (2.0 + rng.normal(0, 0.02, steps)).astype(np.float32)
     loss[nan_from:] = np.nan
-    nulls = {k: pa.nulls(steps, t) for k, t in (("scale", pa.float32()), ("mem_allocated", pa.int64()),
-                                              ("mem_reserved", pa.int64()), ("max_mem_allocated", pa.int64()))}
-    fmt.write_chunk(rank.steps, 0, pa.table({
-        "step": np.arange(steps, dtype=np.int64), "time": np.arange(steps, dtype=np.float64),
-        "duration_s": np.full(steps, 0.1), "loss": loss, "lr": np.full(steps, 1e-3), "grad_norm": grad_norm,
-        "nonfinite": np.where(np.arange(steps) >= nan_from, PARAMS - 2, 0).astype(np.int64),
-        "skipped": np.zeros(steps, bool), **nulls,
-    }, schema=fmt.STEPS_SCHEMA))
+    nulls = {
+        k: pa.nulls(steps, t)
+        for k, t in (
+            ("scale", pa.float32()),
+            ("mem_allocated", pa.int64()),
+            ("mem_reserved", pa.int64()),
+            ("max_mem_allocated", pa.int64()),
+        )
+    }
+    fmt.write_chunk(
+        rank.steps,
+        0,
+        pa.table(
+            {
+                "step": np.arange(steps, dtype=np.int64),
+                "time": np.arange(steps, dtype=np.float64),
+                "duration_s": np.full(steps, 0.1),
+                "loss": loss,
+                "lr": np.full(steps, 1e-3),
+                "grad_norm": grad_norm,
+                "nonfinite": np.where(np.arange(steps) >= nan_from, PARAMS - 2, 0).astype(np.int64),
+                "skipped": np.zeros(steps, bool),
+                **nulls,
+            },
+            schema=fmt.STEPS_SCHEMA,
+        ),
+    )
 
 
 def analyse(root: Path) -> None:
@@ -93,8 +131,11 @@ def analyse(root: Path) -> None:
     findings = health.detect(run, Config())
     elapsed = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    print(json.dumps({"seconds": elapsed, "peak_rss": peak,
-                      "findings": sorted({f"{f.rule}:{f.severity}" for f in findings})}))
+    print(
+        json.dumps(
+            {"seconds": elapsed, "peak_rss": peak, "findings": sorted({f"{f.rule}:{f.severity}" for f in findings})}
+        )
+    )
 
 
 def main() -> None:
@@ -105,7 +146,9 @@ def main() -> None:
     if args.analyse:
         analyse(args.analyse)
         return
-    print(f"{'rows':>12} {'steps':>7} {'on disk':>9} {'generate s':>10} {'analyse s':>10} {'s/M rows':>9} {'peak RSS':>9}  findings")
+    print(
+        f"{'rows':>12} {'steps':>7} {'on disk':>9} {'generate s':>10} {'analyse s':>10} {'s/M rows':>9} {'peak RSS':>9}  findings"
+    )
     for size in args.sizes:
         steps = SIZES[size]
         root = DATA / f"grads-{PARAMS}x{steps}"
@@ -120,9 +163,11 @@ def main() -> None:
             sys.exit(out.stderr)
         res = json.loads(out.stdout.strip().splitlines()[-1])
         rows = steps * PARAMS
-        print(f"{rows:>12,} {steps:>7} {disk / 2**20:>7.0f}MB {gen:>10.1f} {res['seconds']:>10.2f} "
-              f"{res['seconds'] / rows * 1e6:>9.3f} {res['peak_rss'] / 2**20:>7.0f}MB  {' '.join(res['findings'])}",
-              flush=True)
+        print(
+            f"{rows:>12,} {steps:>7} {disk / 2**20:>7.0f}MB {gen:>10.1f} {res['seconds']:>10.2f} "
+            f"{res['seconds'] / rows * 1e6:>9.3f} {res['peak_rss'] / 2**20:>7.0f}MB  {' '.join(res['findings'])}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

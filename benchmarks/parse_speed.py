@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import itertools
 import json
 import os
 import re
@@ -77,8 +78,15 @@ def build(size_mb: int) -> Path:
         return out
     base = DATA / "base_cpu.json"
     if not base.exists():  # in a child process, so torch does not inflate this one
-        subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(HERE)!r}); "
-                        f"import parse_speed; parse_speed.record_base(parse_speed.Path({str(base)!r}))"], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                f"import sys; sys.path.insert(0, {str(HERE)!r}); "
+                f"import parse_speed; parse_speed.record_base(parse_speed.Path({str(base)!r}))",
+            ],
+            check=True,
+        )
     text = base.read_bytes()
     head, _, rest = text.partition(b'"traceEvents": [')
     body, _, _ = rest.rpartition(b"]")
@@ -119,7 +127,7 @@ def run_method(method: str, path: str) -> None:
     # Imports happen outside the timed part: the benchmark is about parsing, and every
     # method pays its interpreter start and imports alike.
     if method == "msgspec_typed":
-        import msgspec  # noqa: F401
+        import msgspec
 
         from tracemortem.load.chrome import Event
     elif method.startswith("tracemortem"):
@@ -241,11 +249,19 @@ def main() -> None:
         gz = plain.with_suffix(".json.gz")
         mb = plain.stat().st_size / MB
         print(f"\n## cpu{size}: {mb:.0f} MB plain, {gz.stat().st_size / MB:.1f} MB gzip", flush=True)
-        print(f"| method | file | wall s (median of {args.repeat}, after imports) | CPU s (median) | MB/s (wall) | RSS after imports MB | own peak RSS MB | tree peak RSS MB (with workers) | tree RSS / trace size |")
+        print(
+            f"| method | file | wall s (median of {args.repeat}, after imports) | CPU s (median) | MB/s (wall) | RSS after imports MB | own peak RSS MB | tree peak RSS MB (with workers) | tree RSS / trace size |"
+        )
         print("|---|---|---|---|---|---|---|---|---|")
         results = {}
-        methods = [("msgspec_typed", plain), ("orjson", plain), ("json", plain), ("gunzip", gz),
-                   ("tracemortem", plain), ("tracemortem_gz", gz)]
+        methods = [
+            ("msgspec_typed", plain),
+            ("orjson", plain),
+            ("json", plain),
+            ("gunzip", gz),
+            ("tracemortem", plain),
+            ("tracemortem_gz", gz),
+        ]
         if hta:
             methods.append(("hta", plain))
         for method, path in methods:
@@ -255,9 +271,14 @@ def main() -> None:
                 continue
             wall, rss, cpu, tree, base = result
             results[method] = (wall, rss, cpu, tree)
-            print(f"| {method} | {path.name} | {wall:.2f} | {cpu:.2f} | {mb / wall:.0f} | {base:.0f} | {rss:.0f} | {tree:.0f} | {tree / mb:.2f} |", flush=True)
+            print(
+                f"| {method} | {path.name} | {wall:.2f} | {cpu:.2f} | {mb / wall:.0f} | {base:.0f} | {rss:.0f} | {tree:.0f} | {tree / mb:.2f} |",
+                flush=True,
+            )
         rows.append((size, mb, results))
-    print(f"\n## targets (set on the 300 MB trace; judged from {JUDGED_FROM_MB} MB up; PASS when the value meets the target)")
+    print(
+        f"\n## targets (set on the 300 MB trace; judged from {JUDGED_FROM_MB} MB up; PASS when the value meets the target)"
+    )
     print("| size | check | value (speed: wall time) | target | verdict | CPU-time ratio (not judged) |")
     print("|---|---|---|---|---|---|")
     for size, mb, r in rows:
@@ -289,7 +310,8 @@ def main() -> None:
         print(f"\nlinearity (ms per MB, {' → '.join(str(r[0]) for r in rows)} MB): wall {wall}; CPU {cpu}")
         # Memory: the peak's growth per MB of trace from one size to the next (fixed costs cancel).
         growth = " → ".join(
-            f"{(b[2]['tracemortem'][3] - a[2]['tracemortem'][3]) / (b[1] - a[1]):.2f}" for a, b in zip(rows, rows[1:])
+            f"{(b[2]['tracemortem'][3] - a[2]['tracemortem'][3]) / (b[1] - a[1]):.2f}"
+            for a, b in itertools.pairwise(rows)
         )
         print(f"memory growth (MB of tree peak per MB of trace, between consecutive sizes): {growth}")
 

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from tracemortem.record import Recorder  # noqa: E402
+from tracemortem.record import Recorder
 
 
 class TinyLM(nn.Module):
@@ -54,7 +54,9 @@ class Variant:
         self.model = TinyLM(args.vocab, args.d_model, args.layers, args.seq).to(args.device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=3e-4)
         gen = torch.Generator().manual_seed(1)
-        self.data = [torch.randint(0, args.vocab, (args.batch, args.seq + 1), generator=gen).to(args.device) for _ in range(8)]
+        self.data = [
+            torch.randint(0, args.vocab, (args.batch, args.seq + 1), generator=gen).to(args.device) for _ in range(8)
+        ]
         self.i = 0
         self.times: list[float] = []  # wall seconds of each kept step, cycle by cycle
         self.cpu: list[float] = []  # process CPU seconds (all threads) of each kept step
@@ -150,8 +152,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--cycles", type=int, default=600, help="timed steps per variant, interleaved")
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (0: torch's default); 1 steadies timings on a shared machine")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (0: torch's default); 1 steadies timings on a shared machine",
+    )
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--d-model", type=int, default=128)
@@ -182,13 +188,21 @@ def main() -> None:
 
     params = sum(p.numel() for p in variants["none"].model.parameters())
     tensors = len(variants["none"].named)
-    print(f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} "
-          f"model: {tensors} param tensors, {params / 1e6:.2f} M params; batch={args.batch} seq={args.seq}; "
-          f"{args.cycles} cycles of one step per variant, shuffled")
+    print(
+        f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} "
+        f"model: {tensors} param tensors, {params / 1e6:.2f} M params; batch={args.batch} seq={args.seq}; "
+        f"{args.cycles} cycles of one step per variant, shuffled"
+    )
     print("overhead = variant's median step / (a)'s median step - 1; [90 % bootstrap interval over cycles]")
-    print(f"{'variant':<20}{'median ms':>10}{'p90 ms':>10}{'overhead':>10}{'interval':>18}{'CPU ms':>10}{'CPU overhead':>14}")
-    labels = {"none": "(a) none", "recorder": "(b) Recorder", "norm_item_loop": "(c) .norm().item()",
-              "tb_histogram": "(d) add_histogram"}
+    print(
+        f"{'variant':<20}{'median ms':>10}{'p90 ms':>10}{'overhead':>10}{'interval':>18}{'CPU ms':>10}{'CPU overhead':>14}"
+    )
+    labels = {
+        "none": "(a) none",
+        "recorder": "(b) Recorder",
+        "norm_item_loop": "(c) .norm().item()",
+        "tb_histogram": "(d) add_histogram",
+    }
     base = variants["none"]
     overhead, cpu_overhead = {}, {}
     for n in names:
@@ -197,16 +211,22 @@ def main() -> None:
         overhead[n] = _ratio(v.times, base.times)
         cpu_overhead[n] = _ratio(v.cpu, base.cpu)
         low, high = _interval(v.times, base.times)
-        print(f"{labels[n]:<20}{statistics.median(t) * 1e3:>10.2f}{t[int(0.9 * (len(t) - 1))] * 1e3:>10.2f}"
-              f"{overhead[n] * 100:>9.1f}%{f'[{low * 100:.1f}, {high * 100:.1f}]%':>18}"
-              f"{statistics.median(v.cpu) * 1e3:>10.2f}{cpu_overhead[n] * 100:>13.1f}%")
+        print(
+            f"{labels[n]:<20}{statistics.median(t) * 1e3:>10.2f}{t[int(0.9 * (len(t) - 1))] * 1e3:>10.2f}"
+            f"{overhead[n] * 100:>9.1f}%{f'[{low * 100:.1f}, {high * 100:.1f}]%':>18}"
+            f"{statistics.median(v.cpu) * 1e3:>10.2f}{cpu_overhead[n] * 100:>13.1f}%"
+        )
     for label, o in (("wall", overhead), ("CPU", cpu_overhead)):
-        ratio = f"{o['tb_histogram'] / o['recorder']:.1f}x" if o["recorder"] > 0 else "unbounded ((b) within noise of (a))"
+        ratio = (
+            f"{o['tb_histogram'] / o['recorder']:.1f}x" if o["recorder"] > 0 else "unbounded ((b) within noise of (a))"
+        )
         print(f"(d) overhead / (b) overhead, {label} time: {ratio}")
-    own = variants["recorder"].own[args.warmup:]
-    print(f"(b) Recorder's own work on the training thread: {statistics.mean(own) * 1e3:.2f} ms/step mean, "
-          f"{statistics.median(own) * 1e3:.2f} ms median (thread CPU time in its hooks and step(); "
-          f"update norms on every 10th step)")
+    own = variants["recorder"].own[args.warmup :]
+    print(
+        f"(b) Recorder's own work on the training thread: {statistics.mean(own) * 1e3:.2f} ms/step mean, "
+        f"{statistics.median(own) * 1e3:.2f} ms median (thread CPU time in its hooks and step(); "
+        f"update norms on every 10th step)"
+    )
     print(f"grads table: {rows} rows in {size} bytes on disk = {per_row:.2f} bytes/row ({args.bytes_steps} steps)")
 
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from tracemortem.record import ProfileSchedule, Recorder  # noqa: E402
+from tracemortem.record import ProfileSchedule, Recorder
 
 
 def seed(value: int) -> None:
@@ -55,8 +55,15 @@ def healthy(out: Path) -> None:
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=200)
     gen = torch.Generator().manual_seed(1)
     profile = ProfileSchedule(wait=20, warmup=1, active=2, repeat=2, skip_first=30)
-    with Recorder(out, model, opt, profile=profile, checkpoint_every=100, keep_checkpoints=2,
-                  config={"sample": "healthy", "task": "copy the previous token"}) as rec:
+    with Recorder(
+        out,
+        model,
+        opt,
+        profile=profile,
+        checkpoint_every=100,
+        keep_checkpoints=2,
+        config={"sample": "healthy", "task": "copy the previous token"},
+    ) as rec:
         for _ in range(200):
             tokens = torch.randint(0, 64, (16, 17), generator=gen)
             rec.observe_batch(tokens)
@@ -81,8 +88,9 @@ def exploding(out: Path) -> None:
     gen = torch.Generator().manual_seed(1)
     true_w = torch.randn(16, 1, generator=gen)
     profile = ProfileSchedule(wait=30, warmup=1, active=3, repeat=1)
-    with Recorder(out, model, opt, profile=profile,
-                  config={"sample": "exploding", "lr": 0.01, "warmup": "linear, unbounded"}) as rec:
+    with Recorder(
+        out, model, opt, profile=profile, config={"sample": "exploding", "lr": 0.01, "warmup": "linear, unbounded"}
+    ) as rec:
         for _ in range(120):
             x = torch.randn(32, 16, generator=gen)
             y = x @ true_w + 0.1 * torch.randn(32, 1, generator=gen)

@@ -31,19 +31,32 @@ class SlowDataset(torch.utils.data.Dataset):
         return self.x[i], self.x[i].sum(dim=0, keepdim=True)
 
 
-def profiled_loop(out: Path, slow_steps: tuple[int, ...] = (), slow_s: float = 0.0, sample_sleep_s: float = 0.0,
-                  batch: int = 64, item_every_step: bool = False, hidden: int = 512) -> Path:
+def profiled_loop(
+    out: Path,
+    slow_steps: tuple[int, ...] = (),
+    slow_s: float = 0.0,
+    sample_sleep_s: float = 0.0,
+    batch: int = 64,
+    item_every_step: bool = False,
+    hidden: int = 512,
+) -> Path:
     """Train a small MLP for 1 + ACTIVE steps under the profiler; a `slow_block` annotation runs
     each step and sleeps `slow_s` on `slow_steps`. Returns the chrome trace path."""
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(256, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, hidden),
-                                torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(256, hidden),
+        torch.nn.ReLU(),
+        torch.nn.Linear(hidden, hidden),
+        torch.nn.ReLU(),
+        torch.nn.Linear(hidden, 1),
+    )
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     loader = torch.utils.data.DataLoader(SlowDataset(batch * (ACTIVE + 1), sample_sleep_s), batch_size=batch)
     trace = out / "trace.json"
     sched = schedule(wait=0, warmup=1, active=ACTIVE, repeat=1)
-    with profile(activities=[ProfilerActivity.CPU], schedule=sched,
-                 on_trace_ready=lambda p: p.export_chrome_trace(str(trace))) as prof:
+    with profile(
+        activities=[ProfilerActivity.CPU], schedule=sched, on_trace_ready=lambda p: p.export_chrome_trace(str(trace))
+    ) as prof:
         for step, (x, y) in enumerate(loader):
             loss = torch.nn.functional.mse_loss(model(x), y)
             loss.backward()

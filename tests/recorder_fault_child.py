@@ -23,7 +23,6 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from recording_helpers import batches, mlp  # noqa: E402
-
 from tracemortem import format as fmt  # noqa: E402
 from tracemortem.record import Recorder  # noqa: E402
 
@@ -133,8 +132,7 @@ def _timed_run(run: str) -> dict:
             rec.step(loss=loss)
             times.append(time.perf_counter() - t)
             longest_queue = max(longest_queue, len(rec.writer._queue))
-    return {"median": statistics.median(times), "max": max(times), "longest_queue": longest_queue,
-            "loss": loss.item()}
+    return {"median": statistics.median(times), "max": max(times), "longest_queue": longest_queue, "loss": loss.item()}
 
 
 def loop(run: str, raise_at: int | None) -> None:

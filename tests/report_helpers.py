@@ -43,61 +43,186 @@ def make_analysis(
         for s in range(n_steps):
             loss = 2.5 * math.exp(-s / 40) + 0.05 * math.sin(s) + (3.0 if s == SPIKE_STEP + 1 else 0.0)
             grad = math.sqrt(sum(norm_of(s, p) ** 2 for p in range(n_params)))
-            step_rows.append({
-                "step": s, "time": 1_700_000_000.0 + s, "duration_s": 0.1 * (1 + 0.05 * rank) * (4 if s == SLOW_STEP else 1),
-                "loss": math.nan if s == NAN_STEP else loss, "lr": 1e-3, "grad_norm": grad,
-                "nonfinite": 1 if s == NAN_STEP else 0, "skipped": False, "scale": None,
-                "mem_allocated": None, "mem_reserved": None, "max_mem_allocated": None, "rank": rank,
-            })
-    steps = pl.DataFrame(step_rows, schema_overrides={"loss": pl.Float32, "grad_norm": pl.Float32, "rank": pl.Int32, "scale": pl.Float32,
-                                                       "mem_allocated": pl.Int64, "mem_reserved": pl.Int64, "max_mem_allocated": pl.Int64})
+            step_rows.append(
+                {
+                    "step": s,
+                    "time": 1_700_000_000.0 + s,
+                    "duration_s": 0.1 * (1 + 0.05 * rank) * (4 if s == SLOW_STEP else 1),
+                    "loss": math.nan if s == NAN_STEP else loss,
+                    "lr": 1e-3,
+                    "grad_norm": grad,
+                    "nonfinite": 1 if s == NAN_STEP else 0,
+                    "skipped": False,
+                    "scale": None,
+                    "mem_allocated": None,
+                    "mem_reserved": None,
+                    "max_mem_allocated": None,
+                    "rank": rank,
+                }
+            )
+    steps = pl.DataFrame(
+        step_rows,
+        schema_overrides={
+            "loss": pl.Float32,
+            "grad_norm": pl.Float32,
+            "rank": pl.Int32,
+            "scale": pl.Float32,
+            "mem_allocated": pl.Int64,
+            "mem_reserved": pl.Int64,
+            "max_mem_allocated": pl.Int64,
+        },
+    )
     grads = pl.DataFrame(
         [
-            {"step": s, "param_id": p, "norm": norm_of(s, p), "absmax": norm_of(s, p), "nonfinite": int(not math.isfinite(norm_of(s, p))),
-             "weight_norm": 1.0 + p, "update_norm": 10 ** (-2 - p / 2) * (1 + p) * (1 + 0.2 * math.cos(s + p)) if s % 2 == 0 else None}
+            {
+                "step": s,
+                "param_id": p,
+                "norm": norm_of(s, p),
+                "absmax": norm_of(s, p),
+                "nonfinite": int(not math.isfinite(norm_of(s, p))),
+                "weight_norm": 1.0 + p,
+                "update_norm": 10 ** (-2 - p / 2) * (1 + p) * (1 + 0.2 * math.cos(s + p)) if s % 2 == 0 else None,
+            }
             for s in range(n_steps)
             for p in range(n_params)
         ],
-        schema_overrides={"param_id": pl.Int32, "norm": pl.Float32, "absmax": pl.Float32, "weight_norm": pl.Float32, "update_norm": pl.Float32},
+        schema_overrides={
+            "param_id": pl.Int32,
+            "norm": pl.Float32,
+            "absmax": pl.Float32,
+            "weight_norm": pl.Float32,
+            "update_norm": pl.Float32,
+        },
     ).lazy()
     params = pl.DataFrame(
-        {"param_id": list(range(n_params)), "name": names, "shape": ["(8, 8)"] * n_params, "numel": [64] * n_params,
-         "dtype": ["float32"] * n_params, "order": list(reversed(range(n_params)))},
+        {
+            "param_id": list(range(n_params)),
+            "name": names,
+            "shape": ["(8, 8)"] * n_params,
+            "numel": [64] * n_params,
+            "dtype": ["float32"] * n_params,
+            "order": list(reversed(range(n_params))),
+        },
         schema_overrides={"param_id": pl.Int32},
     )
     op_names = op_names or ["aten::mm", "aten::addmm", "aten::relu", "aten::copy_", "Optimizer.step#AdamW.step"]
-    ops = pl.DataFrame({
-        "name": op_names, "input_dims": ["[[8, 8], [8, 8]]"] * len(op_names), "calls": [100 * (i + 1) for i in range(len(op_names))],
-        "cpu_total_us": [5000.0 / (i + 1) for i in range(len(op_names))], "cpu_self_us": [4000.0 / (i + 1) for i in range(len(op_names))],
-        "gpu_us": [3000.0 / (i + 1) for i in range(len(op_names))],
-    })
+    ops = pl.DataFrame(
+        {
+            "name": op_names,
+            "input_dims": ["[[8, 8], [8, 8]]"] * len(op_names),
+            "calls": [100 * (i + 1) for i in range(len(op_names))],
+            "cpu_total_us": [5000.0 / (i + 1) for i in range(len(op_names))],
+            "cpu_self_us": [4000.0 / (i + 1) for i in range(len(op_names))],
+            "gpu_us": [3000.0 / (i + 1) for i in range(len(op_names))],
+        }
+    )
     k = min(3, len(op_names))
-    kernels = pl.DataFrame({"name": [f"kernel<{n}>" for n in op_names[:k]], "calls": [10, 20, 30][:k],
-                            "total_us": [900.0, 600.0, 300.0][:k], "mean_us": [90.0, 30.0, 10.0][:k], "max_us": [95.0, 40.0, 11.0][:k]})
-    step_times = pl.DataFrame({
-        "rank": [r for r in range(ranks) for _ in range(5)], "step": [s for _ in range(ranks) for s in range(20, 25)],
-        "duration_us": [100_000.0] * 5 * ranks, "compute_us": [60_000.0] * 5 * ranks, "communication_us": [10_000.0] * 5 * ranks,
-        "dataloader_us": [20_000.0] * 5 * ranks, "idle_us": [10_000.0] * 5 * ranks,
-    }, schema_overrides={"rank": pl.Int32})
-    findings = sort_findings([
-        Finding("nonfinite-gradient", "error", f"NaN gradient in {names[0]}", "The first non-finite gradient appeared here.",
-                step=NAN_STEP, rank=0, subject=names[0], evidence={"nonfinite": 1, "norm": math.nan}, suggestion="Lower the learning rate."),
-        Finding("exploding-gradient", "warning", "Gradient norm jumped 50x", f"Global gradient norm at step {SPIKE_STEP} is 50x its median.",
-                step=SPIKE_STEP, rank=0, evidence={"grad_norm": 12.5, "median": 0.25, "ratio": 50.0}, suggestion="Clip gradients."),
-        Finding("dead-parameter", "warning", f"{names[2]} never receives gradient", "Its gradient is zero on every recorded step.",
-                subject=names[2], evidence={"steps": n_steps}, suggestion="Check that it is used in forward."),
-        Finding("slow-op", "info", f"{op_names[0]} takes most CPU time", "Largest self time of all ops.", subject=op_names[0],
-                evidence={"self_us": 4000.0, "share": 0.41}, suggestion="Use larger batches."),
-        Finding("slow-step", "warning", f"Step {SLOW_STEP} took 4x the median", "Outlier step.", step=SLOW_STEP, rank=0,
-                evidence={"duration_s": 0.4, "median_s": 0.1}, suggestion="Look at what ran in that step."),
-    ])
-    ranks_facts = [{"rank": r, "steps": n_steps, "step_time_s": 0.1 * (1 + 0.05 * r),
-                    "gpu": {"idle_us": 10_000 * (r + 1), "compute_us": 300_000, "non_compute_us": 50_000}} for r in range(ranks)]
-    run = {"path": "runs/exp1", "kind": "run", "world_size": ranks, "status": "closed",
-           "steps": {"first": 0, "last": n_steps - 1, "count": n_steps}, "torch_version": "2.13.0", "devices": ["cpu"],
-           "recorded": ["steps", "grads", "traces"], "ranks": ranks_facts}
-    return Analysis(path=Path("runs/exp1"), kind="run", findings=findings, run=run, steps=steps, grads=grads, params=params,
-                    ops=ops, kernels=kernels, step_times=step_times)
+    kernels = pl.DataFrame(
+        {
+            "name": [f"kernel<{n}>" for n in op_names[:k]],
+            "calls": [10, 20, 30][:k],
+            "total_us": [900.0, 600.0, 300.0][:k],
+            "mean_us": [90.0, 30.0, 10.0][:k],
+            "max_us": [95.0, 40.0, 11.0][:k],
+        }
+    )
+    step_times = pl.DataFrame(
+        {
+            "rank": [r for r in range(ranks) for _ in range(5)],
+            "step": [s for _ in range(ranks) for s in range(20, 25)],
+            "duration_us": [100_000.0] * 5 * ranks,
+            "compute_us": [60_000.0] * 5 * ranks,
+            "communication_us": [10_000.0] * 5 * ranks,
+            "dataloader_us": [20_000.0] * 5 * ranks,
+            "idle_us": [10_000.0] * 5 * ranks,
+        },
+        schema_overrides={"rank": pl.Int32},
+    )
+    findings = sort_findings(
+        [
+            Finding(
+                "nonfinite-gradient",
+                "error",
+                f"NaN gradient in {names[0]}",
+                "The first non-finite gradient appeared here.",
+                step=NAN_STEP,
+                rank=0,
+                subject=names[0],
+                evidence={"nonfinite": 1, "norm": math.nan},
+                suggestion="Lower the learning rate.",
+            ),
+            Finding(
+                "exploding-gradient",
+                "warning",
+                "Gradient norm jumped 50x",
+                f"Global gradient norm at step {SPIKE_STEP} is 50x its median.",
+                step=SPIKE_STEP,
+                rank=0,
+                evidence={"grad_norm": 12.5, "median": 0.25, "ratio": 50.0},
+                suggestion="Clip gradients.",
+            ),
+            Finding(
+                "dead-parameter",
+                "warning",
+                f"{names[2]} never receives gradient",
+                "Its gradient is zero on every recorded step.",
+                subject=names[2],
+                evidence={"steps": n_steps},
+                suggestion="Check that it is used in forward.",
+            ),
+            Finding(
+                "slow-op",
+                "info",
+                f"{op_names[0]} takes most CPU time",
+                "Largest self time of all ops.",
+                subject=op_names[0],
+                evidence={"self_us": 4000.0, "share": 0.41},
+                suggestion="Use larger batches.",
+            ),
+            Finding(
+                "slow-step",
+                "warning",
+                f"Step {SLOW_STEP} took 4x the median",
+                "Outlier step.",
+                step=SLOW_STEP,
+                rank=0,
+                evidence={"duration_s": 0.4, "median_s": 0.1},
+                suggestion="Look at what ran in that step.",
+            ),
+        ]
+    )
+    ranks_facts = [
+        {
+            "rank": r,
+            "steps": n_steps,
+            "step_time_s": 0.1 * (1 + 0.05 * r),
+            "gpu": {"idle_us": 10_000 * (r + 1), "compute_us": 300_000, "non_compute_us": 50_000},
+        }
+        for r in range(ranks)
+    ]
+    run = {
+        "path": "runs/exp1",
+        "kind": "run",
+        "world_size": ranks,
+        "status": "closed",
+        "steps": {"first": 0, "last": n_steps - 1, "count": n_steps},
+        "torch_version": "2.13.0",
+        "devices": ["cpu"],
+        "recorded": ["steps", "grads", "traces"],
+        "ranks": ranks_facts,
+    }
+    return Analysis(
+        path=Path("runs/exp1"),
+        kind="run",
+        findings=findings,
+        run=run,
+        steps=steps,
+        grads=grads,
+        params=params,
+        ops=ops,
+        kernels=kernels,
+        step_times=step_times,
+    )
 
 
 # A payload without dots, so torch accepts it as a module name (and so as a parameter name).
@@ -136,8 +261,18 @@ def recorded_analysis(run_dir: Path, steps: int = 60, nan_at: int | None = 45) -
     inputs = discover(run_dir)
     run = load_run(inputs)
     findings = sort_findings(run.notes + health.detect(run, Config()))
-    return Analysis(path=inputs.path, kind=inputs.kind, findings=findings, run=run_facts(inputs, run, None), steps=run.steps,
-                    grads=run.grads, params=run.params, ops=pl.DataFrame(), kernels=pl.DataFrame(), step_times=pl.DataFrame())
+    return Analysis(
+        path=inputs.path,
+        kind=inputs.kind,
+        findings=findings,
+        run=run_facts(inputs, run, None),
+        steps=run.steps,
+        grads=run.grads,
+        params=run.params,
+        ops=pl.DataFrame(),
+        kernels=pl.DataFrame(),
+        step_times=pl.DataFrame(),
+    )
 
 
 class Visit:
@@ -159,7 +294,9 @@ class Visit:
         start = time.monotonic()
         self.page.goto(self.url, wait_until="load")
         if javascript:
-            self.page.wait_for_function("[...document.querySelectorAll('[data-figure]')].every(d => d.querySelector('.main-svg'))")
+            self.page.wait_for_function(
+                "[...document.querySelectorAll('[data-figure]')].every(d => d.querySelector('.main-svg'))"
+            )
         self.seconds = time.monotonic() - start
 
     def _route(self, route):

@@ -19,7 +19,7 @@ def by_rule(findings, rule):
 def test_deep_sigmoid_net_has_vanishing_gradients_in_its_first_layers(tmp_path):
     model = deep_sigmoid(seed=0)
     train(tmp_path, model, torch.optim.SGD(model.parameters(), lr=0.1), regression_batches(90, 16, 1), mse)
-    run, findings = analyse(tmp_path)
+    _, findings = analyse(tmp_path)
     [vanish] = by_rule(findings, "vanishing-gradient")
     assert vanish.severity == "warning"
     params = vanish.evidence["params"]
@@ -33,8 +33,16 @@ def test_deep_sigmoid_net_has_vanishing_gradients_in_its_first_layers(tmp_path):
 def _diverging(run_dir: Path | None) -> int | None:
     """ReLU MLP whose learning rate warms up exponentially past the stability limit."""
     model = relu_mlp(seed=0)
-    return train(run_dir, model, torch.optim.SGD(model.parameters(), lr=0.01), regression_batches(300, 16, 2), mse,
-                 schedule=lambda s: 0.01 * 1.03**s, stop_after_nonfinite=5, checkpoint_every=25)
+    return train(
+        run_dir,
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.01),
+        regression_batches(300, 16, 2),
+        mse,
+        schedule=lambda s: 0.01 * 1.03**s,
+        stop_after_nonfinite=5,
+        checkpoint_every=25,
+    )
 
 
 def test_too_high_learning_rate_explodes_then_goes_non_finite_at_the_replayed_step(tmp_path):

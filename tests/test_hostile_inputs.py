@@ -21,8 +21,8 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from trace_helpers import REAL_TRACES, record_cpu_trace
 
+from trace_helpers import REAL_TRACES, record_cpu_trace
 from tracemortem.cli import main
 from tracemortem.errors import InputError
 
@@ -50,8 +50,14 @@ def cli(*args: str, env: dict[str, str] | None = None, process: bool = False) ->
     """Run the CLI in-process (click's runner: an exception escaping it is kept, not printed) or,
     with `process`, as `python -m tracemortem.cli`, where stderr is exactly what a user sees."""
     if process:
-        proc = subprocess.run([sys.executable, "-m", "tracemortem.cli", *args], capture_output=True, text=True, check=False,
-                              env={**os.environ, **(env or {})}, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-m", "tracemortem.cli", *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**os.environ, **(env or {})},
+            timeout=120,
+        )
         out = Outcome(proc.returncode, proc.stdout, proc.stderr)
     else:
         result = CliRunner().invoke(main, list(args), env=env)
@@ -98,7 +104,9 @@ def recorded_run(tmp_path_factory) -> Path:
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     schedule = tracemortem.ProfileSchedule(wait=1, warmup=1, active=2, repeat=1)
-    with tracemortem.Recorder(run, model, opt, flush_every=10, checkpoint_every=10, profile=schedule, config={"lr": 0.05}) as rec:
+    with tracemortem.Recorder(
+        run, model, opt, flush_every=10, checkpoint_every=10, profile=schedule, config={"lr": 0.05}
+    ) as rec:
         for _ in range(40):
             x = torch.randn(16, 8)
             loss = ((model(x) - x.sum(1, keepdim=True)) ** 2).mean()
@@ -131,7 +139,9 @@ def _truncation_sweep(source: bytes, gz: bool, folder: Path) -> list[tuple[int, 
 
 
 def _sources() -> list:
-    real = pytest.param("real-gpu", marks=pytest.mark.skipif(not REAL_GPU_TRACE.exists(), reason="no shared/real_traces"))
+    real = pytest.param(
+        "real-gpu", marks=pytest.mark.skipif(not REAL_GPU_TRACE.exists(), reason="no shared/real_traces")
+    )
     return ["recorded-cpu", real]
 
 
@@ -197,10 +207,11 @@ MALFORMED = {  # name → (bytes, names of the events that must survive)
     "names-are-objects.json": (_doc(_ev(name={"x": 1}), _ev(name="ok")), ["ok"]),
     "events-are-numbers.json": (_doc(1, 2.5, _ev(name="ok"), 3, _ev(name="ok2")), ["ok", "ok2"]),
     "huge-numbers.json": (
-        b'{"traceEvents": [' + json.dumps(_ev(name="ok")).encode()
+        b'{"traceEvents": ['
+        + json.dumps(_ev(name="ok")).encode()
         + b', {"ph": "X", "cat": "cpu_op", "name": "inf", "pid": 1, "tid": 1, "ts": 1e400, "dur": 1e400},'
         + f' {{"ph": "X", "cat": "cpu_op", "name": "big", "pid": {2**70}, "tid": 1, "ts": {2**70}, "dur": {2**70},'
-          f' "args": {{"External id": {2**70}, "correlation": 1e400, "stream": {2**70}}}}}]}}'.encode(),
+        f' "args": {{"External id": {2**70}, "correlation": 1e400, "stream": {2**70}}}}}]}}'.encode(),
         ["ok"],
     ),
 }
@@ -287,10 +298,17 @@ def _foreign_types(path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.table({"step": ["a", "b"], "param_id": [1.5, 2.5], "norm": ["x", "y"], "duration_s": [[1], [2]]}), path)
+    pq.write_table(
+        pa.table({"step": ["a", "b"], "param_id": [1.5, 2.5], "norm": ["x", "y"], "duration_s": [[1], [2]]}), path
+    )
 
 
-CHUNK_DAMAGE = {"truncated": _truncate, "zeroed": _zero, "pages-damaged": _damage_pages, "foreign-types": _foreign_types}
+CHUNK_DAMAGE = {
+    "truncated": _truncate,
+    "zeroed": _zero,
+    "pages-damaged": _damage_pages,
+    "foreign-types": _foreign_types,
+}
 
 
 @pytest.mark.parametrize("table", ["grads", "steps"])
@@ -331,8 +349,13 @@ def test_wrong_types_and_huge_numbers_in_run_documents(run_copy):
     (run_copy / "manifest.json").write_text(json.dumps(manifest))  # Infinity: what json writes for 1e400
     meta_path = run_copy / "rank0" / "meta.json"
     meta = json.loads(meta_path.read_text())
-    meta["params"] += [{"param_id": 10**23, "name": {"x": 1}, "shape": [1e300], "numel": 2**70}, 5,
-                       {"param_id": "7", "shape": [3, -2]}, {"param_id": 8, "shape": [2**40, 2**40]}, {"param_id": -(2**40)}]
+    meta["params"] += [
+        {"param_id": 10**23, "name": {"x": 1}, "shape": [1e300], "numel": 2**70},
+        5,
+        {"param_id": "7", "shape": [3, -2]},
+        {"param_id": 8, "shape": [2**40, 2**40]},
+        {"param_id": -(2**40)},
+    ]
     meta.update(backward_order=[None, {}, 1.5], hostname={"a": 1}, recorder=7)
     meta_path.write_text(json.dumps(meta))
     out = report(run_copy)
@@ -346,8 +369,12 @@ def test_manifest_paths_outside_the_run_are_never_followed(run_copy, tmp_path):
     secret = tmp_path / "outside-secret.txt"
     secret.write_text("OUTSIDE-FILE-CONTENT")
     manifest = json.loads((run_copy / "manifest.json").read_text())
-    manifest.update(snapshot="../../etc/passwd", checkpoint=str(secret), ranks=[0, "../../etc"],
-                    paths={"steps": "/etc/passwd", "traces": str(secret)})
+    manifest.update(
+        snapshot="../../etc/passwd",
+        checkpoint=str(secret),
+        ranks=[0, "../../etc"],
+        paths={"steps": "/etc/passwd", "traces": str(secret)},
+    )
     (run_copy / "manifest.json").write_text(json.dumps(manifest))
     for form in ("json", "md", "html"):
         document = tmp_path / f"r.{form}"
@@ -367,7 +394,9 @@ def test_symlinks_out_of_the_run_directory_are_refused(run_copy, recorded_run, t
     (run_copy / "rank0" / "meta.json").unlink()
     (run_copy / "rank0" / "meta.json").symlink_to(leak)
     # a valid chunk outside (another run's) and /etc/passwd as chunks; /etc/passwd as a trace
-    (run_copy / "rank0" / "grads" / "part-000009.parquet").symlink_to(recorded_run / "rank0" / "grads" / "part-000000.parquet")
+    (run_copy / "rank0" / "grads" / "part-000009.parquet").symlink_to(
+        recorded_run / "rank0" / "grads" / "part-000000.parquet"
+    )
     (run_copy / "rank0" / "steps" / "part-000009.parquet").symlink_to("/etc/passwd")
     (run_copy / "rank0" / "traces" / "evil.pt.trace.json").symlink_to("/etc/passwd")
     out = report(run_copy)
@@ -410,37 +439,76 @@ def test_fail_on_warning_with_warnings_is_exit_1(cpu_trace, tmp_path):
 # --- property: only InputError escapes, through analyze() and every report --------------------
 
 _scalar = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(), st.text(max_size=6))
-_value = st.recursive(_scalar, lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=4), inner, max_size=3)),
-                      max_leaves=6)
+_value = st.recursive(
+    _scalar,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=4), inner, max_size=3)),
+    max_leaves=6,
+)
 _event = st.fixed_dictionaries(
     {},
     optional={
         "ph": st.one_of(st.sampled_from(["X", "X", "s", "f", "i", "M", "B"]), _scalar),
-        "cat": st.one_of(st.sampled_from(["cpu_op", "kernel", "cuda_runtime", "ac2g", "gpu_memcpy", "user_annotation",
-                                          "python_function", "Kernel", "Runtime"]), _value),
-        "name": st.one_of(st.sampled_from(["ProfilerStep#1", "ProfilerStep#2", "ProfilerStep#-1", "aten::mm",
-                                           "cudaLaunchKernel", "<b>x</b>"]), _value),
+        "cat": st.one_of(
+            st.sampled_from(
+                [
+                    "cpu_op",
+                    "kernel",
+                    "cuda_runtime",
+                    "ac2g",
+                    "gpu_memcpy",
+                    "user_annotation",
+                    "python_function",
+                    "Kernel",
+                    "Runtime",
+                ]
+            ),
+            _value,
+        ),
+        "name": st.one_of(
+            st.sampled_from(
+                ["ProfilerStep#1", "ProfilerStep#2", "ProfilerStep#-1", "aten::mm", "cudaLaunchKernel", "<b>x</b>"]
+            ),
+            _value,
+        ),
         "pid": st.one_of(st.integers(0, 3), _value),
         "tid": st.one_of(st.integers(0, 3), st.sampled_from(["stream 7", "7", "1000007"]), _value),
         "ts": st.one_of(st.floats(0, 1e4), _value),
         "dur": st.one_of(st.floats(-5, 1e4), _value),
         "id": _value,
-        "args": st.one_of(_value, st.fixed_dictionaries({}, optional={
-            "External id": st.one_of(st.integers(0, 5), _scalar), "correlation": st.one_of(st.integers(0, 5), _scalar),
-            "stream": st.one_of(st.integers(0, 8), st.sampled_from(["0x0", "7"]), _scalar), "Input Dims": _value})),
+        "args": st.one_of(
+            _value,
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "External id": st.one_of(st.integers(0, 5), _scalar),
+                    "correlation": st.one_of(st.integers(0, 5), _scalar),
+                    "stream": st.one_of(st.integers(0, 8), st.sampled_from(["0x0", "7"]), _scalar),
+                    "Input Dims": _value,
+                },
+            ),
+        ),
     },
 )
 _top = st.one_of(
     st.lists(st.one_of(_event, _scalar), max_size=10),  # legacy bare array
-    st.fixed_dictionaries({"traceEvents": st.lists(st.one_of(_event, _event, _scalar), max_size=10)},
-                          optional={"baseTimeNanoseconds": _value, "distributedInfo": _value, "deviceProperties": _value,
-                                    "host_name": _value, "schemaVersion": _value}),
+    st.fixed_dictionaries(
+        {"traceEvents": st.lists(st.one_of(_event, _event, _scalar), max_size=10)},
+        optional={
+            "baseTimeNanoseconds": _value,
+            "distributedInfo": _value,
+            "deviceProperties": _value,
+            "host_name": _value,
+            "schemaVersion": _value,
+        },
+    ),
     st.fixed_dictionaries({"traceEvents": _value}),
     _value,
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(doc=_top, gz=st.booleans(), cut=st.integers(0, 60))
 def test_property_analyze_and_reports_raise_only_input_error(tmp_path, doc, gz, cut):
     from tracemortem.analysis import analyze
@@ -463,6 +531,7 @@ def test_property_analyze_and_reports_raise_only_input_error(tmp_path, doc, gz, 
 
 # --- security: no pickle, no torch ----------------------------------------------------------
 
+
 class _Exploit:
     """Unpickling this runs `open(marker, "w")`: any pickle load of an input creates the file."""
 
@@ -476,10 +545,18 @@ class _Exploit:
 def _plant_pickles(run: Path, marker: Path) -> list[Path]:
     rank = run / "rank0"
     (rank / "snapshot").mkdir(exist_ok=True)
-    (rank / "snapshot" / "info.json").write_text(json.dumps({"step": 3, "reason": "nonfinite-gradient", "files": ["model.pt"]}))
+    (rank / "snapshot" / "info.json").write_text(
+        json.dumps({"step": 3, "reason": "nonfinite-gradient", "files": ["model.pt"]})
+    )
     planted = []
-    for relative in ("checkpoints/step-00000039.pt", "checkpoints/step-00000099.pt", "snapshot/model.pt",
-                     "snapshot/optimizer.pt", "snapshot/rng.pt", "snapshot/batch.pt"):
+    for relative in (
+        "checkpoints/step-00000039.pt",
+        "checkpoints/step-00000099.pt",
+        "snapshot/model.pt",
+        "snapshot/optimizer.pt",
+        "snapshot/rng.pt",
+        "snapshot/batch.pt",
+    ):
         path = rank / relative
         path.write_bytes(pickle.dumps(_Exploit(marker)))
         planted.append(path)
@@ -529,7 +606,9 @@ print("ok")
 
 
 # Unpickling in the package that is not of input data, with why.
-PICKLE_ALLOWED = {"src/tracemortem/load/workers.py": "its own worker process's replies (ints, strings), never file content"}
+PICKLE_ALLOWED = {
+    "src/tracemortem/load/workers.py": "its own worker process's replies (ints, strings), never file content"
+}
 
 
 def test_every_torch_load_is_weights_only_and_nothing_unpickles_inputs():

@@ -25,8 +25,11 @@ def by_rule(findings, rule):
 
 def _step_spans_us(trace: Path) -> dict[int, float]:
     """ProfilerStep#N durations straight from the chrome trace (µs), without tracemortem."""
-    return {int(e["name"].split("#")[1]): e["dur"] for e in json.loads(trace.read_text())["traceEvents"]
-            if e.get("ph") == "X" and e.get("name", "").startswith("ProfilerStep#")}
+    return {
+        int(e["name"].split("#")[1]): e["dur"]
+        for e in json.loads(trace.read_text())["traceEvents"]
+        if e.get("ph") == "X" and e.get("name", "").startswith("ProfilerStep#")
+    }
 
 
 def test_slow_step_names_the_steps_and_the_op(tmp_path):
@@ -103,9 +106,17 @@ def recorder_steps(ranks: dict[int, list[float]], mem: dict[int, list[int]] | No
     rows = []
     for rank, durations in ranks.items():
         for step, seconds in enumerate(durations):
-            rows.append({"rank": rank, "step": step, "duration_s": seconds,
-                         "mem_allocated": (mem or {}).get(rank, [None] * len(durations))[step]})
-    return pl.DataFrame(rows, schema={"rank": pl.Int32, "step": pl.Int64, "duration_s": pl.Float64, "mem_allocated": pl.Int64})
+            rows.append(
+                {
+                    "rank": rank,
+                    "step": step,
+                    "duration_s": seconds,
+                    "mem_allocated": (mem or {}).get(rank, [None] * len(durations))[step],
+                }
+            )
+    return pl.DataFrame(
+        rows, schema={"rank": pl.Int32, "step": pl.Int64, "duration_s": pl.Float64, "mem_allocated": pl.Int64}
+    )
 
 
 def test_straggler_rank_from_recorder_step_times():
@@ -129,9 +140,14 @@ def test_memory_growth_from_recorder_memory_columns():
 def test_slow_step_from_recorder_durations_without_trace():
     durations = [0.1 + 0.001 * (i % 3) for i in range(30)]
     durations[17] = 0.45
-    findings = perf.slow_steps(recorder_steps({0: durations}).select("rank", "step", pl.col("duration_s").alias("seconds")),
-                               None, Config())
+    findings = perf.slow_steps(
+        recorder_steps({0: durations}).select("rank", "step", pl.col("duration_s").alias("seconds")), None, Config()
+    )
     assert [(f.step, f.rank) for f in findings] == [(17, 0)]
     override = Config({"slow-step.min_ratio": 5.0})
-    assert perf.slow_steps(recorder_steps({0: durations}).select("rank", "step", pl.col("duration_s").alias("seconds")),
-                           None, override) == []
+    assert (
+        perf.slow_steps(
+            recorder_steps({0: durations}).select("rank", "step", pl.col("duration_s").alias("seconds")), None, override
+        )
+        == []
+    )

@@ -17,10 +17,9 @@ import polars as pl
 import pytest
 import torch
 
+from recording_helpers import batches, check_every_file_readable, mlp, read_grads, read_steps
 from tracemortem import format as fmt
 from tracemortem.record import ProfileSchedule, Recorder
-
-from recording_helpers import batches, check_every_file_readable, mlp, read_grads, read_steps
 
 RTOL = 1e-4
 REPO = Path(__file__).resolve().parents[1]
@@ -154,7 +153,10 @@ def test_works_without_optimizer(tmp_path):
                     p -= 0.01 * p.grad
                     p.grad = None
     grads = read_grads(tmp_path)
-    got = [list(zip(g["norm"].to_list(), g["weight_norm"].to_list())) for _, g in grads.group_by("step", maintain_order=True)]
+    got = [
+        list(zip(g["norm"].to_list(), g["weight_norm"].to_list()))
+        for _, g in grads.group_by("step", maintain_order=True)
+    ]
     for row_got, row_exp in zip(got, expected, strict=True):
         for (gn, gw), (en, ew) in zip(row_got, row_exp, strict=True):
             assert _close(gn, en) and _close(gw, ew)
@@ -207,15 +209,14 @@ def test_grad_every_records_only_sampled_steps(tmp_path):
 def test_exception_in_loop_propagates_and_marks_crashed(tmp_path):
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=1e-2)
-    with pytest.raises(KeyError, match="boom"):
-        with Recorder(tmp_path, model, opt) as rec:
-            for step, (x, y) in enumerate(batches(6)):
-                torch.nn.functional.mse_loss(model(x), y).backward()
-                opt.step()
-                opt.zero_grad()
-                rec.step()
-                if step == 4:
-                    raise KeyError("boom")
+    with pytest.raises(KeyError, match="boom"), Recorder(tmp_path, model, opt) as rec:
+        for step, (x, y) in enumerate(batches(6)):
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+            rec.step()
+            if step == 4:
+                raise KeyError("boom")
     assert read_steps(tmp_path)["step"].to_list() == [0, 1, 2, 3, 4]
     assert json.loads((tmp_path / "manifest.json").read_text())["status"] == "crashed"
     rec.close()  # idempotent after the context manager closed it

@@ -31,8 +31,13 @@ WARNING_LINE = re.compile(r"^\S+:\d+: \w*Warning: tracemortem:", re.M)
 
 
 def _child(mode: str, env: dict | None = None, **args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(CHILD), mode, json.dumps(args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+    return subprocess.Popen(
+        [sys.executable, str(CHILD), mode, json.dumps(args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def _finish(proc: subprocess.Popen, timeout: float = 60) -> tuple[dict, str]:
@@ -86,7 +91,9 @@ def _check_disk_full(run: Path, loss: float, reference: float, stderr: str) -> N
     # Checkpoints turn themselves off at their first failure (documented); the ones before stay.
     assert any(w.startswith("checkpoints disabled") for w in manifest["warnings"])
     assert sorted(p.name for p in (run / "rank0" / "checkpoints").glob("*.pt")) == [
-        "step-00000004.pt", "step-00000009.pt"]
+        "step-00000004.pt",
+        "step-00000009.pt",
+    ]
     check_every_file_readable(run)
     assert not list(run.rglob(".*"))  # no temp files of the failed writes left behind
     # The report says what was lost, so a reader knows the charts have a gap.
@@ -112,8 +119,9 @@ def test_disk_full_on_a_real_full_filesystem(disk_full):
 
 def test_stalling_disk_never_stalls_training(tmp_path):
     stall = 0.25
-    result, stderr = _finish(_child("slow_disk", fast_run=str(tmp_path / "fast"), slow_run=str(tmp_path / "slow"),
-                                    stall=stall), timeout=90)
+    result, stderr = _finish(
+        _child("slow_disk", fast_run=str(tmp_path / "fast"), slow_run=str(tmp_path / "slow"), stall=stall), timeout=90
+    )
     fast, slow = result["fast"], result["slow"]
     assert fast["loss"] == slow["loss"] == result["reference"]
     assert slow["median"] < 1.5 * fast["median"] + 0.005, result
@@ -196,8 +204,8 @@ def test_exception_from_the_loop_propagates_unchanged(loops):
     # The interpreter's traceback: our exception, raised in the loop's own load(), nothing
     # chained or added on the way out of the with block.
     assert stderr.rstrip().endswith("ValueError: corrupt sample in batch 7"), stderr
-    trace = stderr[stderr.index("Traceback"):]
-    assert re.search(r'line \d+, in load\n\s+raise ValueError', trace), trace
+    trace = stderr[stderr.index("Traceback") :]
+    assert re.search(r"line \d+, in load\n\s+raise ValueError", trace), trace
     assert "During handling" not in trace and "tracemortem" not in trace.replace(str(CHILD), "")
     assert read_steps(tmp_path)["step"].to_list() == list(range(7))
     manifest = _manifest(tmp_path)

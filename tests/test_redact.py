@@ -32,6 +32,7 @@ URL_PASS = "s3cr3tpw"
 PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAuXJ2\nQWERTY==\n-----END RSA PRIVATE KEY-----"
 SECRETS = [HF, GHP, AKIA, JWT, AWS_SECRET, SLACK, OPENAI, GOOGLE, PASSWORD, URL_PASS, "MIIEowIBAAKCAQEAuXJ2"]
 
+
 def _core(secret: str) -> str:
     """The longest stretch of a secret that no report format escapes (Markdown escapes `_`)."""
     return max(re.findall(r"[A-Za-z0-9-]+", secret), key=len)
@@ -42,45 +43,109 @@ ORDINARY_OPS = ["aten::addmm", "aten::_foreach_norm", "aten::mm", "ns::get_token
 HOSTS = ["gpu-node-07.cluster.example.org", "gpu-node-12.cluster.example.org"]
 
 
-def _analysis(extra_ops: list[str] = (), scalar_names: list[str] = (), param_names: list[str] | None = None,
-              hosts: list[str] = HOSTS, findings: list[Finding] = ()) -> Analysis:
+def _analysis(
+    extra_ops: list[str] = (),
+    scalar_names: list[str] = (),
+    param_names: list[str] | None = None,
+    hosts: list[str] = HOSTS,
+    findings: list[Finding] = (),
+) -> Analysis:
     ops_names = ORDINARY_OPS + list(extra_ops)
     n = len(ops_names)
-    ops = pl.DataFrame({"name": ops_names, "input_dims": ["[[8, 8], [8, 8]]"] * n, "calls": list(range(1, n + 1)),
-                        "cpu_self_us": [float(i) for i in range(n)]}).with_columns(pl.col("name").cast(pl.Categorical))
-    kernels = pl.DataFrame({"name": ["ampere_sgemm_128x64_nn", f"user_kernel<{GHP}>"], "calls": [3, 4], "total_us": [1.0, 2.0]})
-    steps = pl.DataFrame({"step": [0, 1, 0, 1], "loss": [1.0, 0.9, 1.1, 0.8], "rank": pl.Series([0, 0, 1, 1], dtype=pl.Int32),
-                          **{name: [0.1, 0.2, 0.3, 0.4] for name in scalar_names}})
+    ops = pl.DataFrame(
+        {
+            "name": ops_names,
+            "input_dims": ["[[8, 8], [8, 8]]"] * n,
+            "calls": list(range(1, n + 1)),
+            "cpu_self_us": [float(i) for i in range(n)],
+        }
+    ).with_columns(pl.col("name").cast(pl.Categorical))
+    kernels = pl.DataFrame(
+        {"name": ["ampere_sgemm_128x64_nn", f"user_kernel<{GHP}>"], "calls": [3, 4], "total_us": [1.0, 2.0]}
+    )
+    steps = pl.DataFrame(
+        {
+            "step": [0, 1, 0, 1],
+            "loss": [1.0, 0.9, 1.1, 0.8],
+            "rank": pl.Series([0, 0, 1, 1], dtype=pl.Int32),
+            **{name: [0.1, 0.2, 0.3, 0.4] for name in scalar_names},
+        }
+    )
     names = param_names or ["encoder.layers.0.attn.keys.weight", "decoder.token_embedding.weight"]
     params = pl.DataFrame({"param_id": list(range(len(names))), "name": names, "shape": ["(4, 4)"] * len(names)})
     step_times = pl.DataFrame({"rank": pl.Series([0, 1], dtype=pl.Int32), "step": [0, 0], "duration_us": [10.0, 12.0]})
     files = [f"/home/alice/runs/exp/traces/{h}_4242.1700000000000.pt.trace.json.gz" for h in hosts]
-    traces = TraceSet(pl.DataFrame(), pl.DataFrame(), pl.DataFrame(),
-                      ranks={r: {"rank": r, "files": [files[r]], "hostname": h, "distributedInfo": {"rank": r, "HF_TOKEN": HF}}
-                             for r, h in enumerate(hosts)})
-    manifest = {"config": {"lr": 0.1, "db_password": PASSWORD, "wandb": {"apiKey": OPENAI, "project": "llama"},
-                           "notes": ENV_DUMP, "use_auth": True,
-                           "credentials": {f"{AKIA}": "x", "n": [1, None]}}}
-    metas = {r: {"rank": r, "hostname": h, "user": "alice", "params": [{"name": n} for n in names]} for r, h in enumerate(hosts)}
+    traces = TraceSet(
+        pl.DataFrame(),
+        pl.DataFrame(),
+        pl.DataFrame(),
+        ranks={
+            r: {"rank": r, "files": [files[r]], "hostname": h, "distributedInfo": {"rank": r, "HF_TOKEN": HF}}
+            for r, h in enumerate(hosts)
+        },
+    )
+    manifest = {
+        "config": {
+            "lr": 0.1,
+            "db_password": PASSWORD,
+            "wandb": {"apiKey": OPENAI, "project": "llama"},
+            "notes": ENV_DUMP,
+            "use_auth": True,
+            "credentials": {f"{AKIA}": "x", "n": [1, None]},
+        }
+    }
+    metas = {
+        r: {"rank": r, "hostname": h, "user": "alice", "params": [{"name": n} for n in names]}
+        for r, h in enumerate(hosts)
+    }
     run_data = RunData(Path("/home/alice/runs/exp"), manifest, metas, steps, pl.LazyFrame(), params, pl.DataFrame())
     run = {
-        "path": "/home/alice/runs/exp", "kind": "run", "world_size": 2, "hostnames": sorted(hosts),
-        "config": manifest["config"], "env": {"HF_TOKEN": HF, "GITHUB_TOKEN": GHP, "HOME": "/home/alice"},
+        "path": "/home/alice/runs/exp",
+        "kind": "run",
+        "world_size": 2,
+        "hostnames": sorted(hosts),
+        "config": manifest["config"],
+        "env": {"HF_TOKEN": HF, "GITHUB_TOKEN": GHP, "HOME": "/home/alice"},
         "ranks": [{"rank": r, "steps": 2, "hostname": h} for r, h in enumerate(hosts)],
-        "cache": "/tmp/torchinductor_alice/ab/cabc.py", "url": f"https://bob:{URL_PASS}@minio.internal:9000/bucket",
+        "cache": "/tmp/torchinductor_alice/ab/cabc.py",
+        "url": f"https://bob:{URL_PASS}@minio.internal:9000/bucket",
         f"note {AKIA}": "key names are cleaned too",
     }
-    return Analysis(path=Path("/home/alice/runs/exp"), kind="run", findings=list(findings), run=run, steps=steps,
-                    grads=pl.LazyFrame({"step": [0], "param_id": [0], "norm": [1.0]}), params=params, ops=ops, kernels=kernels,
-                    step_times=step_times, extras={"run_data": run_data, "traces": traces, "timing": None})
+    return Analysis(
+        path=Path("/home/alice/runs/exp"),
+        kind="run",
+        findings=list(findings),
+        run=run,
+        steps=steps,
+        grads=pl.LazyFrame({"step": [0], "param_id": [0], "norm": [1.0]}),
+        params=params,
+        ops=ops,
+        kernels=kernels,
+        step_times=step_times,
+        extras={"run_data": run_data, "traces": traces, "timing": None},
+    )
 
 
 PLANTED_FINDINGS = [
-    Finding("slow-op", "warning", f"slow op with {GHP}", f"message carries an env dump: {ENV_DUMP}", rank=1, subject=f"op {AKIA}",
-            evidence={"share": 0.5, "token": JWT, "cmd": f"curl -H 'Authorization: Bearer {SLACK}abcdefgh'"},
-            suggestion=f"key file:\n{PEM}"),
-    Finding("straggler-rank", "warning", f"rank 1 on {HOSTS[1]} is slow", f"{HOSTS[1]} lags {HOSTS[0]}", rank=1,
-            subject=HOSTS[1].split(".")[0], evidence={"google": GOOGLE}),
+    Finding(
+        "slow-op",
+        "warning",
+        f"slow op with {GHP}",
+        f"message carries an env dump: {ENV_DUMP}",
+        rank=1,
+        subject=f"op {AKIA}",
+        evidence={"share": 0.5, "token": JWT, "cmd": f"curl -H 'Authorization: Bearer {SLACK}abcdefgh'"},
+        suggestion=f"key file:\n{PEM}",
+    ),
+    Finding(
+        "straggler-rank",
+        "warning",
+        f"rank 1 on {HOSTS[1]} is slow",
+        f"{HOSTS[1]} lags {HOSTS[0]}",
+        rank=1,
+        subject=HOSTS[1].split(".")[0],
+        evidence={"google": GOOGLE},
+    ),
 ]
 
 
@@ -98,8 +163,11 @@ def _everything(analysis: Analysis) -> str:
 
 
 def _planted() -> Analysis:
-    return _analysis(extra_ops=[f"record_function: {ENV_DUMP}", f'{{"GH_TOKEN": "{GHP}"}}'],
-                     scalar_names=["tokens_per_s", f"auth_{JWT}"], findings=PLANTED_FINDINGS)
+    return _analysis(
+        extra_ops=[f"record_function: {ENV_DUMP}", f'{{"GH_TOKEN": "{GHP}"}}'],
+        scalar_names=["tokens_per_s", f"auth_{JWT}"],
+        findings=PLANTED_FINDINGS,
+    )
 
 
 @pytest.mark.parametrize("pseudonymize", [False, True])
@@ -151,7 +219,9 @@ def test_input_is_not_modified() -> None:
 
 def test_clean_analysis_passes_through_unchanged() -> None:
     before = _analysis(hosts=["a", "b"], param_names=["model.keys.weight", "tokenizer.embed.weight", "monkey.bias"])
-    before = dataclasses.replace(before, kernels=before.kernels.head(1), run={"path": "runs/x", "max_tokens": 4096, "author": "Ada"})
+    before = dataclasses.replace(
+        before, kernels=before.kernels.head(1), run={"path": "runs/x", "max_tokens": 4096, "author": "Ada"}
+    )
     after = redact_analysis(before, pseudonymize=False)
     for name in ("steps", "params", "ops", "kernels", "step_times"):
         assert getattr(after, name).equals(getattr(before, name)), name
@@ -159,8 +229,19 @@ def test_clean_analysis_passes_through_unchanged() -> None:
 
 
 def test_secret_key_names() -> None:
-    secret = ["HF_TOKEN", "password", "db_passwd", "apiKey", "api_key", "AWS_SECRET_ACCESS_KEY", "privateKey", "Authorization",
-              "GOOGLE_APPLICATION_CREDENTIALS", "client_secret", "auth"]
+    secret = [
+        "HF_TOKEN",
+        "password",
+        "db_passwd",
+        "apiKey",
+        "api_key",
+        "AWS_SECRET_ACCESS_KEY",
+        "privateKey",
+        "Authorization",
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "client_secret",
+        "auth",
+    ]
     ordinary = ["keys", "key", "monkey", "max_tokens", "tokenizer", "author", "hostname", "path", "sort", "keyword"]
     assert [k for k in secret if not is_secret_key(k)] == []
     assert [k for k in ordinary if is_secret_key(k)] == []
@@ -196,7 +277,9 @@ def test_pseudonyms_are_stable_and_keep_hosts_apart() -> None:
     assert [r["hostname"] for r in after.run["ranks"]] == ["host-1", "host-2"]  # rank 0's host is host-1
     assert after.findings[1].title == "rank 1 on host-2 is slow" and after.findings[1].message == "host-2 lags host-1"
     assert after.findings[1].subject == "host-2"  # the short name is the same machine
-    assert after.extras["traces"].ranks[1]["files"] == ["/home/user-1/runs/exp/traces/host-2_4242.1700000000000.pt.trace.json.gz"]
+    assert after.extras["traces"].ranks[1]["files"] == [
+        "/home/user-1/runs/exp/traces/host-2_4242.1700000000000.pt.trace.json.gz"
+    ]
     assert after.run["path"] == "/home/user-1/runs/exp" and after.path == Path("/home/user-1/runs/exp")
     assert after.run["cache"] == "/tmp/torchinductor_user-1/ab/cabc.py"
     assert after.extras["run_data"].metas[0]["user"] == "user-1"
@@ -214,16 +297,27 @@ def test_host_names_from_trace_file_names_and_recorder_spelling(monkeypatch: pyt
     # and the recorder writes `node.a` as `node_a`.
     monkeypatch.setenv("LOGNAME", "zoe")
     before = _analysis(hosts=[])
-    before = dataclasses.replace(before, run={
-        "files": ["traces/trainer-3_991.1700000000000123.pt.trace.json", "r/rank1_node_a_77.1700000000000.pt.trace.json.gz"],
-        "hostnames": ["node.a"],
-        "who": "ran by zoe on trainer-3; root-cause unknown; /root/.cache/x; C:\\Users\\zoe\\x",
-    })
+    before = dataclasses.replace(
+        before,
+        run={
+            "files": [
+                "traces/trainer-3_991.1700000000000123.pt.trace.json",
+                "r/rank1_node_a_77.1700000000000.pt.trace.json.gz",
+            ],
+            "hostnames": ["node.a"],
+            "who": "ran by zoe on trainer-3; root-cause unknown; /root/.cache/x; C:\\Users\\zoe\\x",
+        },
+    )
     after = redact_analysis(before, pseudonymize=True)
-    assert after.run["files"] == ["traces/host-2_991.1700000000000123.pt.trace.json", "r/rank1_host-1_77.1700000000000.pt.trace.json.gz"]
+    assert after.run["files"] == [
+        "traces/host-2_991.1700000000000123.pt.trace.json",
+        "r/rank1_host-1_77.1700000000000.pt.trace.json.gz",
+    ]
     # users by name: alice (home paths in the extras), root, zoe (getpass's login name, known as a
     # bare word); `root` is only a home directory, never a bare word
-    assert after.run["who"] == "ran by user-3 on host-2; root-cause unknown; /home/user-2/.cache/x; C:\\Users\\user-3\\x"
+    assert (
+        after.run["who"] == "ran by user-3 on host-2; root-cause unknown; /home/user-2/.cache/x; C:\\Users\\user-3\\x"
+    )
 
 
 def test_names_that_clean_to_the_same_text_stay_distinct() -> None:
@@ -239,8 +333,9 @@ def test_cheap_on_a_large_run() -> None:
     names = [f"model.layers.{i // 10}.block.{i % 10}.weight" for i in range(n)]
     names[12_345] = f"adapter.{HF}.weight"
     base = _analysis(param_names=names)
-    ops = pl.DataFrame({"name": [f"aten::op_{i % 500}" for i in range(20_000)],
-                        "input_dims": [f"[[{i}, 8]]" for i in range(20_000)]}).with_columns(pl.col("name").cast(pl.Categorical))
+    ops = pl.DataFrame(
+        {"name": [f"aten::op_{i % 500}" for i in range(20_000)], "input_dims": [f"[[{i}, 8]]" for i in range(20_000)]}
+    ).with_columns(pl.col("name").cast(pl.Categorical))
     steps = pl.DataFrame({"step": list(range(2000)), "loss": [1.0] * 2000, "tokens_per_s": [1.0] * 2000})
     big = dataclasses.replace(base, ops=ops, steps=steps)
     start = time.perf_counter()

@@ -23,9 +23,11 @@ JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_X
 PASSWORD = "hunter2-correct-horse"
 SECRETS = [HF, GHP, AKIA, JWT, PASSWORD]
 
+
 def _core(secret: str) -> str:
     """The longest stretch of a secret that no report format escapes (Markdown escapes `_`)."""
     return max(re.findall(r"[A-Za-z0-9-]+", secret), key=len)
+
 
 ENV_DUMP = f"HF_TOKEN={HF} GITHUB_TOKEN={GHP} AWS_ACCESS_KEY_ID={AKIA}"
 HOSTS = ["gpu-node-07.cluster.example.org", "gpu-node-12.cluster.example.org"]
@@ -53,8 +55,12 @@ def _record_traces(folder: Path) -> Path:
     from torch.profiler import ProfilerActivity, profile, schedule
 
     raw = folder / "raw.json"
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=True, schedule=schedule(wait=1, warmup=1, active=3),
-                 on_trace_ready=lambda p: p.export_chrome_trace(str(raw))) as prof:
+    with profile(
+        activities=[ProfilerActivity.CPU],
+        record_shapes=True,
+        schedule=schedule(wait=1, warmup=1, active=3),
+        on_trace_ready=lambda p: p.export_chrome_trace(str(raw)),
+    ) as prof:
         prof.add_metadata("HF_TOKEN", HF)
         _train(prof)
     trace = json.loads(raw.read_text())
@@ -112,7 +118,10 @@ def test_analysis_of_real_inputs_is_cleaned(traces: Path, run: Path, pseudonymiz
         if path == traces:  # the planted op name is in the unredacted op table
             assert _core(HF) in render(plain, "md") and "HF\\_TOKEN=\\[redacted\\]" in render(cleaned, "md")
         else:  # the planted scalar name and config are in what was loaded
-            assert any(JWT in c for c in plain.steps.columns) and plain.extras["run_data"].manifest["config"]["db_password"] == PASSWORD
+            assert (
+                any(JWT in c for c in plain.steps.columns)
+                and plain.extras["run_data"].manifest["config"]["db_password"] == PASSWORD
+            )
             assert "auth_[redacted]" in cleaned.steps.columns
             assert cleaned.extras["run_data"].manifest["config"]["db_password"] == "[redacted]"
         for fmt in ("json", "md", "html"):
@@ -120,7 +129,9 @@ def test_analysis_of_real_inputs_is_cleaned(traces: Path, run: Path, pseudonymiz
             for secret in SECRETS:
                 assert _core(secret) not in document, (path.name, fmt, secret)
             if pseudonymize:
-                assert not re.search(r"gpu-node-07|gpu-node-12|alice(?!blue)", document)  # plotly.js names a colour aliceblue
+                assert not re.search(
+                    r"gpu-node-07|gpu-node-12|alice(?!blue)", document
+                )  # plotly.js names a colour aliceblue
     if pseudonymize:  # the trace metadata kept for later use: two hosts, still two
         ranks = redact_analysis(analyze(traces), pseudonymize=True).extras["traces"].ranks
         assert [ranks[r]["hostname"] for r in sorted(ranks)] == ["host-1", "host-2"]

@@ -34,14 +34,25 @@ def test_report_renders_offline_with_every_chart(browser, tmp_path):
         assert visit.page_errors == []
         charts = page.locator("[data-figure]")
         shown = [charts.nth(i).get_attribute("data-figure") for i in range(charts.count())]
-        assert shown == ["chart-loss", "chart-grad-norm", "chart-grad-heatmap", "chart-update-ratio", "chart-step-time",
-                         "chart-breakdown", "chart-ops", "chart-kernels", "chart-ranks"]
+        assert shown == [
+            "chart-loss",
+            "chart-grad-norm",
+            "chart-grad-heatmap",
+            "chart-update-ratio",
+            "chart-step-time",
+            "chart-breakdown",
+            "chart-ops",
+            "chart-kernels",
+            "chart-ranks",
+        ]
         assert "GPU memory" in page.locator("#not-shown").inner_text()  # a CPU run: omitted with a note
         for i in range(charts.count()):
             assert charts.nth(i).locator(".main-svg").count() >= 1, charts.nth(i).get_attribute("data-figure")
         # The heatmap decoded its bytes into a parameter × step grid.
-        shape = page.evaluate("(() => { const t = document.querySelector('[data-figure=chart-grad-heatmap]').data[0];"
-                              " return [t.z.length, t.z[0].length]; })()")
+        shape = page.evaluate(
+            "(() => { const t = document.querySelector('[data-figure=chart-grad-heatmap]').data[0];"
+            " return [t.z.length, t.z[0].length]; })()"
+        )
         assert shape == [12, 300]
         # A finding's link leads to the chart that shows it.
         page.locator("#findings a[href='#chart-grad-norm']").first.click()

@@ -26,8 +26,18 @@ def test_markdown_is_a_short_ticket_body_with_the_findings(analysis):
     md = report.render(analysis, "md")
     lines = md.splitlines()
     assert len(lines) <= 60
-    rows = [line for line in lines if line.startswith("| error") or line.startswith("| warning") or line.startswith("| info")]
-    assert [r.split("|")[2].strip() for r in rows] == ["`nonfinite-gradient`", "`slow-step`", "`exploding-gradient`", "`dead-parameter`", "`slow-op`"]
+    rows = [
+        line
+        for line in lines
+        if line.startswith("| error") or line.startswith("| warning") or line.startswith("| info")
+    ]
+    assert [r.split("|")[2].strip() for r in rows] == [
+        "`nonfinite-gradient`",
+        "`slow-step`",
+        "`exploding-gradient`",
+        "`dead-parameter`",
+        "`slow-op`",
+    ]
     assert f"| {NAN_STEP} | 0 | layers.0.weight |" in rows[0]
     assert f"| {SLOW_STEP} |" in rows[1] and f"| {SPIKE_STEP} |" in rows[2]
     assert "**Findings:** 1 error, 3 warning, 1 info" in md
@@ -49,9 +59,19 @@ def test_markdown_escapes_names_so_tables_and_markup_hold(analysis):
 def test_json_is_the_design_document(analysis):
     doc = json.loads(report.render(analysis, "json"))
     assert doc["tool"] == "tracemortem" and doc["format"] == 1
-    assert [f["rule"] for f in doc["findings"]] == ["nonfinite-gradient", "slow-step", "exploding-gradient", "dead-parameter", "slow-op"]
+    assert [f["rule"] for f in doc["findings"]] == [
+        "nonfinite-gradient",
+        "slow-step",
+        "exploding-gradient",
+        "dead-parameter",
+        "slow-op",
+    ]
     first = doc["findings"][0]
-    assert first["step"] == NAN_STEP and first["subject"] == "layers.0.weight" and first["evidence"] == {"nonfinite": 1, "norm": "nan"}
+    assert (
+        first["step"] == NAN_STEP
+        and first["subject"] == "layers.0.weight"
+        and first["evidence"] == {"nonfinite": 1, "norm": "nan"}
+    )
     assert doc["run"]["steps"] == {"first": 0, "last": 99, "count": 100}
     assert doc["run"]["ranks"][0]["step_time_s"] == pytest.approx(0.1)
 
@@ -105,9 +125,18 @@ def test_script_json_escapes_what_could_end_a_script_block():
 def test_html_links_each_finding_to_its_chart(analysis):
     html = report.render(analysis, "html")
     findings = html.split('id="findings"', 1)[1].split('id="charts"', 1)[0]
-    links = re.findall(r'<li class="finding sev-\w+" id="finding-\d+">.*?<code class="rule">([\w-]+)</code>.*?(?:href="#(chart-[\w-]+)"|</li>)', findings, re.S)
-    assert dict(links) == {"nonfinite-gradient": "chart-grad-norm", "slow-step": "chart-step-time", "exploding-gradient": "chart-grad-norm",
-                           "dead-parameter": "chart-grad-heatmap", "slow-op": "chart-ops"}
+    links = re.findall(
+        r'<li class="finding sev-\w+" id="finding-\d+">.*?<code class="rule">([\w-]+)</code>.*?(?:href="#(chart-[\w-]+)"|</li>)',
+        findings,
+        re.S,
+    )
+    assert dict(links) == {
+        "nonfinite-gradient": "chart-grad-norm",
+        "slow-step": "chart-step-time",
+        "exploding-gradient": "chart-grad-norm",
+        "dead-parameter": "chart-grad-heatmap",
+        "slow-op": "chart-ops",
+    }
     for target in set(dict(links).values()):
         assert f'id="{target}"' in html
 
@@ -143,12 +172,15 @@ def test_heatmap_cells_hold_the_quantised_log_norm():
 
 def test_heatmap_bins_long_runs_to_at_most_1000_columns():
     steps, params = 5000, 3
-    grads = pl.LazyFrame({
-        "step": [s for s in range(steps) for _ in range(params)],
-        "param_id": [p for _ in range(steps) for p in range(params)],
-        "norm": [1.0 if s != 4321 else 1e6 for s in range(steps) for _ in range(params)],
-        "nonfinite": [0] * steps * params,
-    }, schema_overrides={"param_id": pl.Int32, "norm": pl.Float32})
+    grads = pl.LazyFrame(
+        {
+            "step": [s for s in range(steps) for _ in range(params)],
+            "param_id": [p for _ in range(steps) for p in range(params)],
+            "norm": [1.0 if s != 4321 else 1e6 for s in range(steps) for _ in range(params)],
+            "nonfinite": [0] * steps * params,
+        },
+        schema_overrides={"param_id": pl.Int32, "norm": pl.Float32},
+    )
     buckets = charts._StepBuckets.of(grads)
     chart = charts.grad_heatmap(grads, pl.DataFrame(), [], buckets)
     heat = chart.figure["data"][0]
@@ -191,18 +223,35 @@ def test_a_recorded_run_reports_its_nan_step_in_every_format(tmp_path):
 def test_a_run_of_2000_params_by_50000_steps_stays_under_10_mb():
     params, steps = 2000, 50_000
     i = pl.int_range(0, params * steps, dtype=pl.Int64)
-    grads = pl.LazyFrame().select(i.alias("i")).select(
-        (pl.col("i") // params).alias("step"),
-        (pl.col("i") % params).cast(pl.Int32).alias("param_id"),
-        # six decades of norms, varying along both axes, so the quantised bytes do not compress away
-        (10.0 ** (((pl.col("i") * 7919) % 600001) / 100000.0 - 4)).cast(pl.Float32).alias("norm"),
-        pl.lit(0, pl.Int64).alias("nonfinite"),
+    grads = (
+        pl.LazyFrame()
+        .select(i.alias("i"))
+        .select(
+            (pl.col("i") // params).alias("step"),
+            (pl.col("i") % params).cast(pl.Int32).alias("param_id"),
+            # six decades of norms, varying along both axes, so the quantised bytes do not compress away
+            (10.0 ** (((pl.col("i") * 7919) % 600001) / 100000.0 - 4)).cast(pl.Float32).alias("norm"),
+            pl.lit(0, pl.Int64).alias("nonfinite"),
+        )
     )
     a = make_analysis(n_params=3, n_steps=10)
     a.grads = grads
-    a.params = pl.DataFrame({"param_id": pl.Series(range(params), dtype=pl.Int32), "name": [f"blocks.{p // 8}.mlp{p % 8}.weight" for p in range(params)]})
-    a.steps = pl.DataFrame({"step": range(steps), "loss": [2.0 / (1 + s / 1000) for s in range(steps)], "grad_norm": [1.0 + (s % 97) / 97 for s in range(steps)],
-                            "duration_s": [0.1 + (s % 13) / 100 for s in range(steps)], "nonfinite": [0] * steps, "rank": pl.Series([0] * steps, dtype=pl.Int32)})
+    a.params = pl.DataFrame(
+        {
+            "param_id": pl.Series(range(params), dtype=pl.Int32),
+            "name": [f"blocks.{p // 8}.mlp{p % 8}.weight" for p in range(params)],
+        }
+    )
+    a.steps = pl.DataFrame(
+        {
+            "step": range(steps),
+            "loss": [2.0 / (1 + s / 1000) for s in range(steps)],
+            "grad_norm": [1.0 + (s % 97) / 97 for s in range(steps)],
+            "duration_s": [0.1 + (s % 13) / 100 for s in range(steps)],
+            "nonfinite": [0] * steps,
+            "rank": pl.Series([0] * steps, dtype=pl.Int32),
+        }
+    )
     html = report.render(a, "html")
     assert len(html.encode()) <= 10_000_000
     heat = json.loads(html.split('id="tm-figures">', 1)[1].split("</script>", 1)[0])["chart-grad-heatmap"]["data"][0]

@@ -18,8 +18,15 @@ from tracemortem.load.run import load_run
 def recorded(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
     model = relu_mlp(seed=0)
-    train(run_dir, model, torch.optim.SGD(model.parameters(), lr=0.05), regression_batches(30, 16, 1),
-          torch.nn.functional.mse_loss, checkpoint_every=10, flush_every=10)
+    train(
+        run_dir,
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.05),
+        regression_batches(30, 16, 1),
+        torch.nn.functional.mse_loss,
+        checkpoint_every=10,
+        flush_every=10,
+    )
     return run_dir
 
 
@@ -73,13 +80,26 @@ def test_running_manifest_without_end_is_reported_as_a_crash(recorded, tmp_path)
 
 
 def _grads(step, pid, norm, absmax, nonfinite, weight, update):
-    return pa.table({"step": step, "param_id": pid, "norm": norm, "absmax": absmax, "nonfinite": nonfinite,
-                     "weight_norm": weight, "update_norm": update}, schema=fmt.GRADS_SCHEMA)
+    return pa.table(
+        {
+            "step": step,
+            "param_id": pid,
+            "norm": norm,
+            "absmax": absmax,
+            "nonfinite": nonfinite,
+            "weight_norm": weight,
+            "update_norm": update,
+        },
+        schema=fmt.GRADS_SCHEMA,
+    )
 
 
 def _two_ranks(root, sharded):
-    meta = {"world_size": 2, "grads_sharded": sharded,
-            "params": [{"param_id": 0, "name": "w", "shape": [4], "numel": 4}]}
+    meta = {
+        "world_size": 2,
+        "grads_sharded": sharded,
+        "params": [{"param_id": 0, "name": "w", "shape": [4], "numel": 4}],
+    }
     for rank, (n, a, nf, u) in enumerate([(3.0, 1.0, 0, 0.5), (4.0, 2.0, 2, None)]):
         fmt.write_json_atomic(root / f"rank{rank}" / "meta.json", {**meta, "rank": rank})
         fmt.write_chunk(root / f"rank{rank}" / "grads", 0, _grads([0], [0], [n], [a], [nf], [6.0], [u]))

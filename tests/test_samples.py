@@ -61,5 +61,5 @@ def test_sample_html_report_is_self_contained_and_small(tmp_path, sample):
     html = target.read_text()
     assert target.stat().st_size <= 7 * 1024 * 1024
     # Everything inline: no external script or stylesheet (the browser tests prove no request is made).
-    assert "<script src=" not in html and "<link rel=\"stylesheet\"" not in html
+    assert "<script src=" not in html and '<link rel="stylesheet"' not in html
     assert html.count("* plotly.js v") == 1  # plotly.js inlined once

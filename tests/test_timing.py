@@ -17,15 +17,29 @@ def cpu_event(name, ts, dur, tid="1", cat="cpu_op", step=None, **extra):
 
 
 def gpu_event(name, ts, dur, kind="kernel", step=1, launch_ts=None, launch_dur=None, correlation=None):
-    return {"rank": 0, "name": name, "kind": kind, "ts": ts, "dur": dur, "stream": 7, "correlation": correlation,
-            "step": step, "launch_name": "cudaLaunchKernel", "launch_ts": launch_ts, "launch_dur": launch_dur, "op": None}
+    return {
+        "rank": 0,
+        "name": name,
+        "kind": kind,
+        "ts": ts,
+        "dur": dur,
+        "stream": 7,
+        "correlation": correlation,
+        "step": step,
+        "launch_name": "cudaLaunchKernel",
+        "launch_ts": launch_ts,
+        "launch_dur": launch_dur,
+        "op": None,
+    }
 
 
 def trace_set(events, steps=(), gpu=()):
     gpu_rows = list(gpu)
     cat_of = {"kernel": "kernel", "memcpy": "gpu_memcpy", "memset": "gpu_memset"}
-    mirrored = [cpu_event(g["name"], g["ts"], g["dur"], tid="7", cat=cat_of[g["kind"]], stream=7, correlation=g["correlation"])
-                for g in gpu_rows]
+    mirrored = [
+        cpu_event(g["name"], g["ts"], g["dur"], tid="7", cat=cat_of[g["kind"]], stream=7, correlation=g["correlation"])
+        for g in gpu_rows
+    ]
     return TraceSet(
         events=pl.DataFrame(list(events) + mirrored, schema=EVENTS_SCHEMA),
         profiler_steps=pl.DataFrame(list(steps), schema=STEPS_SCHEMA, orient="row"),
@@ -58,7 +72,9 @@ def test_step_waterfall_parts_sum_to_the_step_and_follow_priority():
     events = [
         cpu_event("ProfilerStep#1", 0, 1000_000, cat="user_annotation", step=1),
         cpu_event("ProfilerStep#2", 1000_000, 1000_000, cat="user_annotation", step=2),
-        cpu_event("enumerate(DataLoader)#_SingleProcessDataLoaderIter.__next__", 0, 300_000, cat="user_annotation", step=1),
+        cpu_event(
+            "enumerate(DataLoader)#_SingleProcessDataLoaderIter.__next__", 0, 300_000, cat="user_annotation", step=1
+        ),
         cpu_event("cudaStreamSynchronize", 700_000, 200_000, cat="cuda_runtime", step=1),
     ]
     gpu = [
@@ -119,4 +135,6 @@ def test_real_cpu_trace_ops_and_steps(cpu_timing):
     parts = ["data_loading_ns", "host_sync_ns", "other_ns"]
     assert (steps.select(pl.sum_horizontal(parts)).to_series() == steps["duration_ns"]).all()
     assert (steps["total_data_loading_ns"] > 0).all()
-    assert cpu_timing.ranks == [{"rank": 0, "steps": ACTIVE, "step_time_s": pytest.approx(steps["duration_ns"].median() / 1e9)}]
+    assert cpu_timing.ranks == [
+        {"rank": 0, "steps": ACTIVE, "step_time_s": pytest.approx(steps["duration_ns"].median() / 1e9)}
+    ]

@@ -42,16 +42,23 @@ def test_temporal_breakdown_matches_hta_within_one_percent(folder, timings):
     ours = {e["rank"]: e["gpu"] for e in timing.ranks if "gpu" in e}
     for row in reference()[folder]["temporal"]:
         gpu = ours[row["rank"]]
-        for key, ref_key in (("idle_us", "idle_time(us)"), ("compute_us", "compute_time(us)"),
-                             ("non_compute_us", "non_compute_time(us)"), ("span_us", "kernel_time(us)")):
+        for key, ref_key in (
+            ("idle_us", "idle_time(us)"),
+            ("compute_us", "compute_time(us)"),
+            ("non_compute_us", "non_compute_time(us)"),
+            ("span_us", "kernel_time(us)"),
+        ):
             assert gpu[key] == pytest.approx(row[ref_key], rel=0.01, abs=2), (folder, row["rank"], key)
 
 
 @pytest.mark.parametrize("folder", sorted(reference()))
 def test_kernel_totals_match_hta_kernel_breakdown(folder, timings):
     traces, timing = timings(folder)
-    per_rank = hta_view(traces.events, traces.profiler_steps, traces.ranks).group_by(
-        pl.col("name").cast(pl.String), "rank").agg(pl.col("dur").sum())
+    per_rank = (
+        hta_view(traces.events, traces.profiler_steps, traces.ranks)
+        .group_by(pl.col("name").cast(pl.String), "rank")
+        .agg(pl.col("dur").sum())
+    )
     table = {r["name"]: r for r in timing.kernels.iter_rows(named=True)}
     for name, ref_sum in reference()[folder]["top_kernels_sum_us"].items():
         if name == "others":

@@ -14,11 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from trace_helpers import REAL_TRACES, record_cpu_trace
 from tracemortem.errors import InputError
 from tracemortem.load import chrome
 from tracemortem.load.traces import load_traces
-
-from trace_helpers import REAL_TRACES, record_cpu_trace
 
 
 @pytest.fixture(scope="session")
@@ -104,11 +103,46 @@ def test_files_of_one_rank_are_concatenated(cpu_trace, tmp_path):
 
 def test_legacy_bare_array_string_pids_and_async_flows(tmp_path):
     events = [
-        {"ph": "X", "cat": "Operator", "name": "ProfilerStep#3", "pid": "CPU functions", "tid": "1", "ts": 1000, "dur": 100},
-        {"ph": "X", "cat": "Operator", "name": "aten::mm", "pid": "CPU functions", "tid": "1", "ts": 1010, "dur": 50, "args": {"external id": 9}},
-        {"ph": "X", "cat": "Runtime", "name": "cudaLaunchKernel", "pid": "CPU functions", "tid": "1", "ts": 1020, "dur": 5, "args": {"external id": 9}},
+        {
+            "ph": "X",
+            "cat": "Operator",
+            "name": "ProfilerStep#3",
+            "pid": "CPU functions",
+            "tid": "1",
+            "ts": 1000,
+            "dur": 100,
+        },
+        {
+            "ph": "X",
+            "cat": "Operator",
+            "name": "aten::mm",
+            "pid": "CPU functions",
+            "tid": "1",
+            "ts": 1010,
+            "dur": 50,
+            "args": {"external id": 9},
+        },
+        {
+            "ph": "X",
+            "cat": "Runtime",
+            "name": "cudaLaunchKernel",
+            "pid": "CPU functions",
+            "tid": "1",
+            "ts": 1020,
+            "dur": 5,
+            "args": {"external id": 9},
+        },
         {"ph": "s", "cat": "async", "name": "async", "id": 77, "pid": "CPU functions", "tid": "1", "ts": 1020},
-        {"ph": "X", "cat": "Kernel", "name": "gemm", "pid": 0, "tid": "stream 7", "ts": 1030, "dur": 20, "args": {"external id": 9}},
+        {
+            "ph": "X",
+            "cat": "Kernel",
+            "name": "gemm",
+            "pid": 0,
+            "tid": "stream 7",
+            "ts": 1030,
+            "dur": 20,
+            "args": {"external id": 9},
+        },
         {"ph": "f", "cat": "async", "name": "async", "id": 77, "pid": 0, "tid": "stream 7", "ts": 1030, "bp": "e"},
     ]
     ts = load_traces({_write(tmp_path / "old.json", events): None})
@@ -119,27 +153,67 @@ def test_legacy_bare_array_string_pids_and_async_flows(tmp_path):
 
 
 def test_sync_events_take_stream_from_args(tmp_path):
-    events = [{"ph": "X", "cat": "cuda_sync", "name": "Stream Sync", "pid": 0, "tid": 1000007, "ts": 5, "dur": 1, "args": {"stream": 7}},
-              {"ph": "X", "cat": "cuda_sync", "name": "Stream Sync", "pid": 0, "tid": 1000009, "ts": 6, "dur": 1}]
+    events = [
+        {
+            "ph": "X",
+            "cat": "cuda_sync",
+            "name": "Stream Sync",
+            "pid": 0,
+            "tid": 1000007,
+            "ts": 5,
+            "dur": 1,
+            "args": {"stream": 7},
+        },
+        {"ph": "X", "cat": "cuda_sync", "name": "Stream Sync", "pid": 0, "tid": 1000009, "ts": 6, "dur": 1},
+    ]
     ts = load_traces({_write(tmp_path / "s.json", {"traceEvents": events}): None})
     assert ts.events["stream"].to_list() == [7, 9]
 
 
 def test_op_of_a_launch_without_named_op_is_the_innermost_enclosing_one(tmp_path):
     def op(name, ts, dur, tid=1):
-        return {"ph": "X", "cat": "cpu_op", "name": name, "pid": 1, "tid": tid, "ts": ts, "dur": dur, "args": {"External id": 1}}
+        return {
+            "ph": "X",
+            "cat": "cpu_op",
+            "name": name,
+            "pid": 1,
+            "tid": tid,
+            "ts": ts,
+            "dur": dur,
+            "args": {"External id": 1},
+        }
 
     def launch(ts, corr, tid=1):
         return [
-            {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": 1, "tid": tid, "ts": ts, "dur": 1,
-             "args": {"External id": 900 + corr, "correlation": corr}},
-            {"ph": "X", "cat": "kernel", "name": f"k{corr}", "pid": 0, "tid": 7, "ts": ts + 5, "dur": 1,
-             "args": {"External id": 900 + corr, "correlation": corr}},
+            {
+                "ph": "X",
+                "cat": "cuda_runtime",
+                "name": "cudaLaunchKernel",
+                "pid": 1,
+                "tid": tid,
+                "ts": ts,
+                "dur": 1,
+                "args": {"External id": 900 + corr, "correlation": corr},
+            },
+            {
+                "ph": "X",
+                "cat": "kernel",
+                "name": f"k{corr}",
+                "pid": 0,
+                "tid": 7,
+                "ts": ts + 5,
+                "dur": 1,
+                "args": {"External id": 900 + corr, "correlation": corr},
+            },
         ]
 
     events = [
-        op("outer", 0, 100), op("early_child", 10, 10), op("inner", 30, 5), op("other_thread", 40, 50, tid=2),
-        op("tie_outer", 200, 30), op("tie_inner", 200, 10),
+        op("outer", 0, 100),
+        op("early_child", 10, 10),
+        op("inner", 30, 5),
+        op("other_thread", 40, 50, tid=2),
+        op("tie_outer", 200, 30),
+        op("tie_inner", 200, 10),
         *launch(50, 1),  # after both children ended: outer
         *launch(32, 2),  # inside inner
         *launch(205, 3),  # equal starts: the shorter one is inside
@@ -160,7 +234,7 @@ needs_real = pytest.mark.skipif(not REAL_TRACES.is_dir(), reason="shared/real_tr
 def test_real_gpu_traces_link_kernels_to_launches_and_ops(folder):
     files = sorted((REAL_TRACES / folder).glob("*.json.gz"))
     ts = load_traces({f: None for f in files})
-    expected = sum(len(_complete(json.load(gzip.open(f)))) for f in files)
+    expected = sum(len(_complete(json.loads(gzip.decompress(f.read_bytes())))) for f in files)
     assert ts.events.height == expected
     assert ts.gpu.height > 0
     assert ts.gpu["launch_name"].is_not_null().mean() >= 0.99
@@ -268,8 +342,26 @@ def test_bad_events_are_skipped_with_a_warning(tmp_path):
         {"ph": "X", "cat": "cpu_op", "name": "good", "pid": 1, "tid": 1, "ts": 10, "dur": 5},
         {"ph": "X", "cat": "cpu_op", "name": "ts-string", "pid": 1, "tid": 1, "ts": "10", "dur": 5},
         {"ph": "X", "cat": "cpu_op", "name": "no-dur", "pid": 1, "tid": 1, "ts": 10},
-        {"ph": "X", "cat": "cpu_op", "name": "huge", "pid": 1, "tid": 1, "ts": 10**30, "dur": 1, "args": {"External id": 10**40}},
-        {"ph": "X", "cat": "cpu_op", "name": "good2", "pid": 1, "tid": 1, "ts": 20, "dur": 5, "args": {"Comms Id": 10**30}},
+        {
+            "ph": "X",
+            "cat": "cpu_op",
+            "name": "huge",
+            "pid": 1,
+            "tid": 1,
+            "ts": 10**30,
+            "dur": 1,
+            "args": {"External id": 10**40},
+        },
+        {
+            "ph": "X",
+            "cat": "cpu_op",
+            "name": "good2",
+            "pid": 1,
+            "tid": 1,
+            "ts": 20,
+            "dur": 5,
+            "args": {"Comms Id": 10**30},
+        },
     ]
     ts = load_traces({_write(tmp_path / "bad.json", {"traceEvents": events}): None})
     assert ts.events["name"].to_list() == ["good", "good2"]
@@ -278,7 +370,10 @@ def test_bad_events_are_skipped_with_a_warning(tmp_path):
 
 
 def test_unescaped_quote_damages_only_that_event(tmp_path):
-    good = ',\n'.join(json.dumps({"ph": "X", "cat": "cpu_op", "name": f"op{i}", "pid": 1, "tid": 1, "ts": i, "dur": 1}) for i in range(5))
+    good = ",\n".join(
+        json.dumps({"ph": "X", "cat": "cpu_op", "name": f"op{i}", "pid": 1, "tid": 1, "ts": i, "dur": 1})
+        for i in range(5)
+    )
     bad = '{"ph": "X", "cat": "python_function", "name": "f("x")", "pid": 1, "tid": 1, "ts": 9, "dur": 1}'
     path = tmp_path / "q.json"
     path.write_text('{"traceEvents": [' + good + ",\n" + bad + ",\n" + good + "]}")
@@ -305,12 +400,16 @@ def test_one_bad_file_among_good_ones_is_a_note(cpu_trace, tmp_path):
     assert [f.rule for f in ts.notes] == ["input-error"]
 
 
-_scalar = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False), st.text(max_size=5))
+_scalar = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False), st.text(max_size=5)
+)
 _event = st.fixed_dictionaries(
     {},
     optional={
         "ph": st.sampled_from(["X", "s", "f", "i", "M", "B", 5]),
-        "cat": st.one_of(st.sampled_from(["cpu_op", "kernel", "cuda_runtime", "ac2g", "gpu_memcpy", "Kernel"]), _scalar),
+        "cat": st.one_of(
+            st.sampled_from(["cpu_op", "kernel", "cuda_runtime", "ac2g", "gpu_memcpy", "Kernel"]), _scalar
+        ),
         "name": st.one_of(st.sampled_from(["ProfilerStep#1", "ProfilerStep#x", "aten::mm", "<script>"]), _scalar),
         "pid": _scalar,
         "tid": _scalar,
@@ -319,14 +418,24 @@ _event = st.fixed_dictionaries(
         "id": _scalar,
         "args": st.one_of(
             _scalar,
-            st.fixed_dictionaries({}, optional={"External id": _scalar, "correlation": _scalar, "stream": _scalar, "Input Dims": st.lists(st.lists(_scalar))}),
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "External id": _scalar,
+                    "correlation": _scalar,
+                    "stream": _scalar,
+                    "Input Dims": st.lists(st.lists(_scalar)),
+                },
+            ),
         ),
     },
 )
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(events=st.lists(st.one_of(_event, _scalar), max_size=12), wrap=st.booleans(), cut=st.integers(0, 400), base=_scalar)
+@given(
+    events=st.lists(st.one_of(_event, _scalar), max_size=12), wrap=st.booleans(), cut=st.integers(0, 400), base=_scalar
+)
 def test_property_only_input_error_escapes(tmp_path, events, wrap, cut, base):
     doc = {"baseTimeNanoseconds": base, "traceEvents": events, "distributedInfo": {"rank": base}} if wrap else events
     data = json.dumps(doc).encode()
@@ -359,8 +468,18 @@ def test_parallel_and_in_process_paths_give_identical_frames(cpu_trace, tmp_path
     cut.write_bytes(data[: int(len(data) * 0.6)])
     # A boundary-like text inside a name, and an event that is not JSON: the workers' cuts
     # disagree with the predicted ones and those chunks are decoded in the parent.
-    events = [{"ph": "X", "cat": "cpu_op", "name": f"op{i}" + ("},{" if i % 7 == 0 else ""), "pid": 1, "tid": 1,
-               "ts": i, "dur": 1} for i in range(3000)]
+    events = [
+        {
+            "ph": "X",
+            "cat": "cpu_op",
+            "name": f"op{i}" + ("},{" if i % 7 == 0 else ""),
+            "pid": 1,
+            "tid": 1,
+            "ts": i,
+            "dur": 1,
+        }
+        for i in range(3000)
+    ]
     text = json.dumps({"traceEvents": events})
     tricky = tmp_path / "tricky.json"
     tricky.write_text(text.replace('"name": "op1500"', '"name": "op"1500"'))

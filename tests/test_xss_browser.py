@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from report_helpers import Visit
 
 pytestmark = pytest.mark.browser
@@ -85,8 +86,14 @@ def hostile_report(tmp_path_factory) -> Path:
     _plant_in_trace(trace)
 
     html = tmp / "report.html"
-    proc = subprocess.run([sys.executable, "-m", "tracemortem.cli", "report", str(run), "-o", str(html)],
-                          capture_output=True, text=True, check=False, cwd=tmp, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tracemortem.cli", "report", str(run), "-o", str(html)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp,
+        timeout=300,
+    )
     assert proc.returncode in (0, 1) and "Traceback" not in proc.stderr, proc.stderr
     return html
 
@@ -146,7 +153,9 @@ def test_hover_labels_show_names_once_escaped(browser, hostile_report):
                 return [...gd.querySelectorAll('.hovertext .nums tspan.line')].map(n => n.textContent);
             });
         })()""")
-        assert hovers and all(len(lines) == 2 and lines[0] in NAMES and lines[1].endswith(": NaN/Inf gradient") for lines in hovers), hovers[:3]
+        assert hovers and all(
+            len(lines) == 2 and lines[0] in NAMES and lines[1].endswith(": NaN/Inf gradient") for lines in hovers
+        ), hovers[:3]
         assert visit.page.evaluate("typeof window.__pwned") == "undefined"
     finally:
         visit.close()

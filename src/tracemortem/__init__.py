@@ -19,7 +19,7 @@ _LAZY = {
     "Config": "tracemortem.config",
 }
 
-__all__ = sorted(_LAZY) + ["__version__"]
+__all__ = ["Analysis", "Config", "Finding", "ProfileSchedule", "Recorder", "__version__", "analyze"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .analysis import Analysis, analyze

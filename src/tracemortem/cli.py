@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
@@ -94,8 +95,18 @@ def _option(config: Config, name: str, given: Any, default: Any) -> Any:
 
 
 common = [
-    click.option("--set", "sets", multiple=True, metavar="RULE.PARAM=VALUE", help="Override a threshold (repeatable); see docs/thresholds.md."),
-    click.option("--redact", is_flag=True, help="Also replace usernames, hostnames and home paths with stable pseudonyms (secrets are always redacted)."),
+    click.option(
+        "--set",
+        "sets",
+        multiple=True,
+        metavar="RULE.PARAM=VALUE",
+        help="Override a threshold (repeatable); see docs/thresholds.md.",
+    ),
+    click.option(
+        "--redact",
+        is_flag=True,
+        help="Also replace usernames, hostnames and home paths with stable pseudonyms (secrets are always redacted).",
+    ),
     click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors."),
 ]
 
@@ -118,11 +129,30 @@ def main() -> None:
 
 @main.command()
 @click.argument("path", type=click.Path(path_type=str))
-@click.option("-o", "--output", type=str, default=None, help="Output file; '-' for stdout. Default: tracemortem-report.<ext> in the current directory.")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None, help="Document format (default: html, or from the output file's extension).")
-@click.option("--fail-on", type=click.Choice(SEVERITIES[:2] + ("never",)), default=None, help="Exit 1 when a finding at or above this severity exists (default: error).")
+@click.option(
+    "-o",
+    "--output",
+    type=str,
+    default=None,
+    help="Output file; '-' for stdout. Default: tracemortem-report.<ext> in the current directory.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default=None,
+    help="Document format (default: html, or from the output file's extension).",
+)
+@click.option(
+    "--fail-on",
+    type=click.Choice(SEVERITIES[:2] + ("never",)),
+    default=None,
+    help="Exit 1 when a finding at or above this severity exists (default: error).",
+)
 @with_common
-def report(path: str, output: str | None, fmt: str | None, fail_on: str | None, sets, redact: bool, debug: bool) -> None:
+def report(
+    path: str, output: str | None, fmt: str | None, fail_on: str | None, sets, redact: bool, debug: bool
+) -> None:
     """Render the report (HTML, Markdown or JSON) for PATH."""
 
     def body() -> int:
@@ -163,7 +193,12 @@ def _counts(analysis) -> str:
 
 @main.command()
 @click.argument("path", type=click.Path(path_type=str))
-@click.option("--fail-on", type=click.Choice(SEVERITIES[:2] + ("never",)), default=None, help="Exit 1 when a finding at or above this severity exists (default: never).")
+@click.option(
+    "--fail-on",
+    type=click.Choice(SEVERITIES[:2] + ("never",)),
+    default=None,
+    help="Exit 1 when a finding at or above this severity exists (default: never).",
+)
 @with_common
 def summary(path: str, fail_on: str | None, sets, redact: bool, debug: bool) -> None:
     """Print the findings for PATH in the terminal."""
@@ -181,7 +216,9 @@ def summary(path: str, fail_on: str | None, sets, redact: bool, debug: bool) -> 
 
 @main.command()
 @click.argument("path", type=click.Path(path_type=str))
-@click.option("--top", type=click.IntRange(min=1), default=20, show_default=True, help="How many ops and kernels to list.")
+@click.option(
+    "--top", type=click.IntRange(min=1), default=20, show_default=True, help="How many ops and kernels to list."
+)
 @with_common
 def ops(path: str, top: int, sets, redact: bool, debug: bool) -> None:
     """Print the top ops and GPU kernels of PATH's profiler traces."""
@@ -200,7 +237,9 @@ def ops(path: str, top: int, sets, redact: bool, debug: bool) -> None:
 @click.argument("baseline", type=click.Path(path_type=str))
 @click.argument("candidate", type=click.Path(path_type=str))
 @click.option("--format", "fmt", type=click.Choice(("text", "md", "json")), default="text", show_default=True)
-@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="How many ops and kernels to list.")
+@click.option(
+    "--top", type=click.IntRange(min=1), default=10, show_default=True, help="How many ops and kernels to list."
+)
 @with_common
 def diff(baseline: str, candidate: str, fmt: str, top: int, sets, redact: bool, debug: bool) -> None:
     """Compare two runs or traces: what got slower, which findings are new."""

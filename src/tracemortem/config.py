@@ -9,10 +9,16 @@ pyproject.toml / `[<rule>]` of tracemortem.toml. `docs/thresholds.md` lists them
 from __future__ import annotations
 
 import importlib
-import tomllib
+import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, published as tomli
+    import tomli as tomllib
 
 from .errors import ConfigError
 
@@ -77,7 +83,7 @@ def _coerce(spec: Threshold, value: Any) -> Any:
         raise ConfigError(f"{spec.name}: expected true/false, got {value!r}")
     if kind in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
         raise ConfigError(f"{spec.name}: expected a number, got {value!r}")
-    if kind in (int, float) and value != value or value in (float("inf"), float("-inf")):
+    if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{spec.name}: expected a finite number, got {value!r}")
     if kind is int and isinstance(value, float) and not value.is_integer():
         raise ConfigError(f"{spec.name}: expected an integer, got {value!r}")
@@ -95,7 +101,8 @@ class Config:
             if spec is None:
                 hint = ", ".join(n for n in known if n.split(".")[0] == name.split(".")[0])
                 raise ConfigError(
-                    f"unknown threshold {name!r}" + (f" (known for this rule: {hint})" if hint else "")
+                    f"unknown threshold {name!r}"
+                    + (f" (known for this rule: {hint})" if hint else "")
                     + "; see docs/thresholds.md"
                 )
             self._values[name] = _coerce(spec, value)
@@ -114,7 +121,7 @@ class Config:
         return dict(self._values)
 
     @classmethod
-    def load(cls, start: Path | None = None, sets: list[str] | tuple[str, ...] = ()) -> "Config":
+    def load(cls, start: Path | None = None, sets: list[str] | tuple[str, ...] = ()) -> Config:
         """Defaults ← config file found from `start` upwards ← `--set` pairs."""
         file_values, options = _read_config_file(find_config_file(start or Path.cwd()))
         for pair in sets:

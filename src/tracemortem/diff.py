@@ -73,9 +73,13 @@ def compare(baseline: Analysis, candidate: Analysis, top: int = 10) -> dict[str,
             "candidate": cand_time,
             "ratio": round(cand_time / base_time, 3) if base_time and cand_time else None,
         },
-        "ops": _changes(_per_step(baseline.ops, "self_ns", base_steps), _per_step(candidate.ops, "self_ns", cand_steps), top),
+        "ops": _changes(
+            _per_step(baseline.ops, "self_ns", base_steps), _per_step(candidate.ops, "self_ns", cand_steps), top
+        ),
         "kernels": _changes(
-            _per_step(baseline.kernels, "total_ns", base_steps), _per_step(candidate.kernels, "total_ns", cand_steps), top
+            _per_step(baseline.kernels, "total_ns", base_steps),
+            _per_step(candidate.kernels, "total_ns", cand_steps),
+            top,
         ),
         "new_findings": [f.to_dict() for f in added],
         "resolved_findings": [f.to_dict() for f in gone],

@@ -10,10 +10,11 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -96,7 +97,7 @@ class RunPaths:
     def manifest(self) -> Path:
         return self.root / MANIFEST
 
-    def rank(self, rank: int) -> "RankPaths":
+    def rank(self, rank: int) -> RankPaths:
         return RankPaths(self.root / f"rank{int(rank)}")
 
     def ranks(self) -> list[int]:
@@ -275,15 +276,18 @@ def readable_chunks(folder: Path, schema: pa.Schema, root: Path | None = None) -
             bad.append((path, f"missing column(s) {', '.join(missing)}"))
             continue
         # The readers scan with the format's types; a column of another type cannot be read with them.
-        wrong = [f"{f.name} is {f.type}, not {required[f.name]}" for f in file_schema
-                 if f.name in required and f.type != required[f.name]]
+        wrong = [
+            f"{f.name} is {f.type}, not {required[f.name]}"
+            for f in file_schema
+            if f.name in required and f.type != required[f.name]
+        ]
         if wrong:
             bad.append((path, f"foreign column type(s): {'; '.join(wrong)}"))
             continue
         try:
             for _ in pq.ParquetFile(path).iter_batches(batch_size=2**20):
                 pass
-        except Exception as exc:  # noqa: BLE001 — pyarrow/zstd raise several types for damaged pages
+        except Exception as exc:
             bad.append((path, f"damaged Parquet data ({type(exc).__name__})"))
             continue
         good.append(path)
@@ -320,4 +324,3 @@ def is_inside(root: Path, path: Path) -> bool:
     base = root.resolve()
     target = path.resolve()
     return target == base or base in target.parents
-

@@ -17,9 +17,10 @@ import copy
 import dataclasses
 import getpass
 import re
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import polars as pl
 
@@ -65,8 +66,22 @@ SECRET_ANY = "|".join(f"(?:{p})" for p in (ASSIGNMENT, URL_CREDENTIALS, TOKENS))
 # Dict keys judged by their components (`apiKey` → api, key; `HF_TOKEN` → hf, token).
 _KEY_PARTS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|[0-9]+")
 SECRET_WORDS = frozenset(
-    {"token", "secret", "secrets", "password", "passwords", "passwd", "passphrase", "pwd", "credential",
-     "credentials", "auth", "authorization", "apikey", "cookie"}
+    {
+        "token",
+        "secret",
+        "secrets",
+        "password",
+        "passwords",
+        "passwd",
+        "passphrase",
+        "pwd",
+        "credential",
+        "credentials",
+        "auth",
+        "authorization",
+        "apikey",
+        "cookie",
+    }
 )
 
 
@@ -124,6 +139,7 @@ class Pseudonyms:
                     self.hosts.setdefault(variant, f"host-{count}")
         self.users = {name: f"user-{i + 1}" for i, name in enumerate(sorted(set(users)))}
         bare_users = [u for u in self.users if u not in GENERIC_USERS and len(u) >= 3]
+
         def by_length(names: Iterable[str]) -> list[str]:
             return sorted(names, key=lambda n: (-len(n), n))  # the longest name wins at a position
 
@@ -132,9 +148,15 @@ class Pseudonyms:
             r"(?<![A-Za-z0-9._/-])(?P<root>/root)(?![A-Za-z0-9._-])",
         ]
         if self.hosts:
-            alternatives.append(r"(?<![A-Za-z0-9])(?P<host>(?i:" + "|".join(map(re.escape, by_length(self.hosts))) + r"))(?![A-Za-z0-9])")
+            alternatives.append(
+                r"(?<![A-Za-z0-9])(?P<host>(?i:"
+                + "|".join(map(re.escape, by_length(self.hosts)))
+                + r"))(?![A-Za-z0-9])"
+            )
         if bare_users:
-            alternatives.append(r"(?<![A-Za-z0-9])(?P<user>" + "|".join(map(re.escape, by_length(bare_users))) + r")(?![A-Za-z0-9])")
+            alternatives.append(
+                r"(?<![A-Za-z0-9])(?P<user>" + "|".join(map(re.escape, by_length(bare_users))) + r")(?![A-Za-z0-9])"
+            )
         self.pattern = re.compile("|".join(alternatives))
         # A cheap literal screen (Aho-Corasick in polars) for the strings worth the regex.
         self.literals = sorted(set(self.hosts) | set(bare_users) | set(_HOME_PREFIXES) | {"/root"})
@@ -281,7 +303,7 @@ def _discover(scan: _Scan, pool: pl.Series) -> Pseudonyms:
     for home in homes:
         for prefix in _HOME_PREFIXES:
             if home.startswith(prefix):
-                users.add(home[len(prefix):])
+                users.add(home[len(prefix) :])
     if pool.str.contains(ROOT_HOME).any():
         users.add("root")
     try:
@@ -302,7 +324,11 @@ def redact_analysis(analysis: Analysis, pseudonymize: bool) -> Analysis:
     swapped for its cleaned version, other frames there (raw trace events) are left as they are.
     """
     frames: dict[str, pl.DataFrame] = {name: getattr(analysis, name) for name in _FRAMES}
-    extras_small = {name: _small_fields(obj) for name, obj in analysis.extras.items() if not isinstance(obj, (dict, list, tuple, str))}
+    extras_small = {
+        name: _small_fields(obj)
+        for name, obj in analysis.extras.items()
+        if not isinstance(obj, (dict, list, tuple, str))
+    }
     extras_plain = {name: obj for name, obj in analysis.extras.items() if isinstance(obj, (dict, list, tuple, str))}
 
     scan = _Scan()

@@ -16,73 +16,138 @@ from .health_series import STREAMING, HealthSeries, finite, ratio_expr
 
 # --- thresholds -----------------------------------------------------------------------------
 
-SPIKE_WINDOW = threshold("exploding-gradient.window", 128,
-                         "Previous finite steps whose mean and std the grad norm is compared with.",
-                         "OLMo-core SkipStepOptimizer (rolling_interval_length=128)")
-SPIKE_SIGMA = threshold("exploding-gradient.sigma", 6.0,
-                        "Spike when grad norm > mean + sigma x std of the window.",
-                        "OLMo-core SkipStepOptimizer (sigma_factor=6)")
-SPIKE_MIN_HISTORY = threshold("exploding-gradient.min_history", 64,
-                              "Finite steps of history needed before the sigma test applies.",
-                              "research §6(a) B6")
-SPIKE_MIN_JUMP = threshold("exploding-gradient.min_jump", 2.0,
-                           "A sigma spike must also be this many times the window mean (keeps smooth, "
-                           "low-noise runs quiet where std is tiny).",
-                           "tracemortem")
-EARLY_STEPS = threshold("exploding-gradient.early_steps", 100,
-                        "Steps whose maximum grad norm is the baseline of the early-max test.",
-                        "Megatron-LM is_unexpectedly_large (first 100 steps)")
-EARLY_FACTOR = threshold("exploding-gradient.early_factor", 10.0,
-                         "Error when the grad norm reaches this many times the early maximum.",
-                         "Megatron-LM is_unexpectedly_large (10x)")
-GROWTH_WINDOW = threshold("exploding-gradient.growth_window", 10,
-                          "Steps over which sustained exponential growth is measured.", "tracemortem")
-GROWTH_FACTOR = threshold("exploding-gradient.growth_factor", 100.0,
-                          "Growth over growth_window steps (rising on most of them) that counts as "
-                          "exponential blow-up.", "tracemortem")
-HORIZON = threshold("exploding-gradient.horizon", 50,
-                    "A spike followed by non-finite values within this many steps is an error.", "tracemortem")
-LEADERS = threshold("exploding-gradient.leaders", 5,
-                    "Parameters named as leading a spike, by spike score norm_t / mean(norm before t).",
-                    "SPAM gradient spike score (per parameter instead of per coordinate)")
+SPIKE_WINDOW = threshold(
+    "exploding-gradient.window",
+    128,
+    "Previous finite steps whose mean and std the grad norm is compared with.",
+    "OLMo-core SkipStepOptimizer (rolling_interval_length=128)",
+)
+SPIKE_SIGMA = threshold(
+    "exploding-gradient.sigma",
+    6.0,
+    "Spike when grad norm > mean + sigma x std of the window.",
+    "OLMo-core SkipStepOptimizer (sigma_factor=6)",
+)
+SPIKE_MIN_HISTORY = threshold(
+    "exploding-gradient.min_history",
+    64,
+    "Finite steps of history needed before the sigma test applies.",
+    "research §6(a) B6",
+)
+SPIKE_MIN_JUMP = threshold(
+    "exploding-gradient.min_jump",
+    2.0,
+    "A sigma spike must also be this many times the window mean (keeps smooth, "
+    "low-noise runs quiet where std is tiny).",
+    "tracemortem",
+)
+EARLY_STEPS = threshold(
+    "exploding-gradient.early_steps",
+    100,
+    "Steps whose maximum grad norm is the baseline of the early-max test.",
+    "Megatron-LM is_unexpectedly_large (first 100 steps)",
+)
+EARLY_FACTOR = threshold(
+    "exploding-gradient.early_factor",
+    10.0,
+    "Error when the grad norm reaches this many times the early maximum.",
+    "Megatron-LM is_unexpectedly_large (10x)",
+)
+GROWTH_WINDOW = threshold(
+    "exploding-gradient.growth_window", 10, "Steps over which sustained exponential growth is measured.", "tracemortem"
+)
+GROWTH_FACTOR = threshold(
+    "exploding-gradient.growth_factor",
+    100.0,
+    "Growth over growth_window steps (rising on most of them) that counts as exponential blow-up.",
+    "tracemortem",
+)
+HORIZON = threshold(
+    "exploding-gradient.horizon",
+    50,
+    "A spike followed by non-finite values within this many steps is an error.",
+    "tracemortem",
+)
+LEADERS = threshold(
+    "exploding-gradient.leaders",
+    5,
+    "Parameters named as leading a spike, by spike score norm_t / mean(norm before t).",
+    "SPAM gradient spike score (per parameter instead of per coordinate)",
+)
 
-VANISH_FLOOR = threshold("vanishing-gradient.floor", 1e-7,
-                         "Absolute floor for a parameter's gradient RMS (norm / sqrt(numel)).",
-                         "smdebug VanishingGradient (mean |g| < 1e-7; RMS >= mean|g|)")
-VANISH_RATIO = threshold("vanishing-gradient.ratio", 1e-3,
-                         "...and below this fraction of the median parameter's RMS.", "research §6(a) B8")
-VANISH_WINDOW = threshold("vanishing-gradient.window", 50,
-                          "Consecutive recorded steps (the last healthy ones) on all of which both must hold.",
-                          "research §6(a) B8 (50 consecutive steps)")
+VANISH_FLOOR = threshold(
+    "vanishing-gradient.floor",
+    1e-7,
+    "Absolute floor for a parameter's gradient RMS (norm / sqrt(numel)).",
+    "smdebug VanishingGradient (mean |g| < 1e-7; RMS >= mean|g|)",
+)
+VANISH_RATIO = threshold(
+    "vanishing-gradient.ratio", 1e-3, "...and below this fraction of the median parameter's RMS.", "research §6(a) B8"
+)
+VANISH_WINDOW = threshold(
+    "vanishing-gradient.window",
+    50,
+    "Consecutive recorded steps (the last healthy ones) on all of which both must hold.",
+    "research §6(a) B8 (50 consecutive steps)",
+)
 
-DEAD_MIN_STEPS = threshold("dead-parameter.min_steps", 3,
-                           "Recorded steps, all with an exactly zero gradient, before a parameter is dead.",
-                           "smdebug AllZero (patience 3)")
+DEAD_MIN_STEPS = threshold(
+    "dead-parameter.min_steps",
+    3,
+    "Recorded steps, all with an exactly zero gradient, before a parameter is dead.",
+    "smdebug AllZero (patience 3)",
+)
 
-RATIO_MAX = threshold("update-ratio.max", 10.0, "Warning when |update|/|weight| of a weight matrix exceeds this on any step.",
-                      "smdebug WeightUpdateRatio (large_threshold=10)")
-RATIO_MIN = threshold("update-ratio.min", 1e-8, "Warning when the typical ratio of a weight matrix is below this.",
-                      "smdebug WeightUpdateRatio (small_threshold=1e-8)")
-BAND_LOW = threshold("update-ratio.band_low", 1e-4, "Info when the typical ratio of a weight matrix is below this.",
-                     "common 1e-3 heuristic, research §6(a) C12")
-BAND_HIGH = threshold("update-ratio.band_high", 1e-1, "Info when the typical ratio of a weight matrix is above this.",
-                      "common 1e-3 heuristic, research §6(a) C12")
-RATIO_MIN_STEPS = threshold("update-ratio.min_steps", 100, "Steps with an update needed for the band test.",
-                            "research §6(a) C12")
+RATIO_MAX = threshold(
+    "update-ratio.max",
+    10.0,
+    "Warning when |update|/|weight| of a weight matrix exceeds this on any step.",
+    "smdebug WeightUpdateRatio (large_threshold=10)",
+)
+RATIO_MIN = threshold(
+    "update-ratio.min",
+    1e-8,
+    "Warning when the typical ratio of a weight matrix is below this.",
+    "smdebug WeightUpdateRatio (small_threshold=1e-8)",
+)
+BAND_LOW = threshold(
+    "update-ratio.band_low",
+    1e-4,
+    "Info when the typical ratio of a weight matrix is below this.",
+    "common 1e-3 heuristic, research §6(a) C12",
+)
+BAND_HIGH = threshold(
+    "update-ratio.band_high",
+    1e-1,
+    "Info when the typical ratio of a weight matrix is above this.",
+    "common 1e-3 heuristic, research §6(a) C12",
+)
+RATIO_MIN_STEPS = threshold(
+    "update-ratio.min_steps", 100, "Steps with an update needed for the band test.", "research §6(a) C12"
+)
 
-LOSS_WINDOW = threshold("loss-spike.window", 128, "Previous finite steps the log loss is compared with.",
-                        "research §6(a) D17")
+LOSS_WINDOW = threshold(
+    "loss-spike.window", 128, "Previous finite steps the log loss is compared with.", "research §6(a) D17"
+)
 LOSS_Z = threshold("loss-spike.z", 6.0, "Spike when the robust z of log loss exceeds this.", "research §6(a) D17")
-LOSS_MIN_HISTORY = threshold("loss-spike.min_history", 32, "Finite steps of history before the test applies.",
-                             "tracemortem")
-LOSS_MIN_RATIO = threshold("loss-spike.min_ratio", 1.5,
-                           "A spike must also be this many times the window median loss.", "tracemortem")
-LOSS_EARLY_FACTOR = threshold("loss-spike.early_factor", 10.0,
-                              "Error when the loss reaches this many times the max over the first early_steps.",
-                              "Megatron-LM (10x the early maximum)")
-LOSS_CO_SPIKE = threshold("loss-spike.co_spike_steps", 2,
-                          "A gradient spike within this many steps of a loss spike is reported with it.",
-                          "research §6(a) D17")
+LOSS_MIN_HISTORY = threshold(
+    "loss-spike.min_history", 32, "Finite steps of history before the test applies.", "tracemortem"
+)
+LOSS_MIN_RATIO = threshold(
+    "loss-spike.min_ratio", 1.5, "A spike must also be this many times the window median loss.", "tracemortem"
+)
+LOSS_EARLY_FACTOR = threshold(
+    "loss-spike.early_factor",
+    10.0,
+    "Error when the loss reaches this many times the max over the first early_steps.",
+    "Megatron-LM (10x the early maximum)",
+)
+LOSS_CO_SPIKE = threshold(
+    "loss-spike.co_spike_steps",
+    2,
+    "A gradient spike within this many steps of a loss spike is reported with it.",
+    "research §6(a) D17",
+)
 
 
 def _module(name: str) -> str:
@@ -124,9 +189,12 @@ def grad_spikes(series: HealthSeries, config: Config) -> pl.DataFrame:
         )
         .with_columns(
             ((g > pl.col("mean") + config[SPIKE_SIGMA] * pl.col("std")) & (g > config[SPIKE_MIN_JUMP] * pl.col("mean")))
-            .fill_null(False).alias("sigma"),
+            .fill_null(False)
+            .alias("sigma"),
             ((pl.col("i") >= early_n) & (g >= config[EARLY_FACTOR] * early_max) & (early_max > 0)).alias("early"),
-            ((pl.col("growth_ratio") >= config[GROWTH_FACTOR]) & (pl.col("rising") >= 0.8)).fill_null(False).alias("growth"),
+            ((pl.col("growth_ratio") >= config[GROWTH_FACTOR]) & (pl.col("rising") >= 0.8))
+            .fill_null(False)
+            .alias("growth"),
             pl.lit(early_max).alias("early_max"),
         )
         .with_columns((pl.col("sigma") | pl.col("early") | pl.col("growth")).alias("spike"))
@@ -139,8 +207,10 @@ def _leaders(run: RunData, step: int, n: int) -> list[dict[str, Any]]:
     scores = (
         run.grads.filter(pl.col("step") <= step)
         .group_by("param_id")
-        .agg(norm.filter(pl.col("step") == step).first().alias("norm"),
-             norm.filter((pl.col("step") < step) & finite(norm)).mean().alias("before"))
+        .agg(
+            norm.filter(pl.col("step") == step).first().alias("norm"),
+            norm.filter((pl.col("step") < step) & finite(norm)).mean().alias("before"),
+        )
         .filter(finite("norm") & (pl.col("before") > 0))
         .with_columns((pl.col("norm") / pl.col("before")).alias("score"))
         .sort("score", descending=True)
@@ -148,15 +218,19 @@ def _leaders(run: RunData, step: int, n: int) -> list[dict[str, Any]]:
         .collect(engine=STREAMING)
         .join(run.params.select("param_id", "name"), on="param_id", how="left")
     )
-    return [{"name": r["name"] or f"param{r['param_id']}", "score": _num(r["score"]), "norm": _num(r["norm"])}
-            for r in scores.iter_rows(named=True)]
+    return [
+        {"name": r["name"] or f"param{r['param_id']}", "score": _num(r["score"]), "norm": _num(r["norm"])}
+        for r in scores.iter_rows(named=True)
+    ]
 
 
 def _spike_reason(row: dict, config: Config) -> str:
     """Say which test flagged the first spike, with the numbers that test used."""
     if row["sigma"]:
-        return (f"more than {_num(config[SPIKE_SIGMA])} std above the mean {_num(row['mean'])} "
-                f"of the previous {int(config[SPIKE_WINDOW])} steps")
+        return (
+            f"more than {_num(config[SPIKE_SIGMA])} std above the mean {_num(row['mean'])} "
+            f"of the previous {int(config[SPIKE_WINDOW])} steps"
+        )
     if row["early"]:
         return f"{_num(row['grad_norm'] / row['early_max'])}x the maximum {_num(row['early_max'])} of the first {int(config[EARLY_STEPS])} steps"
     return f"{_num(row['growth_ratio'])}x in {int(config[GROWTH_WINDOW])} steps, rising on most of them"
@@ -177,21 +251,33 @@ def exploding_gradient(run: RunData, series: HealthSeries, config: Config) -> li
     kinds = [k for k in ("sigma", "early", "growth") if spikes[k].any()]
     leaders = _leaders(run, step, int(config[LEADERS]))
     evidence = {
-        "first_spike_step": step, "grad_norm": _num(first["grad_norm"]), "window_mean": _num(first["mean"]),
-        "window_std": _num(first["std"]), "early_max": _num(first["early_max"]), "spike_steps": spikes.height,
-        "episodes": episodes, "peak_step": peak["step"], "peak_grad_norm": _num(peak["grad_norm"]),
-        "tests": kinds, "first_nonfinite_step": nonfinite_after, "leaders": leaders,
+        "first_spike_step": step,
+        "grad_norm": _num(first["grad_norm"]),
+        "window_mean": _num(first["mean"]),
+        "window_std": _num(first["std"]),
+        "early_max": _num(first["early_max"]),
+        "spike_steps": spikes.height,
+        "episodes": episodes,
+        "peak_step": peak["step"],
+        "peak_grad_norm": _num(peak["grad_norm"]),
+        "tests": kinds,
+        "first_nonfinite_step": nonfinite_after,
+        "leaders": leaders,
     }
     led = f"; led by {leaders[0]['name']} ({leaders[0]['score']}x its own mean)" if leaders else ""
     tail = f", and values went non-finite at step {nonfinite_after}" if leads_to_nan else ""
     return [
         Finding(
-            "exploding-gradient", "error" if severe else "warning", "exploding gradient norm",
+            "exploding-gradient",
+            "error" if severe else "warning",
+            "exploding gradient norm",
             f"the global gradient norm spiked at step {step} to {_num(first['grad_norm'])} "
             f"({_spike_reason(first, config)}){led}; "
             f"{spikes.height} spike step(s) in {episodes} episode(s), peak {_num(peak['grad_norm'])} at step "
             f"{peak['step']}{tail}.",
-            step=step, subject=leaders[0]["name"] if leaders else None, evidence=evidence,
+            step=step,
+            subject=leaders[0]["name"] if leaders else None,
+            evidence=evidence,
             suggestion="Lower the learning rate (or lengthen warmup), clip gradients (clip_grad_norm_ to about 1.0), "
             "and check the leading parameters: normalization gains and the output layer are the usual offenders.",
         )
@@ -217,7 +303,7 @@ def vanishing_gradient(run: RunData, series: HealthSeries, config: Config) -> li
     lo = healthy.tail(window * _grad_every(run)).min()
     hi = healthy.max()
     params = run.params.filter(pl.col("numel") > 0).select("param_id", "name", "order", "numel")
-    rms = (pl.col("norm").cast(pl.Float64) / pl.col("numel").cast(pl.Float64).sqrt())
+    rms = pl.col("norm").cast(pl.Float64) / pl.col("numel").cast(pl.Float64).sqrt()
     per = (
         run.grads.filter(pl.col("step").is_between(lo, hi) & pl.col("step").is_in(healthy.implode()))
         .join(params.lazy(), on="param_id")
@@ -232,28 +318,42 @@ def vanishing_gradient(run: RunData, series: HealthSeries, config: Config) -> li
         return []
     need = min(window, per["n"].max())
     median = per["rms"].median()
-    low = per.filter((pl.col("n") >= need) & (pl.col("max_rms") < config[VANISH_FLOOR])
-                     & (pl.col("rms") < config[VANISH_RATIO] * median))
+    low = per.filter(
+        (pl.col("n") >= need)
+        & (pl.col("max_rms") < config[VANISH_FLOOR])
+        & (pl.col("rms") < config[VANISH_RATIO] * median)
+    )
     if low.is_empty():
         return []
     third = max(1, per.height // 3)
     depth = {
         "rms_input_side": _num(per.head(third)["rms"].median()),
         "rms_output_side": _num(per.tail(third)["rms"].median()),
-        "rms_by_depth": [[r["name"], _num(r["rms"], 3)] for r in per.gather_every(max(1, per.height // 12)).iter_rows(named=True)],
+        "rms_by_depth": [
+            [r["name"], _num(r["rms"], 3)] for r in per.gather_every(max(1, per.height // 12)).iter_rows(named=True)
+        ],
     }
     names = low["name"].to_list()
     input_side = set(per.head(third)["name"].to_list())
     where = "the layers nearest the input" if all(n in input_side for n in names) else "some layers"
     return [
         Finding(
-            "vanishing-gradient", "warning", "vanishing gradients",
+            "vanishing-gradient",
+            "warning",
+            "vanishing gradients",
             f"{len(names)} parameter(s) in {where} had gradient RMS below {config[VANISH_FLOOR]:g} and under "
             f"{config[VANISH_RATIO]:g}x the median parameter ({_num(median)}) on each of the last {need} recorded "
             f"steps (steps {lo}..{hi}), e.g. {names[0]} at {_num(low['rms'][0])}.",
-            step=lo, subject=names[0],
-            evidence={"params": names[:20], "params_count": len(names), "median_rms": _num(median),
-                      "worst_rms": _num(low["rms"].min()), "steps": [lo, hi], **depth},
+            step=lo,
+            subject=names[0],
+            evidence={
+                "params": names[:20],
+                "params_count": len(names),
+                "median_rms": _num(median),
+                "worst_rms": _num(low["rms"].min()),
+                "steps": [lo, hi],
+                **depth,
+            },
             suggestion="These layers barely learn. Use ReLU/GELU instead of saturating sigmoid/tanh, add "
             "normalization or residual connections, or use a depth-aware initialization (Kaiming/Xavier).",
         )
@@ -263,14 +363,23 @@ def vanishing_gradient(run: RunData, series: HealthSeries, config: Config) -> li
 # --- dead and unused parameters -------------------------------------------------------------
 
 
-def _param_findings(rule: str, rows: list[dict[str, Any]], title: str, what: str, suggestion: str,
-                    extra: dict[str, Any]) -> list[Finding]:
+def _param_findings(
+    rule: str, rows: list[dict[str, Any]], title: str, what: str, suggestion: str, extra: dict[str, Any]
+) -> list[Finding]:
     out = []
     for module, members in _grouped(rows).items():
         names = [m["name"] for m in members]
-        out.append(Finding(rule, "warning", title, f"{', '.join(names)}: {what}.", subject=module,
-                           evidence={"params": names, "numel": sum(m["numel"] or 0 for m in members), **extra},
-                           suggestion=suggestion))
+        out.append(
+            Finding(
+                rule,
+                "warning",
+                title,
+                f"{', '.join(names)}: {what}.",
+                subject=module,
+                evidence={"params": names, "numel": sum(m["numel"] or 0 for m in members), **extra},
+                suggestion=suggestion,
+            )
+        )
     return out
 
 
@@ -280,17 +389,26 @@ def dead_and_unused(run: RunData, series: HealthSeries, config: Config) -> list[
         return []  # no gradient recorded at all: nothing to compare with
     recorded = int(per["grad_steps"].max())
     # Non-finite steps (a later divergence) say nothing about whether the path is connected.
-    dead = per.filter((pl.col("finite_steps") >= config[DEAD_MIN_STEPS]) & (pl.col("zero_steps") == pl.col("finite_steps")))
-    unused = per.filter(pl.col("requires_grad").fill_null(True) & (pl.col("grad_steps").fill_null(0) == 0)
-                        & pl.col("name").is_not_null())
+    dead = per.filter(
+        (pl.col("finite_steps") >= config[DEAD_MIN_STEPS]) & (pl.col("zero_steps") == pl.col("finite_steps"))
+    )
+    unused = per.filter(
+        pl.col("requires_grad").fill_null(True)
+        & (pl.col("grad_steps").fill_null(0) == 0)
+        & pl.col("name").is_not_null()
+    )
     return _param_findings(
-        "dead-parameter", dead.to_dicts(), "gradient always exactly zero",
+        "dead-parameter",
+        dead.to_dicts(),
+        "gradient always exactly zero",
         f"gradient exactly zero on every recorded step ({recorded}) while other parameters learn",
         "Something multiplies this path by zero or blocks it: a zeroed or masked branch, a dead ReLU, "
         "a .detach() or torch.no_grad() on the way, or a gate stuck at 0.",
         {"recorded_steps": recorded},
     ) + _param_findings(
-        "unused-parameter", unused.to_dicts(), "parameter never received a gradient",
+        "unused-parameter",
+        unused.to_dicts(),
+        "parameter never received a gradient",
         f"requires grad but never got one in {recorded} recorded steps",
         "It is not on the path from the loss: an unused head or layer, or a branch never taken. Remove it, "
         "set requires_grad=False, or (with DDP) expect find_unused_parameters overhead.",
@@ -313,37 +431,67 @@ def update_ratio(run: RunData, series: HealthSeries, config: Config) -> list[Fin
         worst = high.sort("max_update_ratio", descending=True).row(0, named=True)
         worst["max_update_step"] = (  # few rows pass the filter, so this pass stays small
             run.grads.filter((pl.col("param_id") == worst["param_id"]) & (ratio_expr() > config[RATIO_MAX]))
-            .select(pl.col("step").sort_by(ratio_expr()).last()).collect(engine=STREAMING).item()
+            .select(pl.col("step").sort_by(ratio_expr()).last())
+            .collect(engine=STREAMING)
+            .item()
         )
-        out.append(Finding(
-            "update-ratio", "warning", "update larger than the weights",
-            f"{high.height} weight matrix(es) had an update |dθ|/|θ| above {config[RATIO_MAX]:g}, up to "
-            f"{_num(worst['max_update_ratio'])} in {worst['name']} at step {worst['max_update_step']}.",
-            step=worst["max_update_step"], subject=worst["name"],
-            evidence={"params": high["name"].to_list()[:20], "max_ratio": _num(worst["max_update_ratio"])},
-            suggestion="One step rewrote the weights: lower the learning rate, clip gradients, or check for a "
-            "bad batch at that step."))
+        out.append(
+            Finding(
+                "update-ratio",
+                "warning",
+                "update larger than the weights",
+                f"{high.height} weight matrix(es) had an update |dθ|/|θ| above {config[RATIO_MAX]:g}, up to "
+                f"{_num(worst['max_update_ratio'])} in {worst['name']} at step {worst['max_update_step']}.",
+                step=worst["max_update_step"],
+                subject=worst["name"],
+                evidence={"params": high["name"].to_list()[:20], "max_ratio": _num(worst["max_update_ratio"])},
+                suggestion="One step rewrote the weights: lower the learning rate, clip gradients, or check for a "
+                "bad batch at that step.",
+            )
+        )
     typical = mats.filter(pl.col("update_steps") >= config[RATIO_MIN_STEPS])
     stuck = typical.filter(pl.col("update_ratio") < config[RATIO_MIN])
     if stuck.height:
-        out.append(Finding(
-            "update-ratio", "warning", "weights barely change",
-            f"{stuck.height} weight matrix(es) have a typical |dθ|/|θ| below {config[RATIO_MIN]:g}: "
-            f"{', '.join(stuck['name'].to_list()[:5])}.", subject=stuck["name"][0],
-            evidence={"params": stuck["name"].to_list()[:20], "ratios": [_num(v) for v in stuck["update_ratio"].to_list()[:20]]},
-            suggestion="Check that these parameters are in the optimizer's param groups with a non-zero learning rate."))
-    band = typical.filter((pl.col("update_ratio") >= config[RATIO_MIN])
-                          & ((pl.col("update_ratio") < config[BAND_LOW]) | (pl.col("update_ratio") > config[BAND_HIGH])))
+        out.append(
+            Finding(
+                "update-ratio",
+                "warning",
+                "weights barely change",
+                f"{stuck.height} weight matrix(es) have a typical |dθ|/|θ| below {config[RATIO_MIN]:g}: "
+                f"{', '.join(stuck['name'].to_list()[:5])}.",
+                subject=stuck["name"][0],
+                evidence={
+                    "params": stuck["name"].to_list()[:20],
+                    "ratios": [_num(v) for v in stuck["update_ratio"].to_list()[:20]],
+                },
+                suggestion="Check that these parameters are in the optimizer's param groups with a non-zero learning rate.",
+            )
+        )
+    band = typical.filter(
+        (pl.col("update_ratio") >= config[RATIO_MIN])
+        & ((pl.col("update_ratio") < config[BAND_LOW]) | (pl.col("update_ratio") > config[BAND_HIGH]))
+    )
     if band.height:
-        out.append(Finding(
-            "update-ratio", "info", "update ratio outside the usual band",
-            f"{band.height} weight matrix(es) have a typical |dθ|/|θ| outside [{config[BAND_LOW]:g}, "
-            f"{config[BAND_HIGH]:g}] (about 1e-3 is common): "
-            + ", ".join(f"{n} {_num(v, 2)}" for n, v in zip(band["name"].to_list()[:5], band["update_ratio"].to_list()[:5])) + ".",
-            subject=band["name"][0],
-            evidence={"params": band["name"].to_list()[:20], "ratios": [_num(v) for v in band["update_ratio"].to_list()[:20]]},
-            suggestion="A heuristic, not a fault: well above the band the learning rate may be too high for these "
-            "layers, well below it they learn slowly."))
+        out.append(
+            Finding(
+                "update-ratio",
+                "info",
+                "update ratio outside the usual band",
+                f"{band.height} weight matrix(es) have a typical |dθ|/|θ| outside [{config[BAND_LOW]:g}, "
+                f"{config[BAND_HIGH]:g}] (about 1e-3 is common): "
+                + ", ".join(
+                    f"{n} {_num(v, 2)}" for n, v in zip(band["name"].to_list()[:5], band["update_ratio"].to_list()[:5])
+                )
+                + ".",
+                subject=band["name"][0],
+                evidence={
+                    "params": band["name"].to_list()[:20],
+                    "ratios": [_num(v) for v in band["update_ratio"].to_list()[:20]],
+                },
+                suggestion="A heuristic, not a fault: well above the band the learning rate may be too high for these "
+                "layers, well below it they learn slowly.",
+            )
+        )
     return out
 
 
@@ -364,10 +512,14 @@ def loss_spike(run: RunData, series: HealthSeries, config: Config) -> list[Findi
     spikes = (
         rows.with_row_index("i")
         .with_columns(q[0.5].alias("median"), ((q[0.75] - q[0.25]) / 1.349).alias("sigma"))
-        .with_columns(((x - pl.col("median")) / pl.col("sigma")).alias("z"),
-                      (pl.col("loss") / (pl.col("median").exp() if positive else pl.col("median"))).alias("ratio"))
-        .filter((((pl.col("z") > config[LOSS_Z]) & (pl.col("ratio") >= config[LOSS_MIN_RATIO])).fill_null(False))
-                | ((pl.col("i") >= early_n) & (pl.col("loss") >= config[LOSS_EARLY_FACTOR] * early_max) & (early_max > 0)))
+        .with_columns(
+            ((x - pl.col("median")) / pl.col("sigma")).alias("z"),
+            (pl.col("loss") / (pl.col("median").exp() if positive else pl.col("median"))).alias("ratio"),
+        )
+        .filter(
+            (((pl.col("z") > config[LOSS_Z]) & (pl.col("ratio") >= config[LOSS_MIN_RATIO])).fill_null(False))
+            | ((pl.col("i") >= early_n) & (pl.col("loss") >= config[LOSS_EARLY_FACTOR] * early_max) & (early_max > 0))
+        )
     )
     if spikes.is_empty():
         return []
@@ -376,17 +528,26 @@ def loss_spike(run: RunData, series: HealthSeries, config: Config) -> list[Findi
     co = [s for s in spikes["step"].to_list() if ((grad - s).abs() <= near).any()]
     first = spikes.row(0, named=True)
     severe = bool(first["i"] >= early_n and first["loss"] >= config[LOSS_EARLY_FACTOR] * early_max) or bool(
-        (spikes["loss"] >= config[LOSS_EARLY_FACTOR] * early_max).any() and spikes["i"].max() >= early_n)
+        (spikes["loss"] >= config[LOSS_EARLY_FACTOR] * early_max).any() and spikes["i"].max() >= early_n
+    )
     with_grad = f"; {len(co)} coincide with a gradient-norm spike (within {near} steps)" if co else ""
     return [
         Finding(
-            "loss-spike", "error" if severe else "warning", "loss spike",
+            "loss-spike",
+            "error" if severe else "warning",
+            "loss spike",
             f"the loss jumped to {_num(first['loss'])} at step {first['step']} ({_num(first['ratio'], 3)}x the "
             f"window median, robust z {_num(first['z'], 3)}); {spikes.height} spike step(s){with_grad}.",
             step=first["step"],
-            evidence={"loss": _num(first["loss"]), "z": _num(first["z"]), "ratio_to_median": _num(first["ratio"]),
-                      "spike_steps": spikes["step"].to_list()[:50], "spike_count": spikes.height,
-                      "with_grad_spike": co[:50], "early_max": _num(early_max)},
+            evidence={
+                "loss": _num(first["loss"]),
+                "z": _num(first["z"]),
+                "ratio_to_median": _num(first["ratio"]),
+                "spike_steps": spikes["step"].to_list()[:50],
+                "spike_count": spikes.height,
+                "with_grad_spike": co[:50],
+                "early_max": _num(early_max),
+            },
             suggestion="Inspect the batches at those steps (bad or duplicated data); if gradient spikes come with "
             "them, lower the learning rate or clip gradients.",
         )

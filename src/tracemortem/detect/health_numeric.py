@@ -12,23 +12,27 @@ from ..load.run import RunData
 from .health_series import HealthSeries, bad_element
 
 NAMES_SHOWN = threshold(
-    "nonfinite-gradient.names_shown", 10,
+    "nonfinite-gradient.names_shown",
+    10,
     "How many non-finite parameters the finding names (nearest the output first).",
     "tracemortem (report size)",
 )
 AMP_WINDOW = threshold(
-    "amp-overflow.window", 1000,
+    "amp-overflow.window",
+    1000,
     "Steps per sliding window in which the share of skipped (overflow) steps is measured.",
     "Megatron-LM DynamicGradScaler / research §6(a) A3",
 )
 AMP_MAX_FRACTION = threshold(
-    "amp-overflow.max_fraction", 0.01,
+    "amp-overflow.max_fraction",
+    0.01,
     "Warning when more than this share of the steps of any window were skipped; fewer skips are "
     "reported as info (a GradScaler calibrating its scale).",
     "research §6(a) A3 (1% in a 1,000-step window)",
 )
 AMP_MIN_SCALE = threshold(
-    "amp-overflow.min_scale", 1.0,
+    "amp-overflow.min_scale",
+    1.0,
     "Error when the loss scale falls to or below this value: the scaler has collapsed.",
     "Megatron-LM min_loss_scale",
 )
@@ -36,7 +40,9 @@ AMP_MIN_SCALE = threshold(
 
 def _last_healthy(series: HealthSeries, before: int) -> int | None:
     """The last step before `before` whose values were all finite (its update was sane)."""
-    rows = series.per_step.filter((pl.col("step") < before) & ~pl.col("skipped") & pl.col("loss_finite") & ~pl.col("grad_bad"))
+    rows = series.per_step.filter(
+        (pl.col("step") < before) & ~pl.col("skipped") & pl.col("loss_finite") & ~pl.col("grad_bad")
+    )
     return rows["step"].max() if rows.height else None
 
 
@@ -94,10 +100,14 @@ def nonfinite_gradient(run: RunData, series: HealthSeries, config: Config) -> li
     where = f" in {shown[0]}" + (f" and {len(names) - 1} more" if len(names) > 1 else "") if names else ""
     return [
         Finding(
-            "nonfinite-gradient", "error", "non-finite gradients",
+            "nonfinite-gradient",
+            "error",
+            "non-finite gradients",
             f"gradients became NaN/Inf at step {step}{where}; the last healthy step was {last_ok}. "
             f"{bad.height} applied step(s) had non-finite gradients.",
-            step=step, rank=first["first_bad_rank"], subject=shown[0] if shown else None,
+            step=step,
+            rank=first["first_bad_rank"],
+            subject=shown[0] if shown else None,
             evidence=evidence,
             suggestion=hint + "The parameter nearest the output is where the NaN/Inf first appears in backward: "
             "check the loss and the layer feeding it (log/exp/div of unbounded values), lower the learning "
@@ -116,18 +126,27 @@ def nonfinite_loss(run: RunData, series: HealthSeries, config: Config) -> list[F
     grads_first = grad_bad["step"].min() if grad_bad.height else None
     last_ok = _last_healthy(series, step)
     evidence, hint = _recovery_hint(run, last_ok)
-    evidence.update(first_step=step, loss=first["loss"], nonfinite_loss_steps=bad.height,
-                    first_nonfinite_grad_step=grads_first,
-                    grads_went_first=grads_first is not None and grads_first < step)
+    evidence.update(
+        first_step=step,
+        loss=first["loss"],
+        nonfinite_loss_steps=bad.height,
+        first_nonfinite_grad_step=grads_first,
+        grads_went_first=grads_first is not None and grads_first < step,
+    )
     cause = (
         f"gradients went non-finite first, at step {grads_first}, so the weights were already corrupt"
-        if evidence["grads_went_first"] else "the loss itself is the first non-finite value"
+        if evidence["grads_went_first"]
+        else "the loss itself is the first non-finite value"
     )
     return [
         Finding(
-            "nonfinite-loss", "error", "non-finite loss",
+            "nonfinite-loss",
+            "error",
+            "non-finite loss",
             f"the loss became NaN/Inf at step {step} ({cause}); the last healthy step was {last_ok}.",
-            step=step, rank=first["first_bad_loss_rank"], evidence=evidence,
+            step=step,
+            rank=first["first_bad_loss_rank"],
+            evidence=evidence,
             suggestion=hint + "Look for log(0), division by zero or overflowing exp in the loss; compute the "
             "loss in float32 under autocast; lower the learning rate if the weights diverged first.",
         )
@@ -158,18 +177,31 @@ def amp_overflow(run: RunData, series: HealthSeries, config: Config) -> list[Fin
         severity = "warning"
     else:
         severity = "info"
-    evidence = {"skipped_steps": stats["count"], "steps": steps.height, "first_skipped_step": stats["first"],
-                "longest_skipped_run": stats["longest"], "worst_window_fraction": round(stats["worst_fraction"], 4),
-                "window": window, "scale_first": stats["scale_first"], "scale_min": stats["scale_min"],
-                "scale_last": stats["scale_last"]}
-    msg = (f"{stats['count']} of {steps.height} optimizer steps were skipped because the scaled gradients "
-           f"overflowed (up to {stats['worst_fraction']:.1%} of a {window}-step window)")
+    evidence = {
+        "skipped_steps": stats["count"],
+        "steps": steps.height,
+        "first_skipped_step": stats["first"],
+        "longest_skipped_run": stats["longest"],
+        "worst_window_fraction": round(stats["worst_fraction"], 4),
+        "window": window,
+        "scale_first": stats["scale_first"],
+        "scale_min": stats["scale_min"],
+        "scale_last": stats["scale_last"],
+    }
+    msg = (
+        f"{stats['count']} of {steps.height} optimizer steps were skipped because the scaled gradients "
+        f"overflowed (up to {stats['worst_fraction']:.1%} of a {window}-step window)"
+    )
     if collapsed:
         msg += f"; the loss scale collapsed to {stats['scale_min']:g} at step {stats['scale_min_step']}"
     return [
         Finding(
-            "amp-overflow", severity, "AMP loss-scale overflows",
-            msg + ".", step=stats["scale_min_step"] if collapsed else stats["first"], evidence=evidence,
+            "amp-overflow",
+            severity,
+            "AMP loss-scale overflows",
+            msg + ".",
+            step=stats["scale_min_step"] if collapsed else stats["first"],
+            evidence=evidence,
             suggestion="A few skips while GradScaler calibrates are normal. Many skips or a collapsing scale "
             "mean the unscaled gradients themselves overflow fp16: find the overflowing layer (a non-finite "
             "gradient in float32 would show it), keep softmax/norm/loss in float32, lower the learning rate, "

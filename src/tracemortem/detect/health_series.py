@@ -31,11 +31,15 @@ class HealthSeries:
     @property
     def healthy(self) -> pl.DataFrame:
         """Steps usable as history for the magnitude rules: applied, everything finite."""
-        return self.per_step.filter(~pl.col("skipped") & pl.col("loss_finite") & finite("grad_norm") & ~pl.col("grad_bad"))
+        return self.per_step.filter(
+            ~pl.col("skipped") & pl.col("loss_finite") & finite("grad_norm") & ~pl.col("grad_bad")
+        )
 
 
 def _per_step_from_steps(steps: pl.DataFrame, sharded: bool) -> pl.DataFrame:
-    bad_grad = (pl.col("nonfinite").fill_null(0) > 0) | (pl.col("grad_norm").is_not_null() & ~pl.col("grad_norm").is_finite())
+    bad_grad = (pl.col("nonfinite").fill_null(0) > 0) | (
+        pl.col("grad_norm").is_not_null() & ~pl.col("grad_norm").is_finite()
+    )
     # Replicated data-parallel ranks hold the same gradients, so the global norm is any rank's;
     # shards combine by L2.
     grad_norm = (
@@ -142,8 +146,5 @@ def _confirm_nonfinite(per_step: pl.DataFrame, grads: pl.LazyFrame) -> pl.DataFr
 def compute(run: RunData) -> HealthSeries:
     sharded = any(bool(m.get("grads_sharded")) for m in run.metas.values())
     steps = run.steps
-    if not steps.is_empty():
-        per_step = _per_step_from_steps(steps, sharded)
-    else:
-        per_step = _per_step_from_grads(run.grads)
+    per_step = _per_step_from_grads(run.grads) if steps.is_empty() else _per_step_from_steps(steps, sharded)
     return HealthSeries(_confirm_nonfinite(per_step, run.grads), _per_param(run))

@@ -8,6 +8,7 @@ threshold; uniform training loops produce nothing at warning level.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import polars as pl
@@ -20,48 +21,131 @@ from ..timing.steps import SYNC_CALLS, SYNC_OPS
 
 MAD_SIGMA = 1.4826  # MAD → σ for normal data, so k reads as "k robust standard deviations"
 
-SLOW_STEP_K = threshold("slow-step.mad_k", 6.0, "A step is slow when it exceeds median + k·1.4826·MAD of its rank's steps.",
-                        "research/gradient-debuggers.md §6(a) G33: robust version of smdebug StepOutlier (median + 6·MAD)")
-SLOW_STEP_RATIO = threshold("slow-step.min_ratio", 1.5, "…and is at least this many times the median step.",
-                            "TraceLens anomaly-capture tutorial keeps steps > 1.5 × median")
-SLOW_STEP_EXCESS = threshold("slow-step.min_excess_ms", 20.0, "…and is at least this many ms longer than the median step "
-                             "(shorter delays are scheduler noise on a shared host).", "tracemortem default")
-SLOW_STEP_MIN = threshold("slow-step.min_steps", 5, "Steps a rank needs before outliers are judged.", "tracemortem default")
-SLOW_STEP_WARMUP = threshold("slow-step.warmup_steps", 1, "First recorder steps of each rank left out of step-time outliers "
-                             "(start-up work; profiled steps already follow the profiler's warm-up).", "tracemortem default")
-SLOW_STEP_MAX = threshold("slow-step.max_findings", 10, "At most this many slow steps are reported per rank (largest first).",
-                          "tracemortem default")
-SLOW_OP_RATIO = threshold("slow-op.step_ratio", 3.0, "An op is intermittently slow when its p95 time per step is this many "
-                          "times its median time per step.", "research/gradient-debuggers.md §6(a) G34 (p95 > 3× median)")
-SLOW_OP_SHARE = threshold("slow-op.min_share", 0.05, "…and its time above that bound is at least this share of the rank's "
-                          "profiled step time.", "tracemortem default")
-SLOW_OP_RECUR = threshold("slow-op.min_slow_steps", 2, "…on at least this many steps (one slow instance is more often "
-                          "a scheduler stall than a property of the op).", "tracemortem default")
-SLOW_OP_EXCESS = threshold("slow-op.min_excess_ms", 50.0, "…with at least this much time above the bound in total "
-                           "(a busy host deschedules a process for tens of ms at a time).", "tracemortem default")
-TOP_OP_SHARE = threshold("slow-op.top_share", 0.25, "The top op by self time (GPU self time on GPU traces) is reported (info) "
-                         "when it takes at least this share of profiled step time.", "tracemortem default")
-LOADER_WARN = threshold("dataloader-bound.min_share", 0.2, "Warning when DataLoader time is at least this share of step time.",
-                        "research/gradient-debuggers.md §6(a) G36 (data loading > 20% of step time)")
-LOADER_INFO = threshold("dataloader-bound.info_share", 0.05, "Info when DataLoader time is at least this share of step time.",
-                        "tb_plugin recommendation rule 1 (DataLoader > 5% of step time)")
-SYNC_SHARE = threshold("host-sync.min_share", 0.05, "Warning when host-synchronising calls take at least this share of step "
-                       "time on a GPU rank.", "research/gradient-debuggers.md §6(a) G34 (sync ops > 5% of step time)")
-IDLE_SHARE = threshold("gpu-idle.min_share", 0.5, "Warning when the GPU is idle for at least this share of its active span "
-                       "(HTA temporal breakdown).", "tb_plugin recommendation rule 5 (GPU utilization < 50%)")
-LAUNCH_SHORT = threshold("launch-bound.short_share", 0.5, "Share of GPU ops that run shorter than their CPU launch call.",
-                         "HTA get_cuda_kernel_launch_stats 'short kernels' (gpu_duration < cpu_duration); share is ours")
-LAUNCH_IDLE = threshold("launch-bound.min_idle_share", 0.3, "…together with at least this GPU idle share.", "tracemortem default")
-STRAGGLER_SKEW = threshold("straggler-rank.skew", 0.1, "A rank is behind on a step when its step time exceeds the cross-rank "
-                           "median by this fraction.", "research/gradient-debuggers.md §6(a) G38 ((max − median)/median > 10%)")
-STRAGGLER_STEPS = threshold("straggler-rank.min_step_share", 0.2, "…on at least this share of the steps all ranks recorded.",
-                            "research/gradient-debuggers.md §6(a) G38 (on ≥ 20% of steps)")
-MEM_GROWTH = threshold("memory-growth.min_growth", 0.1, "Allocated CUDA memory grows by at least this fraction from the first "
-                       "to the last fifth of the run (after warm-up).", "tracemortem default (smdebug GPUMemoryIncrease uses "
-                       "+5 points of total memory)")
+SLOW_STEP_K = threshold(
+    "slow-step.mad_k",
+    6.0,
+    "A step is slow when it exceeds median + k·1.4826·MAD of its rank's steps.",
+    "research/gradient-debuggers.md §6(a) G33: robust version of smdebug StepOutlier (median + 6·MAD)",
+)
+SLOW_STEP_RATIO = threshold(
+    "slow-step.min_ratio",
+    1.5,
+    "…and is at least this many times the median step.",
+    "TraceLens anomaly-capture tutorial keeps steps > 1.5 × median",
+)
+SLOW_STEP_EXCESS = threshold(
+    "slow-step.min_excess_ms",
+    20.0,
+    "…and is at least this many ms longer than the median step (shorter delays are scheduler noise on a shared host).",
+    "tracemortem default",
+)
+SLOW_STEP_MIN = threshold(
+    "slow-step.min_steps", 5, "Steps a rank needs before outliers are judged.", "tracemortem default"
+)
+SLOW_STEP_WARMUP = threshold(
+    "slow-step.warmup_steps",
+    1,
+    "First recorder steps of each rank left out of step-time outliers "
+    "(start-up work; profiled steps already follow the profiler's warm-up).",
+    "tracemortem default",
+)
+SLOW_STEP_MAX = threshold(
+    "slow-step.max_findings",
+    10,
+    "At most this many slow steps are reported per rank (largest first).",
+    "tracemortem default",
+)
+SLOW_OP_RATIO = threshold(
+    "slow-op.step_ratio",
+    3.0,
+    "An op is intermittently slow when its p95 time per step is this many times its median time per step.",
+    "research/gradient-debuggers.md §6(a) G34 (p95 > 3× median)",
+)
+SLOW_OP_SHARE = threshold(
+    "slow-op.min_share",
+    0.05,
+    "…and its time above that bound is at least this share of the rank's profiled step time.",
+    "tracemortem default",
+)
+SLOW_OP_RECUR = threshold(
+    "slow-op.min_slow_steps",
+    2,
+    "…on at least this many steps (one slow instance is more often a scheduler stall than a property of the op).",
+    "tracemortem default",
+)
+SLOW_OP_EXCESS = threshold(
+    "slow-op.min_excess_ms",
+    50.0,
+    "…with at least this much time above the bound in total "
+    "(a busy host deschedules a process for tens of ms at a time).",
+    "tracemortem default",
+)
+TOP_OP_SHARE = threshold(
+    "slow-op.top_share",
+    0.25,
+    "The top op by self time (GPU self time on GPU traces) is reported (info) "
+    "when it takes at least this share of profiled step time.",
+    "tracemortem default",
+)
+LOADER_WARN = threshold(
+    "dataloader-bound.min_share",
+    0.2,
+    "Warning when DataLoader time is at least this share of step time.",
+    "research/gradient-debuggers.md §6(a) G36 (data loading > 20% of step time)",
+)
+LOADER_INFO = threshold(
+    "dataloader-bound.info_share",
+    0.05,
+    "Info when DataLoader time is at least this share of step time.",
+    "tb_plugin recommendation rule 1 (DataLoader > 5% of step time)",
+)
+SYNC_SHARE = threshold(
+    "host-sync.min_share",
+    0.05,
+    "Warning when host-synchronising calls take at least this share of step time on a GPU rank.",
+    "research/gradient-debuggers.md §6(a) G34 (sync ops > 5% of step time)",
+)
+IDLE_SHARE = threshold(
+    "gpu-idle.min_share",
+    0.5,
+    "Warning when the GPU is idle for at least this share of its active span (HTA temporal breakdown).",
+    "tb_plugin recommendation rule 5 (GPU utilization < 50%)",
+)
+LAUNCH_SHORT = threshold(
+    "launch-bound.short_share",
+    0.5,
+    "Share of GPU ops that run shorter than their CPU launch call.",
+    "HTA get_cuda_kernel_launch_stats 'short kernels' (gpu_duration < cpu_duration); share is ours",
+)
+LAUNCH_IDLE = threshold(
+    "launch-bound.min_idle_share", 0.3, "…together with at least this GPU idle share.", "tracemortem default"
+)
+STRAGGLER_SKEW = threshold(
+    "straggler-rank.skew",
+    0.1,
+    "A rank is behind on a step when its step time exceeds the cross-rank median by this fraction.",
+    "research/gradient-debuggers.md §6(a) G38 ((max − median)/median > 10%)",
+)
+STRAGGLER_STEPS = threshold(
+    "straggler-rank.min_step_share",
+    0.2,
+    "…on at least this share of the steps all ranks recorded.",
+    "research/gradient-debuggers.md §6(a) G38 (on ≥ 20% of steps)",
+)
+MEM_GROWTH = threshold(
+    "memory-growth.min_growth",
+    0.1,
+    "Allocated CUDA memory grows by at least this fraction from the first "
+    "to the last fifth of the run (after warm-up).",
+    "tracemortem default (smdebug GPUMemoryIncrease uses +5 points of total memory)",
+)
 MEM_BYTES = threshold("memory-growth.min_bytes", 64 * 2**20, "…and by at least this many bytes.", "tracemortem default")
-MEM_STEPS = threshold("memory-growth.min_steps", 50, "Steps with memory readings a rank needs before growth is judged.",
-                      "tracemortem default")
+MEM_STEPS = threshold(
+    "memory-growth.min_steps",
+    50,
+    "Steps with memory readings a rank needs before growth is judged.",
+    "tracemortem default",
+)
 
 
 def detect(timing: Timing | None, run: RunData | None, config: Config | None = None) -> list[Finding]:
@@ -180,15 +264,28 @@ def _slow_step_finding(row: dict[str, Any], excess: float, causes: list[dict[str
         why = f" The extra time went mostly to {named}."
         subject = lead["op"]
     return Finding(
-        "slow-step", "warning", f"Step {step} was {row['seconds'] / row['median']:.1f}× slower than the median step",
+        "slow-step",
+        "warning",
+        f"Step {step} was {row['seconds'] / row['median']:.1f}× slower than the median step",
         f"Step {step} on rank {rank} took {_ms(row['seconds'])} ms against a median of {_ms(row['median'])} ms "
         f"(outlier bound {_ms(row['bound'])} ms).{why}",
-        step=step, rank=rank, subject=subject,
-        evidence={"step_ms": _ms(row["seconds"]), "median_ms": _ms(row["median"]), "mad_ms": _ms(row["mad"]),
-                  "bound_ms": _ms(row["bound"]), "excess_ms": _ms(excess), "causes": causes},
-        suggestion=(f"Look at what {subject} does on step {step} (input size, a periodic checkpoint, logging or eval, "
-                    "garbage collection, another process on the host)." if subject else
-                    "Check for periodic work on that step: checkpointing, evaluation, logging, garbage collection."),
+        step=step,
+        rank=rank,
+        subject=subject,
+        evidence={
+            "step_ms": _ms(row["seconds"]),
+            "median_ms": _ms(row["median"]),
+            "mad_ms": _ms(row["mad"]),
+            "bound_ms": _ms(row["bound"]),
+            "excess_ms": _ms(excess),
+            "causes": causes,
+        },
+        suggestion=(
+            f"Look at what {subject} does on step {step} (input size, a periodic checkpoint, logging or eval, "
+            "garbage collection, another process on the host)."
+            if subject
+            else "Check for periodic work on that step: checkpointing, evaluation, logging, garbage collection."
+        ),
     )
 
 
@@ -211,7 +308,9 @@ def slow_ops(timing: Timing, config: Config) -> list[Finding]:
     )
     # A step that is slow as a whole (a busy host, a slower node) makes every op slow with it;
     # an op is intermittently slow only when its share of the step jumps too.
-    slow = (pl.col("total_ns") > ratio * pl.col("total_ns").median()) & (pl.col("share") > ratio * pl.col("share").median())
+    slow = (pl.col("total_ns") > ratio * pl.col("total_ns").median()) & (
+        pl.col("share") > ratio * pl.col("share").median()
+    )
     # Only outermost time counts once: nested ops repeat their parent's delay, so report each
     # (rank, step-set) through the op with the most excess and list the rest as related.
     stats = (
@@ -220,7 +319,11 @@ def slow_ops(timing: Timing, config: Config) -> list[Finding]:
             pl.col("total_ns").median().alias("median_ns"),
             pl.col("total_ns").quantile(0.95, "nearest").alias("p95_ns"),
             pl.col("step").filter(slow).alias("slow_steps"),
-            (pl.col("total_ns") - ratio * pl.col("total_ns").median()).clip(lower_bound=0).filter(slow).sum().alias("excess_ns"),
+            (pl.col("total_ns") - ratio * pl.col("total_ns").median())
+            .clip(lower_bound=0)
+            .filter(slow)
+            .sum()
+            .alias("excess_ns"),
         )
         .join(profiled, on="rank")
         .filter(
@@ -237,18 +340,29 @@ def slow_ops(timing: Timing, config: Config) -> list[Finding]:
         mine = stats.filter(pl.col("rank") == rank)
         top = mine.row(0, named=True)
         related = [n for n in mine["name"].to_list()[1:6]]
-        findings.append(Finding(
-            "slow-op", "warning", f"{top['name']} is intermittently slow",
-            f"On rank {rank}, {top['name']} takes {_ms(top['median_ns'] / 1e9)} ms in a median step but "
-            f"{_ms(top['p95_ns'] / 1e9)} ms at the 95th percentile; it is over {ratio:g}× its median on steps "
-            f"{_steps_text(top['slow_steps'])}.",
-            rank=rank, subject=top["name"], step=min(top["slow_steps"]) if top["slow_steps"] else None,
-            evidence={"median_ms": _ms(top["median_ns"] / 1e9), "p95_ms": _ms(top["p95_ns"] / 1e9),
-                      "excess_ms": _ms(top["excess_ns"] / 1e9), "slow_steps": top["slow_steps"],
-                      "share_of_profiled_time": round(top["excess_ns"] / top["profiled_ns"], 4), "also_slow": related},
-            suggestion=f"Find what differs on those steps for {top['name']}: input shapes (padding, variable sequence "
-                       "length), a cache miss or recompilation, contention from another process.",
-        ))
+        findings.append(
+            Finding(
+                "slow-op",
+                "warning",
+                f"{top['name']} is intermittently slow",
+                f"On rank {rank}, {top['name']} takes {_ms(top['median_ns'] / 1e9)} ms in a median step but "
+                f"{_ms(top['p95_ns'] / 1e9)} ms at the 95th percentile; it is over {ratio:g}× its median on steps "
+                f"{_steps_text(top['slow_steps'])}.",
+                rank=rank,
+                subject=top["name"],
+                step=min(top["slow_steps"]) if top["slow_steps"] else None,
+                evidence={
+                    "median_ms": _ms(top["median_ns"] / 1e9),
+                    "p95_ms": _ms(top["p95_ns"] / 1e9),
+                    "excess_ms": _ms(top["excess_ns"] / 1e9),
+                    "slow_steps": top["slow_steps"],
+                    "share_of_profiled_time": round(top["excess_ns"] / top["profiled_ns"], 4),
+                    "also_slow": related,
+                },
+                suggestion=f"Find what differs on those steps for {top['name']}: input shapes (padding, variable sequence "
+                "length), a cache miss or recompilation, contention from another process.",
+            )
+        )
     return findings
 
 
@@ -270,16 +384,24 @@ def _top_op(timing: Timing, config: Config) -> list[Finding]:
         return []
     where = "GPU kernel time" if on_gpu else "CPU self time"
     shapes = f" (inputs {top['input_dims']})" if top["input_dims"] else ""
-    return [Finding(
-        "slow-op", "info", f"{top['name']} dominates {where}",
-        f"{top['name']}{shapes} accounts for {share:.0%} of profiled step time as {where} "
-        f"({top['calls']} calls, {_ms(top[column] / 1e9)} ms).",
-        subject=top["name"],
-        evidence={"share": round(share, 4), "calls": top["calls"], f"{column[:-3]}_ms": _ms(top[column] / 1e9),
-                  "total_ms": _ms(top["total_ns"] / 1e9)},
-        suggestion="This is where optimisation pays most: check its input sizes and dtype (mixed precision, "
-                   "channels_last), or whether a fused/compiled version (torch.compile) applies.",
-    )]
+    return [
+        Finding(
+            "slow-op",
+            "info",
+            f"{top['name']} dominates {where}",
+            f"{top['name']}{shapes} accounts for {share:.0%} of profiled step time as {where} "
+            f"({top['calls']} calls, {_ms(top[column] / 1e9)} ms).",
+            subject=top["name"],
+            evidence={
+                "share": round(share, 4),
+                "calls": top["calls"],
+                f"{column[:-3]}_ms": _ms(top[column] / 1e9),
+                "total_ms": _ms(top["total_ns"] / 1e9),
+            },
+            suggestion="This is where optimisation pays most: check its input sizes and dtype (mixed precision, "
+            "channels_last), or whether a fused/compiled version (torch.compile) applies.",
+        )
+    ]
 
 
 # ---------------------------------------------------------------- step shares
@@ -303,17 +425,26 @@ def dataloader_bound(timing: Timing, config: Config) -> list[Finding]:
         if row["share"] < config[LOADER_INFO]:
             continue
         severity = "warning" if row["share"] >= config[LOADER_WARN] else "info"
-        findings.append(Finding(
-            "dataloader-bound", severity, f"Data loading takes {row['share']:.0%} of step time",
-            f"On rank {row['rank']}, the DataLoader's __next__ took {_ms(row['part'] / 1e9 / row['steps'])} ms of a "
-            f"{_ms(row['total'] / 1e9 / row['steps'])} ms step on average over {row['steps']} profiled steps.",
-            rank=row["rank"], subject="DataLoader",
-            evidence={"share": round(row["share"], 4), "loading_ms_per_step": _ms(row["part"] / 1e9 / row["steps"]),
-                      "step_ms": _ms(row["total"] / 1e9 / row["steps"]), "steps": row["steps"]},
-            suggestion="Load batches in the background: DataLoader(num_workers=N, pin_memory=True, "
-                       "persistent_workers=True, prefetch_factor=2+); move decoding/augmentation out of __getitem__ "
-                       "or cache preprocessed samples.",
-        ))
+        findings.append(
+            Finding(
+                "dataloader-bound",
+                severity,
+                f"Data loading takes {row['share']:.0%} of step time",
+                f"On rank {row['rank']}, the DataLoader's __next__ took {_ms(row['part'] / 1e9 / row['steps'])} ms of a "
+                f"{_ms(row['total'] / 1e9 / row['steps'])} ms step on average over {row['steps']} profiled steps.",
+                rank=row["rank"],
+                subject="DataLoader",
+                evidence={
+                    "share": round(row["share"], 4),
+                    "loading_ms_per_step": _ms(row["part"] / 1e9 / row["steps"]),
+                    "step_ms": _ms(row["total"] / 1e9 / row["steps"]),
+                    "steps": row["steps"],
+                },
+                suggestion="Load batches in the background: DataLoader(num_workers=N, pin_memory=True, "
+                "persistent_workers=True, prefetch_factor=2+); move decoding/augmentation out of __getitem__ "
+                "or cache preprocessed samples.",
+            )
+        )
     return findings
 
 
@@ -328,21 +459,33 @@ def host_sync(timing: Timing, config: Config) -> list[Finding]:
             continue
         calls = (
             timing.step_ops.filter((pl.col("rank") == row["rank"]) & pl.col("name").is_in(names))
-            .group_by("name").agg(pl.col("calls").sum(), pl.col("total_ns").sum())
+            .group_by("name")
+            .agg(pl.col("calls").sum(), pl.col("total_ns").sum())
             .sort("total_ns", descending=True)
         )
         top = calls.row(0, named=True) if not calls.is_empty() else None
-        findings.append(Finding(
-            "host-sync", "warning", f"The host waits on the GPU for {row['share']:.0%} of step time",
-            f"On rank {row['rank']}, synchronising calls (device-to-host copies, .item(), stream/device synchronize) "
-            f"blocked the CPU for {_ms(row['part'] / 1e9 / row['steps'])} ms per step"
-            + (f"; the largest is {top['name']} ({top['calls']} calls)." if top else "."),
-            rank=row["rank"], subject=top["name"] if top else None,
-            evidence={"share": round(row["share"], 4), "sync_ms_per_step": _ms(row["part"] / 1e9 / row["steps"]),
-                      "by_call": {r["name"]: {"calls": r["calls"], "ms": _ms(r["total_ns"] / 1e9)} for r in calls.head(5).iter_rows(named=True)}},
-            suggestion="Keep values on the device inside the loop: log loss.item() every N steps, avoid Python "
-                       "conditionals on tensors, use non_blocking=True copies with pinned memory.",
-        ))
+        findings.append(
+            Finding(
+                "host-sync",
+                "warning",
+                f"The host waits on the GPU for {row['share']:.0%} of step time",
+                f"On rank {row['rank']}, synchronising calls (device-to-host copies, .item(), stream/device synchronize) "
+                f"blocked the CPU for {_ms(row['part'] / 1e9 / row['steps'])} ms per step"
+                + (f"; the largest is {top['name']} ({top['calls']} calls)." if top else "."),
+                rank=row["rank"],
+                subject=top["name"] if top else None,
+                evidence={
+                    "share": round(row["share"], 4),
+                    "sync_ms_per_step": _ms(row["part"] / 1e9 / row["steps"]),
+                    "by_call": {
+                        r["name"]: {"calls": r["calls"], "ms": _ms(r["total_ns"] / 1e9)}
+                        for r in calls.head(5).iter_rows(named=True)
+                    },
+                },
+                suggestion="Keep values on the device inside the loop: log loss.item() every N steps, avoid Python "
+                "conditionals on tensors, use non_blocking=True copies with pinned memory.",
+            )
+        )
     return findings
 
 
@@ -356,44 +499,68 @@ def gpu_idle(timing: Timing, config: Config) -> list[Finding]:
         launch = entry.get("launch") or {}
         short_share = launch.get("shorter_than_launch", 0) / launch["launches"] if launch.get("launches") else 0.0
         if share >= config[LAUNCH_IDLE] and short_share >= config[LAUNCH_SHORT]:
-            findings.append(Finding(
-                "launch-bound", "warning", f"GPU work is shorter than its launches ({short_share:.0%} of GPU ops)",
-                f"On rank {entry['rank']}, {launch['shorter_than_launch']} of {launch['launches']} GPU ops ran for less "
-                f"time than the CPU call that launched them (median launch {launch['launch_p50_us']} µs, median GPU "
-                f"op {launch['gpu_p50_us']} µs) and the GPU was idle {share:.0%} of its span: the CPU cannot issue "
-                "work fast enough.",
-                rank=entry["rank"],
-                evidence={"short_share": round(short_share, 4), "idle_share": round(share, 4), **launch},
-                suggestion="Give the GPU bigger pieces of work: larger batches, fused ops (torch.compile), CUDA graphs "
-                           "(torch.compile mode='reduce-overhead'), fewer tiny elementwise ops.",
-            ))
+            findings.append(
+                Finding(
+                    "launch-bound",
+                    "warning",
+                    f"GPU work is shorter than its launches ({short_share:.0%} of GPU ops)",
+                    f"On rank {entry['rank']}, {launch['shorter_than_launch']} of {launch['launches']} GPU ops ran for less "
+                    f"time than the CPU call that launched them (median launch {launch['launch_p50_us']} µs, median GPU "
+                    f"op {launch['gpu_p50_us']} µs) and the GPU was idle {share:.0%} of its span: the CPU cannot issue "
+                    "work fast enough.",
+                    rank=entry["rank"],
+                    evidence={"short_share": round(short_share, 4), "idle_share": round(share, 4), **launch},
+                    suggestion="Give the GPU bigger pieces of work: larger batches, fused ops (torch.compile), CUDA graphs "
+                    "(torch.compile mode='reduce-overhead'), fewer tiny elementwise ops.",
+                )
+            )
         if share < config[IDLE_SHARE]:
             continue
         cause, hint = _idle_cause(timing, entry["rank"])
-        findings.append(Finding(
-            "gpu-idle", "warning", f"The GPU is idle {share:.0%} of the time",
-            f"On rank {entry['rank']}, the GPU ran nothing for {gpu['idle_us'] / 1e3:.1f} ms of its "
-            f"{gpu['span_us'] / 1e3:.1f} ms active span (HTA temporal breakdown: compute {gpu['compute_us'] / 1e3:.1f} ms, "
-            f"non-compute {gpu['non_compute_us'] / 1e3:.1f} ms).{cause}",
-            rank=entry["rank"],
-            evidence={"idle_share": round(share, 4), **{k: gpu[k] for k in ("idle_us", "compute_us", "non_compute_us", "span_us")}},
-            suggestion=hint,
-        ))
+        findings.append(
+            Finding(
+                "gpu-idle",
+                "warning",
+                f"The GPU is idle {share:.0%} of the time",
+                f"On rank {entry['rank']}, the GPU ran nothing for {gpu['idle_us'] / 1e3:.1f} ms of its "
+                f"{gpu['span_us'] / 1e3:.1f} ms active span (HTA temporal breakdown: compute {gpu['compute_us'] / 1e3:.1f} ms, "
+                f"non-compute {gpu['non_compute_us'] / 1e3:.1f} ms).{cause}",
+                rank=entry["rank"],
+                evidence={
+                    "idle_share": round(share, 4),
+                    **{k: gpu[k] for k in ("idle_us", "compute_us", "non_compute_us", "span_us")},
+                },
+                suggestion=hint,
+            )
+        )
     return findings
 
 
 def _idle_cause(timing: Timing, rank: int) -> tuple[str, str]:
     steps = timing.steps.filter(pl.col("rank") == rank) if not timing.steps.is_empty() else timing.steps
     if steps.is_empty():
-        return "", "Profile with ProfilerStep markers (torch.profiler schedule + prof.step()) to see what the idle time overlaps."
+        return (
+            "",
+            "Profile with ProfilerStep markers (torch.profiler schedule + prof.step()) to see what the idle time overlaps.",
+        )
     parts = {c: steps[c].sum() for c in ("data_loading_ns", "host_sync_ns", "other_ns")}
     worst = max(parts, key=lambda c: parts[c])
     total = steps["duration_ns"].sum()
-    text = {"data_loading_ns": ("waiting for data loading", "Speed up the input pipeline (DataLoader num_workers, pin_memory, prefetching)."),
-            "host_sync_ns": ("blocked in host synchronisation", "Remove per-step .item()/CPU copies and explicit synchronize calls."),
-            "other_ns": ("CPU-side work with no GPU work queued (Python overhead, small ops, launch latency)",
-                         "Overlap CPU work with GPU work: larger batches, torch.compile or CUDA graphs, move CPU "
-                         "preprocessing off the training thread.")}[worst]
+    text = {
+        "data_loading_ns": (
+            "waiting for data loading",
+            "Speed up the input pipeline (DataLoader num_workers, pin_memory, prefetching).",
+        ),
+        "host_sync_ns": (
+            "blocked in host synchronisation",
+            "Remove per-step .item()/CPU copies and explicit synchronize calls.",
+        ),
+        "other_ns": (
+            "CPU-side work with no GPU work queued (Python overhead, small ops, launch latency)",
+            "Overlap CPU work with GPU work: larger batches, torch.compile or CUDA graphs, move CPU "
+            "preprocessing off the training thread.",
+        ),
+    }[worst]
     return f" In the profiled steps, most idle time ({parts[worst] / total:.0%} of step time) was {text[0]}.", text[1]
 
 
@@ -426,15 +593,23 @@ def straggler_ranks(durations: pl.DataFrame, config: Config) -> list[Finding]:
     )
     return [
         Finding(
-            "straggler-rank", "warning", f"Rank {row['rank']} is slower than the other ranks",
+            "straggler-rank",
+            "warning",
+            f"Rank {row['rank']} is slower than the other ranks",
             f"Rank {row['rank']} took more than {skew:.0%} longer than the cross-rank median on "
             f"{row['behind_share']:.0%} of {row['steps']} shared steps (its median step {_ms(row['rank_median'])} ms, "
             f"all ranks {_ms(row['all_median'])} ms).",
-            rank=row["rank"], subject=f"rank {row['rank']}",
-            evidence={"behind_share": round(row["behind_share"], 4), "median_skew": round(row["median_skew"], 4),
-                      "rank_median_ms": _ms(row["rank_median"]), "all_median_ms": _ms(row["all_median"]), "steps": row["steps"]},
+            rank=row["rank"],
+            subject=f"rank {row['rank']}",
+            evidence={
+                "behind_share": round(row["behind_share"], 4),
+                "median_skew": round(row["median_skew"], 4),
+                "rank_median_ms": _ms(row["rank_median"]),
+                "all_median_ms": _ms(row["all_median"]),
+                "steps": row["steps"],
+            },
             suggestion="Compare this rank's host and device (thermal throttling, a slower GPU/NIC, other jobs on the "
-                       "node) and its data shard (longer sequences, slower storage).",
+            "node) and its data shard (longer sequences, slower storage).",
         )
         for row in per_rank.iter_rows(named=True)
     ]
@@ -454,30 +629,46 @@ def memory_growth(steps: pl.DataFrame, config: Config) -> list[Finding]:
             continue
         # Skip warm-up (optimizer state and caches are allocated in the first steps), then compare fifths.
         body = mine.slice(mine.height // 10)
-        fifths = body.with_columns((pl.int_range(pl.len()) * 5 // pl.len()).alias("part")).group_by("part").agg(
-            pl.col("mem_allocated").median().alias("mem"),
-            pl.col("step").first().alias("from_step"),
-            *([pl.col("max_mem_allocated").max().alias("peak")] if "max_mem_allocated" in body.columns else []),
-        ).sort("part")
+        fifths = (
+            body.with_columns((pl.int_range(pl.len()) * 5 // pl.len()).alias("part"))
+            .group_by("part")
+            .agg(
+                pl.col("mem_allocated").median().alias("mem"),
+                pl.col("step").first().alias("from_step"),
+                *([pl.col("max_mem_allocated").max().alias("peak")] if "max_mem_allocated" in body.columns else []),
+            )
+            .sort("part")
+        )
         mem = fifths["mem"].to_list()
         growth = mem[-1] - mem[0]
-        steady = all(b >= a for a, b in zip(mem, mem[1:]))
+        steady = all(b >= a for a, b in itertools.pairwise(mem))
         if not steady or growth < config[MEM_BYTES] or growth < config[MEM_GROWTH] * max(mem[0], 1):
             continue
         span = body["step"][-1] - body["step"][0]
         per_step = growth / max(span * 0.8, 1)
-        evidence: dict[str, Any] = {"first_fifth_bytes": int(mem[0]), "last_fifth_bytes": int(mem[-1]),
-                                    "growth_bytes": int(growth), "bytes_per_step": round(per_step), "fifths_bytes": [int(m) for m in mem]}
+        evidence: dict[str, Any] = {
+            "first_fifth_bytes": int(mem[0]),
+            "last_fifth_bytes": int(mem[-1]),
+            "growth_bytes": int(growth),
+            "bytes_per_step": round(per_step),
+            "fifths_bytes": [int(m) for m in mem],
+        }
         if "peak" in fifths.columns and fifths["peak"].null_count() < fifths.height:
             evidence["peak_bytes"] = int(fifths["peak"].max())
-        findings.append(Finding(
-            "memory-growth", "warning", "CUDA memory keeps growing",
-            f"On rank {rank}, allocated CUDA memory rose from {mem[0] / 2**20:.0f} MiB to {mem[-1] / 2**20:.0f} MiB "
-            f"(median of the first and last fifth of steps after warm-up), about {per_step / 2**20:.2f} MiB per step, "
-            "and never fell back.",
-            rank=rank, step=int(body["step"][-1]), evidence=evidence,
-            suggestion="Look for tensors kept across steps: accumulating the loss without .item()/.detach() "
-                       "(keeps each step's graph), appending outputs to a list, caches keyed by step; "
-                       "torch.cuda.memory._record_memory_history() shows what holds the memory.",
-        ))
+        findings.append(
+            Finding(
+                "memory-growth",
+                "warning",
+                "CUDA memory keeps growing",
+                f"On rank {rank}, allocated CUDA memory rose from {mem[0] / 2**20:.0f} MiB to {mem[-1] / 2**20:.0f} MiB "
+                f"(median of the first and last fifth of steps after warm-up), about {per_step / 2**20:.2f} MiB per step, "
+                "and never fell back.",
+                rank=rank,
+                step=int(body["step"][-1]),
+                evidence=evidence,
+                suggestion="Look for tensors kept across steps: accumulating the loss without .item()/.detach() "
+                "(keeps each step's graph), appending outputs to a list, caches keyed by step; "
+                "torch.cuda.memory._record_memory_history() shows what holds the memory.",
+            )
+        )
     return findings

@@ -14,10 +14,11 @@ import json
 import os
 import re
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import msgspec
 import polars as pl
@@ -172,7 +173,9 @@ def _max_trace_bytes() -> int:
     return int(value)
 
 
-def read_trace(path: Path, progress: Callable[[int, int], None] | None = None, workers: Workers | None = None) -> RawTrace:
+def read_trace(
+    path: Path, progress: Callable[[int, int], None] | None = None, workers: Workers | None = None
+) -> RawTrace:
     """Decode one trace file. Raises InputError when nothing usable can be read. With `workers`,
     a trace over PARALLEL_MIN_BYTES (uncompressed) has its chunks decoded by them."""
     source = _Source(path, _max_trace_bytes())
@@ -224,7 +227,9 @@ def _read(source: _Source, path: Path, total: int, progress, workers: Workers | 
             doc = None
         if isinstance(doc, dict):
             raise InputError(f"{path}: JSON object without a traceEvents list; not a chrome trace")
-        raise InputError(f"{path}: not a chrome trace (no traceEvents found{'; ' + source.damaged if source.damaged else ''})")
+        raise InputError(
+            f"{path}: not a chrome trace (no traceEvents found{'; ' + source.damaged if source.damaged else ''})"
+        )
 
     # A bytearray, so chunks are cut and bracketed in place instead of copied; buf[0] is always
     # the separator byte before the next event (the "[" at first), overwritten with "[".
@@ -320,7 +325,9 @@ def _read(source: _Source, path: Path, total: int, progress, workers: Workers | 
     return trace
 
 
-def _collect(pool: Workers, inflight: list[tuple[bytes, int]], buf: bytearray, trace: RawTrace, frames: list[pl.DataFrame]) -> tuple[bytearray, bool]:
+def _collect(
+    pool: Workers, inflight: list[tuple[bytes, int]], buf: bytearray, trace: RawTrace, frames: list[pl.DataFrame]
+) -> tuple[bytearray, bool]:
     """Take the oldest chunk's columns from the workers. When the worker cut it elsewhere than
     predicted (a boundary inside a string, damage) or failed, the chunks sent after it start at the
     wrong place: drop their answers and return the text from the worker's cut on, to be decoded
@@ -436,7 +443,11 @@ def _decode_last_events(buf: bytearray, trace: RawTrace, frames: list[pl.DataFra
     # Each wrong close costs a decode of everything before it, so the closes followed by what can
     # follow the array (more envelope, or the end) are tried first, from the end; at most one
     # close can give valid JSON, so the order changes only the cost.
-    likely = [m for m in reversed(list(_ARRAY_CLOSE.finditer(buf, max(1, len(buf) - 2**20)))) if _AFTER_CLOSE.match(buf, m.end())]
+    likely = [
+        m
+        for m in reversed(list(_ARRAY_CLOSE.finditer(buf, max(1, len(buf) - 2**20))))
+        if _AFTER_CLOSE.match(buf, m.end())
+    ]
     tried = {m.start() for m in likely[:_SPLIT_TRIES]}
     first = [m for m in itertools.islice(_ARRAY_CLOSE.finditer(buf, 1), _SPLIT_TRIES * 4) if m.start() not in tried]
     buf[0] = 0x5B  # "[": each candidate decodes in place as buf[: close + 1]
@@ -459,7 +470,9 @@ def _decode_last_events(buf: bytearray, trace: RawTrace, frames: list[pl.DataFra
             frames.append(_columns(_salvage(buf[: match.start() + 1], trace), trace))
             return rest
     # No closing bracket that works: the file was cut off. Keep every complete event.
-    ends = [len(buf.rstrip())] + [m.start() + 1 for m in reversed(list(_LAST_COMMA.finditer(buf, max(0, len(buf) - 2**20))))]
+    ends = [len(buf.rstrip())] + [
+        m.start() + 1 for m in reversed(list(_LAST_COMMA.finditer(buf, max(0, len(buf) - 2**20))))
+    ]
     for end in ends[: _SPLIT_TRIES + 1]:
         events = _try_decode(buf[:end], trace)
         if events is not None:

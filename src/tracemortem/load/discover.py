@@ -74,5 +74,7 @@ def discover(path: str | Path) -> Inputs:
         return _refuse_outside(Inputs(path, "rank", run_root=path.parent, rank_dirs={rank: path}, trace_files=traces))
     traces = {t: rank_from_path(t.relative_to(path)) for t in _traces_under(path)}
     if not traces:
-        raise InputError(f"{path}: no run directory (manifest.json, rank*/) and no chrome traces (*.json, *.json.gz) found")
+        raise InputError(
+            f"{path}: no run directory (manifest.json, rank*/) and no chrome traces (*.json, *.json.gz) found"
+        )
     return Inputs(path, "traces", trace_files=traces)

@@ -69,18 +69,29 @@ class RunData:
 
 
 def _note(severity: str, title: str, message: str, rank: int | None = None, **evidence: Any) -> Finding:
-    return Finding("input-error", severity, title, message, rank=rank, evidence=evidence,
-                   suggestion="Check the run directory; re-copy it from the training machine if it was truncated.")
+    return Finding(
+        "input-error",
+        severity,
+        title,
+        message,
+        rank=rank,
+        evidence=evidence,
+        suggestion="Check the run directory; re-copy it from the training machine if it was truncated.",
+    )
 
 
 # --- JSON documents -------------------------------------------------------------------------
 
 
-def _read_optional_json(path: Path, what: str, notes: list[Finding], rank: int | None, root: Path) -> dict[str, Any] | None:
+def _read_optional_json(
+    path: Path, what: str, notes: list[Finding], rank: int | None, root: Path
+) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     if not fmt.is_inside(root, path):
-        notes.append(_note("warning", f"refused {what}", f"{path}: links outside the run directory; not read", rank=rank))
+        notes.append(
+            _note("warning", f"refused {what}", f"{path}: links outside the run directory; not read", rank=rank)
+        )
         return None
     try:
         return fmt.read_json(path, what)
@@ -120,7 +131,11 @@ def _param_rows(meta: dict[str, Any]) -> list[dict[str, Any]]:
         shape = entry.get("shape")
         numel = _as_int(entry.get("numel"))
         if numel is None and isinstance(shape, (list, tuple)):
-            numel = _as_int(math.prod(shape)) if all(isinstance(s, int) and not isinstance(s, bool) for s in shape) else None
+            numel = (
+                _as_int(math.prod(shape))
+                if all(isinstance(s, int) and not isinstance(s, bool) for s in shape)
+                else None
+            )
         rows.append(
             {
                 "param_id": pid,
@@ -152,9 +167,7 @@ def _params_frame(metas: dict[int, dict[str, Any]]) -> pl.DataFrame:
     ranked = sorted(rows, key=lambda r: r["backward"]) if known else sorted(rows, key=lambda r: -r["param_id"])
     for order, row in enumerate(ranked):
         row["order"] = order
-    return pl.DataFrame(
-        [{k: r[k] for k in PARAM_COLUMNS} for r in rows], schema=PARAM_COLUMNS, orient="row"
-    )
+    return pl.DataFrame([{k: r[k] for k in PARAM_COLUMNS} for r in rows], schema=PARAM_COLUMNS, orient="row")
 
 
 # --- chunk tables ---------------------------------------------------------------------------
@@ -163,8 +176,15 @@ def _params_frame(metas: dict[int, dict[str, Any]]) -> pl.DataFrame:
 def _chunks(folder: Path, schema: pa.Schema, what: str, rank: int, notes: list[Finding], root: Path) -> list[Path]:
     chunks = fmt.readable_chunks(folder, schema, root)
     for path, why in chunks.skipped:
-        notes.append(_note("warning", f"skipped a {what} chunk", f"{path}: {why}; its rows are missing from the analysis",
-                           rank=rank, chunk=path.name))
+        notes.append(
+            _note(
+                "warning",
+                f"skipped a {what} chunk",
+                f"{path}: {why}; its rows are missing from the analysis",
+                rank=rank,
+                chunk=path.name,
+            )
+        )
     return chunks.paths
 
 
@@ -174,7 +194,9 @@ def _read_steps(paths: list[Path], rank: int, notes: list[Finding]) -> pl.DataFr
         try:
             frames.append(pl.read_parquet(path))
         except Exception as exc:  # a chunk whose body is damaged behind a valid footer
-            notes.append(_note("warning", "skipped a steps chunk", f"{path}: {type(exc).__name__}", rank=rank, chunk=path.name))
+            notes.append(
+                _note("warning", "skipped a steps chunk", f"{path}: {type(exc).__name__}", rank=rank, chunk=path.name)
+            )
     if not frames:
         return pl.DataFrame()
     frame = pl.concat(frames, how="diagonal_relaxed")
@@ -184,9 +206,9 @@ def _read_steps(paths: list[Path], rank: int, notes: list[Finding]) -> pl.DataFr
 
 
 def _scan_grads(paths: list[Path]) -> pl.LazyFrame:
-    return pl.scan_parquet(
-        paths, schema=GRADS_COLUMNS, missing_columns="insert", extra_columns="ignore"
-    ).select(list(GRADS_COLUMNS))
+    return pl.scan_parquet(paths, schema=GRADS_COLUMNS, missing_columns="insert", extra_columns="ignore").select(
+        list(GRADS_COLUMNS)
+    )
 
 
 def _l2(col: str) -> pl.Expr:
@@ -260,7 +282,9 @@ def load_run(inputs: Inputs, progress: Progress = silent) -> RunData:
         paths = fmt.RankPaths(rank_dir)
         meta = _read_optional_json(paths.meta, "meta.json", notes, rank, root)
         if meta is None and not paths.meta.exists():
-            notes.append(_note("info", "missing meta.json", f"{paths.meta}: not found; parameter names are unknown", rank=rank))
+            notes.append(
+                _note("info", "missing meta.json", f"{paths.meta}: not found; parameter names are unknown", rank=rank)
+            )
         metas[rank] = meta or {}
         steps = _read_steps(_chunks(paths.steps, fmt.STEPS_SCHEMA, "steps", rank, notes, root), rank, notes)
         if not steps.is_empty():
@@ -269,14 +293,21 @@ def load_run(inputs: Inputs, progress: Progress = silent) -> RunData:
         if grad_paths:
             grad_frames[rank] = _scan_grads(grad_paths)
         if paths.health.is_file() and not fmt.is_inside(root, paths.health):
-            notes.append(_note("warning", "refused checkpoint health", f"{paths.health}: links outside the run directory; not read", rank=rank))
+            notes.append(
+                _note(
+                    "warning",
+                    "refused checkpoint health",
+                    f"{paths.health}: links outside the run directory; not read",
+                    rank=rank,
+                )
+            )
         elif paths.health.is_file():
             try:
-                health_frames.append(
-                    pl.read_parquet(paths.health).with_columns(pl.lit(rank, pl.Int32).alias("rank"))
-                )
+                health_frames.append(pl.read_parquet(paths.health).with_columns(pl.lit(rank, pl.Int32).alias("rank")))
             except Exception as exc:
-                notes.append(_note("warning", "unreadable checkpoint health", f"{paths.health}: {type(exc).__name__}", rank=rank))
+                notes.append(
+                    _note("warning", "unreadable checkpoint health", f"{paths.health}: {type(exc).__name__}", rank=rank)
+                )
         checkpoints += _checkpoints(rank_dir, rank)
         if (snap := _snapshot(rank_dir, rank, notes, root)) is not None:
             snapshots.append(snap)
@@ -284,16 +315,20 @@ def load_run(inputs: Inputs, progress: Progress = silent) -> RunData:
     if not steps_frames and not grad_frames and not any(metas.values()) and manifest is None:
         raise InputError(f"{root}: run directory has no readable manifest, meta.json, steps or grads")
 
-    steps = pl.concat(steps_frames, how="diagonal_relaxed").sort("step", "rank") if steps_frames else pl.DataFrame(
-        schema={**STEPS_COLUMNS, "rank": pl.Int32}
+    steps = (
+        pl.concat(steps_frames, how="diagonal_relaxed").sort("step", "rank")
+        if steps_frames
+        else pl.DataFrame(schema={**STEPS_COLUMNS, "rank": pl.Int32})
     )
     grad_ranks = sorted(grad_frames)
     if _grads_are_replicas(metas, grad_ranks):
         # Replicas agree after all-reduce; the lowest rank stands for all of them.
         grad_ranks = grad_ranks[:1]
     grads = merge_grads([grad_frames[r] for r in grad_ranks]) if grad_ranks else pl.LazyFrame(schema=GRADS_COLUMNS)
-    health = pl.concat(health_frames, how="diagonal_relaxed") if health_frames else pl.DataFrame(
-        schema={**HEALTH_COLUMNS, "rank": pl.Int32}
+    health = (
+        pl.concat(health_frames, how="diagonal_relaxed")
+        if health_frames
+        else pl.DataFrame(schema={**HEALTH_COLUMNS, "rank": pl.Int32})
     )
     params = _params_frame(metas)
 
@@ -312,19 +347,25 @@ def _recorder_losses(run: RunData) -> list[Finding]:
         problems = [str(w) for w in source.get("warnings") or [] if isinstance(w, (str, int, float))][:10]
         if not (dropped or lost or problems):
             continue
-        notes.append(Finding(
-            "input-error", "warning" if dropped or lost else "info", "the recorder reported problems",
-            f"{dropped} step(s) dropped (writer queue full) and {lost} step(s) lost (write errors)"
-            + (f"; its notes: {'; '.join(problems)}" if problems else ""),
-            rank=rank, evidence={"dropped_steps": dropped, "lost_steps": lost, "notes": problems},
-            suggestion="Dropped steps mean the disk could not keep up (raise max_queue or flush less often); "
-            "lost steps mean writes failed (disk full, permissions): the missing steps are absent from every chart.",
-        ))
+        notes.append(
+            Finding(
+                "input-error",
+                "warning" if dropped or lost else "info",
+                "the recorder reported problems",
+                f"{dropped} step(s) dropped (writer queue full) and {lost} step(s) lost (write errors)"
+                + (f"; its notes: {'; '.join(problems)}" if problems else ""),
+                rank=rank,
+                evidence={"dropped_steps": dropped, "lost_steps": lost, "notes": problems},
+                suggestion="Dropped steps mean the disk could not keep up (raise max_queue or flush less often); "
+                "lost steps mean writes failed (disk full, permissions): the missing steps are absent from every chart.",
+            )
+        )
     return notes
 
 
-def _facts(run: RunData, inputs: Inputs, checkpoints: list[dict[str, Any]], snapshots: list[dict[str, Any]],
-           has_grads: bool) -> dict[str, Any]:
+def _facts(
+    run: RunData, inputs: Inputs, checkpoints: list[dict[str, Any]], snapshots: list[dict[str, Any]], has_grads: bool
+) -> dict[str, Any]:
     manifest = run.manifest or {}
     metas = [run.metas[r] for r in sorted(run.metas)]
     steps = run.steps
@@ -332,7 +373,11 @@ def _facts(run: RunData, inputs: Inputs, checkpoints: list[dict[str, Any]], snap
         span = {"first": None, "last": None, "count": 0}
     else:
         span = {"first": steps["step"].min(), "last": steps["step"].max(), "count": steps["step"].n_unique()}
-    world = _as_int(manifest.get("world_size")) or _as_int(_first([m.get("world_size") for m in metas])) or max(len(run.metas), 1)
+    world = (
+        _as_int(manifest.get("world_size"))
+        or _as_int(_first([m.get("world_size") for m in metas]))
+        or max(len(run.metas), 1)
+    )
     status = manifest.get("status")
     if status == fmt.STATUS_RUNNING and not manifest.get("ended"):
         # The recorder never closed: killed (OOM, SIGKILL, node loss) or still going.
@@ -351,14 +396,19 @@ def _facts(run: RunData, inputs: Inputs, checkpoints: list[dict[str, Any]], snap
         )
         status = "crashed"
     elif status == fmt.STATUS_CRASHED:
-        run.notes.append(Finding(
-            "input-error", "warning", "run crashed",
-            f"the recorder closed the run as crashed after step {span['last']} (an exception in the training loop or "
-            "a termination signal); the analysis covers the steps up to there",
-            step=span["last"], evidence={"last_step": span["last"], "steps_recorded": span["count"]},
-            suggestion="The job's own log has the exception or the signal; the recorder's notes are listed in the "
-            "other input findings and in manifest.json.",
-        ))
+        run.notes.append(
+            Finding(
+                "input-error",
+                "warning",
+                "run crashed",
+                f"the recorder closed the run as crashed after step {span['last']} (an exception in the training loop or "
+                "a termination signal); the analysis covers the steps up to there",
+                step=span["last"],
+                evidence={"last_step": span["last"], "steps_recorded": span["count"]},
+                suggestion="The job's own log has the exception or the signal; the recorder's notes are listed in the "
+                "other input findings and in manifest.json.",
+            )
+        )
     run.notes.extend(_recorder_losses(run))
     recorded = ["steps"] if not steps.is_empty() else []
     recorded += ["grads"] if has_grads else []

@@ -32,7 +32,16 @@ GPU_KINDS = {
 }
 GPU_CATS = frozenset(GPU_KINDS) | {"gpu_user_annotation", "cuda_sync", "xpu_sync"}
 RUNTIME_CATS = frozenset(
-    {"cuda_runtime", "cuda_driver", "Runtime", "xpu_runtime", "xpu_driver", "privateuse1_runtime", "privateuse1_driver", "mtia_runtime"}
+    {
+        "cuda_runtime",
+        "cuda_driver",
+        "Runtime",
+        "xpu_runtime",
+        "xpu_driver",
+        "privateuse1_runtime",
+        "privateuse1_driver",
+        "mtia_runtime",
+    }
 )
 OP_CATS = frozenset({"cpu_op", "Operator"})
 FLOW_CATS = frozenset({"ac2g", "async", "async_cpu_to_gpu", "async_gpu"})
@@ -120,7 +129,9 @@ def load_traces(files: dict[Path, int | None], progress: Progress = silent) -> T
             if entry.get("base_time_ns") != meta.get("base_time_ns"):
                 entry.setdefault("base_times_ns", []).append(meta.get("base_time_ns"))
     if not parts:
-        raise InputError(errors[0] if len(errors) == 1 else f"no readable trace among {len(errors)} files; first: {errors[0]}")
+        raise InputError(
+            errors[0] if len(errors) == 1 else f"no readable trace among {len(errors)} files; first: {errors[0]}"
+        )
     for message in errors:
         notes.append(
             Finding(
@@ -172,13 +183,17 @@ def _normalise(raw: RawTrace, rank: int, index: int) -> tuple[pl.DataFrame, dict
     usable_dur = pl.col("dur_us").is_not_null() & pl.col("dur_us").is_finite() & (pl.col("dur_us") < chrome._MAX_DUR_US)
     keep = usable_ts & (~is_x | usable_dur)
     bad = frame.select((~keep & pl.col("ph").is_in(["X", "s", "f"])).sum()).item()
-    frame = frame.filter(keep).with_columns(
-        ts=ts_ns,
-        # Kineto clamps negative durations to 0; so do we.
-        dur=(pl.col("dur_us").clip(lower_bound=0) * 1000).round().cast(pl.Int64),
-        rank=pl.lit(rank, dtype=pl.Int32),
-        file=pl.lit(index, dtype=pl.Int32),
-    ).drop("ts_us", "dur_us")
+    frame = (
+        frame.filter(keep)
+        .with_columns(
+            ts=ts_ns,
+            # Kineto clamps negative durations to 0; so do we.
+            dur=(pl.col("dur_us").clip(lower_bound=0) * 1000).round().cast(pl.Int64),
+            rank=pl.lit(rank, dtype=pl.Int32),
+            file=pl.lit(index, dtype=pl.Int32),
+        )
+        .drop("ts_us", "dur_us")
+    )
     skipped = raw.skipped + bad
     if raw.truncated:
         kept = frame.select((pl.col("ph") == "X").sum()).item()
@@ -204,7 +219,8 @@ def _normalise(raw: RawTrace, rank: int, index: int) -> tuple[pl.DataFrame, dict
                 rule="input-error",
                 severity="warning",
                 title="Malformed trace events skipped",
-                message=f"{raw.path.name}: skipped {skipped} malformed events" + (f" (e.g. {detail})" if detail else ""),
+                message=f"{raw.path.name}: skipped {skipped} malformed events"
+                + (f" (e.g. {detail})" if detail else ""),
                 rank=rank,
                 subject=raw.path.name,
                 evidence={"events_skipped": skipped},
@@ -232,16 +248,21 @@ def _link(parts: list[pl.DataFrame], ranks: dict[int, dict[str, Any]], notes: li
     if flows.height and x.select(pl.col("correlation").is_null().any()).item():
         flow_keys = (
             flows.select(
-                "file", "pid", "tid", "ts",
+                "file",
+                "pid",
+                "tid",
+                "ts",
                 is_gpu=pl.col("ph") == "f",
                 flow_corr=pl.col("flow_id"),
             )
             .drop_nulls("flow_corr")
             .unique(["file", "pid", "tid", "ts", "is_gpu"], keep="first")
         )
-        x = x.join(flow_keys, on=["file", "pid", "tid", "ts", "is_gpu"], how="left", maintain_order="left").with_columns(
-            correlation=pl.coalesce("correlation", "flow_corr")
-        ).drop("flow_corr")
+        x = (
+            x.join(flow_keys, on=["file", "pid", "tid", "ts", "is_gpu"], how="left", maintain_order="left")
+            .with_columns(correlation=pl.coalesce("correlation", "flow_corr"))
+            .drop("flow_corr")
+        )
 
     # GPU stream: args.stream (int, or ROCm's "0x0"), else from tid ("7", "stream 7", 1000007).
     arg_stream = pl.col("arg_stream")
@@ -274,23 +295,32 @@ def _link(parts: list[pl.DataFrame], ranks: dict[int, dict[str, Any]], notes: li
     cpu = _with_step(x.filter(~pl.col("is_gpu")).select("_row", "rank", "ts"), steps).select("_row", "step")
 
     # GPU events: the launch with the same correlation in the same file, then its step and op.
-    launches = _with_step(
-        x.filter(cat.is_in(list(RUNTIME_CATS)) & pl.col("correlation").is_not_null())
-        .select("file", "correlation", "rank", "name", "ts", "dur", "external_id", "pid", "tid")
-        .unique(["file", "correlation"], keep="first", maintain_order=True),
-        steps,
-    ).drop("rank").rename(
-        {
-            "name": "launch_name",
-            "ts": "launch_ts",
-            "dur": "launch_dur",
-            "external_id": "launch_ext",
-            "pid": "launch_pid",
-            "tid": "launch_tid",
-            "step": "launch_step",
-        }
+    launches = (
+        _with_step(
+            x.filter(cat.is_in(list(RUNTIME_CATS)) & pl.col("correlation").is_not_null())
+            .select("file", "correlation", "rank", "name", "ts", "dur", "external_id", "pid", "tid")
+            .unique(["file", "correlation"], keep="first", maintain_order=True),
+            steps,
+        )
+        .drop("rank")
+        .rename(
+            {
+                "name": "launch_name",
+                "ts": "launch_ts",
+                "dur": "launch_dur",
+                "external_id": "launch_ext",
+                "pid": "launch_pid",
+                "tid": "launch_tid",
+                "step": "launch_step",
+            }
+        )
     )
-    ops = x.lazy().filter(cat.is_in(list(OP_CATS))).select("file", "pid", "tid", "ts", "dur", "external_id", "name").collect()
+    ops = (
+        x.lazy()
+        .filter(cat.is_in(list(OP_CATS)))
+        .select("file", "pid", "tid", "ts", "dur", "external_id", "name")
+        .collect()
+    )
     # Only the ops that some GPU event or launch names: far fewer than all ops, and `unique` over
     # all of them was the costliest step of linking.
     wanted = pl.concat(
@@ -303,7 +333,12 @@ def _link(parts: list[pl.DataFrame], ranks: dict[int, dict[str, Any]], notes: li
     )
     gpu_side = (
         gpu_rows.join(launches, on=["file", "correlation"], how="left", maintain_order="left")
-        .join(op_by_ext.rename({"external_id": "launch_ext"}), on=["file", "launch_ext"], how="left", maintain_order="left")
+        .join(
+            op_by_ext.rename({"external_id": "launch_ext"}),
+            on=["file", "launch_ext"],
+            how="left",
+            maintain_order="left",
+        )
         .join(op_by_ext.rename({"op_name": "own_op"}), on=["file", "external_id"], how="left", maintain_order="left")
     )
     gpu_side = gpu_side.with_columns(op=pl.coalesce("op_name", "own_op")).drop("op_name", "own_op")
@@ -312,14 +347,19 @@ def _link(parts: list[pl.DataFrame], ranks: dict[int, dict[str, Any]], notes: li
         # Launches whose External id names no op (2022-era traces reuse the correlation id):
         # the innermost op on the launching thread that encloses the launch.
         found = _enclosing_ops(ops, unresolved)
-        gpu_side = gpu_side.join(found, on="_row", how="left", maintain_order="left").with_columns(
-            op=pl.coalesce("op", "enclosing_op")
-        ).drop("enclosing_op")
+        gpu_side = (
+            gpu_side.join(found, on="_row", how="left", maintain_order="left")
+            .with_columns(op=pl.coalesce("op", "enclosing_op"))
+            .drop("enclosing_op")
+        )
 
     # Every X row is in exactly one of `cpu` and `gpu_side`: sorted by row they give the step and
     # stream columns (a join would copy every column of x).
     by_row = pl.concat(
-        [cpu.with_columns(stream=pl.lit(None, dtype=pl.Int64)), gpu_side.select("_row", step="launch_step", stream="stream")]
+        [
+            cpu.with_columns(stream=pl.lit(None, dtype=pl.Int64)),
+            gpu_side.select("_row", step="launch_step", stream="stream"),
+        ]
     ).sort("_row")
     del cpu
     events = x.with_columns(by_row.get_column("step"), by_row.get_column("stream")).select(
@@ -348,7 +388,13 @@ def _with_step(frame: pl.DataFrame, steps: pl.DataFrame) -> pl.DataFrame:
         return frame.with_columns(step=pl.lit(None, dtype=pl.Int64))
     return (
         frame.sort("rank", "ts")
-        .join_asof(steps.select("rank", "ts", "step", "step_end"), on="ts", by="rank", strategy="backward", check_sortedness=False)
+        .join_asof(
+            steps.select("rank", "ts", "step", "step_end"),
+            on="ts",
+            by="rank",
+            strategy="backward",
+            check_sortedness=False,
+        )
         .with_columns(step=pl.when(pl.col("ts") < pl.col("step_end")).then("step"))
         .drop("step_end")
     )
@@ -377,7 +423,11 @@ def _enclosing_ops(ops: pl.DataFrame, launches: pl.DataFrame) -> pl.DataFrame:
         "_row", "file", pid=pl.col("launch_pid"), tid=pl.col("launch_tid"), ts=pl.col("launch_ts")
     ).sort("ts")
     query = query.join_asof(
-        spans.select(*keys, "ts", "tie_last", "group_start").sort("ts"), on="ts", by=keys, strategy="backward", check_sortedness=False
+        spans.select(*keys, "ts", "tie_last", "group_start").sort("ts"),
+        on="ts",
+        by=keys,
+        strategy="backward",
+        check_sortedness=False,
     ).drop_nulls("tie_last")
     if not query.height:
         return pl.DataFrame(schema={"_row": pl.UInt32, "enclosing_op": pl.Categorical})

@@ -146,7 +146,7 @@ def main() -> None:
         try:
             frame, cut, skipped, problems = chrome.decode_chunk(data)
             ipc = frame.write_ipc(None, compression="uncompressed").getvalue() if frame is not None else b""
-        except Exception:  # noqa: BLE001 — the parent decodes this chunk itself and reports properly
+        except Exception:
             cut, skipped, problems, ipc = None, 0, [], b""
         reply = pickle.dumps((cut, skipped, problems, len(ipc)))
         out.write(len(reply).to_bytes(_LEN, "little") + reply)

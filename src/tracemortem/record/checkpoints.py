@@ -49,14 +49,13 @@ class Checkpointer:
         rows = []
         for pid, (p, n, a) in enumerate(zip(params, norms, absmax)):
             bad = 0 if math.isfinite(n) and math.isfinite(a) else int((~torch.isfinite(p)).sum())
-            rows.append({"step": step, "path": rel, "param_id": pid, "weight_norm": n,
-                         "weight_absmax": a, "nonfinite": bad})
+            rows.append(
+                {"step": step, "path": rel, "param_id": pid, "weight_norm": n, "weight_absmax": a, "nonfinite": bad}
+            )
         return rows
 
     def _prune(self) -> None:
-        found = sorted(
-            (int(m.group(1)), p) for p in self.paths.checkpoints.iterdir() if (m := _CKPT.match(p.name))
-        )
+        found = sorted((int(m.group(1)), p) for p in self.paths.checkpoints.iterdir() if (m := _CKPT.match(p.name)))
         for _, old in found[: max(0, len(found) - self.keep)]:
             old.unlink(missing_ok=True)
         kept = {f"{fmt.CHECKPOINTS}/{p.name}" for _, p in found[-self.keep :]}

@@ -24,7 +24,7 @@ class ParamTable:
     params: list[torch.Tensor]
 
     @classmethod
-    def from_model(cls, model: torch.nn.Module) -> "ParamTable":
+    def from_model(cls, model: torch.nn.Module) -> ParamTable:
         names, params, seen = [], [], set()
         for name, param in model.named_parameters():
             if id(param) in seen:

@@ -51,19 +51,22 @@ class TraceWriter:
         self.worker = f"rank{rank}_{host}_{os.getpid()}"
         self.written: list[Path] = []
 
-    def __call__(self, prof: "torch.profiler.profile") -> None:
+    def __call__(self, prof: torch.profiler.profile) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         final = self.folder / f"{self.worker}.{int(time.time() * 1000)}.pt.trace.json.gz"
         with tempfile.TemporaryDirectory(dir=self.folder, prefix=".trace.") as scratch:
             raw = os.path.join(scratch, "trace.json")
             prof.export_chrome_trace(raw)
-            with fmt.atomic_file(final) as packed:
-                with open(raw, "rb") as src, gzip.open(packed, "wb", compresslevel=6) as dst:
-                    shutil.copyfileobj(src, dst)
+            with (
+                fmt.atomic_file(final) as packed,
+                open(raw, "rb") as src,
+                gzip.open(packed, "wb", compresslevel=6) as dst,
+            ):
+                shutil.copyfileobj(src, dst)
         self.written.append(final)
 
 
-def start_profiler(schedule: ProfileSchedule, folder: Path, rank: int) -> "torch.profiler.profile":
+def start_profiler(schedule: ProfileSchedule, folder: Path, rank: int) -> torch.profiler.profile:
     activities = [torch.profiler.ProfilerActivity.CPU]
     if torch.cuda.is_available():
         activities.append(torch.profiler.ProfilerActivity.CUDA)

@@ -133,14 +133,16 @@ class Recorder:
         self._write_status()
         self.writer.start()
         if self.schedule is not None:
-            self._guarded("profiler", lambda: setattr(self, "_prof", start_profiler(
-                self.schedule, self.rank_paths.traces, self.rank)))
+            self._guarded(
+                "profiler",
+                lambda: setattr(self, "_prof", start_profiler(self.schedule, self.rank_paths.traces, self.rank)),
+            )
         atexit.register(self.close)
         self._install_sigterm()
 
     # --- public API --------------------------------------------------------------------------
 
-    def __enter__(self) -> "Recorder":
+    def __enter__(self) -> Recorder:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
@@ -281,11 +283,14 @@ class Recorder:
         for name, value in scalars.items():
             _put(values, tensors, f"scalar_{name}" if name in _STANDARD else name, value)
 
-        if self.guard and self._snapshot_step is None and loss is not None and (
-            values["skipped"] is not False  # an update was not applied: weights are still pre-update
+        if (
+            self.guard
+            and self._snapshot_step is None
+            and loss is not None
+            and values["skipped"] is not False  # an update was not applied: weights are still pre-update
+            and not math.isfinite(_as_float(loss))
         ):
-            if not math.isfinite(_as_float(loss)):
-                self._take_snapshot(batch, "nonfinite-loss", pre_update=values["skipped"] or None, loss=loss)
+            self._take_snapshot(batch, "nonfinite-loss", pre_update=values["skipped"] or None, loss=loss)
         if self._snapshot_step == step and loss is not None:
             self._guarded("snapshot", lambda: set_snapshot_loss(self.rank_paths.snapshot, _as_float(loss)))
 
@@ -426,8 +431,11 @@ class Recorder:
             if self._warned:
                 return
             self._warned = True
-        warnings.warn(f"tracemortem: {message}. Later recorder problems are listed in meta.json and "
-                      "manifest.json only", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"tracemortem: {message}. Later recorder problems are listed in meta.json and manifest.json only",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     def _meta(self, counters: dict[str, Any], ended: str | None) -> dict[str, Any]:
         return {

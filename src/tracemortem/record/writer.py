@@ -15,9 +15,10 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -189,7 +190,11 @@ class ChunkWriter(threading.Thread):
                 nonfinite = np.zeros(n, np.int64)
                 mask = bad
             else:
-                nonfinite = np.array([item.counts.get(int(i), 0) for i in ids], np.int64) if bad.any() else np.zeros(n, np.int64)
+                nonfinite = (
+                    np.array([item.counts.get(int(i), 0) for i in ids], np.int64)
+                    if bad.any()
+                    else np.zeros(n, np.int64)
+                )
                 mask = None
             part = {
                 "param_id": ids,
@@ -215,8 +220,10 @@ class ChunkWriter(threading.Thread):
             return
         # Each table on its own: a broken grads folder must not cost the steps table its rows.
         incomplete = False
-        for name, folder, table, data in (("grads", self.grads_dir, _grads_table, parts),
-                                          ("steps", self.steps_dir, _steps_table, rows)):
+        for name, folder, table, data in (
+            ("grads", self.grads_dir, _grads_table, parts),
+            ("steps", self.steps_dir, _steps_table, rows),
+        ):
             if not data:
                 continue
             try:
@@ -258,7 +265,9 @@ def _grads_table(parts: list[dict[str, Any]]) -> pa.Table:
     sizes = [len(p["param_id"]) for p in parts]
     step = np.repeat(np.array([p["step"] for p in parts], np.int64), sizes)
     nonfinite = np.concatenate([p["nonfinite"] for p in parts])
-    masks = [p["nonfinite_mask"] if p["nonfinite_mask"] is not None else np.zeros(len(p["param_id"]), bool) for p in parts]
+    masks = [
+        p["nonfinite_mask"] if p["nonfinite_mask"] is not None else np.zeros(len(p["param_id"]), bool) for p in parts
+    ]
     mask = np.concatenate(masks)
     updates = [
         p["update_norm"] if p["update_norm"] is not None else np.full(len(p["param_id"]), np.nan, np.float32)

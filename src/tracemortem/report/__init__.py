@@ -12,15 +12,19 @@ FORMATS = ("html", "md", "json", "text")
 def render(analysis: Any, fmt: str) -> str:
     if fmt == "html":
         from .html import render as html
+
         return html(analysis)
     if fmt == "md":
         from .markdown import render as md
+
         return md(analysis)
     if fmt == "json":
         from .jsonout import render as js
+
         return js(analysis)
     if fmt == "text":
         from .terminal import render as text
+
         return text(analysis)
     raise ValueError(f"unknown report format {fmt!r} (choose from {', '.join(FORMATS)})")
 

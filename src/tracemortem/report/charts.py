@@ -120,7 +120,9 @@ def _line(x: list, y: list, name: str, **extra: Any) -> dict[str, Any]:
     return {"type": "scatter", "mode": "lines", "x": x, "y": y, "name": plotly_text(name), **extra}
 
 
-def _marks(x: list, y: list, name: str, color: str, symbol: str, text: list[str], escaped: bool = False) -> dict[str, Any]:
+def _marks(
+    x: list, y: list, name: str, color: str, symbol: str, text: list[str], escaped: bool = False
+) -> dict[str, Any]:
     """Marker trace; `text` is plain text, or plotly markup already built with plotly_text (`escaped`)."""
     return {
         "type": "scatter",
@@ -168,10 +170,21 @@ def _series_chart(
     series = dict(zip(*thin(_of_rank(steps, first), "step", column)))
     if color_marks:
         xs = sorted(s for s in color_marks if s in series)
-        data.append(_marks(xs, [series[s] for s in xs], "flagged step", SPIKE, "circle-open", [f"step {s}: {color_marks[s]}" for s in xs]))
+        data.append(
+            _marks(
+                xs,
+                [series[s] for s in xs],
+                "flagged step",
+                SPIKE,
+                "circle-open",
+                [f"step {s}: {color_marks[s]}" for s in xs],
+            )
+        )
     if bad_steps:
         xs = sorted(bad_steps)
-        data.append(_marks(xs, [top or 1.0] * len(xs), "non-finite", BAD, "x", [f"step {s}: non-finite {column}" for s in xs]))
+        data.append(
+            _marks(xs, [top or 1.0] * len(xs), "non-finite", BAD, "x", [f"step {s}: non-finite {column}" for s in xs])
+        )
     return {"data": data, "layout": _layout("step", y_title, log_y=log_y, showlegend=len(data) > 1)}
 
 
@@ -187,7 +200,11 @@ def _nonfinite_steps(steps: pl.DataFrame, column: str, extra: pl.Expr | None = N
 
 
 def loss_chart(steps: pl.DataFrame, findings: list[Finding]) -> Chart:
-    chart = Chart("chart-loss", "Loss", "Training loss per step. Circles mark loss spikes; red crosses mark steps where the loss was NaN or infinite.")
+    chart = Chart(
+        "chart-loss",
+        "Loss",
+        "Training loss per step. Circles mark loss spikes; red crosses mark steps where the loss was NaN or infinite.",
+    )
     if not _has(steps, "step", "loss") or steps["loss"].null_count() == steps.height:
         chart.missing = "no loss was recorded (pass loss= to Recorder.step)."
         return chart
@@ -222,11 +239,13 @@ class _StepBuckets:
     width: int  # steps per column (1 when unbinned)
 
     @classmethod
-    def of(cls, grads: pl.LazyFrame) -> "_StepBuckets | None":
+    def of(cls, grads: pl.LazyFrame) -> _StepBuckets | None:
         if "step" not in grads.collect_schema().names():
             return None
         span = grads.select(
-            pl.col("step").min().alias("lo"), pl.col("step").max().alias("hi"), pl.col("step").approx_n_unique().alias("n")
+            pl.col("step").min().alias("lo"),
+            pl.col("step").max().alias("hi"),
+            pl.col("step").approx_n_unique().alias("n"),
         ).collect(engine="streaming")
         lo, hi, n = span.row(0)
         if lo is None:
@@ -242,7 +261,9 @@ class _StepBuckets:
         return cls(((pl.col("step") - lo) // width).cast(pl.Int64), [lo + c * width for c in range(columns)], width)
 
 
-def grad_heatmap(grads: pl.LazyFrame, params: pl.DataFrame, findings: list[Finding], buckets: _StepBuckets | None) -> Chart:
+def grad_heatmap(
+    grads: pl.LazyFrame, params: pl.DataFrame, findings: list[Finding], buckets: _StepBuckets | None
+) -> Chart:
     chart = Chart(
         "chart-grad-heatmap",
         "Gradient norm per parameter",
@@ -266,7 +287,9 @@ def grad_heatmap(grads: pl.LazyFrame, params: pl.DataFrame, findings: list[Findi
         grads.select(cell, pl.when(finite).then(pl.col("norm")).alias("norm"), bad.alias("bad"))
         .group_by("cell")
         .agg(pl.col("norm").max(), pl.col("bad").max())
-        .with_columns((pl.col("cell") // n_cols).cast(pl.Int32).alias("param_id"), (pl.col("cell") % n_cols).alias("col"))
+        .with_columns(
+            (pl.col("cell") // n_cols).cast(pl.Int32).alias("param_id"), (pl.col("cell") % n_cols).alias("col")
+        )
         .collect(engine="streaming")
         .with_columns(pl.col("norm").cast(pl.Float64))
     )
@@ -285,7 +308,11 @@ def grad_heatmap(grads: pl.LazyFrame, params: pl.DataFrame, findings: list[Findi
         .when(pl.col("norm") == 0)
         .then(LEVEL_ZERO)
         .when(pl.col("norm") > 0)
-        .then((LEVEL_LO + (pl.col("norm").log10() - lo) / (hi - lo) * (LEVEL_HI - LEVEL_LO)).round().clip(LEVEL_LO, LEVEL_HI))
+        .then(
+            (LEVEL_LO + (pl.col("norm").log10() - lo) / (hi - lo) * (LEVEL_HI - LEVEL_LO))
+            .round()
+            .clip(LEVEL_LO, LEVEL_HI)
+        )
         .otherwise(LEVEL_NONE)
         .cast(pl.UInt8)
     )
@@ -302,16 +329,28 @@ def grad_heatmap(grads: pl.LazyFrame, params: pl.DataFrame, findings: list[Findi
         "zmin": lo,
         "zmax": hi,
         "colorscale": "Viridis",
-        "colorbar": {"title": {"text": "grad norm"}, "tickvals": list(range(math.ceil(lo), math.floor(hi) + 1)),
-                     "ticktext": [f"1e{k}" for k in range(math.ceil(lo), math.floor(hi) + 1)]},
-        "hovertemplate": "%{y}<br>step %{x}" + (f"–+{buckets.width - 1}" if buckets.width > 1 else "")
+        "colorbar": {
+            "title": {"text": "grad norm"},
+            "tickvals": list(range(math.ceil(lo), math.floor(hi) + 1)),
+            "ticktext": [f"1e{k}" for k in range(math.ceil(lo), math.floor(hi) + 1)],
+        },
+        "hovertemplate": "%{y}<br>step %{x}"
+        + (f"–+{buckets.width - 1}" if buckets.width > 1 else "")
         + "<br>log10 grad norm %{z:.2f}<extra></extra>",
     }
     data: list[dict[str, Any]] = [heat]
     if bad.height:
-        data.append(_marks([buckets.labels[c] for c in bad["col"]], [names[r] for r in bad["row"]], "non-finite", BAD, "x",
-                           [f"{names[r]}<br>step {buckets.labels[c]}: NaN/Inf gradient" for r, c in zip(bad["row"], bad["col"])],
-                           escaped=True))
+        data.append(
+            _marks(
+                [buckets.labels[c] for c in bad["col"]],
+                [names[r] for r in bad["row"]],
+                "non-finite",
+                BAD,
+                "x",
+                [f"{names[r]}<br>step {buckets.labels[c]}: NaN/Inf gradient" for r, c in zip(bad["row"], bad["col"])],
+                escaped=True,
+            )
+        )
     notes = [row_note] if row_note else []
     if buckets.width > 1:
         notes.append(f"each column is {buckets.width} steps (largest norm shown)")
@@ -323,14 +362,18 @@ def grad_heatmap(grads: pl.LazyFrame, params: pl.DataFrame, findings: list[Findi
     return chart
 
 
-def _heatmap_rows(cells: pl.DataFrame, params: pl.DataFrame, findings: list[Finding]) -> tuple[list[tuple[int, str]], str]:
+def _heatmap_rows(
+    cells: pl.DataFrame, params: pl.DataFrame, findings: list[Finding]
+) -> tuple[list[tuple[int, str]], str]:
     """(param_id, display name) in model order; names made unique so plotly keeps every row."""
     present = cells.group_by("param_id").agg(pl.col("norm").max().alias("peak"), pl.col("bad").any())
     if _has(params, "param_id", "name"):
         present = present.join(params.select("param_id", "name"), on="param_id", how="left")
     else:
         present = present.with_columns(pl.lit(None, pl.String).alias("name"))
-    present = present.with_columns(pl.coalesce(pl.col("name"), pl.format("param {}", "param_id")).alias("name")).sort("param_id")
+    present = present.with_columns(pl.coalesce(pl.col("name"), pl.format("param {}", "param_id")).alias("name")).sort(
+        "param_id"
+    )
     note = ""
     if present.height > MAX_HEATMAP_ROWS:
         named = {f.subject for f in findings if f.subject}
@@ -363,7 +406,11 @@ def update_ratio_chart(grads: pl.LazyFrame, buckets: _StepBuckets | None) -> Cha
         grads.select(buckets.expr.alias("col"), ratio)
         .filter(pl.col("ratio").is_finite() & (pl.col("ratio") > 0))
         .group_by("col")
-        .agg(pl.col("ratio").min().alias("min"), pl.col("ratio").median().alias("median"), pl.col("ratio").max().alias("max"))
+        .agg(
+            pl.col("ratio").min().alias("min"),
+            pl.col("ratio").median().alias("median"),
+            pl.col("ratio").max().alias("max"),
+        )
         .sort("col")
         .collect(engine="streaming")
     )
@@ -420,7 +467,8 @@ def breakdown_chart(step_times: pl.DataFrame) -> Chart:
         "data loading, host synchronisation, idle). A large data-loading, sync or idle share is the bottleneck.",
     )
     parts = [
-        c for c in step_times.columns
+        c
+        for c in step_times.columns
         if step_times.schema[c].is_numeric() and time_unit(c) and not any(c.startswith(p) for p in _NOT_PARTS)
     ]
     if not _has(step_times, "step") or not parts:
@@ -434,12 +482,17 @@ def breakdown_chart(step_times: pl.DataFrame) -> Chart:
         values = frame[column].cast(pl.Float64) * ((time_unit(column) or 1.0) * 1e3)
         if values.fill_null(0).abs().sum() > 0:
             label = column_label(column)
-            data.append({"type": "bar", "x": x, "y": [round_sig(v, 4) for v in values.to_list()], "name": plotly_text(label)})
+            data.append(
+                {"type": "bar", "x": x, "y": [round_sig(v, 4) for v in values.to_list()], "name": plotly_text(label)}
+            )
     if not data:
         chart.missing = "the profiled steps have no time breakdown."
         return chart
     title = "step" + (f" (rank {ranks[0]})" if ranks[0] is not None and len(ranks) > 1 else "")
-    chart.figure = {"data": data, "layout": _layout(title, "time (ms)", barmode="stack", xaxis={"type": "category", "title": {"text": title}})}
+    chart.figure = {
+        "data": data,
+        "layout": _layout(title, "time (ms)", barmode="stack", xaxis={"type": "category", "title": {"text": title}}),
+    }
     return chart
 
 
@@ -471,8 +524,14 @@ def _short(name: str, limit: int = 60) -> str:
 
 
 def memory_chart(steps: pl.DataFrame) -> Chart:
-    chart = Chart("chart-memory", "GPU memory", "Memory allocated by tensors at the end of each step. A steady climb is a leak (e.g. keeping losses or graphs alive).")
-    columns = [c for c in ("mem_allocated", "max_mem_allocated") if c in steps.columns and steps[c].null_count() < steps.height]
+    chart = Chart(
+        "chart-memory",
+        "GPU memory",
+        "Memory allocated by tensors at the end of each step. A steady climb is a leak (e.g. keeping losses or graphs alive).",
+    )
+    columns = [
+        c for c in ("mem_allocated", "max_mem_allocated") if c in steps.columns and steps[c].null_count() < steps.height
+    ]
     if not _has(steps, "step") or not columns:
         chart.missing = "no GPU memory was recorded (CPU run)."
         return chart
@@ -483,7 +542,14 @@ def memory_chart(steps: pl.DataFrame) -> Chart:
         for column in columns:
             x, y = thin(frame, "step", column)
             label = "allocated" if column == "mem_allocated" else "peak allocated"
-            data.append(_line(x, y, f"{_rank_name(rank, many)} {label}".strip(), line={"dash": "dot"} if column.startswith("max") else {}))
+            data.append(
+                _line(
+                    x,
+                    y,
+                    f"{_rank_name(rank, many)} {label}".strip(),
+                    line={"dash": "dot"} if column.startswith("max") else {},
+                )
+            )
     chart.figure = {"data": data, "layout": _layout("step", "MiB")}
     return chart
 
@@ -500,20 +566,39 @@ def rank_chart(ranks: list[dict[str, Any]]) -> Chart:
     labels = [f"rank {r['rank']}" for r in ranks]
     data = []
     if any(r.get("step_time_s") is not None for r in ranks):
-        data.append({"type": "bar", "x": labels, "y": [round_sig((r.get("step_time_s") or 0) * 1e3, 4) for r in ranks],
-                     "name": "median step (ms)", "marker": {"color": "#1565c0"}})
+        data.append(
+            {
+                "type": "bar",
+                "x": labels,
+                "y": [round_sig((r.get("step_time_s") or 0) * 1e3, 4) for r in ranks],
+                "name": "median step (ms)",
+                "marker": {"color": "#1565c0"},
+            }
+        )
     for key, color in (("compute_us", "#2e7d32"), ("non_compute_us", "#f9a825"), ("idle_us", "#9e9e9e")):
         values = [(r.get("gpu") or {}).get(key) for r in ranks]
         if any(v is not None for v in values):
-            data.append({"type": "bar", "x": labels, "y": [round_sig(v / 1e3, 4) if v is not None else None for v in values],
-                         "name": f"GPU {key[:-3].replace('_', '-')} (ms)", "marker": {"color": color}, "yaxis": "y2", "xaxis": "x2"})
+            data.append(
+                {
+                    "type": "bar",
+                    "x": labels,
+                    "y": [round_sig(v / 1e3, 4) if v is not None else None for v in values],
+                    "name": f"GPU {key[:-3].replace('_', '-')} (ms)",
+                    "marker": {"color": color},
+                    "yaxis": "y2",
+                    "xaxis": "x2",
+                }
+            )
     if not data:
         chart.missing = "the ranks have no timings."
         return chart
     layout = _layout("", "median step (ms)", xaxis={"type": "category", "domain": [0, 0.45]})
     if any(t.get("yaxis") == "y2" for t in data):
-        layout.update(barmode="stack", xaxis2={"type": "category", "domain": [0.55, 1], "anchor": "y2"},
-                      yaxis2={"title": {"text": "GPU time (ms)"}, "anchor": "x2"})
+        layout.update(
+            barmode="stack",
+            xaxis2={"type": "category", "domain": [0.55, 1], "anchor": "y2"},
+            yaxis2={"title": {"text": "GPU time (ms)"}, "anchor": "x2"},
+        )
     else:
         layout["xaxis"]["domain"] = [0, 1]
     chart.figure = {"data": data, "layout": layout}

@@ -8,7 +8,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ TEMPLATE_DIR = Path(templates.__file__).parent
 SEVERITY_LABEL = {"error": "Error", "warning": "Warning", "info": "Info"}
 
 
-@lru_cache(maxsize=None)
+@cache
 def environment(autoescape: bool) -> jinja2.Environment:
     """HTML templates escape everything by default; Markdown and terminal templates escape
     with their own filters (`md`, `term`) because HTML entities mean nothing there."""

@@ -43,7 +43,9 @@ def render_text(result: dict[str, Any]) -> str:
             lines += ["", title] + columns(_change_table(result[key]))
     for title, key in (("New findings", "new_findings"), ("Resolved findings", "resolved_findings")):
         if result[key]:
-            table = Table(["severity", "rule", "subject", "title"], [list(_finding_line(f)) for f in result[key]], [False] * 4)
+            table = Table(
+                ["severity", "rule", "subject", "title"], [list(_finding_line(f)) for f in result[key]], [False] * 4
+            )
             lines += ["", title] + columns(table)
     return "\n".join(lines) + "\n"
 
@@ -66,7 +68,9 @@ def render_markdown(result: dict[str, Any]) -> str:
             lines += ["", f"### {title}", ""] + _md_table(_change_table(result[key]))
     for title, key in (("New findings", "new_findings"), ("Resolved findings", "resolved_findings")):
         if result[key]:
-            table = Table(["severity", "rule", "subject", "title"], [list(_finding_line(f)) for f in result[key]], [False] * 4)
+            table = Table(
+                ["severity", "rule", "subject", "title"], [list(_finding_line(f)) for f in result[key]], [False] * 4
+            )
             lines += ["", f"### {title}", ""] + _md_table(table)
     return "\n".join(lines) + "\n"
 

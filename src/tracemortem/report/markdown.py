@@ -14,11 +14,15 @@ MAX_OPS = 10
 
 def render(analysis: Any) -> str:
     findings = analysis.findings
-    return environment(autoescape=False).get_template("report.md.j2").render(
-        facts=run_facts(analysis.run),
-        counts=severity_counts(findings),
-        findings=findings[:MAX_FINDINGS],
-        more=max(0, len(findings) - MAX_FINDINGS),
-        ops=ops_table(analysis.ops, MAX_OPS),
-        kernels=ops_table(analysis.kernels, 5),
+    return (
+        environment(autoescape=False)
+        .get_template("report.md.j2")
+        .render(
+            facts=run_facts(analysis.run),
+            counts=severity_counts(findings),
+            findings=findings[:MAX_FINDINGS],
+            more=max(0, len(findings) - MAX_FINDINGS),
+            ops=ops_table(analysis.ops, MAX_OPS),
+            kernels=ops_table(analysis.kernels, 5),
+        )
     )

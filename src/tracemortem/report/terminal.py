@@ -25,11 +25,15 @@ def columns(table: Table) -> list[str]:
 
 
 def render(analysis: Any) -> str:
-    return environment(autoescape=False).get_template("summary.txt.j2").render(
-        facts=run_facts(analysis.run),
-        counts=severity_counts(analysis.findings),
-        label=SEVERITY_LABEL,
-        findings=[(f, evidence(f)) for f in analysis.findings],
+    return (
+        environment(autoescape=False)
+        .get_template("summary.txt.j2")
+        .render(
+            facts=run_facts(analysis.run),
+            counts=severity_counts(analysis.findings),
+            label=SEVERITY_LABEL,
+            findings=[(f, evidence(f)) for f in analysis.findings],
+        )
     )
 
 

@@ -53,11 +53,14 @@ def summarize(traces: TraceSet, config: Config | None = None, progress: Progress
     launches = gpu_stats.launch_stats(traces.gpu)
     progress("timing: step breakdown")
     steps = step_breakdown(traces.events, traces.profiler_steps, traces.gpu)
-    return Timing(ops=ops, kernels=kernels, steps=steps, step_ops=step_ops,
-                  ranks=_rank_entries(traces, steps, temporal, launches))
+    return Timing(
+        ops=ops, kernels=kernels, steps=steps, step_ops=step_ops, ranks=_rank_entries(traces, steps, temporal, launches)
+    )
 
 
-def _rank_entries(traces: TraceSet, steps: pl.DataFrame, temporal: pl.DataFrame, launches: pl.DataFrame) -> list[dict[str, Any]]:
+def _rank_entries(
+    traces: TraceSet, steps: pl.DataFrame, temporal: pl.DataFrame, launches: pl.DataFrame
+) -> list[dict[str, Any]]:
     by_rank = {row["rank"]: row for row in temporal.iter_rows(named=True)} if not temporal.is_empty() else {}
     launch_rows = {row["rank"]: row for row in launches.iter_rows(named=True)}
     entries = []

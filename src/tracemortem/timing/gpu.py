@@ -34,9 +34,12 @@ def kernel_type(name: pl.Expr) -> pl.Expr:
     """HTA's KernelType from the name: COMMUNICATION, MEMORY, COMPUTATION or OTHER."""
     text = name.cast(pl.String)
     return (
-        pl.when(text.str.contains(COMM_RE)).then(pl.lit("COMMUNICATION"))
-        .when(text.str.contains(MEMORY_RE)).then(pl.lit("MEMORY"))
-        .when(~text.str.contains(NOT_COMPUTE_RE)).then(pl.lit("COMPUTATION"))
+        pl.when(text.str.contains(COMM_RE))
+        .then(pl.lit("COMMUNICATION"))
+        .when(text.str.contains(MEMORY_RE))
+        .then(pl.lit("MEMORY"))
+        .when(~text.str.contains(NOT_COMPUTE_RE))
+        .then(pl.lit("COMPUTATION"))
         .otherwise(pl.lit("OTHER"))
     )
 
@@ -77,7 +80,10 @@ def hta_view(events: pl.DataFrame, profiler_steps: pl.DataFrame, ranks: dict[int
             "rank",
             "name",
             pl.when(fractional).then(start_us.ceil().cast(pl.Int64)).otherwise(rel // 1000).alias("ts"),
-            pl.when(fractional).then(end_us.floor().cast(pl.Int64)).otherwise((rel + pl.col("dur")) // 1000).alias("end"),
+            pl.when(fractional)
+            .then(end_us.floor().cast(pl.Int64))
+            .otherwise((rel + pl.col("dur")) // 1000)
+            .alias("end"),
             kernel_type(pl.col("name")).alias("type"),
         )
         # HTA keeps the negative durations its rounding creates (an event shorter than 1 µs that

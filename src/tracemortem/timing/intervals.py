@@ -52,7 +52,9 @@ def clip_to_windows(intervals: pl.DataFrame, windows: pl.DataFrame) -> pl.DataFr
     win = windows.sort("w_ts")
     cols = intervals.columns
     indexed = intervals.with_row_index("_i")
-    at_start = indexed.sort("ts").join_asof(win, left_on="ts", right_on="w_ts", by="rank", strategy="backward", check_sortedness=False)
+    at_start = indexed.sort("ts").join_asof(
+        win, left_on="ts", right_on="w_ts", by="rank", strategy="backward", check_sortedness=False
+    )
     at_end = (
         indexed.with_columns((pl.col("end") - 1).alias("_last"))
         .sort("_last")

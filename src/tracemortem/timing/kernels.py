@@ -10,9 +10,19 @@ from .gpu import kernel_type
 
 def kernel_table(gpu: pl.DataFrame, view: pl.DataFrame) -> pl.DataFrame:
     if gpu.is_empty():
-        return pl.DataFrame(schema={"name": pl.String, "kind": pl.String, "type": pl.String, "calls": pl.UInt32,
-                                    "total_ns": pl.Int64, "mean_ns": pl.Float64, "max_ns": pl.Int64,
-                                    "ranks": pl.UInt32, "hta_sum_us": pl.Int64})
+        return pl.DataFrame(
+            schema={
+                "name": pl.String,
+                "kind": pl.String,
+                "type": pl.String,
+                "calls": pl.UInt32,
+                "total_ns": pl.Int64,
+                "mean_ns": pl.Float64,
+                "max_ns": pl.Int64,
+                "ranks": pl.UInt32,
+                "hta_sum_us": pl.Int64,
+            }
+        )
     hta = view.group_by(pl.col("name").cast(pl.String)).agg(pl.col("dur").sum().alias("hta_sum_us"))
     return (
         gpu.group_by(pl.col("name").cast(pl.String))

@@ -32,7 +32,9 @@ def with_self_time(events: pl.DataFrame) -> pl.DataFrame:
     points = pl.concat(
         [
             cpu.select(*_THREAD, pl.col("ts").alias("t"), pl.lit(1, pl.Int8).alias("kind"), "_order"),
-            cpu.select(*_THREAD, close.alias("t"), pl.lit(0, pl.Int8).alias("kind"), pl.lit(None, pl.UInt32).alias("_order")),
+            cpu.select(
+                *_THREAD, close.alias("t"), pl.lit(0, pl.Int8).alias("kind"), pl.lit(None, pl.UInt32).alias("_order")
+            ),
         ]
     )
     # Ends before starts at the same instant; starts in nesting order (`_order`).
@@ -45,7 +47,12 @@ def with_self_time(events: pl.DataFrame) -> pl.DataFrame:
     cpu = cpu.join(open_count, on="_order").sort("_order")
     parents = cpu.select(*_THREAD, "_order", (pl.col("depth") + 1).alias("depth"), pl.col("_order").alias("_parent"))
     linked = cpu.join_asof(
-        parents, on="_order", by=[*_THREAD, "depth"], strategy="backward", allow_exact_matches=False, check_sortedness=False
+        parents,
+        on="_order",
+        by=[*_THREAD, "depth"],
+        strategy="backward",
+        allow_exact_matches=False,
+        check_sortedness=False,
     )
     children = linked.group_by("_parent").agg(pl.col("dur").sum().alias("_child"))
     return (
@@ -62,26 +69,32 @@ def op_table(cpu: pl.DataFrame, gpu: pl.DataFrame, events: pl.DataFrame) -> pl.D
     `gpu_ns` is self GPU time; kernels whose launch has no External id go to `gpu.op` by name.
     """
     ops = cpu.filter(~pl.col("name").cast(pl.String).str.starts_with(STEP_MARK))
-    table = (
-        ops.group_by("name", "input_dims")
-        .agg(
-            pl.col("cat").first(),
-            pl.len().alias("calls"),
-            pl.col("dur").sum().alias("total_ns"),
-            pl.col("self").sum().alias("self_ns"),
-            pl.col("dur").median().alias("p50_ns"),
-            pl.col("dur").quantile(0.95, "nearest").alias("p95_ns"),
-            pl.col("dur").max().alias("max_ns"),
-        )
+    table = ops.group_by("name", "input_dims").agg(
+        pl.col("cat").first(),
+        pl.len().alias("calls"),
+        pl.col("dur").sum().alias("total_ns"),
+        pl.col("self").sum().alias("self_ns"),
+        pl.col("dur").median().alias("p50_ns"),
+        pl.col("dur").quantile(0.95, "nearest").alias("p95_ns"),
+        pl.col("dur").max().alias("max_ns"),
     )
     if gpu.is_empty():
         return table.with_columns(pl.lit(0, pl.Int64).alias("gpu_ns")).sort("self_ns", descending=True)
-    launch_ext = events.filter(~GPU_SIDE & pl.col("correlation").is_not_null() & pl.col("external_id").is_not_null()).select(
-        "rank", "correlation", pl.col("external_id").alias("_ext")
-    ).unique(subset=["rank", "correlation"])
-    op_of_ext = ops.filter(pl.col("external_id").is_not_null() & (pl.col("cat").cast(pl.String).is_in(["cpu_op", "Operator"]))).select(
-        "rank", pl.col("external_id").alias("_ext"), pl.col("name").alias("_name"), pl.col("input_dims").alias("_dims")
-    ).unique(subset=["rank", "_ext"])
+    launch_ext = (
+        events.filter(~GPU_SIDE & pl.col("correlation").is_not_null() & pl.col("external_id").is_not_null())
+        .select("rank", "correlation", pl.col("external_id").alias("_ext"))
+        .unique(subset=["rank", "correlation"])
+    )
+    op_of_ext = (
+        ops.filter(pl.col("external_id").is_not_null() & (pl.col("cat").cast(pl.String).is_in(["cpu_op", "Operator"])))
+        .select(
+            "rank",
+            pl.col("external_id").alias("_ext"),
+            pl.col("name").alias("_name"),
+            pl.col("input_dims").alias("_dims"),
+        )
+        .unique(subset=["rank", "_ext"])
+    )
     attributed = (
         gpu.select("rank", "correlation", "op", "dur")
         .join(launch_ext, on=["rank", "correlation"], how="left")

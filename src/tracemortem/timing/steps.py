@@ -35,9 +35,12 @@ GPU_LEVELS = LEVELS[:4]
 
 def _gpu_intervals(gpu: pl.DataFrame) -> pl.DataFrame:
     kind_level = (
-        pl.when(pl.col("kind") == "memcpy").then(pl.lit("memcpy"))
-        .when(pl.col("kind") == "memset").then(pl.lit("memset"))
-        .when(kernel_type(pl.col("name")) == "COMMUNICATION").then(pl.lit("comm"))
+        pl.when(pl.col("kind") == "memcpy")
+        .then(pl.lit("memcpy"))
+        .when(pl.col("kind") == "memset")
+        .then(pl.lit("memset"))
+        .when(kernel_type(pl.col("name")) == "COMMUNICATION")
+        .then(pl.lit("comm"))
         .otherwise(pl.lit("compute"))
     )
     return gpu.select("rank", "ts", (pl.col("ts") + pl.col("dur")).alias("end"), kind_level.alias("level"))
@@ -49,24 +52,37 @@ def _cpu_intervals(events: pl.DataFrame, gpu: pl.DataFrame, gpu_ranks: list[int]
     loading = cpu.filter(name.str.contains(DATALOADER_RE) & name.str.ends_with("__next__"))
     sync = cpu.filter(name.is_in(SYNC_CALLS) | (name.is_in(SYNC_OPS) & pl.col("rank").is_in(gpu_ranks)))
     # A device-to-host copy blocks the host for the span of its launching call.
-    dtoh = gpu.filter((pl.col("kind") == "memcpy") & pl.col("name").cast(pl.String).str.contains("DtoH") & pl.col("launch_ts").is_not_null())
+    dtoh = gpu.filter(
+        (pl.col("kind") == "memcpy")
+        & pl.col("name").cast(pl.String).str.contains("DtoH")
+        & pl.col("launch_ts").is_not_null()
+    )
     span = [pl.col("ts"), (pl.col("ts") + pl.col("dur")).alias("end")]
     return pl.concat(
         [
             loading.select("rank", *span, pl.lit("data_loading").alias("level")),
             sync.select("rank", *span, pl.lit("host_sync").alias("level")),
-            dtoh.select("rank", pl.col("launch_ts").alias("ts"), (pl.col("launch_ts") + pl.col("launch_dur")).alias("end"), pl.lit("host_sync").alias("level")),
+            dtoh.select(
+                "rank",
+                pl.col("launch_ts").alias("ts"),
+                (pl.col("launch_ts") + pl.col("launch_dur")).alias("end"),
+                pl.lit("host_sync").alias("level"),
+            ),
         ]
     )
 
 
 def step_breakdown(events: pl.DataFrame, profiler_steps: pl.DataFrame, gpu: pl.DataFrame) -> pl.DataFrame:
     keys = ["rank", "step"]
-    steps = profiler_steps.select("rank", "step", pl.col("ts").alias("ts_ns"), pl.col("dur").alias("duration_ns")).sort(keys)
+    steps = profiler_steps.select("rank", "step", pl.col("ts").alias("ts_ns"), pl.col("dur").alias("duration_ns")).sort(
+        keys
+    )
     if steps.is_empty():
         return steps
     gpu_ranks = gpu["rank"].unique().to_list()
-    windows = profiler_steps.select("rank", "step", pl.col("ts").alias("w_ts"), (pl.col("ts") + pl.col("dur")).alias("w_end"))
+    windows = profiler_steps.select(
+        "rank", "step", pl.col("ts").alias("w_ts"), (pl.col("ts") + pl.col("dur")).alias("w_end")
+    )
     spans = pl.concat([_gpu_intervals(gpu), _cpu_intervals(events, gpu, gpu_ranks)])
     pieces = intervals.clip_to_windows(spans.with_columns(pl.col("level").cast(pl.String)), windows)
 
@@ -87,7 +103,12 @@ def step_breakdown(events: pl.DataFrame, profiler_steps: pl.DataFrame, gpu: pl.D
         *[pl.when(has_gpu).then(pl.col(f"{level}_ns")).alias(f"{level}_ns") for level in GPU_LEVELS],
     )
     return out.select(
-        *keys, "ts_ns", "duration_ns",
-        *[f"{level}_ns" for level in LEVELS], "other_ns",
-        "total_gpu_idle_ns", "total_data_loading_ns", "total_host_sync_ns",
+        *keys,
+        "ts_ns",
+        "duration_ns",
+        *[f"{level}_ns" for level in LEVELS],
+        "other_ns",
+        "total_gpu_idle_ns",
+        "total_data_loading_ns",
+        "total_host_sync_ns",
     ).sort(keys)
