@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
+import pytest
+
+torch = pytest.importorskip("torch")
 from torch.profiler import ProfilerActivity, profile, record_function, schedule
 
 from tracemortem.load.traces import load_traces

@@ -4,7 +4,6 @@ on the recorder, the trace loader or the detectors."""
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import polars as pl
@@ -291,13 +290,11 @@ class Visit:
         self.page.on("console", lambda m: self.console.append((m.type, m.text)))
         self.page.on("pageerror", lambda e: self.page_errors.append(str(e)))
         self.page.on("dialog", self._dialog)
-        start = time.monotonic()
         self.page.goto(self.url, wait_until="load")
         if javascript:
             self.page.wait_for_function(
                 "[...document.querySelectorAll('[data-figure]')].every(d => d.querySelector('.main-svg'))"
             )
-        self.seconds = time.monotonic() - start
 
     def _route(self, route):
         if route.request.url == self.url:

@@ -4,7 +4,8 @@ is found where it happened, by name and step."""
 from pathlib import Path
 
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
 
 import tracemortem
 from health_helpers import Branchy, analyse, deep_sigmoid, regression_batches, relu_mlp, train

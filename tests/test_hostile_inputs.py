@@ -105,7 +105,7 @@ def recorded_run(tmp_path_factory) -> Path:
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     schedule = tracemortem.ProfileSchedule(wait=1, warmup=1, active=2, repeat=1)
     with tracemortem.Recorder(
-        run, model, opt, flush_every=10, checkpoint_every=10, profile=schedule, config={"lr": 0.05}
+        run, model, opt, flush_every=10, flush_seconds=None, checkpoint_every=10, profile=schedule, config={"lr": 0.05}
     ) as rec:
         for _ in range(40):
             x = torch.randn(16, 8)

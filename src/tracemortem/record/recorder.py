@@ -57,7 +57,7 @@ class Recorder:
         scaler: Any = None,
         config: dict[str, Any] | None = None,
         flush_every: int = 1000,
-        flush_seconds: float = 30.0,
+        flush_seconds: float | None = 30.0,
         max_queue: int = 4096,
         start_step: int = 0,
     ):
@@ -122,7 +122,7 @@ class Recorder:
             self.rank_paths.steps,
             self.rank_paths.grads,
             flush_every=max(1, int(flush_every)),
-            flush_seconds=float(flush_seconds),
+            flush_seconds=math.inf if flush_seconds is None else float(flush_seconds),
             max_queue=max(1, int(max_queue)),
             warn=self._warn,
             ring=ring,

@@ -157,8 +157,11 @@ class ChunkWriter(threading.Thread):
                 except Exception as exc:  # one bad step must not end the writer
                     self._error(f"step {item.step} could not be converted: {exc!r}")
                     self.lost_steps += 1
+                # Chunks of exactly `flush_every` steps, however many steps one wake-up drained.
+                if len(self._steps_rows) >= self.flush_every:
+                    self.flush()
             due = time.monotonic() - self._last_flush >= self.flush_seconds
-            if stopping or due or len(self._steps_rows) >= self.flush_every:
+            if stopping or due:
                 self.flush()
             if self._status_due:
                 self._write_status()
