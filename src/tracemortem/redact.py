@@ -13,7 +13,6 @@ that actually holds a changed value.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import getpass
 import re
@@ -27,6 +26,7 @@ import polars as pl
 from .analysis import Analysis
 from .findings import Finding
 from .format import STEPS_SCHEMA
+from .run_facts import RunFacts
 
 REDACTED = "[redacted]"
 
@@ -178,10 +178,6 @@ class Pseudonyms:
 # --- walking Python structures ------------------------------------------------------------
 
 _FRAMES = ("steps", "params", "ops", "kernels", "step_times")
-# In `extras` a longer list is bulk data (meta.json's parameter table, 50,000 rows and more):
-# walking it in Python would cost more than the whole report, and no reporter reads it; its
-# names reach reports only through `analysis.params`, which is cleaned.
-EXTRAS_LIST_LIMIT = 1000
 
 
 @dataclasses.dataclass
@@ -192,7 +188,7 @@ class _Scan:
     hosts: list[tuple[float, int, str]] = dataclasses.field(default_factory=list)  # (rank, seen, name)
     users: set[str] = dataclasses.field(default_factory=set)
 
-    def walk(self, value: Any, key: str | None = None, rank: float = float("inf"), limit: float = float("inf")) -> None:
+    def walk(self, value: Any, key: str | None = None, rank: float = float("inf")) -> None:
         if isinstance(value, str):
             self.texts.add(value)
             if key in HOST_KEYS:
@@ -208,17 +204,15 @@ class _Scan:
             for k, v in value.items():
                 if isinstance(k, str):
                     self.texts.add(k)
-                self.walk(v, k.lower() if isinstance(k, str) else None, rank, limit)
+                self.walk(v, k.lower() if isinstance(k, str) else None, rank)
         elif isinstance(value, (list, tuple)):
-            if len(value) > limit:
-                return
             for v in value:
-                self.walk(v, key, rank, limit)
+                self.walk(v, key, rank)
         elif isinstance(value, Finding):
             self.walk([value.title, value.message, value.subject, value.suggestion, value.evidence], None, rank)
 
 
-def _rebuild(value: Any, table: dict[str, str], limit: float = float("inf")) -> Any:
+def _rebuild(value: Any, table: dict[str, str]) -> Any:
     if isinstance(value, str):
         return table.get(value, value)
     if isinstance(value, Path):
@@ -227,14 +221,12 @@ def _rebuild(value: Any, table: dict[str, str], limit: float = float("inf")) -> 
         out: dict[Any, Any] = {}
         for k, v in value.items():
             new_key = _unique(table.get(k, k), out) if isinstance(k, str) else k
-            out[new_key] = _blank(v, table) if isinstance(k, str) and is_secret_key(k) else _rebuild(v, table, limit)
+            out[new_key] = _blank(v, table) if isinstance(k, str) and is_secret_key(k) else _rebuild(v, table)
         return out
-    if isinstance(value, (list, tuple)) and len(value) > limit:
-        return value
     if isinstance(value, list):
-        return [_rebuild(v, table, limit) for v in value]
+        return [_rebuild(v, table) for v in value]
     if isinstance(value, tuple):
-        return tuple(_rebuild(v, table, limit) for v in value)
+        return tuple(_rebuild(v, table) for v in value)
     if isinstance(value, Finding):
         return dataclasses.replace(
             value,
@@ -256,14 +248,6 @@ def _unique(name: str, taken: Iterable[str]) -> str:
     while f"{name} #{n}" in taken:
         n += 1
     return f"{name} #{n}"
-
-
-def _small_fields(obj: Any) -> dict[str, Any]:
-    """The metadata fields of an extras object (dicts, lists, strings, findings, paths); frames
-    and other heavy values are left to the caller."""
-    if not hasattr(obj, "__dict__"):
-        return {}
-    return {k: v for k, v in vars(obj).items() if isinstance(v, (dict, list, tuple, str, Path, Finding))}
 
 
 # --- strings in bulk ----------------------------------------------------------------------
@@ -319,24 +303,15 @@ def redact_analysis(analysis: Analysis, pseudonymize: bool) -> Analysis:
     """A copy of `analysis` whose reportable strings are cleaned; the input is not modified.
 
     Cleaned: findings, run facts (keys and values), `path`, the string columns of the frames and
-    the user-scalar column names of `steps`, and the metadata (dicts, lists, strings, findings) of
-    the objects in `extras`; a frame inside an extras object that is one of the analysis frames is
-    swapped for its cleaned version, other frames there (raw trace events) are left as they are.
+    the user-scalar column names of `steps`: everything a reporter can show.
     """
     frames: dict[str, pl.DataFrame] = {name: getattr(analysis, name) for name in _FRAMES}
-    extras_small = {
-        name: _small_fields(obj)
-        for name, obj in analysis.extras.items()
-        if not isinstance(obj, (dict, list, tuple, str))
-    }
-    extras_plain = {name: obj for name, obj in analysis.extras.items() if isinstance(obj, (dict, list, tuple, str))}
+    run = analysis.run.to_dict()
 
     scan = _Scan()
-    scan.walk(analysis.run)
+    scan.walk(run)
     scan.walk(analysis.findings)
     scan.walk(str(analysis.path))
-    scan.walk(extras_plain, limit=EXTRAS_LIST_LIMIT)
-    scan.walk(list(extras_small.values()), limit=EXTRAS_LIST_LIMIT)
     user_scalars = [c for c in frames["steps"].columns if c not in STEPS_SCHEMA.names and c != "rank"]
     scan.texts.update(user_scalars)
 
@@ -362,27 +337,10 @@ def redact_analysis(analysis: Analysis, pseudonymize: bool) -> Analysis:
             frame = frame.rename(renames) if renames else frame
         cleaned[name] = frame
 
-    swap = {id(old): cleaned[name] for name, old in frames.items()}
-    extras: dict[str, Any] = {}
-    for name, obj in analysis.extras.items():
-        if name in extras_plain:
-            extras[name] = _rebuild(obj, table, EXTRAS_LIST_LIMIT)
-        elif hasattr(obj, "__dict__"):
-            new = copy.copy(obj)
-            for field_name, value in vars(obj).items():
-                if field_name in extras_small[name]:
-                    vars(new)[field_name] = _rebuild(value, table, EXTRAS_LIST_LIMIT)
-                elif id(value) in swap:
-                    vars(new)[field_name] = swap[id(value)]
-            extras[name] = new
-        else:
-            extras[name] = obj
-
     return dataclasses.replace(
         analysis,
         path=Path(table.get(str(analysis.path), str(analysis.path))),
         findings=[_rebuild(f, table) for f in analysis.findings],
-        run=_rebuild(analysis.run, table),
-        extras=extras,
+        run=RunFacts.from_dict(_rebuild(run, table)),
         **cleaned,
     )

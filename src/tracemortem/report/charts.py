@@ -76,7 +76,7 @@ def build(analysis: Any) -> list[Chart]:
         top_chart("chart-ops", "Slowest ops", analysis.ops, "op"),
         top_chart("chart-kernels", "Slowest GPU kernels", analysis.kernels, "kernel"),
         memory_chart(steps),
-        rank_chart(analysis.run.get("ranks") or []),
+        rank_chart([r.to_dict() for r in analysis.run.ranks]),
     ]
 
 
