@@ -43,7 +43,10 @@ def test_markdown_is_a_short_ticket_body_with_the_findings(analysis):
     assert f"| {SLOW_STEP} |" in rows[1] and f"| {SPIKE_STEP} |" in rows[2]
     assert "**Findings:** 1 error, 3 warning, 1 info" in md
     assert "- **Steps:** 0 – 99 (100 steps)" in md
-    assert "| aten::mm | \\[\\[8, 8\\], \\[8, 8\\]\\] | cpu\\_op | 100 | 5 ms | 4 ms | 40 µs | 45 µs | 50 µs | 3 ms |" in md
+    assert (
+        "| aten::mm | \\[\\[8, 8\\], \\[8, 8\\]\\] | cpu\\_op | 100 | 5 ms | 4 ms | 40 µs | 45 µs | 50 µs | 3 ms |"
+        in md
+    )
 
 
 def test_markdown_escapes_names_so_tables_and_markup_hold(analysis):

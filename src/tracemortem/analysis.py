@@ -79,6 +79,8 @@ def run_facts(inputs: Inputs, run: RunData | None, timing: Timing | None) -> Run
     facts: dict[str, Any] = {"path": str(inputs.path), "kind": inputs.kind}
     if run is not None:
         facts.update(run.facts)
+    elif timing is not None:
+        facts["recorded"] = ["traces"]
     ranks: dict[int, dict[str, Any]] = {}
     if run is not None:
         for entry in run.rank_summary():

@@ -32,7 +32,9 @@ class StepSpan:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> StepSpan:
         data = data or {}
-        return cls(_int_or_none(data.get("first")), _int_or_none(data.get("last")), _int_or_none(data.get("count")) or 0)
+        return cls(
+            _int_or_none(data.get("first")), _int_or_none(data.get("last")), _int_or_none(data.get("count")) or 0
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {"first": self.first, "last": self.last, "count": self.count}
@@ -78,8 +80,8 @@ class RunFacts:
     steps: StepSpan
     ranks: tuple[RankFacts, ...] = ()
     status: str | None = None  # running | closed | crashed (run directories)
-    started: float | None = None
-    ended: float | None = None
+    started: str | None = None  # ISO 8601, as the manifest has it
+    ended: str | None = None
     torch_version: str | None = None
     cuda_version: str | None = None
     devices: tuple[str, ...] = ()
@@ -88,13 +90,12 @@ class RunFacts:
     parameters: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)  # input-specific facts beyond the contract
 
-    _TEXT = ("status", "torch_version", "cuda_version")
-    _TIMES = ("started", "ended")
+    _TEXT = ("status", "started", "ended", "torch_version", "cuda_version")
     _LISTS = ("devices", "hostnames", "recorded")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunFacts:
-        known = {"path", "kind", "world_size", "steps", "ranks", "parameters", *cls._TEXT, *cls._TIMES, *cls._LISTS}
+        known = {"path", "kind", "world_size", "steps", "ranks", "parameters", *cls._TEXT, *cls._LISTS}
         ranks = data.get("ranks") or []
         return cls(
             path=str(data.get("path", "")),
@@ -103,8 +104,8 @@ class RunFacts:
             steps=StepSpan.from_dict(data.get("steps")),
             ranks=tuple(RankFacts.from_dict(r) for r in ranks if isinstance(r, Mapping) and "rank" in r),
             status=_text_or_none(data.get("status")),
-            started=_number_or_none(data.get("started")),
-            ended=_number_or_none(data.get("ended")),
+            started=_text_or_none(data.get("started")),
+            ended=_text_or_none(data.get("ended")),
             torch_version=_text_or_none(data.get("torch_version")),
             cuda_version=_text_or_none(data.get("cuda_version")),
             devices=_texts(data.get("devices")),
@@ -122,7 +123,7 @@ class RunFacts:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"path": self.path, "kind": self.kind, "world_size": self.world_size}
         out["steps"] = self.steps.to_dict()
-        for name in (*self._TEXT, *self._TIMES):
+        for name in self._TEXT:
             out[name] = getattr(self, name)
         for name in self._LISTS:
             out[name] = list(getattr(self, name))
