@@ -13,8 +13,8 @@ import pytest
 
 from tracemortem.analysis import Analysis
 from tracemortem.findings import Finding
-from tracemortem.redact import REDACTED, is_secret_key, redact_analysis
 from tracemortem.report import render
+from tracemortem.report.redact import REDACTED, is_secret_key, redact_analysis
 from tracemortem.run_facts import RunFacts
 
 HF = "hf_" + "Q7x9" * 9  # 36 characters after the prefix, like a real token

@@ -21,8 +21,7 @@ from .errors import ConfigError, TracemortemError
 from .findings import SEVERITIES, at_or_above
 from .progress import finish, terminal_progress
 
-FORMATS = ("html", "md", "json")
-DEFAULT_SUFFIX = {"html": ".html", "md": ".md", "json": ".json"}
+FORMATS = ("html", "md", "json")  # the documents `report` writes (see report.REPORTERS)
 
 
 def _one_line(text: str) -> str:
@@ -71,7 +70,7 @@ def _load_config(sets: tuple[str, ...]) -> Config:
 
 def _analyze(path: str, config: Config, redact: bool):
     from .analysis import analyze
-    from .redact import redact_analysis
+    from .report.redact import redact_analysis
 
     progress = terminal_progress()
     try:
@@ -156,7 +155,8 @@ def report(
     """Render the report (HTML, Markdown or JSON) for PATH."""
 
     def body() -> int:
-        from .report import render
+        from . import format as fmt_
+        from .report import REPORTERS
 
         config = _load_config(sets)
         chosen = fmt or _format_from_name(output) or _option(config, "format", None, "html")
@@ -166,12 +166,13 @@ def report(
         if threshold not in ("error", "warning", "never"):
             raise ConfigError(f"fail-on must be error, warning or never, not {threshold!r}")
         analysis = _analyze(path, config, redact)
-        document = render(analysis, chosen)
-        target = output or f"tracemortem-report{DEFAULT_SUFFIX[chosen]}"
+        reporter = REPORTERS[chosen]
+        document = reporter.render(analysis)
+        target = output or f"tracemortem-report{reporter.suffix}"
         if target == "-":
             click.echo(document, nl=False)
         else:
-            Path(target).write_text(document, encoding="utf-8")
+            fmt_.write_text_atomic(Path(target), document)  # a failed write leaves no partial file
             counts = _counts(analysis)
             click.echo(f"tracemortem: wrote {target} ({counts})", err=True)
         return _fail_code(analysis, threshold)
@@ -245,8 +246,8 @@ def diff(baseline: str, candidate: str, fmt: str, top: int, sets, redact: bool, 
     """Compare two runs or traces: what got slower, which findings are new."""
 
     def body() -> int:
-        from .diff import compare
-        from .report.diff import render_diff
+        from .compare import compare
+        from .report.comparison import render_diff
 
         config = _load_config(sets)
         result = compare(_analyze(baseline, config, redact), _analyze(candidate, config, redact), top)

@@ -203,6 +203,10 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         fh.write(data)
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
 def chunk_path(folder: Path, index: int) -> Path:
     return folder / f"part-{int(index):06d}.parquet"
 

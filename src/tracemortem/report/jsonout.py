@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..analysis import Analysis
 
 
 def _finite(value: Any) -> Any:
@@ -18,5 +21,9 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def render(analysis: Any) -> str:
-    return json.dumps(_finite(analysis.to_dict()), sort_keys=True, indent=2, allow_nan=False, default=str) + "\n"
+class JsonReport:
+    suffix = ".json"
+
+    def render(self, analysis: Analysis) -> str:
+        document = _finite(analysis.to_dict())
+        return json.dumps(document, sort_keys=True, indent=2, allow_nan=False, default=str) + "\n"

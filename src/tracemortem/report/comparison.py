@@ -1,4 +1,4 @@
-"""Text, Markdown and JSON for `tracemortem diff` (the comparison dict from `tracemortem.diff`)."""
+"""Text, Markdown and JSON for `tracemortem diff` (the comparison dict from `tracemortem.compare`)."""
 
 from __future__ import annotations
 

@@ -23,10 +23,10 @@ from typing import Any
 
 import polars as pl
 
-from .analysis import Analysis
-from .findings import Finding
-from .format import STEPS_SCHEMA
-from .run_facts import RunFacts
+from ..analysis import Analysis
+from ..findings import Finding
+from ..format import STEPS_SCHEMA
+from ..run_facts import RunFacts
 
 REDACTED = "[redacted]"
 
