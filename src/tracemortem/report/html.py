@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 def _plotly_js() -> str:
     from plotly.offline import get_plotlyjs
 
-    return get_plotlyjs()
+    script: str = get_plotlyjs()  # plotly ships no type information
+    return script
 
 
 class HtmlReport:
