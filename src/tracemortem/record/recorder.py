@@ -94,7 +94,7 @@ class Recorder:
         self._order: list[int] = []
         self._order_hooks: list[Any] = []
         self._order_source = "reverse-registration"
-        self._prof = None
+        self._prof: torch.profiler.profile | None = None
         self._prev_sigterm: Any = None
 
         self.table = ParamTable.from_model(model)

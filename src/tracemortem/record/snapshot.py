@@ -48,7 +48,7 @@ def rng_states() -> dict[str, Any]:
     try:
         import numpy as np
 
-        state = np.random.get_state()
+        state = np.random.get_state(legacy=True)
         if isinstance(state, tuple):  # the legacy global generator is MT19937, whose state is a tuple
             name, keys, pos, has_gauss, cached = state
             states["numpy"] = {
