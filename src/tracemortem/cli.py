@@ -24,7 +24,7 @@ from .progress import finish, terminal_progress
 FORMATS = ("html", "md", "json")  # the documents `report` writes (see report.REPORTERS)
 
 
-def _one_line(text: str) -> str:
+def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 

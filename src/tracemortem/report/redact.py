@@ -258,7 +258,8 @@ def _string_columns(frame: pl.DataFrame) -> list[str]:
 
 
 def _distinct(frame: pl.DataFrame, column: str) -> pl.Series:
-    return frame.get_column(column).cast(pl.String).unique().drop_nulls()
+    values: pl.Series = frame.get_column(column).cast(pl.String).unique().drop_nulls()
+    return values
 
 
 def _clean_pool(pool: pl.Series, names: Pseudonyms | None) -> dict[str, str]:
@@ -342,5 +343,9 @@ def redact_analysis(analysis: Analysis, pseudonymize: bool) -> Analysis:
         path=Path(table.get(str(analysis.path), str(analysis.path))),
         findings=[_rebuild(f, table) for f in analysis.findings],
         run=RunFacts.from_dict(_rebuild(run, table)),
-        **cleaned,
+        steps=cleaned["steps"],
+        params=cleaned["params"],
+        ops=cleaned["ops"],
+        kernels=cleaned["kernels"],
+        step_times=cleaned["step_times"],
     )
