@@ -497,5 +497,5 @@ def test_workers_that_cannot_start_fall_back_to_in_process(cpu_trace, monkeypatc
     expected = _frames({cpu_trace: None})
     monkeypatch.setattr(chrome, "CHUNK_BYTES", 8192)
     monkeypatch.setattr(chrome, "PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr("sys.executable", "/nonexistent/python")
+    monkeypatch.setattr("multiprocessing.spawn._python_exe", "/nonexistent/python")  # what spawn starts
     assert _same(_frames({cpu_trace: None}), expected)

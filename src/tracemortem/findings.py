@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,9 +34,8 @@ RULES = HEALTH_RULES + PERF_RULES + INPUT_RULES
 
 
 def _plain(value: Any) -> Any:
-    """Evidence values as JSON-safe plain Python (no NaN/Inf, which JSON cannot hold)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # "nan", "inf", "-inf": kept visible, still valid JSON
+    """Evidence values as plain Python (NaN and infinities stay floats: the JSON writer turns
+    them into `null` and names them, see report/strict_json.py)."""
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

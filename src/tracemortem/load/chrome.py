@@ -9,12 +9,14 @@ decoded separately. A file cut off mid-write is read up to its last complete eve
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import os
 import re
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
@@ -24,7 +26,7 @@ import msgspec
 import polars as pl
 
 from ..errors import ConfigError, InputError
-from .workers import WorkerFailed, Workers
+from ..pool import process_pool
 
 # Refuse a trace that decompresses (or is) larger than this: the biggest real traces reported
 # are ~10 GB per rank, so 16 GiB leaves room while stopping a gzip bomb. Read at call time so
@@ -109,14 +111,9 @@ class _Source:
         self.gzip = self.file.read(2) == b"\x1f\x8b"
         self.file.seek(0)
         self._z = zlib.decompressobj(31) if self.gzip else None
-        # Uncompressed size, to decide on parallel decoding up front: gzip's trailer has it modulo
-        # 4 GiB (so reading past PARALLEL_MIN_BYTES decides too).
-        self.expected = os.fstat(self.file.fileno()).st_size
-        if self.gzip and self.expected >= 18:
-            self.file.seek(-4, os.SEEK_END)
-            # Deflate inflates at most ~1032:1; a cut-off file's last 4 bytes are not its size.
-            self.expected = min(int.from_bytes(self.file.read(4), "little"), 1032 * self.expected)
-            self.file.seek(0)
+        # Uncompressed size, to decide on parallel decoding up front. A gzip trailer's size is
+        # the sender's claim (300 KB can claim 4 GiB), so a gzip decides on the bytes it inflates.
+        self.expected = 0 if self.gzip else os.fstat(self.file.fileno()).st_size
         self.produced = 0
         self.damaged = ""  # why the gzip stream ended early, if it did
 
@@ -173,8 +170,86 @@ def _max_trace_bytes() -> int:
     return int(value)
 
 
+class WorkerFailed(Exception):
+    """A worker could not be started, died, or raised: decode in-process instead."""
+
+
+class Decoders:
+    """Worker processes (`pool.process_pool`) that decode chunks for the parent, started on the
+    first big trace and shared by the files of one load; answers are read in submission order."""
+
+    def __init__(self, count: int = 2, untrusted: Iterable[Path] = ()):
+        self.count = count
+        self.untrusted = tuple(untrusted)
+        self.failed = False
+        self._pool: ProcessPoolExecutor | None = None
+        self._sent: list[Future[tuple[bytes, int | None, int, list[str]]]] = []
+
+    def start(self) -> bool:
+        if self._pool is None and not self.failed:
+            try:
+                self._pool = process_pool(self.count, self.untrusted)
+            except Exception:  # no processes or threads allowed here, no interpreter to start: in-process
+                self.failed = True
+        return not self.failed
+
+    def submit(self, data: bytes) -> None:
+        assert self._pool is not None
+        try:
+            sent = self._pool.submit(_decode_chunk_ipc, data)
+        except Exception as exc:  # no worker could start, or one died: `result` reports it in turn
+            sent = Future()
+            sent.set_exception(exc)
+        self._sent.append(sent)
+
+    def result(self) -> tuple[pl.DataFrame | None, int | None, int, list[str]]:
+        """The answer to the oldest chunk not yet read: (frame, cut, skipped, problems); frame and
+        cut are None when the worker found no verified boundary or its decode raised."""
+        try:
+            ipc, cut, skipped, problems = self._sent.pop(0).result()
+        except Exception as exc:  # BrokenProcessPool, a worker that could not start
+            self.fail()
+            raise WorkerFailed(str(exc)) from None
+        return (pl.read_ipc(io.BytesIO(ipc)) if ipc else None), cut, skipped, problems
+
+    def pending(self) -> int:
+        return len(self._sent)
+
+    def drain(self) -> None:
+        """Drop every outstanding answer (their chunks are being decoded again)."""
+        for sent in self._sent:
+            sent.cancel()
+        self._sent.clear()
+
+    def fail(self) -> None:
+        self.close()
+        self.failed = True
+
+    def close(self) -> None:
+        self.drain()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> Decoders:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _decode_chunk_ipc(data: bytes) -> tuple[bytes, int | None, int, list[str]]:
+    """In a worker: `decode_chunk`, with the columns as Arrow IPC (categories dictionary-encoded)."""
+    try:
+        frame, cut, skipped, problems = decode_chunk(data)
+    except Exception:  # the parent decodes this chunk itself
+        return b"", None, 0, []
+    ipc = frame.write_ipc(None, compression="uncompressed").getvalue() if frame is not None else b""
+    return ipc, cut, skipped, problems
+
+
 def read_trace(
-    path: Path, progress: Callable[[int, int], None] | None = None, workers: Workers | None = None
+    path: Path, progress: Callable[[int, int], None] | None = None, workers: Decoders | None = None
 ) -> RawTrace:
     """Decode one trace file. Raises InputError when nothing usable can be read. With `workers`,
     a trace over PARALLEL_MIN_BYTES (uncompressed) has its chunks decoded by them."""
@@ -192,7 +267,7 @@ def read_trace(
             workers.drain()  # answers left by an error must not be read as the next file's
 
 
-def _read(source: _Source, path: Path, total: int, progress, workers: Workers | None) -> RawTrace:
+def _read(source: _Source, path: Path, total: int, progress, workers: Decoders | None) -> RawTrace:
     buf = b""
     # 1. The head: everything up to the opening "[" of traceEvents (or of a bare array).
     start = -1
@@ -326,7 +401,7 @@ def _read(source: _Source, path: Path, total: int, progress, workers: Workers | 
 
 
 def _collect(
-    pool: Workers, inflight: list[tuple[bytes, int]], buf: bytearray, trace: RawTrace, frames: list[pl.DataFrame]
+    pool: Decoders, inflight: list[tuple[bytes, int]], buf: bytearray, trace: RawTrace, frames: list[pl.DataFrame]
 ) -> tuple[bytearray, bool]:
     """Take the oldest chunk's columns from the workers. When the worker cut it elsewhere than
     predicted (a boundary inside a string, damage) or failed, the chunks sent after it start at the
