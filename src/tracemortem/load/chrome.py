@@ -14,7 +14,6 @@ import itertools
 import json
 import os
 import re
-import zlib
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ import polars as pl
 
 from ..errors import ConfigError, InputError
 from ..pool import process_pool
+from .gzip_stream import GzipStream
 
 # Refuse a trace that decompresses (or is) larger than this: the biggest real traces reported
 # are ~10 GB per rank, so 16 GiB leaves room while stopping a gzip bomb. Read at call time so
@@ -110,18 +110,22 @@ class _Source:
         self.file = open(path, "rb")  # noqa: SIM115 — closed by close()
         self.gzip = self.file.read(2) == b"\x1f\x8b"
         self.file.seek(0)
-        self._z = zlib.decompressobj(31) if self.gzip else None
+        self._gz = GzipStream(self.file, _READ_BYTES) if self.gzip else None
         # Uncompressed size, to decide on parallel decoding up front. A gzip trailer's size is
         # the sender's claim (300 KB can claim 4 GiB), so a gzip decides on the bytes it inflates.
         self.expected = 0 if self.gzip else os.fstat(self.file.fileno()).st_size
         self.produced = 0
-        self.damaged = ""  # why the gzip stream ended early, if it did
+
+    @property
+    def damaged(self) -> str:
+        """Why the gzip stream ended early or failed its checksum, if it did."""
+        return self._gz.problem if self._gz is not None else ""
 
     def position(self) -> int:
         return self.file.tell()
 
     def read(self) -> bytes:
-        data = self._read_gzip() if self.gzip else self.file.read(_READ_BYTES)
+        data = self._gz.read() if self._gz is not None else self.file.read(_READ_BYTES)
         self.produced += len(data)
         if self.produced > self.limit:
             raise InputError(
@@ -129,31 +133,6 @@ class _Source:
                 f"(tracemortem.load.chrome.MAX_TRACE_BYTES)"
             )
         return data
-
-    def _read_gzip(self) -> bytes:
-        z = self._z
-        while z is not None:
-            if z.eof:  # one member done; another may follow (concatenated gzip)
-                rest = z.unused_data or self.file.read(_READ_BYTES)
-                if not rest.startswith(b"\x1f\x8b"):
-                    return b""  # end, or trailing padding that is not a gzip member
-                z = self._z = zlib.decompressobj(31)
-                data = rest
-            else:
-                data = z.unconsumed_tail or self.file.read(_READ_BYTES)
-                if not data:
-                    self.damaged = "gzip stream ends before its end marker"
-                    self._z = None
-                    return z.flush()
-            try:
-                out = z.decompress(data, _READ_BYTES)
-            except zlib.error as exc:
-                self.damaged = f"gzip stream is corrupt ({exc})"
-                self._z = None
-                return b""
-            if out:
-                return out
-        return b""
 
     def close(self) -> None:
         self.file.close()
