@@ -383,7 +383,7 @@ def test_unescaped_quote_damages_only_that_event(tmp_path):
 
 
 def test_gzip_bomb_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(chrome, "MAX_TRACE_BYTES", 10 * 2**20)
+    monkeypatch.setenv("TRACEMORTEM_MAX_TRACE_BYTES", str(10 * 2**20))
     z = zlib.compressobj(9, zlib.DEFLATED, 31)
     bomb = z.compress(b'{"traceEvents": [' + b" " * (50 * 2**20)) + z.flush()
     path = tmp_path / "bomb.json.gz"

@@ -24,14 +24,11 @@ from typing import Any
 import msgspec
 import polars as pl
 
-from ..errors import ConfigError, InputError
+from ..errors import InputError
+from ..limits import MAX_TRACE_BYTES
 from ..pool import process_pool
 from .gzip_stream import GzipStream
 
-# Refuse a trace that decompresses (or is) larger than this: the biggest real traces reported
-# are ~10 GB per rank, so 16 GiB leaves room while stopping a gzip bomb. Read at call time so
-# tests can lower it.
-MAX_TRACE_BYTES = 16 * 2**30
 # Events are decoded in chunks of about this many bytes: large enough that per-chunk overhead
 # vanishes, small enough that the chunk's Python objects stay a small fraction of the columns.
 # 8 MiB loaded a 300 MB trace ~10 % faster than 32 MiB: the chunk's buffer and Structs stay
@@ -130,23 +127,12 @@ class _Source:
         if self.produced > self.limit:
             raise InputError(
                 f"{self.path}: trace is larger than {self.limit} bytes uncompressed; refusing to read it "
-                f"(tracemortem.load.chrome.MAX_TRACE_BYTES)"
+                f"({MAX_TRACE_BYTES.env})"
             )
         return data
 
     def close(self) -> None:
         self.file.close()
-
-
-def _max_trace_bytes() -> int:
-    """MAX_TRACE_BYTES, or TRACEMORTEM_MAX_TRACE_BYTES from the environment (a stricter limit for a
-    service that opens strangers' files; tests of the CLI, a subprocess, lower it this way)."""
-    value = os.environ.get("TRACEMORTEM_MAX_TRACE_BYTES", "").strip()
-    if not value:
-        return MAX_TRACE_BYTES
-    if not value.isdigit():
-        raise ConfigError(f"TRACEMORTEM_MAX_TRACE_BYTES must be a number of bytes, not {value!r}")
-    return int(value)
 
 
 class WorkerFailed(Exception):
@@ -232,7 +218,7 @@ def read_trace(
 ) -> RawTrace:
     """Decode one trace file. Raises InputError when nothing usable can be read. With `workers`,
     a trace over PARALLEL_MIN_BYTES (uncompressed) has its chunks decoded by them."""
-    source = _Source(path, _max_trace_bytes())
+    source = _Source(path, MAX_TRACE_BYTES.value())
     total = path.stat().st_size
     try:
         return _read(source, path, total, progress, workers)
