@@ -11,8 +11,10 @@ import polars as pl
 
 from . import __version__
 from .config import Config
-from .findings import Finding, sort_findings
+from .errors import InputError
+from .findings import Finding, cap_per_rule, sort_findings
 from .format import FORMAT_VERSION, TOOL
+from .limits import MAX_FINDINGS_PER_RULE
 from .load.discover import Inputs, discover
 from .progress import Progress, silent
 
@@ -44,13 +46,12 @@ class Analysis:
 def analyze(path: str | Path, config: Config | None = None, progress: Progress = silent) -> Analysis:
     from .detect import health, perf
     from .load.run import load_run
-    from .load.traces import load_traces
     from .timing import summarize
 
     config = config or Config()
     inputs = discover(path)
     run = load_run(inputs, progress=progress) if inputs.run_root is not None else None
-    traces = load_traces(inputs.trace_files, progress=progress) if inputs.trace_files else None
+    traces = _traces_or_note(inputs, run, progress)
     timing = summarize(traces, config, progress=progress) if traces is not None else None
 
     findings: list[Finding] = []
@@ -64,7 +65,7 @@ def analyze(path: str | Path, config: Config | None = None, progress: Progress =
     return Analysis(
         path=inputs.path,
         kind=inputs.kind,
-        findings=sort_findings(findings),
+        findings=sort_findings(cap_per_rule(sort_findings(findings), MAX_FINDINGS_PER_RULE.value())),
         run=run_facts(inputs, run, timing),
         steps=run.steps if run is not None else pl.DataFrame(),
         grads=run.grads if run is not None else empty_lazy,
@@ -74,6 +75,30 @@ def analyze(path: str | Path, config: Config | None = None, progress: Progress =
         step_times=timing.steps if timing is not None else pl.DataFrame(),
         extras={"run_data": run, "traces": traces, "timing": timing},
     )
+
+
+def _traces_or_note(inputs: Inputs, run: Any, progress: Progress) -> Any:
+    """The traces; in a run directory, traces that are all unreadable are a note on the run (whose
+    steps and grads are still analysed), not the end of the analysis."""
+    from .load.traces import load_traces
+
+    if not inputs.trace_files:
+        return None
+    try:
+        return load_traces(inputs.trace_files, progress=progress)
+    except InputError as exc:
+        if run is None:
+            raise
+        run.notes.append(
+            Finding(
+                "input-error",
+                "warning",
+                "Unreadable trace file skipped",
+                str(exc),
+                suggestion="Check that the file is a torch.profiler chrome trace (.json or .json.gz).",
+            )
+        )
+        return None
 
 
 def run_facts(inputs: Inputs, run: Any, timing: Any) -> dict[str, Any]:

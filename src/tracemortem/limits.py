@@ -48,18 +48,21 @@ MAX_JSON_BYTES = limit(
 # A recorder chunk holds flush_every steps × parameters rows: 10⁶ for 10,000 parameters × 100 steps.
 MAX_CHUNK_ROWS = limit(
     "TRACEMORTEM_MAX_CHUNK_ROWS",
-    20_000_000,
+    10_000_000,
     "rows of one Parquet chunk, read from its footer before any data (a run-length-encoded chunk "
     "of a few KB can hold 10⁸ rows)",
 )
-# The steps table is held in memory whole: 5·10⁶ rows are ~1 GB at peak while it is assembled.
+# The steps table is held in memory whole, and the report's charts read it: 4.9·10⁶ rows took
+# 1.7 GB at peak for the HTML report, so 2·10⁶ (far more steps than runs record) keeps well under 2 GB.
 MAX_STEPS_ROWS = limit(
-    "TRACEMORTEM_MAX_STEPS_ROWS", 5_000_000, "rows of the steps table over all ranks; later chunks are skipped"
+    "TRACEMORTEM_MAX_STEPS_ROWS", 2_000_000, "rows of the steps table over all ranks; later chunks are skipped"
 )
+# The HTML report's charts need up to ~60 bytes per gradient row at peak (the update-ratio median
+# holds every value): 2.5·10⁷ rows keep it under 2 GB. Raise it where memory allows.
 MAX_GRADS_ROWS = limit(
     "TRACEMORTEM_MAX_GRADS_ROWS",
-    200_000_000,
-    "rows of the gradient table over the ranks read (20,000 parameters × 10,000 steps); later chunks are skipped",
+    25_000_000,
+    "rows of the gradient table over all ranks (2,500 parameters × 10,000 steps); later chunks are skipped",
 )
 MAX_PARAMETERS = limit(
     "TRACEMORTEM_MAX_PARAMETERS",

@@ -620,7 +620,10 @@ def _columns(events: list[Event], trace: RawTrace) -> pl.DataFrame:
     # polars, which costs a fraction of one bytes object per event (JSON text never holds a NUL).
     dims = cols["input_dims"]
     if any(dims):
-        text = pl.Series([b"\x00".join(dims)], dtype=pl.Binary).cast(pl.String).str.split("\x00").explode()
+        # Decoded here, not cast in polars: msgspec keeps Raw bytes as they are, and invalid
+        # UTF-8 inside a string must become U+FFFD, not fail the chunk.
+        joined = b"\x00".join(dims).decode("utf-8", "replace")
+        text = pl.Series([joined], dtype=pl.String).str.split("\x00").explode()
         dims_col = pl.select(pl.when(text != "").then(text)).to_series()
     else:
         dims_col = pl.Series([None] * n, dtype=pl.String)
