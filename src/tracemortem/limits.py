@@ -43,7 +43,9 @@ MAX_TRACE_BYTES = limit(
     "TRACEMORTEM_MAX_TRACE_BYTES", 16 * 2**30, "bytes of one trace file, uncompressed (a gzip stops inflating there)"
 )
 MAX_JSON_BYTES = limit(
-    "TRACEMORTEM_MAX_JSON_BYTES", 64 * 2**20, "bytes of one JSON document of a run directory (manifest, meta.json, info.json)"
+    "TRACEMORTEM_MAX_JSON_BYTES",
+    64 * 2**20,
+    "bytes of one JSON document of a run directory (manifest, meta.json, info.json)",
 )
 # A recorder chunk holds flush_every steps × parameters rows: 10⁶ for 10,000 parameters × 100 steps.
 MAX_CHUNK_ROWS = limit(

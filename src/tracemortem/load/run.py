@@ -88,6 +88,8 @@ def _read_optional_json(
     path: Path, what: str, notes: list[Finding], rank: int | None, root: Path
 ) -> dict[str, Any] | None:
     if not path.is_file():
+        if path.exists():  # a FIFO, device or socket named like the document: never opened
+            notes.append(_note("warning", f"unreadable {what}", f"{path}: not a regular file; not read", rank=rank))
         return None
     if not fmt.is_inside(root, path):
         notes.append(
