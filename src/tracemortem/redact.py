@@ -60,7 +60,8 @@ ASSIGNMENT = (
 )
 # scheme://user:password@host and scheme://:password@host keep the scheme and the host. The
 # password runs to the last `@` of the authority (a password may hold an unescaped `@`).
-URL_CREDENTIALS = r"""(?P<s>\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#@:"'<>]*:[^\s/?#"'<>]*@"""
+# One slash is enough: a URL passed as a path is normalised (`redis:/:pw@host`).
+URL_CREDENTIALS = r"""(?P<s>\b[A-Za-z][A-Za-z0-9+.-]*:/{1,2})[^\s/?#@:"'<>]*:[^\s/?#"'<>]*@"""
 # Signed-URL and session parameters whose names are not secret words: `?sig=` (Azure SAS),
 # `X-Amz-Signature=`, `X-Goog-Signature=`, `&key=`, `?code=` (OAuth), `;jsessionid=`.
 QUERY_SECRET = (
