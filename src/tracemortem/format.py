@@ -159,7 +159,9 @@ def is_run_dir(path: Path) -> bool:
 
 def is_rank_dir(path: Path) -> bool:
     match = _RANK_DIR.match(path.name)
-    return bool(match) and int(match.group(1)) <= MAX_RANK and ((path / META).is_file() or (path / STEPS).is_dir())
+    if match is None or int(match.group(1)) > MAX_RANK:
+        return False
+    return (path / META).is_file() or (path / STEPS).is_dir()
 
 
 # --- writing ----------------------------------------------------------------------------

@@ -99,7 +99,7 @@ def _discover(path: Path) -> Inputs:
     if is_run_dir(path):
         run = RunPaths(path)
         ranks = {r: run.rank(r).root for r in run.ranks()}
-        traces = {t: r for r, d in ranks.items() for t in _traces_under(d / "traces", unlisted)}
+        traces: dict[Path, int | None] = {t: r for r, d in ranks.items() for t in _traces_under(d / "traces", unlisted)}
         inputs = Inputs(path, "run", run_root=path, rank_dirs=ranks, trace_files=traces, unlisted=unlisted)
         return _refuse_outside(inputs)
     if is_rank_dir(path):
