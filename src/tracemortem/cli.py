@@ -81,7 +81,8 @@ def _analyze(path: str, config: Config, redact: bool):
 
     progress = terminal_progress()
     try:
-        analysis = analyze(path, config, progress=progress)
+        # Status lines name input files: shown like every other stderr line.
+        analysis = analyze(path, config, progress=lambda message: progress(_one_line(message)))
     finally:
         finish(progress)
     return redact_analysis(analysis, pseudonymize=redact)

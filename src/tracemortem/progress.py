@@ -17,14 +17,10 @@ def terminal_progress() -> Progress:
     """A reporter that rewrites one status line on stderr, or `silent` when not a terminal."""
     if not sys.stderr.isatty():
         return silent
-    from .redact import redact_secrets
-    from .sanitize import terminal_text
-
     start = time.monotonic()
 
     def report(message: str) -> None:
-        # Messages name input files: shown as data, never as terminal controls.
-        sys.stderr.write(f"\r\033[K[{time.monotonic() - start:6.1f}s] {terminal_text(redact_secrets(message))}")
+        sys.stderr.write(f"\r\033[K[{time.monotonic() - start:6.1f}s] {message}")
         sys.stderr.flush()
 
     return report
