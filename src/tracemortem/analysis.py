@@ -12,11 +12,13 @@ import polars as pl
 from . import __version__
 from .config import Config
 from .detect import health, perf
-from .findings import Finding, sort_findings
+from .errors import InputError
+from .findings import Finding, cap_per_rule, sort_findings
 from .format import FORMAT_VERSION, TOOL
+from .limits import MAX_FINDINGS_PER_RULE
 from .load.discover import Inputs, discover
 from .load.run import RunData, load_run
-from .load.traces import load_traces
+from .load.traces import TraceSet, load_traces
 from .progress import Progress, silent
 from .run_facts import RunFacts
 from .timing import Timing, summarize
@@ -49,7 +51,7 @@ def analyze(path: str | Path, config: Config | None = None, progress: Progress =
     config = config or Config()
     inputs = discover(path)
     run = load_run(inputs, progress=progress) if inputs.run_root is not None else None
-    traces = load_traces(inputs.trace_files, progress=progress) if inputs.trace_files else None
+    traces = _traces_or_note(inputs, run, progress)
     timing = summarize(traces, config, progress=progress) if traces is not None else None
 
     findings: list[Finding] = []
@@ -62,7 +64,7 @@ def analyze(path: str | Path, config: Config | None = None, progress: Progress =
     return Analysis(
         path=inputs.path,
         kind=inputs.kind,
-        findings=sort_findings(findings),
+        findings=sort_findings(cap_per_rule(sort_findings(findings), MAX_FINDINGS_PER_RULE.value())),
         run=run_facts(inputs, run, timing),
         steps=run.steps if run is not None else pl.DataFrame(),
         grads=run.grads if run is not None else pl.LazyFrame(),
@@ -71,6 +73,28 @@ def analyze(path: str | Path, config: Config | None = None, progress: Progress =
         kernels=timing.kernels if timing is not None else pl.DataFrame(),
         step_times=timing.steps if timing is not None else pl.DataFrame(),
     )
+
+
+def _traces_or_note(inputs: Inputs, run: RunData | None, progress: Progress) -> TraceSet | None:
+    """The traces; in a run directory, traces that are all unreadable are a note on the run (whose
+    steps and grads are still analysed), not the end of the analysis."""
+    if not inputs.trace_files:
+        return None
+    try:
+        return load_traces(inputs.trace_files, progress=progress)
+    except InputError as exc:
+        if run is None:
+            raise
+        run.notes.append(
+            Finding(
+                "input-error",
+                "warning",
+                "Unreadable trace file skipped",
+                str(exc),
+                suggestion="Check that the file is a torch.profiler chrome trace (.json or .json.gz).",
+            )
+        )
+        return None
 
 
 def run_facts(inputs: Inputs, run: RunData | None, timing: Timing | None) -> RunFacts:

@@ -1,11 +1,12 @@
 """Plain-text output for `tracemortem summary` and `tracemortem ops`: aligned columns, no
-colour codes (click strips nothing we do not emit), control characters from names neutralised."""
+colour codes (click strips nothing we do not emit); every name goes through `sanitize.terminal_text`."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .common import SEVERITY_LABEL, Table, environment, term_clean
+from ..sanitize import terminal_text
+from .common import SEVERITY_LABEL, Table, environment
 from .facts import evidence, ops_table, run_facts, severity_counts
 
 if TYPE_CHECKING:
@@ -16,7 +17,7 @@ NAME_WIDTH = 70
 
 def columns(table: Table) -> list[str]:
     """The table as aligned text lines; long names cut to NAME_WIDTH."""
-    cells = [[term_clean(c) for c in row] for row in table.rows]
+    cells = [[terminal_text(c) for c in row] for row in table.rows]
     cells = [[c if len(c) <= NAME_WIDTH else c[: NAME_WIDTH - 1] + "…" for c in row] for row in cells]
     widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(table.headers)]
 
