@@ -539,7 +539,7 @@ sys.modules["torch"] = None  # any `import torch` now raises ImportError
 from tracemortem import analyze
 from tracemortem.report import render, render_ops_table
 a = analyze({str(run)!r})
-assert a.ops.height > 0 and a.run["steps"]["count"] == 40, a.run
+assert a.ops.height > 0 and a.run.steps.count == 40, a.run
 for form in ("html", "md", "json", "text"):
     render(a, form)
 render_ops_table(a)
