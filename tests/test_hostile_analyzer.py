@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import zlib
 from pathlib import Path
 
 import pytest
@@ -431,6 +432,46 @@ def test_special_files_are_never_opened_as_data(run_copy, tmp_path):
     for path in (fifo, Path("/dev/zero")):
         got = report(path, process=True)
         assert got.code == 3 and "not a regular file" in got.stderr
+
+
+def _bomb(path: Path, head: bytes, filler: bytes, mib: int, tail: bytes = b"") -> Path:
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)
+    block = filler * (2**20 // len(filler))
+    with path.open("wb") as out:
+        out.write(z.compress(head))
+        for _ in range(mib):
+            out.write(z.compress(block))
+        out.write(z.compress(tail) + z.flush())
+    return path
+
+
+EVENT = b'{"ph": "X", "cat": "cpu_op", "name": "aten::mm", "pid": 1, "tid": 1, "ts": 1, "dur": 1}'
+BOMBS = {  # name → (head, filler, MiB uncompressed, tail, what stderr says)
+    "spaces-in-the-event-list": (b'{"traceEvents": [', b" ", 400, b"]}", "gzip inflates more than"),
+    "no-event-list": (b"{", b" ", 400, b"}", "no traceEvents list in the first"),
+    "valid-identical-events": (b'{"traceEvents": [', EVENT + b", ", 400, EVENT + b"]}", "gzip inflates more than"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BOMBS))
+def test_compression_bombs_are_refused_early(tmp_path, name):
+    head, filler, mib, tail, said = BOMBS[name]
+    bomb = _bomb(tmp_path / f"{name}.json.gz", head, filler, mib, tail)
+    assert bomb.stat().st_size * 100 < mib * 2**20  # more than 100:1
+    proc, peak = _peak_rss_bytes(["report", str(bomb), "--format", "json", "-o", str(tmp_path / "r.json")])
+    assert proc.returncode == 3 and said in proc.stdout and peak < 2**30, proc.stdout
+
+
+def test_text_without_event_boundaries_is_not_read_to_the_end(tmp_path):
+    plain = tmp_path / "spaces.json"
+    plain.write_bytes(b'{"traceEvents": [' + b" " * (80 * 2**20))  # plain text: no ratio to judge
+    out = report(plain)
+    [note] = out.notes("trace-truncated")
+    assert out.code == 0 and "no event boundary" in note["message"]
+    head = tmp_path / "no-head.json"
+    head.write_bytes(b"{" + b" " * (20 * 2**20) + b'"traceEvents": []}')
+    out = report(head, process=True)
+    assert out.code == 3 and "no traceEvents list in the first" in out.stderr
 
 
 def test_two_hundred_thousand_empty_gzip_members(cpu_trace, tmp_path):

@@ -210,8 +210,9 @@ def test_gzip_bomb_is_refused_beyond_the_documented_limit(tmp_path):
     out = report(bomb, env={"TRACEMORTEM_MAX_TRACE_BYTES": str(8 * 2**20)}, process=True)
     assert out.code == 3 and "larger than 8388608 bytes" in out.stderr
     assert report(bomb, env={"TRACEMORTEM_MAX_TRACE_BYTES": "8 MB"}, process=True).code == 2
-    # The same file under the default limit is just an (empty, unterminated) trace.
-    assert report(bomb).code == 0
+    # Under the default limits its 1000:1 inflation is what refuses it.
+    out = report(bomb)
+    assert out.code == 3 and "gzip inflates more than 100:1" in out.stderr
 
 
 def test_a_bad_trace_among_good_ones_is_a_note(cpu_trace, tmp_path):

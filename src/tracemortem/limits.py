@@ -42,6 +42,13 @@ def limit(env: str, default: int, doc: str) -> Limit:
 MAX_TRACE_BYTES = limit(
     "TRACEMORTEM_MAX_TRACE_BYTES", 16 * 2**30, "bytes of one trace file, uncompressed (a gzip stops inflating there)"
 )
+# Real traces inflate 9-30:1 (shared/real_traces); deflate can reach ~1032:1. Checked once 32 MiB
+# are inflated, so a small file of any ratio is still read.
+MAX_GZIP_RATIO = limit(
+    "TRACEMORTEM_MAX_GZIP_RATIO",
+    100,
+    "uncompressed bytes per compressed byte of a gzip trace, judged past 32 MiB inflated",
+)
 MAX_JSON_BYTES = limit(
     "TRACEMORTEM_MAX_JSON_BYTES",
     64 * 2**20,

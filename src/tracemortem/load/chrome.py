@@ -25,7 +25,7 @@ import msgspec
 import polars as pl
 
 from ..errors import InputError
-from ..limits import MAX_TRACE_BYTES
+from ..limits import MAX_GZIP_RATIO, MAX_TRACE_BYTES
 from ..pool import process_pool
 from .gzip_stream import GzipStream
 
@@ -39,6 +39,13 @@ _READ_BYTES = 4 * 2**20
 # Traces larger than this (uncompressed) are decoded by worker processes when the caller passes
 # them: below it, starting the workers (~0.3 s) costs more than they save. Tests set it to 0.
 PARALLEL_MIN_BYTES = 64 * 2**20
+# A gzip's inflation ratio is judged once this much is inflated (a small bomb costs little).
+_RATIO_CHECKED_FROM = 32 * 2**20
+# No Kineto event comes near this, nor the metadata before the event list near the head limit:
+# text without an event boundary (or without a traceEvents key) for this long is damage or an
+# attack, and is not read further.
+_MAX_UNBROKEN_BYTES = 64 * 2**20
+_MAX_HEAD_BYTES = 16 * 2**20
 # How many candidate boundaries to try before treating a chunk as damaged.
 _SPLIT_TRIES = 4
 # Absolute µs beyond this cannot be an epoch time in int64 ns (year 2096); relative times are
@@ -129,6 +136,13 @@ class _Source:
                 f"{self.path}: trace is larger than {self.limit} bytes uncompressed; refusing to read it "
                 f"({MAX_TRACE_BYTES.env})"
             )
+        if self._gz is not None and self.produced > _RATIO_CHECKED_FROM:
+            ratio = MAX_GZIP_RATIO.value()
+            if self.produced > ratio * max(self._gz.consumed, 1):
+                raise InputError(
+                    f"{self.path}: gzip inflates more than {ratio}:1 (real traces: 9-30:1); refusing to read a "
+                    f"decompression bomb ({MAX_GZIP_RATIO.env})"
+                )
         return data
 
     def close(self) -> None:
@@ -249,7 +263,7 @@ def _read(
             break
         if stripped and stripped[:1] != b"{":
             raise InputError(f"{path}: not a chrome trace (expected a JSON object or array)")
-        match = _TRACE_EVENTS_KEY.search(opening)
+        match = _TRACE_EVENTS_KEY.search(opening, max(0, len(opening) - len(data) - 64))  # the new text only
         if match:
             after = opening[match.end() : match.end() + 1]
             if after == b"[":
@@ -258,6 +272,8 @@ def _read(
                 break
             if after:
                 raise InputError(f"{path}: traceEvents is not a list")
+        if len(opening) > _MAX_HEAD_BYTES:
+            raise InputError(f"{path}: no traceEvents list in the first {_MAX_HEAD_BYTES} bytes; not a chrome trace")
         if not data:
             break
     if start < 0:
@@ -278,7 +294,7 @@ def _read(
     buf = bytearray(opening[start - 1 :])
     frames: list[pl.DataFrame] = []
     trace = RawTrace(path, pl.DataFrame(), {})
-    eof = False
+    eof = gave_up = False
     pool = None
     inflight: list[tuple[bytes, int]] = []  # chunks at the workers: (bytes, predicted cut)
     serial = False  # decode the next chunk here: a worker's cut differed from the predicted one
@@ -330,7 +346,8 @@ def _read(
         else:
             cut = _decode_prefix(buf, trace, frames)
             if cut is None:  # no boundary in this chunk (one huge event, or damage): read more
-                data = b"" if eof else source.read()
+                gave_up = len(buf) > _MAX_UNBROKEN_BYTES
+                data = b"" if eof or gave_up else source.read()
                 if not data:
                     eof = True
                     tail = _decode_last(buf, trace, frames)
@@ -345,9 +362,11 @@ def _read(
     # 3. The rest (decoded above by _decode_last): the last events, the closing "]" and the
     # envelope tail, or None for a cut-off file.
     trace.bytes_read = source.produced
-    if tail is None:
+    if gave_up:
+        trace.truncated_detail = f"no event boundary in {len(buf)} bytes; the rest of the file is not read"
+    if tail is None or gave_up:
         trace.truncated = True
-        trace.truncated_detail = source.damaged or "file ends inside the traceEvents list"
+        trace.truncated_detail = source.damaged or trace.truncated_detail or "file ends inside the traceEvents list"
         envelope_text = head + b"[]}" if head else b"[]"
     else:
         envelope_text = head + b"[]" + tail if head else b"[]" + tail

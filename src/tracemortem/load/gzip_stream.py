@@ -34,6 +34,11 @@ class GzipStream:
         self._feed = _FIRST_FEED
         self._done = False
 
+    @property
+    def consumed(self) -> int:
+        """Compressed bytes inflated so far (the file is read ahead of this)."""
+        return self.file.tell() - (len(self._buf) - self._pos)
+
     def read(self) -> bytes:
         while not self._done:
             if self._z is None and not self._start_member():
