@@ -20,7 +20,7 @@ from .progress import Progress, silent
 @dataclass
 class Analysis:
     path: Path
-    kind: str  # run | rank | trace | traces
+    kind: str  # run | rank | trace | traces | tensorboard | hf-trainer | lightning-csv
     findings: list[Finding]
     run: dict[str, Any]  # the facts of DESIGN §6 `run`
     steps: pl.DataFrame  # recorder steps, every rank (`rank` column); empty without a run directory
@@ -43,6 +43,7 @@ class Analysis:
 
 def analyze(path: str | Path, config: Config | None = None, progress: Progress = silent) -> Analysis:
     from .detect import health, perf
+    from .ingest import load_logs
     from .load.run import load_run
     from .load.traces import load_traces
     from .timing import summarize
@@ -50,11 +51,15 @@ def analyze(path: str | Path, config: Config | None = None, progress: Progress =
     config = config or Config()
     inputs = discover(path)
     run = load_run(inputs, progress=progress) if inputs.run_root is not None else None
+    logs = load_logs(inputs, config, progress) if inputs.logs else None  # another tool's log
+    run = logs.primary if logs is not None else run
     traces = load_traces(inputs.trace_files, progress=progress) if inputs.trace_files else None
     timing = summarize(traces, config, progress=progress) if traces is not None else None
 
     findings: list[Finding] = []
-    if run is not None:
+    if logs is not None:
+        findings += logs.findings(config)
+    elif run is not None:
         findings += run.notes + health.detect(run, config)
     if traces is not None:
         findings += traces.notes

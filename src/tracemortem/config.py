@@ -22,6 +22,9 @@ else:  # Python 3.10: the same parser, published as tomli
 
 from .errors import ConfigError
 
+# Tables of the config file that hold settings rather than a rule's thresholds (docs/inputs.md).
+OPTION_TABLES = ("tags",)
+
 # Modules that declare thresholds; imported before any lookup so the registry is complete.
 RULE_MODULES = (
     "tracemortem.detect.health",
@@ -157,7 +160,7 @@ def _read_config_file(path: Path | None) -> tuple[dict[str, Any], dict[str, Any]
     values: dict[str, Any] = {}
     options: dict[str, Any] = {}
     for key, value in data.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and key not in OPTION_TABLES:
             for param, v in value.items():
                 values[f"{key}.{param}"] = v
         else:
