@@ -176,7 +176,7 @@ def grad_spikes(series: HealthSeries, config: Config) -> pl.DataFrame:
     window, history = int(config[SPIKE_WINDOW]), int(config[SPIKE_MIN_HISTORY])
     early_n, gw = int(config[EARLY_STEPS]), int(config[GROWTH_WINDOW])
     g = pl.col("grad_norm")
-    frame = series.healthy.select("step", "grad_norm").with_row_index("i")
+    frame = series.healthy.filter(g.is_not_null()).select("step", "grad_norm").with_row_index("i")
     if frame.height == 0:
         return frame.with_columns(pl.lit(False).alias(c) for c in ("sigma", "early", "growth", "spike"))
     early_max = frame.head(early_n)["grad_norm"].max()

@@ -61,10 +61,12 @@ def _refuse_outside(inputs: Inputs) -> Inputs:
 
 
 def _logged(path: Path, logs: FoundLogs) -> Inputs:
-    """Another tool's log; profiler traces inside it (tensorboard_trace_handler writes them there) come along."""
+    """Another tool's log. Profiler traces that tensorboard_trace_handler wrote into a TensorBoard
+    log directory (`*.pt.trace.json[.gz]`) come along; other JSON files there are not traces."""
     if not logs.runs:
         raise InputError(f"{path}: its {logs.kind} files link outside it or are not regular files; none was read")
-    traces = {t: rank_from_path(t.relative_to(path)) for t in _traces_under(path)} if path.is_dir() else {}
+    handler_traces = [t for t in _traces_under(path) if ".pt.trace.json" in t.name] if path.is_dir() else []
+    traces = {t: rank_from_path(t.relative_to(path)) for t in handler_traces} if logs.kind == "tensorboard" else {}
     inputs = Inputs(path, logs.kind, run_root=None, trace_files=traces, refused=list(logs.refused), logs=logs.runs)
     inputs.refused += [t for t in traces if not is_inside(path, t)]
     for t in inputs.refused:

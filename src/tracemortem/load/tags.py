@@ -60,7 +60,7 @@ DEFAULT_PARAM_WEIGHT = ("weight/{name}", "weights/{name}", "param/{name}", "para
 # When no candidate is logged, a tag with one of these words is taken (and the report says so).
 _FALLBACK_WORDS = {"loss": ({"loss"},), "lr": ({"lr"}, {"learning", "rate"})}
 _NOT_TRAINING = {"val", "valid", "validation", "eval", "test", "epoch", "avg", "mean"}
-_LIGHTNING_LR = re.compile(r"^lr-[^/]+$", re.IGNORECASE)  # LearningRateMonitor: lr-Adam, lr-SGD
+_LIGHTNING_LR = re.compile(r"^lr-[^/]+$", re.IGNORECASE)  # Lightning's LearningRateMonitor: lr-Adam, lr-SGD
 _WORD_SPLIT = re.compile(r"[/._\-\s]+")
 
 
@@ -118,7 +118,10 @@ class TagMap:
         guessed: dict[str, str] = {}
         for column, candidates in self.columns.items():
             found = next((by_lower[c.lower()] for c in candidates if c.lower() in by_lower), None)
-            if found is None and candidates == DEFAULT_COLUMNS.get(column):
+            defaults = candidates == DEFAULT_COLUMNS.get(column)
+            if found is None and defaults and column == "lr":
+                found = next((t for t in by_lower.values() if _LIGHTNING_LR.match(t)), None)
+            if found is None and defaults:
                 found = _fallback(column, by_lower.values(), set(columns.values()))
                 if found is not None:
                     guessed[column] = found
@@ -144,8 +147,6 @@ def _fallback(column: str, tags: Iterable[str], taken: set[str]) -> str | None:
     fits = []
     for tag in tags:
         parts = set(_WORD_SPLIT.split(tag.lower()))
-        lightning_lr = column == "lr" and _LIGHTNING_LR.match(tag) is not None
-        named = any(w <= parts for w in words) and not parts & _NOT_TRAINING
-        if tag not in taken and (lightning_lr or named):
+        if tag not in taken and any(w <= parts for w in words) and not parts & _NOT_TRAINING:
             fits.append(tag)
     return min(fits, key=lambda t: (len(t), t)) if fits else None

@@ -24,7 +24,7 @@ _FACT_LABELS = (
     ("parameters", "Parameters"),
     ("hostnames", "Hosts"),
     ("recorded", "Recorded"),
-    ("tags", "Logged tags used"),
+    ("tags", "Tags used"),
     ("charts_run", "Charts show run"),
     ("snapshot", "Anomaly snapshot"),
     ("checkpoints", "Checkpoints"),
