@@ -20,6 +20,16 @@ class Truth:
     def first_nonfinite(self) -> int | None:
         return min((s for s, v in self.losses.items() if not math.isfinite(v)), default=None)
 
+    def jumps(self, factor: float) -> set[int]:
+        """Steps whose loss is at least `factor` x the median of the previous SPIKE_HISTORY finite losses."""
+        steps = sorted(self.losses)
+        out = set()
+        for i, step in enumerate(steps):
+            history = sorted(v for s in steps[max(0, i - SPIKE_HISTORY) : i] if math.isfinite(v := self.losses[s]))
+            if history and self.losses[step] >= factor * history[len(history) // 2]:
+                out.add(step)
+        return out
+
     @property
     def spikes(self) -> list[int]:
         """Steps whose loss is SPIKE_FACTOR x the median of the previous SPIKE_HISTORY finite losses."""
@@ -81,18 +91,30 @@ def tensorboard_loop(
 
 
 def hf_trainer_run(
-    output_dir: Path, steps: int = 40, diverge_at: int | None = None, nan_filter: bool = False, save_state: bool = False
+    output_dir: Path,
+    steps: int = 40,
+    diverge_at: int | None = None,
+    kick_at: int | None = None,
+    nan_filter: bool = False,
+    save_state: bool = False,
 ) -> Truth:
-    """A tiny GPT-2 built from a config (no download) trained by a real `Trainer` with SGD; the
-    learning rate is raised to 1e30 for the optimizer steps from `diverge_at` on."""
+    """A tiny GPT-2 built from a config (no download) trained by a real `Trainer` with SGD on a
+    repeated token pattern. The update before logged step `kick_at` has a 1e4x learning rate (a
+    real loss spike); from `diverge_at` on the learning rate is 1e30 (a real NaN)."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=1, n_head=2))
-    ids = [torch.randint(0, 64, (16,)) for _ in range(512)]
-    data = [{"input_ids": t, "labels": t.clone()} for t in ids]
+    batch = 8
+
+    class Pattern(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            pattern = torch.arange(16) % 7
+            for _ in range(batch * steps):
+                yield {"input_ids": pattern.clone(), "labels": pattern.clone()}
+
     truth = Truth()
 
     class Recording(Trainer):
@@ -103,14 +125,17 @@ def hf_trainer_run(
             truth.losses.setdefault(self.state.global_step + 1, loss.item())
             return out
 
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    switch = (diverge_at or 10**9) - 2  # scheduler steps taken before the update of logged step `diverge_at`
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 if s < switch else 1e30)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    # The loss logged at step N comes after N - 1 updates; the (N - 1)th uses the factor of scheduler step N - 2.
+    switch, kick = (diverge_at or 10**9) - 2, (kick_at or 10**9) - 2
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: 1e30 if s >= switch else 1e4 if s == kick else 1.0
+    )
     args = TrainingArguments(
         str(output_dir),
         max_steps=steps,
         logging_steps=1,
-        per_device_train_batch_size=8,
+        per_device_train_batch_size=batch,
         report_to=[],
         save_strategy="steps",
         save_steps=max(steps // 2, 1),
@@ -119,7 +144,7 @@ def hf_trainer_run(
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
-    trainer = Recording(model=model, args=args, train_dataset=data, optimizers=(optimizer, schedule))
+    trainer = Recording(model=model, args=args, train_dataset=Pattern(), optimizers=(optimizer, schedule))
     trainer.train()
     if save_state:
         trainer.save_state()
