@@ -141,10 +141,8 @@ def _read_file(path: Path, sink: _Sink, notes: list[Finding], run: str) -> None:
             except decode_error:
                 sink.undecodable += 1
                 continue
-            if event.WhichOneof("what") != "summary":
-                continue
             step, time = event.step, event.wall_time
-            for value in event.summary.value:
+            for value in event.summary.value:  # empty for events that are not summaries
                 kind = value.WhichOneof("value")
                 if kind == "simple_value":
                     append = appenders.get(value.tag)
