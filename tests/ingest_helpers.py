@@ -15,6 +15,11 @@ SPIKE_HISTORY = 32
 @dataclass
 class Truth:
     losses: dict[int, float] = field(default_factory=dict)  # logged step → loss the loop computed
+    grad_norms: dict[int, float] = field(default_factory=dict)  # logged step → global grad norm, where computed
+
+    @property
+    def first_nonfinite_grad(self) -> int | None:
+        return min((s for s, v in self.grad_norms.items() if not math.isfinite(v)), default=None)
 
     @property
     def first_nonfinite(self) -> int | None:
@@ -151,13 +156,17 @@ def hf_trainer_run(
     return truth
 
 
-def lightning_run(save_dir: Path, steps: int = 60, diverge_at: int | None = None, version: int | None = None) -> Truth:
+def lightning_run(
+    save_dir: Path, steps: int = 60, diverge_at: int | None = None, version: int | None = None, grad_norms: bool = False
+) -> Truth:
     """A small MLP fitted by a real Lightning `Trainer` with `CSVLogger` (and LearningRateMonitor);
-    the learning rate jumps to 1e20 from optimizer step `diverge_at` - 1, so the weights overflow."""
+    the learning rate jumps to 1e20 from optimizer step `diverge_at` - 1, so the weights overflow.
+    With `grad_norms`, Lightning's own `grad_norm` utility logs per-parameter and total norms."""
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import LearningRateMonitor
     from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.utilities import grad_norm
 
     torch.manual_seed(0)
     truth = Truth()
@@ -175,6 +184,12 @@ def lightning_run(save_dir: Path, steps: int = 60, diverge_at: int | None = None
             truth.losses.setdefault(self.global_step, loss.item())
             self.log("train_loss", loss, on_step=True, on_epoch=False)
             return loss
+
+        def on_before_optimizer_step(self, optimizer):
+            norms = torch.stack([p.grad.norm() for p in self.parameters() if p.grad is not None])
+            truth.grad_norms.setdefault(self.global_step, norms.norm().item())
+            if grad_norms:
+                self.log_dict(grad_norm(self, norm_type=2))
 
         def configure_optimizers(self):
             optimizer = torch.optim.SGD(self.parameters(), lr=0.05)

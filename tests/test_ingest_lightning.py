@@ -22,7 +22,7 @@ def _by_rule(analysis, rule):
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     root = tmp_path_factory.mktemp("pl")
-    return root, lightning_run(root, steps=60, diverge_at=42)
+    return root, lightning_run(root, steps=60, diverge_at=42, grad_norms=True)
 
 
 def test_first_nonfinite_loss_and_spike_are_exact(fitted):
@@ -35,8 +35,19 @@ def test_first_nonfinite_loss_and_spike_are_exact(fitted):
         assert nonfinite.step == truth.first_nonfinite
         spikes = [s for s in truth.spikes if s < truth.first_nonfinite]
         assert [f.evidence["spike_steps"] for f in _by_rule(analysis, "loss-spike")] == ([spikes] if spikes else [])
-        assert analysis.run["tags"] == {"loss": "train_loss", "lr": "lr-SGD"}
+        assert analysis.run["tags"] == {"grad_norm": "grad_2.0_norm_total", "loss": "train_loss", "lr": "lr-SGD"}
     assert analyze(root).run["hparams"] == {"hidden": 32, "lr": 0.05}
+
+
+def test_lightning_grad_norm_utility_gives_per_parameter_gradients(fitted):
+    root, truth = fitted
+    analysis = analyze(root)
+    assert sorted(analysis.params["name"].to_list()) == ["net.0.bias", "net.0.weight", "net.2.bias", "net.2.weight"]
+    grads = analysis.grads.collect()
+    assert grads["step"].n_unique() == 60
+    (nonfinite,) = [f for f in analysis.findings if f.rule == "nonfinite-gradient"]
+    assert nonfinite.step == truth.first_nonfinite_grad and nonfinite.subject in analysis.params["name"].to_list()
+    assert not any(f.title == "no per-parameter gradients were logged" for f in analysis.findings)
 
 
 def _rewrite(src, dst, change):
