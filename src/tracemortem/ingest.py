@@ -63,10 +63,6 @@ def _labelled(finding: Finding, run: str) -> Finding:
     )
 
 
-def _folder(inputs: Inputs, name: str, files: list[Path]) -> Path:
-    return files[0].parent if inputs.kind != "tensorboard" or inputs.path.is_file() else inputs.path / name
-
-
 def load_logs(inputs: Inputs, config: Config, progress: Progress) -> Ingested:
     tags = TagMap.from_options(config.options)
     reader = READERS[inputs.kind]
@@ -79,7 +75,7 @@ def load_logs(inputs: Inputs, config: Config, progress: Progress) -> Ingested:
     for name, files in sorted(inputs.logs.items()):
         progress(f"reading {inputs.kind} run {name}")
         try:
-            runs[name] = build_run(reader(name, _folder(inputs, name, files), files, progress), tags)
+            runs[name] = build_run(reader(name, files[0].parent, files, progress), tags)  # a run is one folder
         except InputError as exc:
             failures.append(exc)
             notes.append(note("warning", "unreadable run", str(exc), run=name))

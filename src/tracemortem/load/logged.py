@@ -62,13 +62,13 @@ def latest_writes(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.filter(later_min.is_null() | (pl.col("step") < later_min))
 
 
-def _per_parameter(logged: Logged, tags: TagMap, chosen: Chosen) -> pl.DataFrame:
+def _per_parameter(scalars: pl.DataFrame, histograms: pl.DataFrame, tags: TagMap, chosen: Chosen) -> pl.DataFrame:
     """`name, kind (grad|weight), step, norm, absmax, numel, approximate` from per-parameter
     scalars (a norm) and histograms (norm from their sum of squares, absmax from min/max)."""
     taken = set(chosen.columns.values())
     rows: list[dict[str, Any]] = []
-    scalar_tags = [t for t in logged.scalars["tag"].unique().sort() if t not in taken]
-    histogram_tags = logged.histograms["tag"].unique().sort().to_list()
+    scalar_tags = [t for t in scalars["tag"].unique().sort() if t not in taken]
+    histogram_tags = histograms["tag"].unique().sort().to_list()
     mapping = {t: m for t in [*scalar_tags, *histogram_tags] if (m := tags.parameter(t)) is not None}
     grad_names = {name for kind, name in mapping.values() if kind == "grad"}
     for tag in histogram_tags:  # a bare histogram named like a parameter with a gradient series is its weights
@@ -79,7 +79,7 @@ def _per_parameter(logged: Logged, tags: TagMap, chosen: Chosen) -> pl.DataFrame
     if not rows:
         return pl.DataFrame(schema={"name": pl.String, "kind": pl.String, **HISTOGRAM_COLUMNS})
     names = pl.DataFrame(rows, schema={"tag": pl.String, "kind": pl.String, "name": pl.String})
-    from_scalars = logged.scalars.join(names, on="tag").select(
+    from_scalars = scalars.join(names, on="tag").select(
         "tag",
         "kind",
         "name",
@@ -89,7 +89,7 @@ def _per_parameter(logged: Logged, tags: TagMap, chosen: Chosen) -> pl.DataFrame
         pl.lit(None, pl.Int64).alias("numel"),
         pl.lit(False).alias("approximate"),
     )
-    from_histograms = logged.histograms.join(names, on="tag").select(from_scalars.columns)
+    from_histograms = histograms.join(names, on="tag").select(from_scalars.columns)
     return pl.concat([from_scalars, from_histograms])
 
 
@@ -188,8 +188,8 @@ def _lr_facts(steps: pl.DataFrame) -> dict[str, Any] | None:
     }
 
 
-def _missing_notes(logged: Logged, chosen: Chosen, has_grads: bool, histograms_approx: int) -> list[Finding]:
-    seen = logged.scalars["tag"].unique().sort().to_list()
+def _missing_notes(scalars: pl.DataFrame, chosen: Chosen, has_grads: bool, histograms_approx: int) -> list[Finding]:
+    seen = scalars["tag"].unique().sort().to_list()
     shown = ", ".join(seen[:20]) + (f" and {len(seen) - 20} more" if len(seen) > 20 else "") if seen else "none"
     remap = "map your tag with [tool.tracemortem.tags] in pyproject.toml or tracemortem.toml (docs/inputs.md)"
     notes = []
@@ -255,8 +255,7 @@ def build_run(logged: Logged, tags: TagMap) -> RunData:
     histograms = latest_writes(logged.histograms)
     superseded = logged.scalars.height - scalars.height + logged.histograms.height - histograms.height
     chosen = tags.choose(scalars["tag"].unique().to_list())
-    current = Logged(logged.root, logged.kind, scalars, histograms)
-    per_param = _per_parameter(current, tags, chosen)
+    per_param = _per_parameter(scalars, histograms, tags, chosen)
     params = _params(per_param)
     grads = _grads(per_param, params)
     per_param_tags = set(per_param["tag"].to_list())
@@ -275,7 +274,7 @@ def build_run(logged: Logged, tags: TagMap) -> RunData:
             )
         )
     approx = int(histograms.filter(pl.col("approximate"))["tag"].n_unique()) if histograms.height else 0
-    notes += _missing_notes(current, chosen, not params.is_empty(), approx)
+    notes += _missing_notes(scalars, chosen, not params.is_empty(), approx)
 
     span = (
         {"first": steps["step"].min(), "last": steps["step"].max(), "count": steps["step"].n_unique()}
@@ -296,6 +295,7 @@ def build_run(logged: Logged, tags: TagMap) -> RunData:
         **logged.facts,
     }
     health = pl.DataFrame(schema={**HEALTH_COLUMNS, "rank": pl.Int32})
-    run = RunData(logged.root, None, {0: {}}, steps, grads, params, health, notes, grad_ranks=[0] if recorded else [])
+    grad_ranks = [0] if not params.is_empty() else []
+    run = RunData(logged.root, None, {0: {}}, steps, grads, params, health, notes, grad_ranks=grad_ranks)
     run.facts = facts
     return run
