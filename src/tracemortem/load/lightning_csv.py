@@ -8,6 +8,7 @@ empty where a metric was not logged at that row. A value that is not a number (`
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,11 @@ def _hparams(folder: Path) -> dict[str, Any] | None:
         return None
     if not isinstance(data, dict):
         return None
-    plain = {str(k): v for k, v in data.items() if isinstance(v, (str, int, float, bool)) and not isinstance(k, bool)}
+    plain = {
+        str(k): v
+        for k, v in data.items()
+        if isinstance(v, (str, int, bool)) or (isinstance(v, float) and math.isfinite(v))  # JSON holds no NaN
+    }
     return dict(list(sorted(plain.items()))[:50])
 
 

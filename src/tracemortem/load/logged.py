@@ -174,7 +174,7 @@ def _steps(scalars: pl.DataFrame, chosen: Chosen, user: list[str], grads: pl.Laz
 
 
 def _lr_facts(steps: pl.DataFrame) -> dict[str, Any] | None:
-    lr = steps.select("step", "lr").drop_nulls()
+    lr = steps.select("step", "lr").filter(pl.col("lr").is_finite())  # facts go to JSON, which holds no NaN
     if lr.is_empty():
         return None
     peak = lr.sort("lr", descending=True, maintain_order=True).row(0, named=True)
