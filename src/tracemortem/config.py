@@ -131,7 +131,11 @@ class Config:
             name, sep, value = pair.partition("=")
             if not sep or not name.strip():
                 raise ConfigError(f"--set expects rule.param=value, got {pair!r}")
-            file_values[name.strip()] = value.strip()
+            table, dot, key = name.strip().partition(".")
+            if table in OPTION_TABLES and dot:  # --set tags.loss=objective
+                options[table] = {**(options.get(table) or {}), key: value.strip()}
+            else:
+                file_values[name.strip()] = value.strip()
         return cls(file_values, options)
 
 
