@@ -18,6 +18,8 @@ from ingest_helpers import tensorboard_loop
 from tracemortem import analyze
 from tracemortem.config import Config
 
+pytestmark = pytest.mark.slow  # real training loops and fresh interpreters: seconds each
+
 
 def _by_rule(analysis, rule):
     return [f for f in analysis.findings if f.rule == rule]
