@@ -61,6 +61,9 @@ class _Series:
     times: array[float] = field(default_factory=lambda: array("d"))
 
 
+_Appenders = tuple[Callable[[int], None], Callable[[float], None], Callable[[float], None]]
+
+
 @dataclass
 class _Sink:
     """Everything kept from one run's events, in write order per tag."""
@@ -70,12 +73,9 @@ class _Sink:
     histograms: list[tuple[str, int, float, float, int, bool]] = field(default_factory=list)
     plugins: dict[str, str] = field(default_factory=dict)  # tag → plugin named by its first value's metadata
     undecodable: int = 0
+    appenders: dict[str, _Appenders] = field(default_factory=dict)  # tag → its series' bound append methods
 
-    appenders: dict[str, tuple[Callable[[int], None], Callable[[float], None], Callable[[float], None]]] = field(
-        default_factory=dict
-    )
-
-    def new_series(self, tag: str) -> tuple[Callable[[int], None], Callable[[float], None], Callable[[float], None]]:
+    def new_series(self, tag: str) -> _Appenders:
         series = self.scalars[tag] = _Series()
         appenders = self.appenders[tag] = (series.steps.append, series.values.append, series.times.append)
         return appenders
@@ -114,7 +114,7 @@ class _Sink:
         if limits.size == 0 or limits.size != counts.size:
             self.undecodable += 1
             return
-        lefts = np.concatenate([[histo.min], limits[:-1]])
+        lefts = np.maximum(np.concatenate([[histo.min], limits[:-1]]), histo.min)
         rights = np.minimum(limits, histo.max)
         self.histograms.append((tag, step, *_from_bins(lefts, rights, counts)))
 
