@@ -15,6 +15,7 @@ from .detect import health, perf
 from .errors import InputError
 from .findings import Finding, cap_per_rule, sort_findings
 from .format import FORMAT_VERSION, TOOL
+from .ingest import load_logs
 from .limits import MAX_FINDINGS_PER_RULE
 from .load.discover import Inputs, discover
 from .load.run import RunData, load_run
@@ -27,7 +28,7 @@ from .timing import Timing, summarize
 @dataclass
 class Analysis:
     path: Path
-    kind: str  # run | rank | trace | traces
+    kind: str  # run | rank | trace | traces | tensorboard | hf-trainer | lightning-csv
     findings: list[Finding]
     run: RunFacts  # the JSON document's `run` section (docs/report.md)
     steps: pl.DataFrame  # recorder steps, every rank (`rank` column); empty without a run directory
@@ -51,11 +52,15 @@ def analyze(path: str | Path, config: Config | None = None, progress: Progress =
     config = config or Config()
     inputs = discover(path)
     run = load_run(inputs, progress=progress) if inputs.run_root is not None else None
+    logs = load_logs(inputs, config, progress) if inputs.logs else None  # another tool's log
+    run = logs.primary if logs is not None else run
     traces = _traces_or_note(inputs, run, progress)
     timing = summarize(traces, config, progress=progress) if traces is not None else None
 
     findings: list[Finding] = []
-    if run is not None:
+    if logs is not None:
+        findings += logs.findings(config)
+    elif run is not None:
         findings += run.notes + health.detect(run, config)
     if traces is not None:
         findings += traces.notes

@@ -129,7 +129,8 @@ def main() -> None:
     """Post-mortem analysis of PyTorch training runs.
 
     PATH is a run directory written by tracemortem.Recorder, one rank directory, one
-    torch.profiler chrome trace (.json / .json.gz), or a directory of traces.
+    torch.profiler chrome trace (.json / .json.gz), a directory of traces, or a TensorBoard,
+    Hugging Face Trainer or Lightning CSV log (docs/inputs.md).
     """
 
 

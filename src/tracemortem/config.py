@@ -21,6 +21,9 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, published as tomli
 
 from .errors import ConfigError
 
+# Tables of the config file that hold settings rather than a rule's thresholds (docs/inputs.md).
+OPTION_TABLES = ("tags",)
+
 # Modules that declare thresholds; imported before any lookup so the registry is complete.
 RULE_MODULES = (
     "tracemortem.detect.health",
@@ -143,7 +146,11 @@ class Config:
             name, sep, value = pair.partition("=")
             if not sep or not name.strip():
                 raise ConfigError(f"--set expects rule.param=value, got {pair!r}")
-            file_values[name.strip()] = value.strip()
+            table, dot, key = name.strip().partition(".")
+            if table in OPTION_TABLES and dot:  # --set tags.loss=objective
+                options[table] = {**(options.get(table) or {}), key: value.strip()}
+            else:
+                file_values[name.strip()] = value.strip()
         return cls(file_values, options)
 
 
@@ -172,7 +179,7 @@ def _read_config_file(path: Path | None) -> tuple[dict[str, Any], dict[str, Any]
     values: dict[str, Any] = {}
     options: dict[str, Any] = {}
     for key, value in data.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and key not in OPTION_TABLES:
             for param, v in value.items():
                 values[f"{key}.{param}"] = v
         else:

@@ -185,7 +185,7 @@ def grad_spikes(series: HealthSeries, config: Config) -> pl.DataFrame:
     history = min(history, window)  # more history than one window holds: the whole window
     early_n, gw = int(config[EARLY_STEPS]), int(config[GROWTH_WINDOW])
     g = pl.col("grad_norm")
-    frame = series.healthy.select("step", "grad_norm").with_row_index("i")
+    frame = series.healthy.filter(g.is_not_null()).select("step", "grad_norm").with_row_index("i")
     if frame.height == 0:
         return frame.with_columns(pl.lit(False).alias(c) for c in ("sigma", "early", "growth", "spike"))
     early_max = as_float(frame.head(early_n)["grad_norm"].max())

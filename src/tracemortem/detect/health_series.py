@@ -31,10 +31,10 @@ class HealthSeries:
 
     @property
     def healthy(self) -> pl.DataFrame:
-        """Steps usable as history for the magnitude rules: applied, everything finite."""
-        return self.per_step.filter(
-            ~pl.col("skipped") & pl.col("loss_finite") & finite("grad_norm") & ~pl.col("grad_bad")
-        )
+        """Steps usable as history for the magnitude rules: applied, everything finite (a grad
+        norm that was not logged, as in a loss-only TensorBoard log, is no sign of trouble)."""
+        grad_ok = finite("grad_norm") | pl.col("grad_norm").is_null()
+        return self.per_step.filter(~pl.col("skipped") & pl.col("loss_finite") & grad_ok & ~pl.col("grad_bad"))
 
 
 def _per_step_from_steps(steps: pl.DataFrame, sharded: bool) -> pl.DataFrame:

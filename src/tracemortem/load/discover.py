@@ -1,5 +1,6 @@
-"""What a PATH given to the analyzer is: a run directory, a rank directory, one trace, or a
-directory of traces. Everything later works from the `Inputs` this returns."""
+"""What a PATH given to the analyzer is: a run directory, a rank directory, one trace, a
+directory of traces, or another tool's log (TensorBoard, Hugging Face Trainer, Lightning CSV).
+Everything later works from the `Inputs` this returns."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..format import MAX_RANK, RunPaths, is_inside, is_rank_dir, is_run_dir
+from .find_logs import FoundLogs, find_logs
 
 TRACE_SUFFIXES = (".json", ".json.gz")
 # The CLI's own reports: never read back as traces (a report written into a traces folder).
@@ -20,7 +22,7 @@ _RANK_IN_NAME = re.compile(r"rank[-_]?(\d+)", re.IGNORECASE)
 @dataclass
 class Inputs:
     path: Path
-    kind: str  # "run" | "rank" | "trace" | "traces"
+    kind: str  # "run" | "rank" | "trace" | "traces" | one of LOG_KINDS
     run_root: Path | None = None  # run directory (kind run), or the rank dir's parent (kind rank)
     rank_dirs: dict[int, Path] = field(default_factory=dict)
     # trace file → rank guessed from its path (rank{R} folder, rank-N in the name); None = unknown.
@@ -30,6 +32,11 @@ class Inputs:
     refused: list[Path] = field(default_factory=list)
     # folders that could not be listed (no permission), with why: reported, the rest is read
     unlisted: list[tuple[Path, str]] = field(default_factory=list)
+    # another tool's log (kind in LOG_KINDS): run name → its files, vetted by find_logs
+    logs: dict[str, list[Path]] = field(default_factory=dict)
+
+
+LOG_KINDS = ("tensorboard", "hf-trainer", "lightning-csv")
 
 
 def is_trace_file(path: Path) -> bool:
@@ -78,6 +85,21 @@ def _refuse_outside(inputs: Inputs) -> Inputs:
     return inputs
 
 
+def _logged(path: Path, logs: FoundLogs) -> Inputs:
+    """Another tool's log. Profiler traces that tensorboard_trace_handler wrote into a TensorBoard
+    log directory (`*.pt.trace.json[.gz]`) come along; other JSON files there are not traces."""
+    if not logs.runs:
+        raise InputError(f"{path}: its {logs.kind} files link outside it or are not regular files; none was read")
+    unlisted: list[tuple[Path, str]] = []
+    handler_traces = [t for t in _traces_under(path, unlisted) if ".pt.trace.json" in t.name] if path.is_dir() else []
+    traces = {t: rank_from_path(t.relative_to(path)) for t in handler_traces} if logs.kind == "tensorboard" else {}
+    inputs = Inputs(path, logs.kind, trace_files=traces, refused=list(logs.refused), unlisted=unlisted, logs=logs.runs)
+    inputs.refused += [t for t in traces if not is_inside(path, t)]
+    for t in inputs.refused:
+        inputs.trace_files.pop(t, None)
+    return inputs
+
+
 def discover(path: str | Path) -> Inputs:
     path = Path(path)
     try:
@@ -90,8 +112,13 @@ def _discover(path: Path) -> Inputs:
     if not path.exists():
         raise InputError(f"{path}: no such file or directory")
     if path.is_file():
+        if (logs := find_logs(path)) is not None:
+            return _logged(path, logs)
         if not path.name.lower().endswith(TRACE_SUFFIXES):
-            raise InputError(f"{path}: not a run directory or a chrome trace (.json / .json.gz)")
+            raise InputError(
+                f"{path}: not a run directory, a chrome trace (.json / .json.gz), a TensorBoard event file, "
+                "a trainer_state.json or a metrics.csv"
+            )
         return Inputs(path, "trace", trace_files={path: rank_from_path(path)})
     if not path.is_dir():
         raise InputError(f"{path}: not a regular file or directory")
@@ -108,10 +135,13 @@ def _discover(path: Path) -> Inputs:
         inputs = Inputs(path, "rank", run_root=path.parent, rank_dirs={rank: path}, trace_files=traces)
         inputs.unlisted = unlisted
         return _refuse_outside(inputs)
+    if (logs := find_logs(path)) is not None:
+        return _logged(path, logs)
     traces = {t: rank_from_path(t.relative_to(path)) for t in _traces_under(path, unlisted)}
     if not traces:
         why = f" ({unlisted[0][0]}: {unlisted[0][1]})" if unlisted else ""
         raise InputError(
-            f"{path}: no run directory (manifest.json, rank*/) and no chrome traces (*.json, *.json.gz) found{why}"
+            f"{path}: no run directory (manifest.json, rank*/), no chrome traces (*.json, *.json.gz) and no "
+            f"TensorBoard, Hugging Face Trainer or Lightning CSV log found{why}"
         )
     return Inputs(path, "traces", trace_files=traces, unlisted=unlisted)

@@ -25,12 +25,22 @@ _FACT_LABELS = (
     ("parameters", "Parameters"),
     ("hostnames", "Hosts"),
     ("recorded", "Recorded"),
+    ("tags", "Tags used"),
+    ("charts_run", "Charts show run"),
     ("snapshot", "Anomaly snapshot"),
     ("checkpoints", "Checkpoints"),
     ("started", "Started"),
     ("ended", "Ended"),
 )
-_INPUT_KIND = {"run": "run directory", "rank": "rank directory", "trace": "profiler trace", "traces": "profiler traces"}
+_INPUT_KIND = {
+    "run": "run directory",
+    "rank": "rank directory",
+    "trace": "profiler trace",
+    "traces": "profiler traces",
+    "tensorboard": "TensorBoard log",
+    "hf-trainer": "Hugging Face Trainer state",
+    "lightning-csv": "Lightning CSV log",
+}
 
 
 def _text(value: Any) -> str:
