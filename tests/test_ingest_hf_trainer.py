@@ -32,14 +32,14 @@ def test_checkpoint_folder_first_nonfinite_loss_is_exact(diverged):
     for path in (output, output / "checkpoint-60"):  # the output dir reads its newest checkpoint
         analysis = analyze(path)
         assert analysis.kind == "hf-trainer"
-        assert analysis.run["trainer_state"].endswith("checkpoint-60/trainer_state.json")
+        assert analysis.run.to_dict()["trainer_state"].endswith("checkpoint-60/trainer_state.json")
         (nonfinite,) = _by_rule(analysis, "nonfinite-loss")
         assert nonfinite.step == truth.first_nonfinite
         assert _by_rule(analysis, "nonfinite-gradient")[0].step == truth.first_nonfinite
-        assert analysis.run["tags"] == {"grad_norm": "grad_norm", "loss": "loss", "lr": "learning_rate"}
-        assert analysis.run["steps"]["first"] == 1 and analysis.run["steps"]["last"] == 60
+        assert analysis.run.to_dict()["tags"] == {"grad_norm": "grad_norm", "loss": "loss", "lr": "learning_rate"}
+        assert analysis.run.to_dict()["steps"]["first"] == 1 and analysis.run.to_dict()["steps"]["last"] == 60
     older = analyze(output / "checkpoint-30")
-    assert older.run["steps"]["last"] == 30 and not _by_rule(older, "nonfinite-loss")
+    assert older.run.to_dict()["steps"]["last"] == 30 and not _by_rule(older, "nonfinite-loss")
 
 
 def test_loss_spike_where_the_loop_saw_it(diverged):
@@ -54,7 +54,7 @@ def test_loss_spike_where_the_loop_saw_it(diverged):
 def test_logging_filter_hides_the_nan_loss_and_the_report_says_so(tmp_path):
     truth = hf_trainer_run(tmp_path / "out", steps=36, diverge_at=32, nan_filter=True, save_state=True)
     analysis = analyze(tmp_path / "out")
-    assert analysis.run["trainer_state"] == str(tmp_path / "out" / "trainer_state.json")
+    assert analysis.run.to_dict()["trainer_state"] == str(tmp_path / "out" / "trainer_state.json")
     assert not _by_rule(analysis, "nonfinite-loss")  # the Trainer logged the running mean instead
     (grads,) = _by_rule(analysis, "nonfinite-gradient")
     assert grads.step == truth.first_nonfinite

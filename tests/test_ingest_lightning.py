@@ -35,8 +35,12 @@ def test_first_nonfinite_loss_and_spike_are_exact(fitted):
         assert nonfinite.step == truth.first_nonfinite
         spikes = [s for s in truth.spikes if s < truth.first_nonfinite]
         assert [f.evidence["spike_steps"] for f in _by_rule(analysis, "loss-spike")] == ([spikes] if spikes else [])
-        assert analysis.run["tags"] == {"grad_norm": "grad_2.0_norm_total", "loss": "train_loss", "lr": "lr-SGD"}
-    assert analyze(root).run["hparams"] == {"hidden": 32, "lr": 0.05}
+        assert analysis.run.to_dict()["tags"] == {
+            "grad_norm": "grad_2.0_norm_total",
+            "loss": "train_loss",
+            "lr": "lr-SGD",
+        }
+    assert analyze(root).run.to_dict()["hparams"] == {"hidden": 32, "lr": 0.05}
 
 
 def test_lightning_grad_norm_utility_gives_per_parameter_gradients(fitted):
@@ -102,7 +106,10 @@ def test_several_versions_are_several_runs(tmp_path):
     lightning_run(tmp_path, steps=30, version=0)
     truth = lightning_run(tmp_path, steps=45, diverge_at=40, version=1)
     analysis = analyze(tmp_path)
-    assert [r["name"] for r in analysis.run["runs"]] == ["lightning_logs/version_0", "lightning_logs/version_1"]
-    assert analysis.run["charts_run"] == "lightning_logs/version_1"
+    assert [r["name"] for r in analysis.run.to_dict()["runs"]] == [
+        "lightning_logs/version_0",
+        "lightning_logs/version_1",
+    ]
+    assert analysis.run.to_dict()["charts_run"] == "lightning_logs/version_1"
     (nonfinite,) = _by_rule(analysis, "nonfinite-loss")
     assert nonfinite.evidence["run"] == "lightning_logs/version_1" and nonfinite.step == truth.first_nonfinite

@@ -40,14 +40,14 @@ def test_first_nonfinite_loss_and_spikes_are_the_loops_own(diverging):
     logdir, truth = diverging
     assert truth.first_nonfinite is not None and truth.spikes  # the loop really diverged and spiked
     analysis = analyze(logdir)
-    assert analysis.kind == "tensorboard" and analysis.run["kind"] == "tensorboard"
+    assert analysis.kind == "tensorboard" and analysis.run.to_dict()["kind"] == "tensorboard"
     (nonfinite,) = _by_rule(analysis, "nonfinite-loss")
     assert nonfinite.step == truth.first_nonfinite
     (spike,) = _by_rule(analysis, "loss-spike")
     assert spike.evidence["spike_steps"] == [s for s in truth.spikes if s < truth.first_nonfinite]
-    assert analysis.run["tags"] == {"grad_norm": "grad_norm", "loss": "Loss/train", "lr": "lr"}
-    assert analysis.run["steps"] == {"first": 0, "last": 119, "count": 120}
-    assert analysis.run["lr"]["peak"] == pytest.approx(1e20, rel=1e-6)
+    assert analysis.run.to_dict()["tags"] == {"grad_norm": "grad_norm", "loss": "Loss/train", "lr": "lr"}
+    assert analysis.run.to_dict()["steps"] == {"first": 0, "last": 119, "count": 120}
+    assert analysis.run.to_dict()["lr"]["peak"] == pytest.approx(1e20, rel=1e-6)
 
 
 def test_histograms_become_per_parameter_gradients(diverging):
@@ -100,14 +100,17 @@ def test_several_runs_are_analysed_separately(tmp_path):
         "exp/b": tensorboard_loop(tmp_path / "exp" / "b", steps=100, seed=1),
     }
     analysis = analyze(tmp_path)
-    assert [r["name"] for r in analysis.run["runs"]] == ["exp/a", "exp/b"]
-    assert analysis.run["charts_run"] == "exp/b"  # the run with the most steps
+    assert [r["name"] for r in analysis.run.to_dict()["runs"]] == ["exp/a", "exp/b"]
+    assert analysis.run.to_dict()["charts_run"] == "exp/b"  # the run with the most steps
     (nonfinite,) = _by_rule(analysis, "nonfinite-loss")
     assert nonfinite.evidence["run"] == "exp/a" and nonfinite.step == truths["exp/a"].first_nonfinite
     assert nonfinite.message.startswith("run exp/a: ")
     # one run of the folder on its own is one single run
     alone = analyze(tmp_path / "exp" / "a")
-    assert "runs" not in alone.run and _by_rule(alone, "nonfinite-loss")[0].step == truths["exp/a"].first_nonfinite
+    assert (
+        "runs" not in alone.run.to_dict()
+        and _by_rule(alone, "nonfinite-loss")[0].step == truths["exp/a"].first_nonfinite
+    )
 
 
 def test_restarted_run_later_attempt_supersedes(tmp_path):
@@ -115,7 +118,7 @@ def test_restarted_run_later_attempt_supersedes(tmp_path):
     resumed = tensorboard_loop(tmp_path, steps=40, start=40, diverge_at=70, seed=2)  # resume from step 40
     assert len(_events(tmp_path)) == 2
     analysis = analyze(tmp_path)
-    assert analysis.run["steps"] == {"first": 0, "last": 79, "count": 80}
+    assert analysis.run.to_dict()["steps"] == {"first": 0, "last": 79, "count": 80}
     losses = dict(zip(analysis.steps["step"].to_list(), analysis.steps["loss"].to_list()))
     assert losses[10] == pytest.approx(first.losses[10], rel=1e-6)
     assert losses[45] == pytest.approx(resumed.losses[45], rel=1e-6)
@@ -177,7 +180,7 @@ def test_links_out_of_the_folder_and_fifos_are_not_opened(tmp_path, diverging):
         "events.out.tfevents.3.link",
         "events.out.tfevents.4.fifo",
     }
-    assert "runs" not in analysis.run  # the linked folder was not walked into
+    assert "runs" not in analysis.run.to_dict()  # the linked folder was not walked into
 
 
 def test_tag_map_override_from_config(tmp_path):
