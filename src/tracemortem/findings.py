@@ -19,6 +19,7 @@ HEALTH_RULES = (
     "update-ratio",
     "loss-spike",
     "amp-overflow",
+    "zero-gradient",
 )
 PERF_RULES = (
     "slow-op",
@@ -30,7 +31,7 @@ PERF_RULES = (
     "straggler-rank",
     "memory-growth",
 )
-INPUT_RULES = ("trace-truncated", "input-error")
+INPUT_RULES = ("trace-truncated", "input-error", "trace-sessions")
 RULES = HEALTH_RULES + PERF_RULES + INPUT_RULES
 
 
