@@ -12,13 +12,14 @@ from tracemortem.timing import summarize
 
 def cpu_event(name, ts, dur, tid="1", cat="cpu_op", step=None, **extra):
     row = {c: None for c in EVENTS_SCHEMA}
-    row.update(rank=0, name=name, cat=cat, ts=ts, dur=dur, pid="1", tid=tid, step=step, **extra)
+    row.update(rank=0, session=0, name=name, cat=cat, ts=ts, dur=dur, pid="1", tid=tid, step=step, **extra)
     return row
 
 
 def gpu_event(name, ts, dur, kind="kernel", step=1, launch_ts=None, launch_dur=None, correlation=None):
     return {
         "rank": 0,
+        "session": 0,
         "name": name,
         "kind": kind,
         "ts": ts,
@@ -58,7 +59,7 @@ def test_self_time_subtracts_direct_children_only_and_absorbs_ns_bleed():
         cpu_event("aten::t", 549_700, 100_000, step=1),
         cpu_event("aten::relu", 100_000, 50_000, tid="2", step=1),  # other thread: not nested in linear
     ]
-    ops = {r["name"]: r for r in summarize(trace_set(events, [(0, 1, 0, 1000_000)])).ops.iter_rows(named=True)}
+    ops = {r["name"]: r for r in summarize(trace_set(events, [(0, 0, 1, 0, 1000_000)])).ops.iter_rows(named=True)}
     assert ops["aten::linear"]["self_ns"] == 600_000 - 400_000 - 100_000
     assert ops["aten::addmm"]["self_ns"] == 400_000 - 100_000
     assert ops["aten::copy_"]["self_ns"] == 100_000
@@ -68,7 +69,7 @@ def test_self_time_subtracts_direct_children_only_and_absorbs_ns_bleed():
 
 
 def test_step_waterfall_parts_sum_to_the_step_and_follow_priority():
-    steps = [(0, 1, 0, 1000_000), (0, 2, 1000_000, 1000_000)]
+    steps = [(0, 0, 1, 0, 1000_000), (0, 0, 2, 1000_000, 1000_000)]
     events = [
         cpu_event("ProfilerStep#1", 0, 1000_000, cat="user_annotation", step=1),
         cpu_event("ProfilerStep#2", 1000_000, 1000_000, cat="user_annotation", step=2),

@@ -92,6 +92,8 @@ def run_facts(inputs: Inputs, run: Any, timing: Any) -> dict[str, Any]:
             for key, value in entry.items():
                 merged.setdefault(key, value)
     facts["ranks"] = [ranks[r] for r in sorted(ranks)]
+    if timing is not None and timing.world_size is not None:
+        facts.setdefault("world_size", timing.world_size)  # the traces' distributedInfo
     facts.setdefault("world_size", max(len(ranks), 1))
     if "steps" not in facts:
         facts["steps"] = timing.step_span() if timing is not None else {"first": None, "last": None, "count": 0}
