@@ -39,9 +39,10 @@ def profiled_loop(
     batch: int = 64,
     item_every_step: bool = False,
     hidden: int = 512,
+    block_s: float = 0.0,
 ) -> Path:
     """Train a small MLP for 1 + ACTIVE steps under the profiler; a `slow_block` annotation runs
-    each step and sleeps `slow_s` on `slow_steps`. Returns the chrome trace path."""
+    each step, sleeping `block_s`, and `slow_s` instead on `slow_steps`. Returns the chrome trace path."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         torch.nn.Linear(256, hidden),
@@ -65,6 +66,8 @@ def profiled_loop(
             with record_function("slow_block"):
                 if step in slow_steps:
                     time.sleep(slow_s)
+                elif block_s:
+                    time.sleep(block_s)
             if item_every_step:
                 loss.item()
             prof.step()
