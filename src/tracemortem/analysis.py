@@ -43,6 +43,7 @@ class Analysis:
 
 def analyze(path: str | Path, config: Config | None = None, progress: Progress = silent) -> Analysis:
     from .detect import health, perf
+    from .detect.ranks import merge_across_ranks
     from .load.run import load_run
     from .load.traces import load_traces
     from .timing import summarize
@@ -59,6 +60,7 @@ def analyze(path: str | Path, config: Config | None = None, progress: Progress =
     if traces is not None:
         findings += traces.notes
     findings += perf.detect(timing, run, config)
+    findings = merge_across_ranks(findings)  # one finding per cause, not per rank
 
     empty_lazy = pl.LazyFrame()
     return Analysis(

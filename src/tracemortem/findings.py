@@ -31,7 +31,7 @@ PERF_RULES = (
     "straggler-rank",
     "memory-growth",
 )
-INPUT_RULES = ("trace-truncated", "input-error", "trace-sessions")
+INPUT_RULES = ("trace-truncated", "input-error", "trace-sessions", "trace-unsupported")
 RULES = HEALTH_RULES + PERF_RULES + INPUT_RULES
 
 

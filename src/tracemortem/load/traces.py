@@ -20,6 +20,7 @@ from ..findings import Finding
 from ..progress import Progress, silent
 from . import chrome
 from .chrome import RawTrace
+from .coverage import unread_activity
 from .sessions import SESSIONS_SCHEMA, session_notes, session_table
 
 # Categories across Kineto versions (research/trace-analyzers.md §4.3, §4.8).
@@ -155,7 +156,7 @@ def load_traces(files: dict[Path, int | None], progress: Progress = silent) -> T
     progress("linking trace events")
     traces = _link(parts, ranks, notes)
     traces.sessions = session_table(traces.events, traces.profiler_steps, paths, hosts, bases)
-    traces.notes += session_notes(traces.sessions)
+    traces.notes += session_notes(traces.sessions) + unread_activity(traces.events)
     return traces
 
 
