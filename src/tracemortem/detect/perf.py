@@ -91,7 +91,8 @@ TOP_OP_SHARE = threshold(
     "slow-op.top_share",
     0.25,
     "The top op by self time (GPU self time on GPU traces) is reported (info) "
-    "when it takes at least this share of all ops' self time (GPU: kernel time).",
+    "when it takes at least this share of all ops' self time (GPU: kernel time) and as much of "
+    "profiled step time.",
     "tracemortem default",
 )
 LOADER_WARN = threshold(
@@ -481,7 +482,10 @@ def _top_op(timing: Timing, config: Config) -> list[Finding]:
     # and ops on several threads overlap, so a share of wall-clock step time could).
     total = ops[column].sum()
     share = top[column] / total if total else 0.0
-    if share < config[TOP_OP_SHARE]:
+    # ... and it must matter for the steps: that much of profiled step time too (one tiny op in a
+    # trace of idle steps is 100 % of all ops and nothing to optimise).
+    profiled = timing.steps["duration_ns"].sum()
+    if share < config[TOP_OP_SHARE] or top[column] < config[TOP_OP_SHARE] * profiled:
         return []
     where = "GPU kernel time" if on_gpu else "CPU self time"
     shapes = f" (inputs {top['input_dims']})" if top["input_dims"] else ""
