@@ -139,3 +139,22 @@ def test_real_cpu_trace_ops_and_steps(cpu_timing):
     assert cpu_timing.ranks == [
         {"rank": 0, "steps": ACTIVE, "step_time_s": pytest.approx(steps["duration_ns"].median() / 1e9)}
     ]
+
+
+def test_htas_rounding_never_makes_a_negative_time_in_the_output():
+    """A 0.4 µs memcpy inside no whole µs: HTA's view gives it −1 µs, and the breakdown a
+    negative non-compute time; the exact view stands in for that session."""
+    gpu = [
+        gpu_event("gemm", 1_000_000, 5_000_000, launch_ts=990_000, launch_dur=5_000, correlation=1),
+        gpu_event("Memcpy HtoD (Pageable -> Device)", 10_200, 400, kind="memcpy", correlation=2),
+    ]
+    gpu[1]["ts"] = 10_200_200  # 10200.2 µs: rounds up to 10201, its end down to 10200
+    timing = summarize(trace_set([], [], gpu))
+    [entry] = timing.ranks
+    [session] = entry["gpu"]["sessions"]
+    assert session["view"] == "exact"
+    assert min(entry["gpu"][k] for k in ("idle_us", "compute_us", "non_compute_us")) >= 0
+    assert entry["gpu"]["non_compute_us"] == pytest.approx(0.4)
+    assert entry["gpu"]["span_us"] == pytest.approx(10_200.6 - 1_000)
+    kernels = {r["name"]: r for r in timing.kernels.iter_rows(named=True)}
+    assert kernels["Memcpy HtoD (Pageable -> Device)"]["hta_sum_us"] == 0  # exact 0.4 µs, not HTA's −1
