@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import polars as pl
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function, schedule
 
@@ -76,3 +77,20 @@ def profiled_loop(
 
 def timing_of(trace: Path) -> Timing:
     return summarize(load_traces({trace: 0}))
+
+
+def recorder_steps(ranks: dict[int, list[float]], mem: dict[int, list[int]] | None = None) -> pl.DataFrame:
+    rows = []
+    for rank, durations in ranks.items():
+        for step, seconds in enumerate(durations):
+            rows.append(
+                {
+                    "rank": rank,
+                    "step": step,
+                    "duration_s": seconds,
+                    "mem_allocated": (mem or {}).get(rank, [None] * len(durations))[step],
+                }
+            )
+    return pl.DataFrame(
+        rows, schema={"rank": pl.Int32, "step": pl.Int64, "duration_s": pl.Float64, "mem_allocated": pl.Int64}
+    )

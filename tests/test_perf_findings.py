@@ -9,7 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from perf_helpers import profiled_loop, timing_of
+from perf_helpers import profiled_loop, recorder_steps, timing_of
 from tracemortem.config import Config
 from tracemortem.detect import perf
 from tracemortem.findings import at_or_above
@@ -135,23 +135,6 @@ def test_gpu_idle_and_launch_bound_on_real_gpu_traces(gpu_timing):
     idle = by_rule(starved, "gpu-idle")
     assert len(idle) == 1 and idle[0].evidence["idle_us"] == 338781
     assert len(by_rule(starved, "launch-bound")) == 1
-
-
-def recorder_steps(ranks: dict[int, list[float]], mem: dict[int, list[int]] | None = None) -> pl.DataFrame:
-    rows = []
-    for rank, durations in ranks.items():
-        for step, seconds in enumerate(durations):
-            rows.append(
-                {
-                    "rank": rank,
-                    "step": step,
-                    "duration_s": seconds,
-                    "mem_allocated": (mem or {}).get(rank, [None] * len(durations))[step],
-                }
-            )
-    return pl.DataFrame(
-        rows, schema={"rank": pl.Int32, "step": pl.Int64, "duration_s": pl.Float64, "mem_allocated": pl.Int64}
-    )
 
 
 def test_straggler_rank_from_recorder_step_times():

@@ -304,7 +304,7 @@ def _leaders(run: RunData, step: int, n: int) -> list[dict[str, Any]]:
     ]
 
 
-def _spike_reason(row: dict, config: Config) -> str:
+def _spike_reason(row: dict[str, Any], config: Config) -> str:
     """Say which test flagged the first spike, with the numbers that test used."""
     if row["sigma"]:
         return (

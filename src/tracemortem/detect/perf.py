@@ -289,7 +289,8 @@ def _explain(timing: Timing, row: dict[str, Any], normal: pl.DataFrame, excess_s
     normal_steps = steps.join(normal, on=["session", "step"], how="semi")
     this_step = steps.filter((pl.col("session") == session) & (pl.col("step") == step))
     for column, label in (("total_data_loading_ns", "data loading"), ("total_host_sync_ns", "host sync")):
-        extra = (this_step[column].sum() - (normal_steps[column].median() or 0)) / 1e9
+        base = normal_steps[column].median()
+        extra = (float(this_step[column].sum()) - (float(base) if isinstance(base, (int, float)) else 0.0)) / 1e9
         if extra > 0.25 * excess_s:
             causes.append(
                 {"category": label, "extra_ms": _ms(extra), "share_of_excess": round(min(extra / excess_s, 1.0), 3)}

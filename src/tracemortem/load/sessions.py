@@ -154,7 +154,6 @@ def session_notes(sessions: pl.DataFrame) -> list[Finding]:
                 f"({reason}): {', '.join(row['file'][:5])}{' …' if len(row['file']) > 5 else ''}. "
                 "They are not merged: each is analysed on its own timeline, and per-rank totals add them up.",
                 rank=row["rank"],
-                subject=f"rank {row['rank']}",
                 evidence=evidence,
                 suggestion="Analyse each run's traces on their own (one folder per run), or make sure every trace "
                 "carries its own rank (torch.distributed initialised, or rank-N in the file name).",
