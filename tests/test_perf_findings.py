@@ -169,3 +169,11 @@ def test_slow_step_from_recorder_durations_without_trace():
         )
         == []
     )
+
+
+def test_zero_step_times_are_no_outlier_and_no_straggler():
+    """0/0 is NaN, which polars orders above every number: no rule may read it as large."""
+    steps = recorder_steps({0: [0.0] * 30, 1: [0.0] * 30})
+    durations = steps.select("rank", "step", pl.col("duration_s").alias("seconds"))
+    assert perf.straggler_ranks(durations, Config()) == []
+    assert perf.slow_steps(durations, None, Config()) == []

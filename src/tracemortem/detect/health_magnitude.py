@@ -521,7 +521,9 @@ def update_ratio(run: RunData, series: HealthSeries, config: Config) -> list[Fin
     if high.height:
         worst = high.sort("max_update_ratio", descending=True).row(0, named=True)
         worst["max_update_step"] = (  # few rows pass the filter, so this pass stays small
-            run.grads.filter((pl.col("param_id") == worst["param_id"]) & (ratio_expr() > config[RATIO_MAX]))
+            run.grads.filter(
+                (pl.col("param_id") == worst["param_id"]) & finite(ratio_expr()) & (ratio_expr() > config[RATIO_MAX])
+            )
             .select(pl.col("step").sort_by(ratio_expr()).last())
             .collect(engine=STREAMING)
             .item()

@@ -518,6 +518,7 @@ def _shares(timing: Timing, column: str) -> pl.DataFrame:
         timing.steps.filter(pl.col(column).is_not_null())
         .group_by("rank")
         .agg(pl.len().alias("steps"), pl.col(column).sum().alias("part"), pl.col("duration_ns").sum().alias("total"))
+        .filter(pl.col("total") > 0)  # 0/0 is no share
         .with_columns((pl.col("part") / pl.col("total")).alias("share"))
         .sort("rank")
     )
@@ -652,6 +653,8 @@ def _idle_cause(timing: Timing, rank: int) -> tuple[str, str]:
     parts = {c: steps[c].sum() for c in ("data_loading_ns", "host_sync_ns", "other_ns")}
     worst = max(parts, key=lambda c: parts[c])
     total = steps["duration_ns"].sum()
+    if not total:
+        return "", "Profile steps that do some work to see what the idle time overlaps."
     text = {
         "data_loading_ns": (
             "waiting for data loading",
@@ -682,8 +685,9 @@ def straggler_ranks(durations: pl.DataFrame, config: Config) -> list[Finding]:
     if shared.is_empty():
         return []
     skew = config[STRAGGLER_SKEW]
+    # Null where the median is 0: 0/0 must not count as behind (polars orders NaN above every number).
     scored = shared.with_columns(pl.col("seconds").median().over("step").alias("median")).with_columns(
-        ((pl.col("seconds") - pl.col("median")) / pl.col("median")).alias("skew")
+        pl.when(pl.col("median") > 0).then((pl.col("seconds") - pl.col("median")) / pl.col("median")).alias("skew")
     )
     per_rank = (
         scored.group_by("rank")
