@@ -48,7 +48,7 @@ READ_CATS = frozenset(
 
 def unread_activity(events: pl.DataFrame) -> list[Finding]:
     unread = (
-        events.filter(~pl.col("cat").cast(pl.String).is_in(list(READ_CATS)))
+        events.filter(~pl.col("cat").is_in(list(READ_CATS)))
         .group_by("rank", pl.col("cat").cast(pl.String))
         .agg(pl.len().alias("events"))
         .sort("rank", "events", descending=[False, True])

@@ -47,8 +47,11 @@ def session_table(
         (pl.col("ts") + pl.col("dur")).max().alias("end_ns"),
         pl.col("pid").filter(pl.col("stream").is_null()).mode().sort().first().alias("_any_pid"),
     )
+    # The name test on the few distinct names, not on every row (millions in a large trace).
+    names = events.get_column("name").unique().cast(pl.String)
+    step_names = names.filter(names.str.starts_with("ProfilerStep#")).to_list()
     step_pids = (
-        events.filter(pl.col("name").cast(pl.String).str.starts_with("ProfilerStep#"))
+        events.filter(pl.col("name").is_in(step_names))
         .group_by("rank", "session")
         .agg(pl.col("pid").filter(pl.col("stream").is_null()).mode().sort().first().alias("_step_pid"))
     )
