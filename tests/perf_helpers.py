@@ -40,10 +40,12 @@ def profiled_loop(
     batch: int = 64,
     item_every_step: bool = False,
     hidden: int = 512,
-    block_s: float = 0.0,
+    block_matmuls: tuple[int, int] = (0, 0),
 ) -> Path:
     """Train a small MLP for 1 + ACTIVE steps under the profiler; a `slow_block` annotation runs
-    each step, sleeping `block_s`, and `slow_s` instead on `slow_steps`. Returns the chrome trace path."""
+    each step and sleeps `slow_s` on `slow_steps`. With `block_matmuls` = (normal, slow), the block
+    also multiplies 512x512 matrices that many times (more on `slow_steps`): compute, which a busy
+    host slows down as much as the rest of the step. Returns the chrome trace path."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         torch.nn.Linear(256, hidden),
@@ -53,6 +55,7 @@ def profiled_loop(
         torch.nn.Linear(hidden, 1),
     )
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    square = torch.randn(512, 512)
     loader = torch.utils.data.DataLoader(SlowDataset(batch * (ACTIVE + 1), sample_sleep_s), batch_size=batch)
     trace = out / "trace.json"
     sched = schedule(wait=0, warmup=1, active=ACTIVE, repeat=1)
@@ -67,8 +70,8 @@ def profiled_loop(
             with record_function("slow_block"):
                 if step in slow_steps:
                     time.sleep(slow_s)
-                elif block_s:
-                    time.sleep(block_s)
+                for _ in range(block_matmuls[step in slow_steps]):
+                    square @ square
             if item_every_step:
                 loss.item()
             prof.step()

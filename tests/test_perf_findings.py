@@ -53,10 +53,12 @@ def test_slow_step_names_the_steps_and_the_op(tmp_path):
     assert sorted(ops[-1].evidence["slow_steps"]) == [3, 6]
 
 
+@pytest.mark.slow
 def test_slow_op_is_found_when_it_already_fills_half_of_a_normal_step(tmp_path):
-    """A block that takes about half of every step and nearly all of steps 2 and 5: its share can
-    never triple, but its odds do."""
-    trace = profiled_loop(tmp_path, slow_steps=(2, 5), slow_s=1.0, block_s=0.08, batch=8)
+    """A block of compute that takes most of every step and nearly all of steps 2 and 5 (20 times
+    the work): its share can never triple, but its odds do. All compute, so a busy host stretches
+    the block and the rest of the step alike."""
+    trace = profiled_loop(tmp_path, slow_steps=(2, 5), block_matmuls=(8, 160), batch=8)
     timing = timing_of(trace)
     shares = (
         timing.step_ops.filter(pl.col("name") == "slow_block")

@@ -409,9 +409,10 @@ def slow_ops(timing: Timing, config: Config) -> list[Finding]:
     # op is intermittently slow only when its part of the step grows too. Compared as odds
     # (share / (1 − share)), so an op that already fills half of a normal step can still be found
     # (50 % → 75 % is 3× the odds), where a 3× share could never exceed 100 %.
-    slow = (pl.col("total_ns") > ratio * pl.col("total_ns").median()) & (
-        pl.col("odds") > ratio * pl.col("odds").median()
-    )
+    # The odds are compared with those of the steps where the op's time was normal, so the slow
+    # steps themselves (and a host that slowed other steps down) do not raise the bar.
+    slow_time = pl.col("total_ns") > ratio * pl.col("total_ns").median()
+    slow = slow_time & (pl.col("odds") > ratio * pl.col("odds").filter(~slow_time).median())
     # Only outermost time counts once: nested ops repeat their parent's delay, so report each
     # (rank, step-set) through the op with the most excess and list the rest as related.
     stats = (
