@@ -12,6 +12,7 @@ import polars as pl
 from . import __version__
 from .config import Config
 from .detect import health, perf
+from .detect.ranks import merge_across_ranks
 from .errors import InputError
 from .findings import Finding, cap_per_rule, sort_findings
 from .format import FORMAT_VERSION, TOOL
@@ -65,6 +66,7 @@ def analyze(path: str | Path, config: Config | None = None, progress: Progress =
     if traces is not None:
         findings += traces.notes
     findings += perf.detect(timing, run, config)
+    findings = merge_across_ranks(findings)  # one finding per cause, not per rank
 
     return Analysis(
         path=inputs.path,
@@ -120,6 +122,8 @@ def run_facts(inputs: Inputs, run: RunData | None, timing: Timing | None) -> Run
             for key, value in entry.items():
                 merged.setdefault(key, value)
     facts["ranks"] = [ranks[r] for r in sorted(ranks)]
+    if timing is not None and timing.world_size is not None:
+        facts.setdefault("world_size", timing.world_size)  # the traces' distributedInfo
     facts.setdefault("world_size", max(len(ranks), 1))
     if "steps" not in facts:
         facts["steps"] = timing.step_span() if timing is not None else {"first": None, "last": None, "count": 0}

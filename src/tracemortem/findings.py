@@ -18,6 +18,7 @@ HEALTH_RULES = (
     "update-ratio",
     "loss-spike",
     "amp-overflow",
+    "zero-gradient",
 )
 PERF_RULES = (
     "slow-op",
@@ -29,7 +30,7 @@ PERF_RULES = (
     "straggler-rank",
     "memory-growth",
 )
-INPUT_RULES = ("trace-truncated", "input-error")
+INPUT_RULES = ("trace-truncated", "input-error", "trace-sessions", "trace-unsupported")
 RULES = HEALTH_RULES + PERF_RULES + INPUT_RULES
 
 

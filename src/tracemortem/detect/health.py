@@ -2,7 +2,8 @@
 
 `detect(run, config)` is the entry point. The rules live in `health_numeric` (non-finite
 values, AMP overflows) and `health_magnitude` (exploding/vanishing gradients, dead/unused
-parameters, update ratios, loss spikes); importing them here declares their thresholds.
+parameters, update ratios, loss spikes, with the early-divergence tests of `health_growth`) and
+`health_zero` (all-zero gradients); importing them here declares their thresholds.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from ..load.run import RunData
 from . import health_magnitude as magnitude
 from . import health_numeric as numeric
 from .health_series import compute
+from .health_zero import zero_gradient
 
 RULES = (
     numeric.nonfinite_gradient,
@@ -23,6 +25,7 @@ RULES = (
     magnitude.dead_and_unused,
     magnitude.update_ratio,
     magnitude.loss_spike,
+    zero_gradient,
 )
 
 

@@ -10,6 +10,7 @@ from ..config import Config, threshold
 from ..findings import Finding
 from ..load.run import RunData
 from ..scalars import optional_int
+from .health_magnitude import onset_before
 from .health_series import HealthSeries, bad_element
 
 NAMES_SHOWN = threshold(
@@ -42,10 +43,13 @@ AMP_MIN_SCALE = threshold(
 )
 
 
-def _last_healthy(series: HealthSeries, before: int) -> int | None:
-    """The last step before `before` whose values were all finite (its update was sane)."""
+def _last_healthy(series: HealthSeries, config: Config, before: int) -> int | None:
+    """The last step before `before` whose values were all finite and that came before the
+    divergence leading to it (a finite step whose loss had already blown up was not healthy)."""
+    onset = onset_before(series, config, before)
+    limit = before if onset is None else min(before, onset)
     rows = series.per_step.filter(
-        (pl.col("step") < before) & ~pl.col("skipped") & pl.col("loss_finite") & ~pl.col("grad_bad")
+        (pl.col("step") < limit) & ~pl.col("skipped") & pl.col("loss_finite") & ~pl.col("grad_bad")
     )
     return optional_int(rows["step"].max()) if rows.height else None
 
@@ -92,7 +96,7 @@ def nonfinite_gradient(run: RunData, series: HealthSeries, config: Config) -> li
     )
     names = [n if n is not None else f"param{p}" for n, p in zip(offenders["name"], offenders["param_id"])]
     shown = names[: config[NAMES_SHOWN]]
-    last_ok = _last_healthy(series, step)
+    last_ok = _last_healthy(series, config, step)
     evidence, hint = _recovery_hint(run, last_ok)
     evidence.update(
         first_step=step,
@@ -128,7 +132,7 @@ def nonfinite_loss(run: RunData, series: HealthSeries, config: Config) -> list[F
     step = first["step"]
     grad_bad = series.per_step.filter(~pl.col("skipped") & pl.col("grad_bad"))
     grads_first = optional_int(grad_bad["step"].min()) if grad_bad.height else None
-    last_ok = _last_healthy(series, step)
+    last_ok = _last_healthy(series, config, step)
     evidence, hint = _recovery_hint(run, last_ok)
     evidence.update(
         first_step=step,

@@ -48,9 +48,17 @@ def _per_step_from_steps(steps: pl.DataFrame, sharded: bool) -> pl.DataFrame:
         if sharded
         else pl.col("grad_norm").cast(pl.Float64).sort_by("rank").first()
     )
+    # The norm clip_grad_norm_ returned (before clipping), where the recorder saw one.
+    clip = pl.col("preclip_norm").cast(pl.Float64)
+    preclip = (
+        [(clip.pow(2).sum().sqrt() if sharded else clip.sort_by("rank").drop_nulls().first()).alias("preclip_norm")]
+        if "preclip_norm" in steps.columns
+        else []
+    )
     return (
         steps.group_by("step")
         .agg(
+            *preclip,
             pl.col("loss").cast(pl.Float64).mean().alias("loss"),
             finite("loss").all().alias("loss_finite"),
             pl.col("loss").is_not_null().any().alias("has_loss"),

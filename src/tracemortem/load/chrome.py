@@ -257,6 +257,13 @@ def _read(
         data = source.read()
         opening += data
         stripped = opening.lstrip(b"\xef\xbb\xbf \t\r\n")
+        if stripped[:1] == b"[" and stripped[1:].lstrip()[:1] == b"[":
+            # An array of arrays: torch.profiler's export_memory_timeline (times and sizes, or raw
+            # allocation records), not events.
+            raise InputError(
+                f"{path}: a memory timeline (torch.profiler export_memory_timeline), not a chrome trace; "
+                "tracemortem reads the profiler's chrome trace (export_chrome_trace / tensorboard_trace_handler)"
+            )
         if stripped[:1] == b"[":  # legacy autograd profiler: a bare array of events
             start = len(opening) - len(stripped) + 1
             head = b""

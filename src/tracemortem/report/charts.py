@@ -49,6 +49,7 @@ RULE_CHART = {
     "nonfinite-gradient": "chart-grad-norm",
     "exploding-gradient": "chart-grad-norm",
     "amp-overflow": "chart-grad-norm",
+    "zero-gradient": "chart-grad-norm",
     "vanishing-gradient": "chart-grad-heatmap",
     "dead-parameter": "chart-grad-heatmap",
     "unused-parameter": "chart-grad-heatmap",
