@@ -124,7 +124,7 @@ def test_unrelated_gpu_traces_claiming_one_rank_are_analysed_apart(tmp_path):
     analysis = analyze(tmp_path)
     [note] = by_rule(analysis.findings, "trace-sessions")
     assert note.severity == "warning" and note.evidence["sessions"] == 3
-    [entry] = analysis.run["ranks"]
+    [entry] = analysis.run.to_dict()["ranks"]
     gpu = entry["gpu"]
     sessions = {s["file"].removesuffix(".json.gz"): s for s in gpu["sessions"]}
     for folder in GPU_TRACES:

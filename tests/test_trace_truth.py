@@ -60,7 +60,7 @@ def test_every_number_is_possible(folder):
 @needs_real
 @pytest.mark.parametrize(("folder", "world_size"), [("cpu_only", 300), ("two_rank_sampled", 128), ("nccl_a100", 2)])
 def test_world_size_is_the_traces_own(folder, world_size):
-    assert analyze(REAL_TRACES / folder).run["world_size"] == world_size
+    assert analyze(REAL_TRACES / folder).run.to_dict()["world_size"] == world_size
 
 
 @needs_real
