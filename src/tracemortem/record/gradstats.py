@@ -37,7 +37,8 @@ class ParamTable:
         pid = self.index.get(id(param))
         if pid is None:
             pid = self.index[id(param)] = len(self.params)
-            self.names.append(name)
+            # a module inserted later can take an old parameter's name: names stay unique
+            self.names.append(name if name not in self.names else f"{name}#{pid}")
             self.params.append(param)
         return pid
 

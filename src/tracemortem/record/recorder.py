@@ -488,6 +488,9 @@ class Recorder:
     def _optimizer_objects(self) -> list[Any]:
         """What holds each optimizer's state: the torch optimizer found inside a wrapper."""
         found = [tap.optimizer if tap.optimizer is not None else tap.source for tap in self._taps]
+        # ZeroRedundancyOptimizer's full state needs a collective (consolidate_state_dict) that
+        # every rank must join: each rank saves its own shard instead.
+        found = [o.optim if callable(getattr(o, "consolidate_state_dict", None)) else o for o in found]
         return [o for o in found if callable(getattr(o, "state_dict", None))]
 
     def _save_checkpoint(self, step: int) -> Path:
