@@ -19,6 +19,7 @@ HEALTH_RULES = (
     "update-ratio",
     "loss-spike",
     "amp-overflow",
+    "grad-clipping",
 )
 PERF_RULES = (
     "slow-op",

@@ -2,7 +2,8 @@
 
 `detect(run, config)` is the entry point. The rules live in `health_numeric` (non-finite
 values, AMP overflows) and `health_magnitude` (exploding/vanishing gradients, dead/unused
-parameters, update ratios, loss spikes); importing them here declares their thresholds.
+parameters, update ratios, loss spikes) and `health_clipping` (gradient clipping); importing
+them here declares their thresholds.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from ..config import Config
 from ..findings import Finding
 from ..load.run import RunData
+from . import health_clipping as clipping
 from . import health_magnitude as magnitude
 from . import health_numeric as numeric
 from .health_series import compute
@@ -23,6 +25,7 @@ RULES = (
     magnitude.dead_and_unused,
     magnitude.update_ratio,
     magnitude.loss_spike,
+    clipping.grad_clipping,
 )
 
 

@@ -172,11 +172,17 @@ def _num(value: float | None, digits: int = 4) -> float | None:
 
 
 def grad_spikes(series: HealthSeries, config: Config) -> pl.DataFrame:
-    """Healthy steps with their spike tests: `sigma` (OLMo), `early` (Megatron), `growth`."""
+    """Healthy steps with their spike tests: `sigma` (OLMo), `early` (Megatron), `growth`.
+    Where clip_grad_norm_ ran, its pre-clip norm is the one tested: a clipped explosion is a
+    flat line at the cap after clipping."""
     window, history = int(config[SPIKE_WINDOW]), int(config[SPIKE_MIN_HISTORY])
     early_n, gw = int(config[EARLY_STEPS]), int(config[GROWTH_WINDOW])
     g = pl.col("grad_norm")
-    frame = series.healthy.select("step", "grad_norm").with_row_index("i")
+    frame = series.healthy.select(
+        "step",
+        pl.coalesce("preclip_norm", "grad_norm").alias("grad_norm"),
+        pl.col("preclip_norm").is_not_null().alias("preclip"),
+    ).with_row_index("i")
     if frame.height == 0:
         return frame.with_columns(pl.lit(False).alias(c) for c in ("sigma", "early", "growth", "spike"))
     early_max = frame.head(early_n)["grad_norm"].max()
@@ -261,6 +267,7 @@ def exploding_gradient(run: RunData, series: HealthSeries, config: Config) -> li
         "peak_step": peak["step"],
         "peak_grad_norm": _num(peak["grad_norm"]),
         "tests": kinds,
+        "before_clipping": bool(spikes["preclip"].any()),
         "first_nonfinite_step": nonfinite_after,
         "leaders": leaders,
     }
@@ -271,7 +278,8 @@ def exploding_gradient(run: RunData, series: HealthSeries, config: Config) -> li
             "exploding-gradient",
             "error" if severe else "warning",
             "exploding gradient norm",
-            f"the global gradient norm spiked at step {step} to {_num(first['grad_norm'])} "
+            f"the global gradient norm{' (before clipping)' if first['preclip'] else ''} spiked at step {step} "
+            f"to {_num(first['grad_norm'])} "
             f"({_spike_reason(first, config)}){led}; "
             f"{spikes.height} spike step(s) in {episodes} episode(s), peak {_num(peak['grad_norm'])} at step "
             f"{peak['step']}{tail}.",
