@@ -366,3 +366,19 @@ def test_grad_every_counts_applied_updates_under_accumulation(tmp_path):
             rec.step()
     # updates at micro-batches 1, 3, 5, 7, 9, 11; every second one recorded
     assert sorted(read_grads(tmp_path)["step"].unique().to_list()) == [1, 5, 9]
+
+
+def test_lr_is_the_rate_the_update_used_even_when_a_scheduler_steps_before_rec_step(tmp_path):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    schedule = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    used = []
+    with Recorder(tmp_path, model, opt) as rec:
+        for x, y in batches(4):
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            used.append(opt.param_groups[0]["lr"])
+            opt.step()
+            schedule.step()
+            opt.zero_grad()
+            rec.step()
+    assert read_steps(tmp_path)["lr"].to_list() == used == [1.0, 0.5, 0.25, 0.125]

@@ -109,6 +109,7 @@ class Recorder:
         self._backward: BackwardEnd | None = None
         self._scaler_watch: ScalerWatch | None = None
         self._dropped_scalars: dict[str, int] = {}
+        self._step_lr: Any = None
 
         self.table = ParamTable.from_model(model)
         self.device = next((p.device for p in self.table.params), torch.device("cpu"))
@@ -294,6 +295,8 @@ class Recorder:
         """The gradients this optimizer is about to apply are complete (after any closure)."""
         if self._closed:
             return
+        if tap is self._taps[0] and tap.param_groups():
+            self._step_lr = tap.param_groups()[0].get("lr")  # the rate this update uses
         due, sampled = self._row_plan()
         if not due:
             return
@@ -351,7 +354,9 @@ class Recorder:
             self._recorded += 1
 
         row.put("loss", loss)
-        lr = self._taps[0].param_groups()[0].get("lr") if self._taps and self._taps[0].param_groups() else None
+        lr, self._step_lr = self._step_lr, None
+        if lr is None and self._taps and self._taps[0].param_groups():  # no update in this row
+            lr = self._taps[0].param_groups()[0].get("lr")
         row.put("lr", lr)
         if self.scaler is not None:
             row.put("scale", _scale_of(self.scaler))
