@@ -382,3 +382,28 @@ def test_lr_is_the_rate_the_update_used_even_when_a_scheduler_steps_before_rec_s
             opt.zero_grad()
             rec.step()
     assert read_steps(tmp_path)["lr"].to_list() == used == [1.0, 0.5, 0.25, 0.125]
+
+
+def test_without_optimizer_a_pass_through_another_part_of_a_large_model_is_seen(tmp_path):
+    # 600 parameter tensors, two branches used in turn: after the first pass only some hooks stay
+    torch.manual_seed(0)
+    layers = torch.nn.ModuleList(torch.nn.Linear(2, 2) for _ in range(300))
+    branches = (range(0, 150), range(150, 300))
+    with Recorder(tmp_path, layers) as rec:
+        for step in range(4):
+            x = torch.randn(3, 2)
+            for i in branches[step % 2]:
+                x = torch.tanh(layers[i](x))
+            x.sum().backward()
+            with torch.no_grad():
+                for p in layers.parameters():
+                    if p.grad is not None:
+                        p.add_(p.grad, alpha=-1e-2)
+            layers.zero_grad(set_to_none=True)
+            rec.step()
+    grads = read_grads(tmp_path)
+    for step in range(4):
+        ids = set(grads.filter(pl.col("step") == step)["param_id"].to_list())
+        first = 2 * branches[step % 2].start
+        assert ids == set(range(first, first + 300)), step
+    assert json.loads((tmp_path / "rank0" / "meta.json").read_text())["stepping"]["mode"] == "end-of-backward"

@@ -16,8 +16,11 @@ from typing import Any
 import torch
 
 # Hooks kept after the first pass: those of the parameters whose gradients were ready first
-# (nearest the output, in every pass); one of them firing is enough to queue the callback.
-KEEP_HOOKS = 8
+# (nearest the output), and an evenly spaced sample of all of them, so that a pass through only
+# part of the model (one of several heads) still fires one; one firing queues the callback.
+# Each hook is a Python call per pass: a few hundred cost well under a millisecond.
+KEEP_FIRST = 8
+KEEP_SPREAD = 256
 
 
 class BackwardEnd:
@@ -49,8 +52,9 @@ class BackwardEnd:
         self._queued = False
         self.passes += 1
         if self._first_pass is not None:
-            keep = set(dict.fromkeys(self._first_pass[:KEEP_HOOKS]))
-            for pid in [pid for pid in self._handles if pid not in keep]:
+            pids = list(self._handles)
+            keep = set(self._first_pass[:KEEP_FIRST]) | set(pids[:: max(1, len(pids) // KEEP_SPREAD)])
+            for pid in [pid for pid in pids if pid not in keep]:
                 self._handles.pop(pid).remove()
             self._first_pass = None
         self._on_end()
