@@ -407,3 +407,36 @@ def test_without_optimizer_a_pass_through_another_part_of_a_large_model_is_seen(
         first = 2 * branches[step % 2].start
         assert ids == set(range(first, first + 300)), step
     assert json.loads((tmp_path / "rank0" / "meta.json").read_text())["stepping"]["mode"] == "end-of-backward"
+
+
+class _SlottedOptimizer:
+    """step() cannot be wrapped on the instance (__slots__) and it is no torch optimizer."""
+
+    __slots__ = ("inner",)
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    @property
+    def param_groups(self):
+        return self.inner.param_groups
+
+    def step(self):
+        self.inner.step()
+
+
+def test_an_optimizer_that_cannot_be_watched_never_harms_training(tmp_path):
+    model = _exploding_model()
+    opt = _SlottedOptimizer(_StepOnlyOptimizer(model.parameters(), lr=0.5))
+    first = None
+    with pytest.warns(RuntimeWarning, match="cannot be watched"), Recorder(tmp_path, model, opt) as rec:
+        for step, (x, y) in enumerate(batches(60, scale=3.0)):
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            if first is None and _nonfinite(model):
+                first = (step, _state(model))
+            opt.step()
+            model.zero_grad()
+            rec.step(loss=loss)
+    assert first is not None
+    _assert_pre_update_snapshot(tmp_path, *first)  # read at the end of backward instead

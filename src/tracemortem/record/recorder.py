@@ -115,7 +115,7 @@ class Recorder:
         self.device = next((p.device for p in self.table.params), torch.device("cpu"))
         self._taps = [OptimizerTap(o, self._grads_ready, self._update_applied) for o in self.optimizers]
         self.stats = GradStats(self.table, self.device)
-        self._assign_params()
+        self._guarded("grads", self._assign_params)
         self.settings = {
             "grad_every": self.grad_every,
             "update_every": self.update_every,
@@ -217,8 +217,16 @@ class Recorder:
     # --- hooks -------------------------------------------------------------------------------
 
     def _install_hooks(self) -> None:
-        for tap in self._taps:
-            tap.install()
+        for tap in list(self._taps):
+            try:
+                tap.install()
+            except Exception as exc:  # nothing to hook or patch: this one is not watched
+                self._taps.remove(tap)
+                note = f"optimizer {type(tap.source).__name__} cannot be watched ({type(exc).__name__}: {exc})"
+                self._notes.append(note)
+                self._warn(f"{note}; gradients are read without its help")
+        if len(self._taps) < len(self.optimizers) and self._taps:
+            self._assign_params()  # the parameters of the one dropped go with the first left
         if self.scaler is not None:
             self._scaler_watch = ScalerWatch(self.scaler)
         if not self._taps:

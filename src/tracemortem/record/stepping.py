@@ -23,12 +23,19 @@ _WRAPPER_ATTRIBUTES = ("optimizer", "_optimizer")
 
 
 def _looks_like_optimizer(obj: Any) -> bool:
-    return obj is not None and callable(getattr(obj, "step", None)) and hasattr(obj, "param_groups")
+    return obj is not None and callable(_attribute(obj, "step")) and _attribute(obj, "param_groups") is not None
 
 
 def _hookable(obj: Any) -> bool:
     # A subclass that never ran Optimizer.__init__ (AcceleratedOptimizer) has no hook registry.
     return isinstance(obj, torch.optim.Optimizer) and "_optimizer_step_pre_hooks" in vars(obj)
+
+
+def _attribute(obj: Any, name: str) -> Any:
+    try:
+        return getattr(obj, name, None)
+    except Exception:  # a property of someone's wrapper that raises
+        return None
 
 
 def unwrap(obj: Any) -> Any:
@@ -38,7 +45,7 @@ def unwrap(obj: Any) -> Any:
         inner = next(
             (
                 value
-                for value in (getattr(chain[-1], name, None) for name in _WRAPPER_ATTRIBUTES)
+                for value in (_attribute(chain[-1], name) for name in _WRAPPER_ATTRIBUTES)
                 if _looks_like_optimizer(value)
             ),
             None,
@@ -119,8 +126,8 @@ class OptimizerTap:
             self._patch = None
 
     def param_groups(self) -> list[dict[str, Any]]:
-        groups = getattr(self.optimizer if self.optimizer is not None else self.source, "param_groups", None)
-        return groups if isinstance(groups, list) else []
+        groups = _attribute(self.optimizer if self.optimizer is not None else self.source, "param_groups")
+        return [g for g in groups if isinstance(g, dict)] if isinstance(groups, list) else []
 
     def current_signature(self) -> tuple[int, ...]:
         """Changes when param groups are added or their parameter lists change length."""
