@@ -79,7 +79,7 @@ class GradStats:
     """Statistics of the parameters `ids` of `table` (all of them by default), gathered on `device`.
 
     Parameters are grouped by (device, dtype) once; a lazy parameter (`nn.LazyLinear` before its
-    first input) joins its group when it has been materialised. A group whose fast path fails
+    first input) joins its group when it has been materialised, a frozen one when it is unfrozen. A group whose fast path fails
     (sparse or complex gradients, an exotic dtype) is measured tensor by tensor; a tensor that
     cannot be measured even then is left out and listed in `unmeasured`.
     """
@@ -95,10 +95,14 @@ class GradStats:
     def _build(self) -> None:
         groups: dict[tuple[torch.device, torch.dtype], tuple[list[int], list[torch.Tensor]]] = {}
         self._lazy: list[int] = []
+        self._frozen: list[int] = []  # joins its group if it is unfrozen (requires_grad set) later
         for i in self._ids:
             p = self._owners[i]
             if is_lazy(p):
                 self._lazy.append(i)
+                continue
+            if not p.requires_grad:
+                self._frozen.append(i)
                 continue
             if p.numel() == 0:  # nothing to measure
                 continue
@@ -107,15 +111,16 @@ class GradStats:
             params.append(p.detach())
         self._groups = list(groups.values())
 
-    def _refresh_lazy(self) -> None:
-        if any(not is_lazy(self._owners[i]) for i in self._lazy):
+    def _refresh(self) -> None:
+        owners = self._owners
+        if any(not is_lazy(owners[i]) for i in self._lazy) or any(owners[i].requires_grad for i in self._frozen):
             self._build()
 
     @torch.no_grad()
     def collect(self, keep_before: bool) -> GradBatch | None:
         """Grad norm/absmax and weight norm of every parameter that has a grad, on the device."""
-        if self._lazy:
-            self._refresh_lazy()
+        if self._lazy or self._frozen:
+            self._refresh()
         owners = self._owners
         used: list[tuple[list[int], list[torch.Tensor]]] = []
         blocks: list[torch.Tensor] = []
