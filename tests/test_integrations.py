@@ -150,6 +150,47 @@ def test_lightning_exception_marks_the_run_crashed(tmp_path):
     assert read_steps(tmp_path)["step"].to_list() == [0, 1, 2, 3, 4]
 
 
+def test_lightning_manual_optimization_with_two_optimizers(tmp_path):
+    pl_ns = pytest.importorskip("lightning.pytorch")
+    from tracemortem.integrations.lightning import TracemortemCallback
+
+    expected: list[dict[str, float]] = []
+
+    class TwoParts(pl_ns.LightningModule):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.a, self.b = torch.nn.Linear(8, 8), torch.nn.Linear(8, 1)
+            self.automatic_optimization = False
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            row = {}
+            for opt, prefix in zip(self.optimizers(), ("a.", "b.")):  # LightningOptimizer wrappers
+                opt.zero_grad()
+                self.manual_backward(torch.nn.functional.mse_loss(self.b(self.a(x)), y))
+                row.update({n: p.grad.norm().item() for n, p in self.named_parameters() if n.startswith(prefix)})
+                opt.step()
+            expected.append(row)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.a.parameters(), lr=1e-2), torch.optim.Adam(self.b.parameters(), lr=1e-2)
+
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(1))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True)), batch_size=8)
+    _trainer(pl_ns, TracemortemCallback(tmp_path), max_epochs=1).fit(TwoParts(), loader)
+    grads = read_grads(tmp_path)
+    meta = json.loads((tmp_path / "rank0" / "meta.json").read_text())
+    names = {p["param_id"]: p["name"] for p in meta["params"]}
+    assert len(meta["stepping"]["optimizers"]) == 2 and len(expected) == 8
+    # two optimizer steps per batch: Lightning's global_step advances by 2, one row per batch
+    assert read_steps(tmp_path)["step"].to_list() == list(range(8))
+    for step, row in enumerate(expected):
+        got = {names[i]: n for i, n in grads.filter(pl.col("step") == step).select("param_id", "norm").iter_rows()}
+        assert got.keys() == row.keys()
+        assert all(math.isclose(got[k], row[k], rel_tol=1e-4) for k in row)
+
+
 # --- Hugging Face Trainer -------------------------------------------------------------------
 
 

@@ -32,7 +32,7 @@ class BackwardEnd:
         self._handles: dict[int, Any] = {}
         for pid, p in enumerate(params):
             if p.requires_grad:
-                self._handles[pid] = p.register_post_accumulate_grad_hook(self._hook(pid))
+                self._handles[pid] = p.register_post_accumulate_grad_hook(self._hook(pid))  # type: ignore[no-untyped-call]
 
     def _hook(self, pid: int) -> Callable[[torch.Tensor], None]:
         def hook(_param: torch.Tensor) -> None:

@@ -81,7 +81,7 @@ def _replace_first(
     return args, {**kwargs, "parameters": params}
 
 
-def _targets() -> list[tuple[Any, str, Callable[[Callable[..., Any]], Callable[..., Any]]]]:
+def _targets() -> list[tuple[Any, str, Callable[[Callable[..., Any]], Callable[..., Any]] | None]]:
     if hasattr(clip_grad, "_clip_grads_with_norm_"):
         return [(clip_grad, "_clip_grads_with_norm_", _with_norm_patch), (nn_utils, "clip_grads_with_norm_", None)]
     return [(clip_grad, "clip_grad_norm_", _norm_patch), (nn_utils, "clip_grad_norm_", None)]

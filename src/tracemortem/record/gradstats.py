@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch.nn.parameter import is_lazy
@@ -42,11 +43,11 @@ class ParamTable:
             self.params.append(param)
         return pid
 
-    def rows(self) -> list[dict]:
+    def rows(self) -> list[dict[str, Any]]:
         return [_row(i, name, p) for i, (name, p) in enumerate(zip(self.names, self.params))]
 
 
-def _row(pid: int, name: str, p: torch.Tensor) -> dict:
+def _row(pid: int, name: str, p: torch.Tensor) -> dict[str, Any]:
     lazy = is_lazy(p)  # shape and numel exist only once the module has seen its first input
     return {
         "param_id": pid,
@@ -134,7 +135,7 @@ class GradStats:
                 ids = [ids[k] for k in keep]
                 params = [params[k] for k in keep]
                 grads = [grads[k] for k in keep]
-            for part_ids, part_params, block in self._measure(ids, params, grads):
+            for part_ids, part_params, block in self._measure(ids, params, grads):  # type: ignore[arg-type]
                 blocks.append(block.to(self.device, non_blocking=True))
                 used.append((part_ids, part_params))
                 all_ids.extend(part_ids)
@@ -220,9 +221,9 @@ class GradStats:
         flags = (~torch.isfinite(absmax)).tolist()
         owners = self._owners
         batch.counts = {
-            pid: int((~torch.isfinite(_dense_values(owners[pid].grad))).sum())
+            pid: int((~torch.isfinite(_dense_values(grad))).sum())
             for pid, bad in zip(batch.ids, flags)
-            if bad and owners[pid].grad is not None
+            if bad and (grad := owners[pid].grad) is not None
         }
         return True
 
@@ -235,7 +236,7 @@ class GradStats:
         for (_, params), before in zip(batch.groups, batch.before):
             torch._foreach_sub_(before, params)
             try:
-                norms = torch._foreach_norm(before, 2, dtype=_accumulation(params[0].dtype))
+                norms = list(torch._foreach_norm(before, 2, dtype=_accumulation(params[0].dtype)))
             except Exception:  # complex weights and other dtypes the fused norm refuses
                 norms = [torch.linalg.vector_norm(b, 2) for b in before]
             parts.append(torch.stack([n.float() for n in norms]).to(self.device))
@@ -248,14 +249,14 @@ def merge(batches: list[GradBatch]) -> GradBatch | None:
     norms are kept only when every batch has them (a step some optimizer skipped has none)."""
     if len(batches) <= 1:
         return batches[0] if batches else None
-    updates = [b.update for b in batches]
-    counts = [b.counts for b in batches]
+    updates = [b.update for b in batches if b.update is not None]
+    counts = [b.counts for b in batches if b.counts is not None]
     return GradBatch(
         ids=[i for b in batches for i in b.ids],
         matrix=torch.cat([b.matrix for b in batches], dim=1),
         groups=[g for b in batches for g in b.groups],
-        update=torch.cat(updates) if all(u is not None for u in updates) else None,  # type: ignore[misc]
-        counts=None if any(c is None for c in counts) else {k: v for c in counts for k, v in c.items()},  # type: ignore[union-attr]
+        update=torch.cat(updates) if len(updates) == len(batches) else None,
+        counts={k: v for c in counts for k, v in c.items()} if len(counts) == len(batches) else None,
     )
 
 

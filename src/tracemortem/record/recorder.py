@@ -309,8 +309,9 @@ class Recorder:
         if not due:
             return
         try:
-            if tap.current_signature() != tap.signature:
+            if tap.current_signature() != tap.signature or tap.stats is None:
                 self._assign_params()
+            assert tap.stats is not None  # _assign_params gave every tap its statistics
             tap.pending = self._measure(tap.stats, keep_before=sampled, pre_update=True)
         except Exception as exc:
             tap.pending = None
@@ -318,7 +319,7 @@ class Recorder:
 
     def _update_applied(self, tap: OptimizerTap) -> None:
         batch = tap.pending
-        if batch is None or batch.before is None or self._closed:
+        if batch is None or batch.before is None or tap.stats is None or self._closed:
             return
         try:
             tap.stats.finish_update(batch)
@@ -476,7 +477,7 @@ class Recorder:
 
     # --- snapshot / checkpoints --------------------------------------------------------------
 
-    def _take_snapshot(self, batch: GradBatch | None, reason: str, pre_update: bool | None, loss: Any) -> None:
+    def _take_snapshot(self, batch: GradBatch | None, reason: str, pre_update: bool, loss: Any) -> None:
         def write() -> None:
             counts = batch.counts if batch is not None and batch.counts else {}
             order = self.backward_order()
