@@ -96,7 +96,6 @@ class Recorder:
         self._last_t = time.perf_counter()
         self._batch: Any = None
         self._snapshot_step: int | None = None
-        self._hooks: list[Any] = []
         self._order: list[int] = []
         self._order_hooks: list[Any] = []
         self._order_source = "reverse-registration"
@@ -197,9 +196,9 @@ class Recorder:
             self._closed = True
         try:
             self.status = status or fmt.STATUS_CLOSED
-            for handle in self._hooks + self._order_hooks:
+            for handle in self._order_hooks:
                 handle.remove()
-            self._hooks, self._order_hooks = [], []
+            self._order_hooks = []
             self._remove_taps()
             if self._prof is not None:
                 self._guarded("profiler", self._prof.stop)
