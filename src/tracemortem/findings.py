@@ -19,6 +19,7 @@ HEALTH_RULES = (
     "loss-spike",
     "amp-overflow",
     "zero-gradient",
+    "grad-clipping",
 )
 PERF_RULES = (
     "slow-op",

@@ -60,6 +60,8 @@ STEPS_SCHEMA = pa.schema(
         ("mem_allocated", pa.int64()),
         ("mem_reserved", pa.int64()),
         ("max_mem_allocated", pa.int64()),
+        ("preclip_norm", pa.float32()),  # the norm clip_grad_norm_ measured, when it ran
+        ("clip_max", pa.float32()),  # its max_norm
     ]
 )
 GRADS_SCHEMA = pa.schema(

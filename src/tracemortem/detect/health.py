@@ -2,8 +2,9 @@
 
 `detect(run, config)` is the entry point. The rules live in `health_numeric` (non-finite
 values, AMP overflows) and `health_magnitude` (exploding/vanishing gradients, dead/unused
-parameters, update ratios, loss spikes, with the early-divergence tests of `health_growth`) and
-`health_zero` (all-zero gradients); importing them here declares their thresholds.
+parameters, update ratios, loss spikes, with the early-divergence tests of `health_growth`),
+`health_zero` (all-zero gradients) and `health_clipping` (gradient clipping); importing them
+here declares their thresholds.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from ..config import Config
 from ..findings import Finding
 from ..load.run import RunData
+from . import health_clipping as clipping
 from . import health_magnitude as magnitude
 from . import health_numeric as numeric
 from .health_series import compute
@@ -26,6 +28,7 @@ RULES = (
     magnitude.update_ratio,
     magnitude.loss_spike,
     zero_gradient,
+    clipping.grad_clipping,
 )
 
 

@@ -233,15 +233,17 @@ def _num(value: float | None, digits: int = 4) -> float | None:
 
 def grad_spikes(series: HealthSeries, config: Config) -> pl.DataFrame:
     """Healthy steps with their spike tests: `sigma` (OLMo), `early` (Megatron), and the early
-    divergence tests `surge` and `growth` against the run's first steps."""
+    divergence tests `surge` and `growth` against the run's first steps. Where clip_grad_norm_
+    ran, its pre-clip norm is the one tested: a clipped explosion is a flat line at the cap."""
     window, history = int(config[SPIKE_WINDOW]), int(config[SPIKE_MIN_HISTORY])
     history = min(history, window)  # more history than one window holds: the whole window
     early_n = int(config[EARLY_STEPS])
     g = pl.col("grad_norm")
-    # The pre-clip norm, where the recorder saw clip_grad_norm_, is what a too-high learning rate
-    # inflates; the applied norm is capped.
-    tested = pl.coalesce("preclip_norm", "grad_norm") if "preclip_norm" in series.per_step.columns else g
-    frame = series.healthy.select("step", tested.cast(pl.Float64).alias("grad_norm")).with_row_index("i")
+    frame = series.healthy.select(
+        "step",
+        pl.coalesce("preclip_norm", "grad_norm").cast(pl.Float64).alias("grad_norm"),
+        pl.col("preclip_norm").is_not_null().alias("preclip"),
+    ).with_row_index("i")
     tests = ("sigma", "early", "surge", "growth", "spike")
     if frame.height == 0:
         return frame.with_columns(pl.lit(False).alias(c) for c in tests)
@@ -345,7 +347,6 @@ def exploding_gradient(run: RunData, series: HealthSeries, config: Config) -> li
         return []
     first = spikes.row(0, named=True)
     step = first["step"]
-    norm_name = "pre-clip gradient norm" if "preclip_norm" in series.per_step.columns else "global gradient norm"
     episodes = spikes.select((pl.col("i").diff().fill_null(2) > 1).sum()).item()
     bad = series.per_step.filter(~pl.col("skipped") & (pl.col("grad_bad") | ~pl.col("loss_finite")))
     nonfinite_after = optional_int(bad.filter(pl.col("step") >= step)["step"].min()) if bad.height else None
@@ -367,6 +368,7 @@ def exploding_gradient(run: RunData, series: HealthSeries, config: Config) -> li
         "peak_step": peak["step"],
         "peak_grad_norm": _num(peak["grad_norm"]),
         "tests": kinds,
+        "before_clipping": bool(spikes["preclip"].any()),
         "first_nonfinite_step": nonfinite_after,
         "leaders": leaders,
     }
@@ -377,7 +379,8 @@ def exploding_gradient(run: RunData, series: HealthSeries, config: Config) -> li
             "exploding-gradient",
             "error" if severe else "warning",
             "exploding gradient norm",
-            f"the {norm_name} spiked at step {step} to {_num(first['grad_norm'])} "
+            f"the global gradient norm{' (before clipping)' if first['preclip'] else ''} spiked at step {step} "
+            f"to {_num(first['grad_norm'])} "
             f"({_spike_reason(first, config)}){led}; "
             f"{spikes.height} spike step(s) in {episodes} episode(s), peak {_num(peak['grad_norm'])} at step "
             f"{peak['step']}{tail}.",

@@ -75,7 +75,14 @@ def _recovery_hint(run: RunData, last_ok: int | None) -> tuple[dict[str, Any], s
         parts.append(f"resume from {ckpt['path']} (step {ckpt['step']})")
     if snap:
         evidence["snapshot"] = snap["path"]
-        parts.append(f"replay the failing step from the snapshot in {snap['path']}")
+        pre_update = (snap.get("info") or {}).get("pre_update") is True
+        evidence["snapshot_pre_update"] = pre_update
+        if pre_update:
+            parts.append(f"replay the failing step from the snapshot in {snap['path']}")
+        else:  # written after the loop's own update: replaying it would start from the bad weights
+            parts.append(
+                f"the snapshot in {snap['path']} is not the state before the bad update, so do not replay from it"
+            )
     return evidence, ("; ".join(parts) + ". ") if parts else ""
 
 
@@ -119,7 +126,8 @@ def nonfinite_gradient(run: RunData, series: HealthSeries, config: Config) -> li
             evidence=evidence,
             suggestion=hint + "The parameter nearest the output is where the NaN/Inf first appears in backward: "
             "check the loss and the layer feeding it (log/exp/div of unbounded values), lower the learning "
-            "rate, add gradient clipping, or run with torch.autograd.detect_anomaly() from the snapshot.",
+            "rate, add gradient clipping, or run with torch.autograd.detect_anomaly()"
+            + (" from the snapshot." if evidence.get("snapshot_pre_update") else "."),
         )
     ]
 

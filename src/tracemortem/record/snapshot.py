@@ -21,6 +21,10 @@ MODEL = "model.pt"
 OPTIMIZER = "optimizer.pt"
 RNG = "rng.pt"
 BATCH = "batch.pt"
+NOT_PRE_UPDATE = (
+    "written after the loop had updated the weights (no optimizer step or end of backward pass "
+    "was seen before the update): this is not the state before the bad update; do not replay from it"
+)
 
 
 def plain(obj: Any, depth: int = 0) -> Any:
@@ -77,7 +81,7 @@ def write_snapshot(
     reason: str,
     pre_update: bool | None,  # None: not known (docs/format.md, snapshot)
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer | None,
+    optimizers: list[Any],
     batch: Any,
     nonfinite_params: list[str],
     nonfinite_counts: dict[str, int],
@@ -91,8 +95,9 @@ def write_snapshot(
     try:
         files = [MODEL, RNG]
         torch.save(plain(model.state_dict()), tmp / MODEL)
-        if optimizer is not None:
-            torch.save(plain(optimizer.state_dict()), tmp / OPTIMIZER)
+        if optimizers:  # one state_dict, or a list of them for several optimizers
+            states = [plain(o.state_dict()) for o in optimizers]
+            torch.save(states[0] if len(states) == 1 else states, tmp / OPTIMIZER)
             files.append(OPTIMIZER)
         torch.save(rng_states(), tmp / RNG)
         if batch is not None:
@@ -103,6 +108,7 @@ def write_snapshot(
             "rank": rank,
             "reason": reason,
             "pre_update": pre_update,
+            **({} if pre_update else {"note": NOT_PRE_UPDATE}),
             "nonfinite_params": nonfinite_params,
             "nonfinite_counts": nonfinite_counts,
             "loss": finite_or_none(loss),
