@@ -24,6 +24,7 @@ import torch
 
 from .. import __version__
 from .. import format as fmt
+from ..replay.inprocess import replay_in_process
 from .checkpoints import Checkpointer
 from .gradstats import GradBatch, GradStats, ParamTable
 from .profiling import ProfileSchedule, resolve_schedule, start_profiler
@@ -60,12 +61,14 @@ class Recorder:
         flush_seconds: float = 30.0,
         max_queue: int = 4096,
         start_step: int = 0,
+        replay: Any = None,
     ):
         self.model, self.optimizer, self.scaler = model, optimizer, scaler
         self.grad_every = max(1, int(grad_every))
         self.update_every = int(update_every) if update_every else 0
         self.checkpoint_every = int(checkpoint_every) if checkpoint_every else None
         self.guard = bool(snapshot_on_nonfinite)
+        self.replay = replay  # fn(model, batch) -> loss: re-run the first non-finite step (docs/replay.md)
         self.schedule = resolve_schedule(profile)
         self.config = dict(config or {})
         self.rank, self.world_size = discover_rank()
@@ -112,6 +115,7 @@ class Recorder:
             "flush_every": flush_every,
             "flush_seconds": flush_seconds,
             "max_queue": max_queue,
+            "replay": getattr(replay, "__qualname__", None) if replay is not None else None,
         }
 
         self.rank_paths.root.mkdir(parents=True, exist_ok=True)
@@ -358,6 +362,14 @@ class Recorder:
 
         self._snapshot_step = self._step  # once per run, even if writing it fails
         self._guarded("snapshot", write)
+        if self.replay is not None and "snapshot" not in self._disabled:
+            step, folder, batch = self._step, self.rank_paths.snapshot, self._batch
+            self._guarded(
+                "replay",
+                lambda: replay_in_process(
+                    self.model, batch, self.replay, folder, step=step, rank=self.rank, device=self.device
+                ),
+            )
 
     def _save_checkpoint(self, step: int) -> Path:
         state: dict[str, Any] = {"step": step, "model": self.model.state_dict()}

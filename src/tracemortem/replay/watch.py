@@ -1,0 +1,187 @@
+"""What the replay watches: every torch function the step calls, the module it ran in, and
+every backward node that computes a gradient (docs/replay.md, "How the origin is found").
+
+Statistics stay on the device while the step runs (no host sync per op); `collect` copies
+them to the host once, after the step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+from .stats import WIDTH, flat_tensors, is_float, stats_row
+
+MAX_TENSORS = 8  # per op, inputs and outputs each: enough for every op we name, bounded for cat/stack
+
+
+@dataclass
+class Call:
+    """One torch function call in the forward pass."""
+
+    index: int
+    op: str
+    module: str | None  # qualified name of the innermost module running it; None: outside the model
+    inputs: list[tuple[str, list[int], str]]  # (what it is, shape, dtype) of its floating inputs
+    output_dtypes: list[str]
+    input_rows: torch.Tensor | None = None
+    output_rows: torch.Tensor | None = None
+
+
+@dataclass
+class Gradient:
+    """One backward node that produced gradients: its own name and the forward call it belongs to."""
+
+    node: str
+    call: int
+    produced: torch.Tensor | None  # stats rows of the gradients it computed
+    incoming: torch.Tensor | None  # stats rows of the gradients it received
+
+
+@dataclass
+class Watch:
+    model: torch.nn.Module
+    calls: list[Call] = field(default_factory=list)
+    gradients: list[Gradient] = field(default_factory=list)
+    module_outputs: list[tuple[str, torch.Tensor]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.module_names = {id(m): name for name, m in self.model.named_modules()}
+        self.param_names = {id(p): name for name, p in self.model.named_parameters()}
+        self.buffer_names = {id(b): name for name, b in self.model.named_buffers()}
+        self.stack: list[str] = []
+        self.busy = False  # our own statistics ops must not be watched
+        self.nodes: dict[int, tuple[Any, int]] = {}  # id(node) -> (node kept alive, call index)
+        self.handles: list[Any] = []
+        self.mode = _Mode(self)
+
+    # --- forward -------------------------------------------------------------------------
+
+    def __enter__(self) -> Watch:
+        for module in self.model.modules():
+            self.handles.append(module.register_forward_pre_hook(self._enter_module))
+            self.handles.append(module.register_forward_hook(self._leave_module, always_call=True))
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.mode.__exit__(*exc)
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    def _enter_module(self, module: torch.nn.Module, _args: Any) -> None:
+        self.stack.append(self.module_names.get(id(module), type(module).__name__))
+
+    def _leave_module(self, module: torch.nn.Module, _args: Any, output: Any) -> None:
+        name = self.stack.pop() if self.stack else self.module_names.get(id(module), "")
+        self.busy = True
+        try:
+            outs = [t for t in flat_tensors(output) if is_float(t)][:MAX_TENSORS]
+            if outs:
+                flags = torch.stack([(~torch.isfinite(t.detach())).any() for t in outs]).any()
+                self.module_outputs.append((name, flags))
+        finally:
+            self.busy = False
+
+    def describe(self, tensor: torch.Tensor) -> str:
+        if id(tensor) in self.param_names:
+            return f"parameter {self.param_names[id(tensor)]}"
+        if id(tensor) in self.buffer_names:
+            return f"buffer {self.buffer_names[id(tensor)]}"
+        return "activation" if tensor.grad_fn is not None else "tensor"
+
+    def record(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+        outs = [t for t in flat_tensors(out) if isinstance(t, torch.Tensor)]
+        if not outs:
+            return
+        ins = [t for t in flat_tensors([args, kwargs]) if is_float(t)][:MAX_TENSORS]
+        float_outs = [t for t in outs if is_float(t)][:MAX_TENSORS]
+        call = Call(
+            index=len(self.calls),
+            op=op_name(func),
+            module=self.stack[-1] if self.stack else None,
+            inputs=[(self.describe(t), list(t.shape), str(t.dtype).removeprefix("torch.")) for t in ins],
+            output_dtypes=[str(t.dtype).removeprefix("torch.") for t in float_outs],
+        )
+        if ins:
+            call.input_rows = torch.stack([stats_row(t) for t in ins])
+        if float_outs:
+            call.output_rows = torch.stack([stats_row(t) for t in float_outs])
+        self.calls.append(call)
+        for t in outs:
+            if t.grad_fn is not None:
+                self._adopt(t.grad_fn, call.index)
+
+    def _adopt(self, root: Any, index: int) -> None:
+        """Give this call every backward node it created (composite functions make several),
+        and hook each so that backward reports the gradients it computes."""
+        pending = [root]
+        while pending:
+            node = pending.pop()
+            if node is None or id(node) in self.nodes or type(node).__name__ == "AccumulateGrad":
+                continue
+            self.nodes[id(node)] = (node, index)
+            node.register_hook(self._gradient_hook(node.name(), index))
+            pending.extend(next_node for next_node, _ in node.next_functions)
+
+    # --- backward ------------------------------------------------------------------------
+
+    def _gradient_hook(self, node: str, index: int) -> Any:
+        def hook(grad_inputs: tuple[Any, ...], grad_outputs: tuple[Any, ...]) -> None:
+            produced = [g for g in grad_inputs if is_float(g)][:MAX_TENSORS]
+            incoming = [g for g in grad_outputs if is_float(g)][:MAX_TENSORS]
+            self.gradients.append(
+                Gradient(
+                    node=node,
+                    call=index,
+                    produced=torch.stack([stats_row(g) for g in produced]) if produced else None,
+                    incoming=torch.stack([stats_row(g) for g in incoming]) if incoming else None,
+                )
+            )
+
+        return hook
+
+
+class _Mode(TorchFunctionMode):
+    def __init__(self, watch: Watch):
+        super().__init__()
+        self.watch = watch
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if not self.watch.busy:
+            self.watch.busy = True
+            try:
+                self.watch.record(func, args, kwargs, out)
+            finally:
+                self.watch.busy = False
+        return out
+
+
+def op_name(func: Any) -> str:
+    """`torch.log` -> "log", `Tensor.__truediv__` -> "truediv", `F.softmax` -> "softmax"."""
+    name = getattr(func, "__name__", None) or type(func).__name__
+    return str(name).strip("_") or "op"
+
+
+def host_rows(rows: list[torch.Tensor | None]) -> list[list[list[float]] | None]:
+    """Copy many stats blocks to the host in one transfer."""
+    present = [r for r in rows if r is not None]
+    if not present:
+        return [None for _ in rows]
+    device = present[0].device
+    flat = torch.cat([r.to(device).reshape(-1, WIDTH) for r in present]).cpu().tolist()
+    out: list[list[list[float]] | None] = []
+    at = 0
+    for r in rows:
+        if r is None:
+            out.append(None)
+        else:
+            out.append(flat[at : at + r.shape[0]])
+            at += r.shape[0]
+    return out
