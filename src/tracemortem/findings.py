@@ -19,6 +19,7 @@ HEALTH_RULES = (
     "update-ratio",
     "loss-spike",
     "amp-overflow",
+    "nonfinite-origin",
 )
 PERF_RULES = (
     "slow-op",

@@ -33,6 +33,7 @@ CHECKPOINTS = "checkpoints"
 HEALTH = "health.parquet"  # inside checkpoints/
 SNAPSHOT = "snapshot"
 SNAPSHOT_INFO = "info.json"
+SNAPSHOT_ORIGIN = "origin.json"  # written by a replay (docs/replay.md)
 
 STATUS_RUNNING = "running"
 STATUS_CLOSED = "closed"

@@ -12,6 +12,7 @@ from ..findings import Finding
 from ..load.run import RunData
 from . import health_magnitude as magnitude
 from . import health_numeric as numeric
+from .health_origin import nonfinite_origin
 from .health_series import compute
 
 RULES = (
@@ -23,6 +24,7 @@ RULES = (
     magnitude.dead_and_unused,
     magnitude.update_ratio,
     magnitude.loss_spike,
+    nonfinite_origin,
 )
 
 

@@ -20,6 +20,7 @@ from ..errors import InputError
 from ..findings import Finding
 from ..progress import Progress, silent
 from .discover import Inputs
+from .origin import MalformedOrigin, clean_origin
 
 
 def _polars_schema(schema: pa.Schema) -> dict[str, pl.DataType]:
@@ -257,7 +258,16 @@ def _snapshot(rank_dir: Path, rank: int, notes: list[Finding], root: Path) -> di
     if not folder.is_dir():
         return None
     info = _read_optional_json(folder / fmt.SNAPSHOT_INFO, "snapshot info.json", notes, rank, root) or {}
-    return {"rank": rank, "path": str(folder), "step": _as_int(info.get("step")), "info": info}
+    snapshot = {"rank": rank, "path": str(folder), "step": _as_int(info.get("step")), "info": info}
+    raw_origin = _read_optional_json(folder / fmt.SNAPSHOT_ORIGIN, "replay origin.json", notes, rank, root)
+    if raw_origin is not None:
+        try:
+            snapshot["origin"] = clean_origin(raw_origin)
+        except MalformedOrigin as exc:
+            notes.append(
+                _note("warning", "malformed replay origin.json", f"{folder / fmt.SNAPSHOT_ORIGIN}: {exc}", rank=rank)
+            )
+    return snapshot
 
 
 def _first(values: list[Any]) -> Any:

@@ -90,7 +90,7 @@ def _backward(loss: torch.Tensor) -> str | None:
         warnings.simplefilter("ignore")  # anomaly mode announces itself and prints forward stacks
         try:
             with torch.autograd.detect_anomaly(check_nan=True):
-                loss.backward()
+                torch.autograd.backward(loss)
         except RuntimeError as exc:
             match = _ANOMALY.search(str(exc))
             if match is None:

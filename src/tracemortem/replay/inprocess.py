@@ -13,11 +13,10 @@ from typing import Any
 
 import torch
 
+from .. import format as fmt
 from .engine import LossFn, replay_step
 from .origin import build_origin, not_replayed, write_origin
 from .rng import preserved_rng
-
-ORIGIN = "origin.json"
 
 
 def replay_in_process(
@@ -42,7 +41,7 @@ def replay_in_process(
         origin = not_replayed(context, "sharded", "an FSDP model's step cannot be re-run on one rank alone")
     else:
         origin = _replay(model, batch, fn, context)
-    return write_origin(folder / ORIGIN, origin)
+    return write_origin(folder / fmt.SNAPSHOT_ORIGIN, origin)
 
 
 def _replay(model: torch.nn.Module, batch: Any, fn: LossFn, context: dict[str, Any]) -> dict[str, Any]:

@@ -8,14 +8,13 @@ from typing import Any
 
 import torch
 
+from .. import format as fmt
 from ..errors import ConfigError
 from . import rng
 from .engine import LossFn, default_loss, replay_step
 from .origin import build_origin, not_replayed, write_origin
 from .snapshot_files import Snapshot, find_rank_dir, load_snapshot
 from .usercode import resolve
-
-ORIGIN = "origin.json"
 
 
 def replay_run(
@@ -38,7 +37,7 @@ def replay_run(
         context["notes"] += rng.restore(snapshot.rng, device)
         replay = replay_step(model, _to_device(snapshot.batch, device), loss_fn)
         origin = build_origin(context, replay)
-    target = output or snapshot.folder / ORIGIN
+    target = output or snapshot.folder / fmt.SNAPSHOT_ORIGIN
     return origin, write_origin(target, origin)
 
 

@@ -16,7 +16,9 @@ def preserved_rng() -> Iterator[None]:
     """Python, numpy, torch CPU and CUDA generators are as they were when the block ends."""
     python = random.getstate()
     numpy_state = _numpy_state()
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    # Only devices already in use: touching another GPU's generator would create a context there.
+    initialized = torch.cuda.is_initialized()  # type: ignore[no-untyped-call]
+    devices = [torch.cuda.current_device()] if initialized else []
     with torch.random.fork_rng(devices=devices):
         try:
             yield

@@ -7,6 +7,7 @@ them to the host once, after the step.
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +58,7 @@ class Watch:
         self.nodes: dict[int, tuple[Any, int]] = {}  # id(node) -> (node kept alive, call index)
         self.handles: list[Any] = []
         self.mode = _Mode(self)
+        self.active = ExitStack()
 
     # --- forward -------------------------------------------------------------------------
 
@@ -64,11 +66,11 @@ class Watch:
         for module in self.model.modules():
             self.handles.append(module.register_forward_pre_hook(self._enter_module))
             self.handles.append(module.register_forward_hook(self._leave_module, always_call=True))
-        self.mode.__enter__()
+        self.active.enter_context(self.mode)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.mode.__exit__(*exc)
+        self.active.close()
         for handle in self.handles:
             handle.remove()
         self.handles = []
