@@ -39,6 +39,14 @@ class LogNet(nn.Module):
         return self.head(self.block(torch.tanh(self.inp(x))))
 
 
+class ScalarLossNet(LogNet):
+    """LogNet that returns its own loss (log_loss's penalty on the log outputs), for the default loss."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        logs = self.block(torch.tanh(self.inp(x)))
+        return (self.head(logs) - x.sum(dim=-1, keepdim=True)).pow(2).mean() + logs.mean()
+
+
 class Normalize(nn.Module):
     """x / ‖x‖ with no epsilon: NaN once a row of ReLU outputs is all zero."""
 
@@ -56,6 +64,36 @@ class NormNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.norm(self.act(self.inp(x))))
+
+
+class PairDistance(nn.Module):
+    """Euclidean distances between all pairs of rows, the diagonal included: sqrt(0) is finite,
+    but its gradient is infinite and meets a zero: NaN is born in backward."""
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt((e[:, None, :] - e[None, :, :]).pow(2).sum(dim=-1))
+
+
+class PairNet(nn.Module):
+    def __init__(self, batch: int = 16):
+        super().__init__()
+        self.embed = nn.Linear(8, 16)
+        self.dist = PairDistance()
+        self.head = nn.Linear(batch, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dist(self.embed(x)))
+
+
+class DropLogNet(LogNet):
+    """LogNet with dropout: its training consumes random numbers."""
+
+    def __init__(self, width: int = 16):
+        super().__init__(width)
+        self.drop = nn.Dropout(0.2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(self.drop(torch.tanh(self.inp(x)))))
 
 
 class Attention(nn.Module):
@@ -107,6 +145,14 @@ def norm_net() -> nn.Module:
     return NormNet()
 
 
+def pair_net() -> nn.Module:
+    return PairNet()
+
+
+def drop_log_net() -> nn.Module:
+    return DropLogNet()
+
+
 def attention_net() -> nn.Module:
     return AttentionNet()
 
@@ -124,6 +170,11 @@ def log_loss(model: nn.Module, batch: Any) -> torch.Tensor:
     """MSE plus a reward for small log outputs: it pushes LogBlock's inputs towards zero."""
     x, y = batch
     return (model(x) - y).pow(2).mean() + model.block(torch.tanh(model.inp(x))).mean()
+
+
+def drop_log_loss(model: nn.Module, batch: Any) -> torch.Tensor:
+    x, y = batch
+    return (model(x) - y).pow(2).mean() + model.block(model.drop(torch.tanh(model.inp(x)))).mean()
 
 
 def norm_loss(model: nn.Module, batch: Any) -> torch.Tensor:
