@@ -20,6 +20,9 @@ HEALTH_RULES = (
     "loss-spike",
     "amp-overflow",
     "nonfinite-origin",
+    "dead-activation",
+    "saturated-activation",
+    "activation-growth",
 )
 PERF_RULES = (
     "slow-op",

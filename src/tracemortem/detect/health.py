@@ -10,6 +10,7 @@ from __future__ import annotations
 from ..config import Config
 from ..findings import Finding
 from ..load.run import RunData
+from . import health_activations as activations
 from . import health_magnitude as magnitude
 from . import health_numeric as numeric
 from .health_origin import nonfinite_origin
@@ -25,6 +26,9 @@ RULES = (
     magnitude.update_ratio,
     magnitude.loss_spike,
     nonfinite_origin,
+    activations.dead_activation,
+    activations.saturated_activation,
+    activations.activation_growth,
 )
 
 

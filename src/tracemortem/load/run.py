@@ -19,6 +19,7 @@ from .. import format as fmt
 from ..errors import InputError
 from ..findings import Finding
 from ..progress import Progress, silent
+from .acts import empty_acts, read_acts
 from .discover import Inputs
 from .origin import MalformedOrigin, clean_origin
 
@@ -53,6 +54,7 @@ class RunData:
     notes: list[Finding] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
     grad_ranks: list[int] = field(default_factory=list)  # ranks whose grads were read
+    acts: pl.DataFrame = field(default_factory=empty_acts)  # activation statistics (load/acts.py)
 
     def rank_summary(self) -> list[dict[str, Any]]:
         """Per rank: how many steps it recorded and its median step time."""
@@ -287,6 +289,7 @@ def load_run(inputs: Inputs, progress: Progress = silent) -> RunData:
     health_frames: list[pl.DataFrame] = []
     checkpoints: list[dict[str, Any]] = []
     snapshots: list[dict[str, Any]] = []
+    acts_frames: list[pl.DataFrame] = []
     for rank, rank_dir in sorted(inputs.rank_dirs.items()):
         progress(f"reading rank {rank}")
         paths = fmt.RankPaths(rank_dir)
@@ -319,6 +322,9 @@ def load_run(inputs: Inputs, progress: Progress = silent) -> RunData:
                     _note("warning", "unreadable checkpoint health", f"{paths.health}: {type(exc).__name__}", rank=rank)
                 )
         checkpoints += _checkpoints(rank_dir, rank)
+        if acts_paths := _chunks(paths.acts, fmt.ACTS_SCHEMA, "acts", rank, notes, root):
+            modules = _read_optional_json(paths.acts / fmt.ACTS_MODULES, "acts modules.json", notes, rank, root)
+            acts_frames.append(read_acts(acts_paths, modules, rank))
         if (snap := _snapshot(rank_dir, rank, notes, root)) is not None:
             snapshots.append(snap)
 
@@ -342,7 +348,8 @@ def load_run(inputs: Inputs, progress: Progress = silent) -> RunData:
     )
     params = _params_frame(metas)
 
-    run = RunData(root, manifest, metas, steps, grads, params, health, notes, grad_ranks=grad_ranks)
+    acts = pl.concat(acts_frames) if acts_frames else empty_acts()
+    run = RunData(root, manifest, metas, steps, grads, params, health, notes, grad_ranks=grad_ranks, acts=acts)
     run.facts = _facts(run, inputs, checkpoints, snapshots, bool(grad_frames))
     return run
 

@@ -25,6 +25,7 @@ import torch
 from .. import __version__
 from .. import format as fmt
 from ..replay.inprocess import replay_in_process
+from .activations import ActivationStats
 from .checkpoints import Checkpointer
 from .gradstats import GradBatch, GradStats, ParamTable
 from .profiling import ProfileSchedule, resolve_schedule, start_profiler
@@ -62,6 +63,7 @@ class Recorder:
         max_queue: int = 4096,
         start_step: int = 0,
         replay: Any = None,
+        activations: int | None = None,
     ):
         self.model, self.optimizer, self.scaler = model, optimizer, scaler
         self.grad_every = max(1, int(grad_every))
@@ -116,6 +118,7 @@ class Recorder:
             "flush_seconds": flush_seconds,
             "max_queue": max_queue,
             "replay": getattr(replay, "__qualname__", None) if replay is not None else None,
+            "activations": int(activations) if activations else None,
         }
 
         self.rank_paths.root.mkdir(parents=True, exist_ok=True)
@@ -134,6 +137,14 @@ class Recorder:
         )
         self.checkpointer = Checkpointer(self.rank_paths, self.table, keep_checkpoints)
         self._install_hooks()
+        self.acts = None
+        if activations:
+            self.acts = self._guarded(
+                "activations",
+                lambda: ActivationStats(
+                    model, activations, self.rank_paths.acts, self.start_step, lambda e: self._fail("activations", e)
+                ),
+            )
         self._write_status()
         self.writer.start()
         if self.schedule is not None:
@@ -187,6 +198,8 @@ class Recorder:
             self._hooks, self._order_hooks = [], []
             if self._prof is not None:
                 self._guarded("profiler", self._prof.stop)
+            if self.acts is not None:
+                self._guarded("activations", self.acts.close)
             self.writer.stop(timeout=60.0)
             self._write_status(ended=_now())
             atexit.unregister(self.close)
@@ -307,6 +320,8 @@ class Recorder:
             self.writer.request_status()  # backward order is known now
         if self._prof is not None:
             self._guarded("profiler", self._prof.step)
+        if self.acts is not None:
+            self._guarded("activations", lambda: self.acts.end_step(step))
         if self.checkpoint_every and (step + 1) % self.checkpoint_every == 0:
             self._guarded("checkpoints", lambda: self._save_checkpoint(step))
 
