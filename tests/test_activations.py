@@ -5,7 +5,6 @@ training loops that kill ReLUs, saturate tanh and blow one layer up."""
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
