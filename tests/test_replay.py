@@ -311,3 +311,32 @@ def test_malformed_origin_is_an_input_note_not_a_crash(tmp_path, log_run, conten
     analysis = analyze(run)
     assert not [f for f in analysis.findings if f.rule == "nonfinite-origin"]
     assert any(f.rule == "input-error" and "origin.json" in f.message for f in analysis.findings)
+
+
+class _InPlaceLog(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x).log_()  # in place: its input is overwritten by the op
+
+
+class _InPlaceNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = _InPlaceLog()
+        self.head = torch.nn.Linear(8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(x)).mean()
+
+
+def test_an_in_place_op_is_judged_on_its_inputs_before_it_ran():
+    from tracemortem.replay.engine import replay_step
+
+    torch.manual_seed(0)
+    found = replay_step(_InPlaceNet(), torch.randn(16, 8), lambda model, batch: model(batch))
+    forward = found["forward"]
+    assert (forward["module"], forward["op"], forward["born_here"]) == ("block", "log", True)
+    assert forward["inputs"][0]["finite"] and forward["inputs"][0]["min"] < 0

@@ -67,7 +67,10 @@ def _recovery_hint(run: RunData, last_ok: int | None) -> tuple[dict[str, Any], s
         parts.append(f"resume from {ckpt['path']} (step {ckpt['step']})")
     if snap:
         evidence["snapshot"] = snap["path"]
-        parts.append(f"replay the failing step from the snapshot in {snap['path']}")
+        parts.append(
+            f"replay the failing step from the snapshot in {snap['path']} "
+            "(tracemortem replay RUN --model MODULE:FACTORY names the module where the NaN was born)"
+        )
     return evidence, ("; ".join(parts) + ". ") if parts else ""
 
 

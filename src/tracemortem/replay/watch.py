@@ -96,11 +96,16 @@ class Watch:
             return f"buffer {self.buffer_names[id(tensor)]}"
         return "activation" if tensor.grad_fn is not None else "tensor"
 
-    def record(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+    def inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """The call's floating inputs and their statistics, taken before it runs (an in-place op
+        overwrites them)."""
+        ins = [t for t in flat_tensors([args, kwargs]) if is_float(t)][:MAX_TENSORS]
+        return ins, torch.stack([stats_row(t) for t in ins]) if ins else None
+
+    def record(self, func: Any, ins: list[torch.Tensor], input_rows: torch.Tensor | None, out: Any) -> None:
         outs = [t for t in flat_tensors(out) if isinstance(t, torch.Tensor)]
         if not outs:
             return
-        ins = [t for t in flat_tensors([args, kwargs]) if is_float(t)][:MAX_TENSORS]
         float_outs = [t for t in outs if is_float(t)][:MAX_TENSORS]
         call = Call(
             index=len(self.calls),
@@ -108,9 +113,8 @@ class Watch:
             module=self.stack[-1] if self.stack else None,
             inputs=[(self.describe(t), list(t.shape), str(t.dtype).removeprefix("torch.")) for t in ins],
             output_dtypes=[str(t.dtype).removeprefix("torch.") for t in float_outs],
+            input_rows=input_rows,
         )
-        if ins:
-            call.input_rows = torch.stack([stats_row(t) for t in ins])
         if float_outs:
             call.output_rows = torch.stack([stats_row(t) for t in float_outs])
         self.calls.append(call)
@@ -155,13 +159,20 @@ class _Mode(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
+        watch = self.watch
+        if watch.busy:
+            return func(*args, **kwargs)
+        watch.busy = True
+        try:
+            ins, rows = watch.inputs(args, kwargs)
+        finally:
+            watch.busy = False
         out = func(*args, **kwargs)
-        if not self.watch.busy:
-            self.watch.busy = True
-            try:
-                self.watch.record(func, args, kwargs, out)
-            finally:
-                self.watch.busy = False
+        watch.busy = True
+        try:
+            watch.record(func, ins, rows, out)
+        finally:
+            watch.busy = False
         return out
 
 
