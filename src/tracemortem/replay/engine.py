@@ -113,10 +113,6 @@ def _nonfinite_count(tensors: list[torch.Tensor]) -> int:
     return int(torch.stack([(~torch.isfinite(t.detach())).sum() for t in floats]).sum())
 
 
-def _bad(rows: list[list[float]] | None) -> bool:
-    return rows is not None and any(row_dict(r)["finite"] is False for r in rows)
-
-
 def _call_facts(call: Call, input_rows: list[list[float]] | None, model: torch.nn.Module) -> dict[str, Any]:
     inputs = []
     for k, (what, shape, dtype) in enumerate(call.inputs):
@@ -170,13 +166,11 @@ def _first_forward(watch: Watch, model: torch.nn.Module, loss_finite: bool) -> d
 
 
 def _first_backward(watch: Watch) -> dict[str, Any] | None:
-    produced = host_rows([g.produced for g in watch.gradients])
-    first = next((k for k, rows in enumerate(produced) if _bad(rows)), None)
-    if first is None:
+    gradient: Gradient | None = watch.first_gradient
+    if gradient is None:
         return None
-    gradient: Gradient = watch.gradients[first]
     call = watch.calls[gradient.call]
-    incoming = host_rows([gradient.incoming])[0] or []
+    produced, incoming = host_rows([gradient.produced, gradient.incoming])
     return {
         "node": gradient.node,
         "op": call.op,
@@ -184,8 +178,8 @@ def _first_backward(watch: Watch) -> dict[str, Any] | None:
         "module_class": _module_class(watch.model, call.module),
         "call_index": call.index,
         "dtype": call.output_dtypes[0] if call.output_dtypes else None,
-        "gradients": [row_dict(r) for r in produced[first] or []],
-        "incoming": [row_dict(r) for r in incoming],
+        "gradients": [row_dict(r) for r in produced or []],
+        "incoming": [row_dict(r) for r in incoming or []],
         "inputs": _call_facts(call, host_rows([call.input_rows])[0], watch.model)["inputs"],
         "params": _param_facts(watch.model, call.module),
     }

@@ -1,7 +1,9 @@
-"""Finite-state and range of tensors, computed on their device and read back in one copy.
+"""Finite-state and range of tensors, as float64 rows of `FIELDS` on the tensor's device;
+`row_dict` turns a host row into the JSON object origin.json holds (docs/format.md).
 
-A statistics row is a float64 vector of `FIELDS`; `row_dict` turns a host row into the JSON
-object origin.json holds (docs/format.md, `origin.json`).
+One `aminmax` pass tells whether a tensor is finite (NaN and Inf reach the min or max); only a
+non-finite tensor pays for the full count of NaN, +Inf and -Inf and the finite-only range. That
+test reads one flag back per tensor: a replay runs once, and most of its tensors are finite.
 """
 
 from __future__ import annotations
@@ -18,9 +20,20 @@ def is_float(value: Any) -> bool:
     return isinstance(value, torch.Tensor) and value.is_floating_point() and value.numel() > 0
 
 
+def is_finite(tensor: torch.Tensor) -> bool:
+    low, high = torch.aminmax(tensor.detach())
+    return bool(torch.isfinite(low) & torch.isfinite(high))
+
+
 def stats_row(tensor: torch.Tensor) -> torch.Tensor:
-    """FIELDS of one floating-point tensor as a float64 row on its device (no host sync)."""
+    """FIELDS of one floating-point tensor as a float64 row on its device."""
     t = tensor.detach()
+    low, high = torch.aminmax(t)
+    if bool(torch.isfinite(low) & torch.isfinite(high)):
+        zero = torch.zeros((), device=t.device)
+        count = torch.tensor(float(t.numel()), device=t.device)
+        parts = [count, zero, zero, zero, low, high, t.abs().amin(), (t <= 0).sum()]
+        return torch.stack([p.double() for p in parts])
     finite = torch.isfinite(t)
     wide = t.float()
     inf = torch.tensor(float("inf"), device=t.device)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
-from .stats import WIDTH, flat_tensors, is_float, stats_row
+from .stats import WIDTH, flat_tensors, is_finite, is_float, stats_row
 
 MAX_TENSORS = 8  # per op, inputs and outputs each: enough for every op we name, bounded for cat/stack
 
@@ -46,7 +46,6 @@ class Gradient:
 class Watch:
     model: torch.nn.Module
     calls: list[Call] = field(default_factory=list)
-    gradients: list[Gradient] = field(default_factory=list)
     module_outputs: list[tuple[str, torch.Tensor]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -55,6 +54,9 @@ class Watch:
         self.buffer_names = {id(b): name for name, b in self.model.named_buffers()}
         self.stack: list[str] = []
         self.busy = False  # our own statistics ops must not be watched
+        self.settled = False  # a forward NaN was seen: later calls are only mapped, not measured
+        self.first_gradient: Gradient | None = None
+        self._weights: dict[int, torch.Tensor] = {}  # statistics of parameters and buffers, once each
         self.nodes: dict[int, tuple[Any, int]] = {}  # id(node) -> (node kept alive, call index)
         self.handles: list[Any] = []
         self.mode = _Mode(self)
@@ -100,7 +102,16 @@ class Watch:
         """The call's floating inputs and their statistics, taken before it runs (an in-place op
         overwrites them)."""
         ins = [t for t in flat_tensors([args, kwargs]) if is_float(t)][:MAX_TENSORS]
-        return ins, torch.stack([stats_row(t) for t in ins]) if ins else None
+        if not ins or self.settled:
+            return ins, None
+        return ins, torch.stack([self._row(t) for t in ins])
+
+    def _row(self, tensor: torch.Tensor) -> torch.Tensor:
+        if id(tensor) not in self.param_names and id(tensor) not in self.buffer_names:
+            return stats_row(tensor)
+        if id(tensor) not in self._weights:
+            self._weights[id(tensor)] = stats_row(tensor)
+        return self._weights[id(tensor)]
 
     def record(self, func: Any, ins: list[torch.Tensor], input_rows: torch.Tensor | None, out: Any) -> None:
         outs = [t for t in flat_tensors(out) if isinstance(t, torch.Tensor)]
@@ -115,8 +126,9 @@ class Watch:
             output_dtypes=[str(t.dtype).removeprefix("torch.") for t in float_outs],
             input_rows=input_rows,
         )
-        if float_outs:
+        if float_outs and not self.settled:
             call.output_rows = torch.stack([stats_row(t) for t in float_outs])
+            self.settled = bool((call.output_rows[:, 1] > 0).any())  # a NaN: the origin is at or before it
         self.calls.append(call)
         for t in outs:
             if t.grad_fn is not None:
@@ -138,15 +150,17 @@ class Watch:
 
     def _gradient_hook(self, node: str, index: int) -> Any:
         def hook(grad_inputs: tuple[Any, ...], grad_outputs: tuple[Any, ...]) -> None:
+            if self.first_gradient is not None:
+                return
             produced = [g for g in grad_inputs if is_float(g)][:MAX_TENSORS]
+            if all(is_finite(g) for g in produced):
+                return
             incoming = [g for g in grad_outputs if is_float(g)][:MAX_TENSORS]
-            self.gradients.append(
-                Gradient(
-                    node=node,
-                    call=index,
-                    produced=torch.stack([stats_row(g) for g in produced]) if produced else None,
-                    incoming=torch.stack([stats_row(g) for g in incoming]) if incoming else None,
-                )
+            self.first_gradient = Gradient(
+                node=node,
+                call=index,
+                produced=torch.stack([stats_row(g) for g in produced]),
+                incoming=torch.stack([stats_row(g) for g in incoming]) if incoming else None,
             )
 
         return hook
