@@ -1,8 +1,8 @@
 """What the replay watches: every torch function the step calls, the module it ran in, and
 every backward node that computes a gradient (docs/replay.md, "How the origin is found").
 
-Statistics stay on the device while the step runs (no host sync per op); `collect` copies
-them to the host once, after the step.
+Statistics rows stay on the device; each tensor's finite test reads one flag back (see
+stats.py), and the rows are copied to the host once, after the step (`host_rows`).
 """
 
 from __future__ import annotations
