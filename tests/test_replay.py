@@ -340,3 +340,33 @@ def test_an_in_place_op_is_judged_on_its_inputs_before_it_ran():
     forward = found["forward"]
     assert (forward["module"], forward["op"], forward["born_here"]) == ("block", "log", True)
     assert forward["inputs"][0]["finite"] and forward["inputs"][0]["min"] < 0
+
+
+class _Wrapper(torch.nn.Module):
+    """Lays its state_dict out as DistributedDataParallel does (`module.` prefix)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+
+def test_a_wrapped_model_and_16_bit_weights_are_replayed_as_trained(tmp_path):
+    torch.manual_seed(0)
+    rm.train(tmp_path / "wrapped", _Wrapper(rm.log_net()), rm.data(6), lambda m, b: rm.log_loss(m.module, b), lr=0.5)
+    torch.manual_seed(0)
+    rm.train(tmp_path / "bf16", rm.log_net().to(torch.bfloat16), rm.data(6), _bf16_log_loss, lr=0.5)
+    for name, loss in (("wrapped", "log_loss"), ("bf16", "_bf16_log_loss")):
+        helpers = HELPERS if name == "wrapped" else Path(__file__)
+        result = _replay(tmp_path / name, "--model", f"{HELPERS}:log_net", "--loss", f"{helpers}:{loss}")
+        assert result.exit_code == 0, result.output
+        origin = _origin(tmp_path / name)
+        assert (origin["module"], origin["op"]) == ("block", "log")
+    assert _origin(tmp_path / "bf16")["dtype"] == "bfloat16"
+
+
+def _bf16_log_loss(model: torch.nn.Module, batch: Any) -> torch.Tensor:
+    x, y = batch
+    return rm.log_loss(model, (x.to(torch.bfloat16), y.to(torch.bfloat16))).float()

@@ -75,12 +75,25 @@ def _build(factory: Any, spec: str, snapshot: Snapshot, device: torch.device) ->
         raise ConfigError(f"--model {spec} raised {type(exc).__name__}: {exc}") from None
     if not isinstance(model, torch.nn.Module):
         raise ConfigError(f"--model {spec} returned a {type(model).__name__}, not a torch.nn.Module")
+    state = _unwrapped(snapshot.model_state, set(model.state_dict()))
     try:
-        model.load_state_dict(snapshot.model_state, strict=True)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = " ".join(str(exc).split())[:400]
         raise ConfigError(f"the model built by {spec} does not match the snapshot's state_dict: {first}") from None
+    dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
+    if len(dtypes) == 1:  # a model trained in bf16/fp16 weights is replayed in them, not in the factory's fp32
+        model = model.to(dtype=dtypes.pop())
     return model.to(device).train()
+
+
+def _unwrapped(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
+    """The snapshot of a wrapped model (DistributedDataParallel's `module.`, torch.compile's
+    `_orig_mod.`) loaded into the bare model the factory builds."""
+    for prefix in ("module.", "_orig_mod."):
+        if state and not set(state) & expected and all(k.startswith(prefix) for k in state):
+            state = {k.removeprefix(prefix): v for k, v in state.items()}
+    return state
 
 
 def _to_device(value: Any, device: torch.device) -> Any:
