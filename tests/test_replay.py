@@ -370,3 +370,20 @@ def test_a_wrapped_model_and_16_bit_weights_are_replayed_as_trained(tmp_path):
 def _bf16_log_loss(model: torch.nn.Module, batch: Any) -> torch.Tensor:
     x, y = batch
     return rm.log_loss(model, (x.to(torch.bfloat16), y.to(torch.bfloat16))).float()
+
+
+def test_a_replay_function_that_uses_the_live_model_cannot_change_its_gradients(tmp_path):
+    """A closure over the training model instead of the copy it is given: the replay's backward
+    lands in set-aside gradients. The planted Inf makes only inp.weight's gradient non-finite, so
+    the head's update at that step is finite and would show any gradient added by the replay."""
+
+    def run(folder: Path, with_replay: bool) -> torch.Tensor:
+        torch.manual_seed(0)
+        model = rm.plain_net()
+        replay = (lambda _copy, batch: rm.mse(model, batch)) if with_replay else None
+        rm.train(folder, model, _planted_inf_batches()[:5], rm.mse, lr=0.1, replay=replay)
+        return model.head.weight.detach().clone()
+
+    plain, closure = run(tmp_path / "plain", False), run(tmp_path / "closure", True)
+    assert torch.isfinite(plain).all() and torch.equal(plain, closure)
+    assert _origin(tmp_path / "closure")["reproduced"] is True

@@ -1,9 +1,9 @@
 """Re-run one training step under watch and say where its first non-finite value was born
 (docs/replay.md). Shared by the offline command and the in-process replay.
 
-The forward pass runs under `Watch` (every torch function checked, none synced); the backward
-pass under `torch.autograd.detect_anomaly`, whose error names the first backward op that
-returned NaN, while the node hooks also catch an Inf it does not check for.
+The forward pass runs under `Watch` (every torch function checked); the backward pass under
+`torch.autograd.detect_anomaly`, whose error names the first backward op that returned NaN,
+while the node hooks also catch an Inf it does not check for.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def replay_step(model: torch.nn.Module, batch: Any, loss_fn: LossFn) -> dict[str
     if loss is not None:
         result["loss"] = row_dict(stats_row(loss).cpu().tolist())
         if loss.requires_grad:
-            anomaly = _backward(loss)
+            anomaly, error = _backward(loss)
         else:
             error = "the loss does not require grad: nothing to run backward on"
     result["error"] = error
@@ -84,26 +84,27 @@ def replay_step(model: torch.nn.Module, batch: Any, loss_fn: LossFn) -> dict[str
     return result
 
 
-def _backward(loss: torch.Tensor) -> str | None:
-    """Backward under anomaly mode; its error text (which backward op returned NaN) or None."""
+def _backward(loss: torch.Tensor) -> tuple[str | None, str | None]:
+    """Backward under anomaly mode: (its message naming the backward op that returned NaN, any
+    other error the backward raised)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # anomaly mode announces itself and prints forward stacks
         try:
             with torch.autograd.detect_anomaly(check_nan=True):
                 torch.autograd.backward(loss)
-        except RuntimeError as exc:
+        except Exception as exc:
             match = _ANOMALY.search(str(exc))
-            if match is None:
-                raise
-            return match.group(0)
-    return None
+            if match is not None:
+                return match.group(0), None
+            return None, f"backward raised {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+    return None, None
 
 
 RANDOM_OPS = frozenset({"rand", "randn", "randint", "randperm", "bernoulli", "normal", "multinomial", "exponential"})
 
 
 def _draws_random(op: str, training: bool) -> bool:
-    return op.removesuffix("_") in RANDOM_OPS or ("dropout" in op and training)
+    return op in RANDOM_OPS or ("dropout" in op and training)
 
 
 def _nonfinite_count(tensors: list[torch.Tensor]) -> int:

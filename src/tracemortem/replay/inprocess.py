@@ -1,7 +1,7 @@
 """`Recorder(..., replay=fn)`: at the first non-finite step, once the snapshot is on disk,
 re-run the step on a copy of the pre-update model and write origin.json (docs/replay.md).
 
-The live model, its gradients and every random generator are left as they were; a failure
+The live model's weights, its gradients and every random generator are left as they were; a failure
 becomes origin.json's reason (or, if even that cannot be written, the recorder's one warning).
 """
 
@@ -45,8 +45,23 @@ def replay_in_process(
 
 
 def _replay(model: torch.nn.Module, batch: Any, fn: LossFn, context: dict[str, Any]) -> dict[str, Any]:
+    # The live gradients are set aside for the whole replay: they are not copied (that would
+    # double their memory), and a `fn` that uses the live model by mistake cannot add to them.
+    params = list(model.parameters())
+    grads = [p.grad for p in params]
     try:
-        twin = _copy_without_grads(model)
+        for p in params:
+            p.grad = None
+        return _replay_copy(model, batch, fn, context)
+    finally:
+        for p, g in zip(params, grads):
+            p.grad = g
+
+
+def _replay_copy(model: torch.nn.Module, batch: Any, fn: LossFn, context: dict[str, Any]) -> dict[str, Any]:
+    try:
+        with torch.no_grad():
+            twin = copy.deepcopy(model)
     except Exception as exc:
         return not_replayed(context, "error", f"the model could not be copied: {type(exc).__name__}: {exc}")
     try:
@@ -57,18 +72,3 @@ def _replay(model: torch.nn.Module, batch: Any, fn: LossFn, context: dict[str, A
     finally:
         del twin
     return build_origin(context, replay)
-
-
-def _copy_without_grads(model: torch.nn.Module) -> torch.nn.Module:
-    """A deep copy of the model's pre-update state; its gradients are not copied (they would
-    double the memory and the replay recomputes them)."""
-    params = list(model.parameters())
-    grads = [p.grad for p in params]
-    try:
-        for p in params:
-            p.grad = None
-        with torch.no_grad():
-            return copy.deepcopy(model)
-    finally:
-        for p, g in zip(params, grads):
-            p.grad = g
