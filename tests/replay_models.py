@@ -224,3 +224,16 @@ def train(
 
 def first_nonfinite(losses: list[float]) -> int | None:
     return next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
+
+
+def tiny_gpt2() -> nn.Module:
+    """A 2-layer GPT-2 built from a config (no weights downloaded), eager attention."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=16, attn_implementation="eager")
+    return GPT2LMHeadModel(config)
+
+
+def gpt2_fp16_loss(model: nn.Module, batch: Any) -> torch.Tensor:
+    with torch.autocast("cpu", dtype=torch.float16):
+        return model(**batch).loss

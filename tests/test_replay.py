@@ -387,3 +387,34 @@ def test_a_replay_function_that_uses_the_live_model_cannot_change_its_gradients(
     plain, closure = run(tmp_path / "plain", False), run(tmp_path / "closure", True)
     assert torch.isfinite(plain).all() and torch.equal(plain, closure)
     assert _origin(tmp_path / "closure")["reproduced"] is True
+
+
+@pytest.mark.slow
+def test_transformers_gpt2_attention_overflow_in_both_modes(tmp_path):
+    """A Hugging Face GPT-2 (from a config) whose second block's query and key projections were scaled up:
+    under float16 autocast its attention scores overflow; the loss is the model's own `.loss`."""
+    pytest.importorskip("transformers")
+
+    def train(folder: Path, replay: Any) -> None:
+        torch.manual_seed(0)
+        model = rm.tiny_gpt2()
+        with torch.no_grad():
+            model.transformer.h[1].attn.c_attn.weight[:, :64].mul_(3000.0)  # queries and keys
+        tokens = torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(0))
+        batches = [{"input_ids": tokens, "labels": tokens}] * 2
+        rm.train(folder, model, batches, rm.gpt2_fp16_loss, lr=0.01, replay=replay)
+
+    train(tmp_path / "in", rm.gpt2_fp16_loss)
+    train(tmp_path / "off", None)
+    result = _replay(tmp_path / "off", "--model", f"{HELPERS}:tiny_gpt2", "--loss", f"{HELPERS}:gpt2_fp16_loss")
+    assert result.exit_code == 0, result.output
+    for folder in ("in", "off"):
+        origin = _origin(tmp_path / folder)
+        assert (origin["module"], origin["module_class"], origin["op"], origin["dtype"]) == (
+            "transformer.h.1.attn",
+            "GPT2Attention",
+            "matmul",
+            "float16",
+        )
+        finding = next(f for f in analyze(tmp_path / folder).findings if f.rule == "nonfinite-origin")
+        assert finding.evidence["family"] == "overflow-half"
