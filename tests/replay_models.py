@@ -237,3 +237,25 @@ def tiny_gpt2() -> nn.Module:
 def gpt2_fp16_loss(model: nn.Module, batch: Any) -> torch.Tensor:
     with torch.autocast("cpu", dtype=torch.float16):
         return model(**batch).loss
+
+
+class RandomGate(nn.Module):
+    """Once in a while (a 1-in-10 draw) the gate divides by zero: a failure that depends on the
+    random numbers the step drew."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        closed = (torch.rand(()) < 0.1).float()
+        return h / (1.0 - closed)
+
+
+class GatedNet(PlainNet):
+    def __init__(self, width: int = 16):
+        super().__init__(width)
+        self.gate = RandomGate()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.mid(self.gate(torch.tanh(self.inp(x))))))
+
+
+def gated_net() -> nn.Module:
+    return GatedNet()

@@ -418,3 +418,26 @@ def test_transformers_gpt2_attention_overflow_in_both_modes(tmp_path):
         )
         finding = next(f for f in analyze(tmp_path / folder).findings if f.rule == "nonfinite-origin")
         assert finding.evidence["family"] == "overflow-half"
+
+
+def test_a_failure_that_hangs_on_a_random_draw_is_not_reproduced_and_says_why(tmp_path):
+    """GatedNet divides by zero when a 1-in-10 draw lands; the snapshot's RNG state is the one after
+    the failing forward, so the replay draws anew (with seed 1: finite). Offline, a run recorded on
+    another device also says so."""
+    torch.manual_seed(1)
+    rm.train(tmp_path, rm.gated_net(), rm.data(30), rm.mse, lr=0.05, replay=rm.mse)
+    origin = _origin(tmp_path)
+    assert origin["reproduced"] is False and origin["causes"] == ["non-determinism"]
+    assert origin["replay"]["random_ops"] == ["rand"] and "rand" in origin["reason"]
+
+    meta_path = tmp_path / "rank0" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "device": "cuda:0"}))
+    result = _replay(
+        tmp_path, "--model", f"{HELPERS}:gated_net", "--loss", f"{HELPERS}:mse", "-o", str(tmp_path / "o.json")
+    )
+    assert result.exit_code == 0, result.output
+    offline = json.loads((tmp_path / "o.json").read_text())
+    assert offline["reproduced"] is False
+    assert offline["causes"] == ["different-device", "non-determinism"]
+    assert "recorded on cuda:0, replayed on cpu" in offline["reason"]
