@@ -441,3 +441,41 @@ def test_a_failure_that_hangs_on_a_random_draw_is_not_reproduced_and_says_why(tm
     assert offline["reproduced"] is False
     assert offline["causes"] == ["different-device", "non-determinism"]
     assert "recorded on cuda:0, replayed on cpu" in offline["reason"]
+
+
+class _NanGradient(torch.autograd.Function):
+    """A custom op (as fused kernels are written) whose backward returns NaN; torch's function
+    mode does not see `Function.apply`, so only the module hooks can place it."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad * float("nan")
+
+
+class _Fused(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _NanGradient.apply(x) + 1
+
+
+class _FusedNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = torch.nn.Linear(8, 8)
+        self.fused = _Fused()
+        self.head = torch.nn.Linear(8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.fused(self.inp(x))).mean()
+
+
+def test_a_custom_autograd_function_is_placed_in_its_module(tmp_path):
+    torch.manual_seed(0)
+    rm.train(tmp_path, _FusedNet(), [x for x, _ in rm.data(2)], lambda m, b: m(b), lr=0.1, replay=lambda m, b: m(b))
+    origin = _origin(tmp_path)
+    assert (origin["phase"], origin["module"], origin["backward_op"]) == ("backward", "fused", "_NanGradientBackward")
+    assert origin["op"] == "_NanGradient"
+    assert "_NanGradientBackward" in origin["replay"]["anomaly"]

@@ -132,6 +132,19 @@ def origin_finding(origin: dict[str, Any], rank: int | None) -> Finding:
             suggestion="Replay where the run was recorded (same device and dtype), with the loss function the training "
             "loop used (--loss), and capture the batch with rec.observe_batch(batch).",
         )
+    if origin.get("phase") is None:
+        return Finding(
+            "nonfinite-origin",
+            "error",
+            f"replay of step {step} reproduced the non-finite value but could not place it",
+            "The replayed step produced NaN/Inf, but in no op or backward node the replay could see "
+            f"(anomaly mode said: {origin.get('anomaly') or 'nothing'}).",
+            step=step,
+            rank=rank,
+            evidence={"replay": origin.get("mode"), "anomaly": origin.get("anomaly")},
+            suggestion="Ops outside torch's Python API (C++ extensions called outside any module) are invisible to "
+            "the replay; wrap them in a module, or look at origin.json's replay section.",
+        )
     family = op_family(origin)
     module = origin.get("module")
     where = (

@@ -7,6 +7,9 @@ stats.py), and the rows are copied to the host once, after the step (`host_rows`
 
 from __future__ import annotations
 
+import functools
+import re
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,7 +55,7 @@ class Watch:
         self.module_names = {id(m): name for name, m in self.model.named_modules()}
         self.param_names = {id(p): name for name, p in self.model.named_parameters()}
         self.buffer_names = {id(b): name for name, b in self.model.named_buffers()}
-        self.stack: list[str] = []
+        self.stack: list[tuple[str, int]] = []  # (module name, autograd clock when it was entered)
         self.busy = False  # our own statistics ops must not be watched
         self.settled = False  # a forward NaN was seen: later calls are only mapped, not measured
         self.first_gradient: Gradient | None = None
@@ -61,6 +64,7 @@ class Watch:
         self.handles: list[Any] = []
         self.mode = _Mode(self)
         self.active = ExitStack()
+        self._tick = torch.zeros((), requires_grad=True)
 
     # --- forward -------------------------------------------------------------------------
 
@@ -77,19 +81,44 @@ class Watch:
             handle.remove()
         self.handles = []
 
+    def clock(self) -> int:
+        """Autograd's node counter now: nodes created later have a larger sequence number."""
+        if not torch.is_grad_enabled():
+            return -1
+        return int((self._tick * 1).grad_fn._sequence_nr())  # type: ignore[union-attr]
+
+    @property
+    def module(self) -> str | None:
+        return self.stack[-1][0] if self.stack else None
+
     def _enter_module(self, module: torch.nn.Module, _args: Any) -> None:
-        self.stack.append(self.module_names.get(id(module), type(module).__name__))
+        self.busy = True
+        try:
+            self.stack.append((self.module_names.get(id(module), type(module).__name__), self.clock()))
+        finally:
+            self.busy = False
 
     def _leave_module(self, module: torch.nn.Module, _args: Any, output: Any) -> None:
-        name = self.stack.pop() if self.stack else self.module_names.get(id(module), "")
+        name, entered = self.stack.pop() if self.stack else (self.module_names.get(id(module), ""), -1)
         self.busy = True
         try:
             outs = [t for t in flat_tensors(output) if is_float(t)][:MAX_TENSORS]
             if outs:
                 flags = torch.stack([(~torch.isfinite(t.detach())).any() for t in outs]).any()
                 self.module_outputs.append((name, flags))
+            # Nodes made inside this module by code the mode does not see (custom autograd
+            # Functions, C++ extensions) belong to this module.
+            for t in flat_tensors(output):
+                if isinstance(t, torch.Tensor) and t.grad_fn is not None:
+                    self._adopt(t.grad_fn, entered, functools.partial(self._unseen_call, module=name))
         finally:
             self.busy = False
+
+    def _unseen_call(self, node: Any, module: str) -> int:
+        """A call for a backward node whose forward op was not seen: named after the node."""
+        op = re.sub(r"Backward\d*$", "", node.name()) or node.name()
+        self.calls.append(Call(index=len(self.calls), op=op, module=module, inputs=[], output_dtypes=[]))
+        return len(self.calls) - 1
 
     def describe(self, tensor: torch.Tensor) -> str:
         if id(tensor) in self.param_names:
@@ -113,7 +142,9 @@ class Watch:
             self._weights[id(tensor)] = stats_row(tensor)
         return self._weights[id(tensor)]
 
-    def record(self, func: Any, ins: list[torch.Tensor], input_rows: torch.Tensor | None, out: Any) -> None:
+    def record(
+        self, func: Any, ins: list[torch.Tensor], input_rows: torch.Tensor | None, out: Any, started: int
+    ) -> None:
         outs = [t for t in flat_tensors(out) if isinstance(t, torch.Tensor)]
         if not outs:
             return
@@ -121,7 +152,7 @@ class Watch:
         call = Call(
             index=len(self.calls),
             op=op_name(func),
-            module=self.stack[-1] if self.stack else None,
+            module=self.module,
             inputs=[(self.describe(t), list(t.shape), str(t.dtype).removeprefix("torch.")) for t in ins],
             output_dtypes=[str(t.dtype).removeprefix("torch.") for t in float_outs],
             input_rows=input_rows,
@@ -132,18 +163,24 @@ class Watch:
         self.calls.append(call)
         for t in outs:
             if t.grad_fn is not None:
-                self._adopt(t.grad_fn, call.index)
+                self._adopt(t.grad_fn, started, lambda _node: call.index)
 
-    def _adopt(self, root: Any, index: int) -> None:
-        """Give this call every backward node it created (composite functions make several),
-        and hook each so that backward reports the gradients it computes."""
-        pending = [root]
+    def _adopt(self, root: Any, since: int, owner: Callable[[Any], int]) -> None:
+        """Give the nodes created since autograd clock `since` (a composite function makes
+        several) to the call `owner(node)` returns, and hook each so that backward reports the
+        gradients it computes. Older nodes are left to whoever made them."""
+        pending, visited = [root], set()
         while pending:
             node = pending.pop()
-            if node is None or id(node) in self.nodes or type(node).__name__ == "AccumulateGrad":
+            if node is None or id(node) in visited or type(node).__name__ == "AccumulateGrad":
                 continue
-            self.nodes[id(node)] = (node, index)
-            node.register_hook(self._gradient_hook(node.name(), index))
+            visited.add(id(node))
+            if node._sequence_nr() <= since:
+                continue
+            if id(node) not in self.nodes:
+                index = owner(node)
+                self.nodes[id(node)] = (node, index)
+                node.register_hook(self._gradient_hook(node.name(), index))
             pending.extend(next_node for next_node, _ in node.next_functions)
 
     # --- backward ------------------------------------------------------------------------
@@ -179,12 +216,13 @@ class _Mode(TorchFunctionMode):
         watch.busy = True
         try:
             ins, rows = watch.inputs(args, kwargs)
+            started = watch.clock()
         finally:
             watch.busy = False
         out = func(*args, **kwargs)
         watch.busy = True
         try:
-            watch.record(func, ins, rows, out)
+            watch.record(func, ins, rows, out, started)
         finally:
             watch.busy = False
         return out
