@@ -479,3 +479,13 @@ def test_a_custom_autograd_function_is_placed_in_its_module(tmp_path):
     assert (origin["phase"], origin["module"], origin["backward_op"]) == ("backward", "fused", "_NanGradientBackward")
     assert origin["op"] == "_NanGradient"
     assert "_NanGradientBackward" in origin["replay"]["anomaly"]
+
+
+def test_without_torch_the_command_says_what_to_install(tmp_path, monkeypatch, log_run):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    result = _replay(log_run, "--model", f"{HELPERS}:log_net")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "tracemortem: error: replay needs torch: pip install 'tracemortem[record]'"
