@@ -293,5 +293,45 @@ def diff(baseline: str, candidate: str, fmt: str, top: int, sets, redact: bool, 
     _run(debug, body)
 
 
+@main.command()
+@click.argument("run", type=click.Path(path_type=str))
+@click.option(
+    "--model",
+    "model_spec",
+    required=True,
+    metavar="MODULE:FACTORY",
+    help="Builds the model: a .py path or a module name on sys.path, then a function taking no arguments.",
+)
+@click.option(
+    "--loss",
+    "loss_spec",
+    default=None,
+    metavar="MODULE:FUNCTION",
+    help="fn(model, batch) -> loss. Default: the model's output if scalar, else its .loss.",
+)
+@click.option("--rank", type=click.IntRange(min=0), default=None, help="Rank whose snapshot to replay.")
+@click.option("--device", type=click.Choice(("cpu", "cuda")), default=None, help="Default: where it was recorded.")
+@click.option("-o", "--output", default=None, help="Write origin.json here instead of into the snapshot folder.")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+def replay(
+    run: str,
+    model_spec: str,
+    loss_spec: str | None,
+    rank: int | None,
+    device: str | None,
+    output: str | None,
+    debug: bool,
+) -> None:
+    """Re-run RUN's failing step from its snapshot and name the module and op where the first
+    NaN/Inf was born (runs the code named by --model and --loss; see docs/replay.md)."""
+
+    def body() -> int:
+        from .replay.command import run_replay
+
+        return run_replay(run, model_spec, loss_spec, rank, device, output)
+
+    _run(debug, body)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -20,6 +20,10 @@ HEALTH_RULES = (
     "amp-overflow",
     "zero-gradient",
     "grad-clipping",
+    "nonfinite-origin",
+    "dead-activation",
+    "saturated-activation",
+    "activation-growth",
 )
 PERF_RULES = (
     "slow-op",

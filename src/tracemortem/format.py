@@ -34,6 +34,9 @@ CHECKPOINTS = "checkpoints"
 HEALTH = "health.parquet"  # inside checkpoints/
 SNAPSHOT = "snapshot"
 SNAPSHOT_INFO = "info.json"
+SNAPSHOT_ORIGIN = "origin.json"  # written by a replay (docs/replay.md)
+ACTS = "acts"  # activation statistics, with Recorder(activations=N)
+ACTS_MODULES = "modules.json"  # inside acts/: module_id -> name, class
 
 STATUS_RUNNING = "running"
 STATUS_CLOSED = "closed"
@@ -84,6 +87,18 @@ HEALTH_SCHEMA = pa.schema(
         ("weight_norm", pa.float32()),
         ("weight_absmax", pa.float32()),
         ("nonfinite", pa.int64()),
+    ]
+)
+# One row per (recorded step, module): statistics of the module's output (Recorder(activations=N)).
+ACTS_SCHEMA = pa.schema(
+    [
+        ("step", pa.int64()),
+        ("module_id", pa.int32()),
+        ("rms", pa.float32()),
+        ("absmax", pa.float32()),
+        ("zero_fraction", pa.float32()),
+        ("nonfinite", pa.int64()),
+        ("saturation", pa.float32()),
     ]
 )
 # Float columns whose bytes compress better split by byte position (Parquet BYTE_STREAM_SPLIT).
@@ -150,6 +165,10 @@ class RankPaths:
     @property
     def snapshot(self) -> Path:
         return self.root / SNAPSHOT
+
+    @property
+    def acts(self) -> Path:
+        return self.root / ACTS
 
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"step-{int(step):08d}.pt"

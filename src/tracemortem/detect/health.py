@@ -12,9 +12,11 @@ from __future__ import annotations
 from ..config import Config
 from ..findings import Finding
 from ..load.run import RunData
+from . import health_activations as activations
 from . import health_clipping as clipping
 from . import health_magnitude as magnitude
 from . import health_numeric as numeric
+from .health_origin import nonfinite_origin
 from .health_series import compute
 from .health_zero import zero_gradient
 
@@ -29,6 +31,10 @@ RULES = (
     magnitude.loss_spike,
     zero_gradient,
     clipping.grad_clipping,
+    nonfinite_origin,
+    activations.dead_activation,
+    activations.saturated_activation,
+    activations.activation_growth,
 )
 
 

@@ -78,7 +78,10 @@ def _recovery_hint(run: RunData, last_ok: int | None) -> tuple[dict[str, Any], s
         pre_update = (snap.get("info") or {}).get("pre_update") is True
         evidence["snapshot_pre_update"] = pre_update
         if pre_update:
-            parts.append(f"replay the failing step from the snapshot in {snap['path']}")
+            parts.append(
+                f"replay the failing step from the snapshot in {snap['path']} "
+                "(tracemortem replay RUN --model MODULE:FACTORY names the module where the NaN was born)"
+            )
         else:  # written after the loop's own update: replaying it would start from the bad weights
             parts.append(
                 f"the snapshot in {snap['path']} is not the state before the bad update, so do not replay from it"

@@ -21,7 +21,9 @@ from ..findings import Finding
 from ..limits import MAX_GRADS_ROWS, MAX_PARAMETERS, MAX_STEPS_ROWS
 from ..progress import Progress, silent
 from ..scalars import optional_int
+from .acts import empty_acts, read_acts
 from .discover import Inputs
+from .origin import MalformedOrigin, clean_origin
 
 
 def _polars_schema(schema: pa.Schema) -> dict[str, pl.DataType]:
@@ -54,6 +56,7 @@ class RunData:
     notes: list[Finding] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
     grad_ranks: list[int] = field(default_factory=list)  # ranks whose grads were read
+    acts: pl.DataFrame = field(default_factory=empty_acts)  # activation statistics (load/acts.py)
 
     def rank_summary(self) -> list[dict[str, Any]]:
         """Per rank: how many steps it recorded and its median step time."""
@@ -287,7 +290,16 @@ def _snapshot(rank_dir: Path, rank: int, notes: list[Finding], root: Path) -> di
     if not folder.is_dir():
         return None
     info = _read_optional_json(folder / fmt.SNAPSHOT_INFO, "snapshot info.json", notes, rank, root) or {}
-    return {"rank": rank, "path": str(folder), "step": _as_int(info.get("step")), "info": info}
+    snapshot = {"rank": rank, "path": str(folder), "step": _as_int(info.get("step")), "info": info}
+    raw_origin = _read_optional_json(folder / fmt.SNAPSHOT_ORIGIN, "replay origin.json", notes, rank, root)
+    if raw_origin is not None:
+        try:
+            snapshot["origin"] = clean_origin(raw_origin)
+        except MalformedOrigin as exc:
+            notes.append(
+                _note("warning", "malformed replay origin.json", f"{folder / fmt.SNAPSHOT_ORIGIN}: {exc}", rank=rank)
+            )
+    return snapshot
 
 
 def _read_health(path: Path, rank: int, notes: list[Finding], root: Path) -> pl.DataFrame | None:
@@ -326,6 +338,7 @@ def load_run(inputs: Inputs, progress: Progress = silent) -> RunData:
     checkpoints: list[dict[str, Any]] = []
     snapshots: list[dict[str, Any]] = []
     rows: dict[str, int] = {}
+    acts_frames: list[pl.DataFrame] = []
     for rank, rank_dir in sorted(inputs.rank_dirs.items()):
         progress(f"reading rank {rank}")
         paths = fmt.RankPaths(rank_dir)
@@ -347,6 +360,9 @@ def load_run(inputs: Inputs, progress: Progress = silent) -> RunData:
             if (health := _read_health(paths.health, rank, notes, root)) is not None:
                 health_frames.append(health)
             checkpoints += _checkpoints(rank_dir, rank)
+            if acts_paths := _chunks(paths.acts, fmt.ACTS_SCHEMA, "acts", rank, notes, root, rows):
+                modules = _read_optional_json(paths.acts / fmt.ACTS_MODULES, "acts modules.json", notes, rank, root)
+                acts_frames.append(read_acts(acts_paths, modules, rank))
             if (snap := _snapshot(rank_dir, rank, notes, root)) is not None:
                 snapshots.append(snap)
         except OSError as exc:  # a rank folder (or a file in it) without permission: the other ranks count
@@ -381,7 +397,8 @@ def load_run(inputs: Inputs, progress: Progress = silent) -> RunData:
     params = _params_frame(metas)
     notes += _too_many_params(metas)
 
-    run = RunData(root, manifest, metas, steps, grads, params, health, notes, grad_ranks=grad_ranks)
+    acts = pl.concat(acts_frames) if acts_frames else empty_acts()
+    run = RunData(root, manifest, metas, steps, grads, params, health, notes, grad_ranks=grad_ranks, acts=acts)
     run.facts = _facts(run, inputs, checkpoints, snapshots, bool(grad_frames))
     return run
 

@@ -24,7 +24,9 @@ import torch
 
 from .. import __version__
 from .. import format as fmt
+from ..replay.inprocess import replay_in_process
 from . import clipping
+from .activations import ActivationStats
 from .backward_end import BackwardEnd
 from .checkpoints import Checkpointer
 from .gradstats import GradBatch, GradStats, ParamTable, merge
@@ -64,6 +66,8 @@ class Recorder:
         flush_seconds: float | None = 30.0,
         max_queue: int = 4096,
         start_step: int = 0,
+        replay: Any = None,
+        activations: int | None = None,
     ):
         # One optimizer, several (a list), a framework's wrapper of one, or None.
         given = list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
@@ -74,6 +78,7 @@ class Recorder:
         self.update_every = int(update_every) if update_every else 0
         self.checkpoint_every = int(checkpoint_every) if checkpoint_every else None
         self.guard = bool(snapshot_on_nonfinite)
+        self.replay = replay  # fn(model, batch) -> loss: re-run the first non-finite step (docs/replay.md)
         self.schedule = resolve_schedule(profile)
         self.config = dict(config or {})
         self.rank, self.world_size = discover_rank()
@@ -127,6 +132,8 @@ class Recorder:
             "flush_every": flush_every,
             "flush_seconds": flush_seconds,
             "max_queue": max_queue,
+            "replay": getattr(replay, "__qualname__", None) if replay is not None else None,
+            "activations": int(activations) if activations else None,
         }
 
         try:
@@ -148,6 +155,14 @@ class Recorder:
         )
         self.checkpointer = Checkpointer(self.rank_paths, self.table, keep_checkpoints)
         self._guarded("grads", self._install_hooks)
+        self.acts = None
+        if activations:
+            self.acts = self._guarded(
+                "activations",
+                lambda: ActivationStats(
+                    model, activations, self.rank_paths.acts, self.start_step, lambda e: self._fail("activations", e)
+                ),
+            )
         self._write_status()
         self.writer.start()
         if self.schedule is not None:
@@ -202,6 +217,8 @@ class Recorder:
             self._remove_taps()
             if self._prof is not None:
                 self._guarded("profiler", self._prof.stop)
+            if self.acts is not None:
+                self._guarded("activations", self.acts.close)
             self.writer.stop(timeout=60.0)
             self._write_status(ended=_now())
             atexit.unregister(self.close)
@@ -400,6 +417,8 @@ class Recorder:
             self.writer.request_status()  # backward order is known now
         if self._prof is not None:
             self._guarded("profiler", self._prof.step)
+        if self.acts is not None:
+            self._guarded("activations", lambda: self.acts.end_step(step))
         if self.checkpoint_every and (step + 1) % self.checkpoint_every == 0:
             self._guarded("checkpoints", lambda: self._save_checkpoint(step))
 
@@ -497,6 +516,14 @@ class Recorder:
 
         self._snapshot_step = self._step  # once per run, even if writing it fails
         self._guarded("snapshot", write)
+        if self.replay is not None and "snapshot" not in self._disabled:
+            step, folder, batch = self._step, self.rank_paths.snapshot, self._batch
+            self._guarded(
+                "replay",
+                lambda: replay_in_process(
+                    self.model, batch, self.replay, folder, step=step, rank=self.rank, device=self.device
+                ),
+            )
 
     def _optimizer_objects(self) -> list[Any]:
         """What holds each optimizer's state: the torch optimizer found inside a wrapper."""

@@ -47,6 +47,7 @@ class Chart:
 # Which chart shows the evidence of each rule.
 RULE_CHART = {
     "nonfinite-gradient": "chart-grad-norm",
+    "nonfinite-origin": "chart-grad-heatmap",
     "exploding-gradient": "chart-grad-norm",
     "amp-overflow": "chart-grad-norm",
     "zero-gradient": "chart-grad-norm",
