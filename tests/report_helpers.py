@@ -314,7 +314,7 @@ class Visit:
         self.page.goto(self.url, wait_until="load")
         if javascript:
             self.page.wait_for_function(
-                "[...document.querySelectorAll('[data-figure]')].every(d => d.querySelector('.main-svg'))"
+                "[...document.querySelectorAll('[data-figure]')].every(d => d.querySelector('svg.tm-chart'))"
             )
 
     def _route(self, route):

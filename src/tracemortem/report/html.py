@@ -1,9 +1,9 @@
 """The single-file HTML report (DESIGN §7): findings and tables rendered on the server so they
-read with JavaScript off; charts drawn by the inlined plotly.js from one JSON block."""
+read with JavaScript off; charts drawn by the report's own small script (templates/report.js)
+from one JSON block."""
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from markupsafe import Markup
@@ -15,13 +15,6 @@ from .facts import evidence, ops_table, rank_table, recorder_settings, run_facts
 
 if TYPE_CHECKING:
     from ..analysis import Analysis
-
-
-@lru_cache(maxsize=1)
-def _plotly_js() -> str:
-    from plotly.offline import get_plotlyjs
-
-    return get_plotlyjs()
 
 
 class HtmlReport:
@@ -55,8 +48,7 @@ class HtmlReport:
             kernels=ops_table(analysis.kernels),
             ranks=rank_table(analysis.run),
             css=Markup(asset("report.css")),
-            # Both are trusted code from this package; `<` never occurs in a way that ends the block.
+            # Trusted code from this package; `</script` never occurs in it.
             script=Markup(asset("report.js")),
-            plotly_js=Markup(_plotly_js()),
             data=Markup(script_json(payload)),
         )
