@@ -26,21 +26,20 @@ def analysis():
 def test_markdown_is_a_short_ticket_body_with_the_findings(analysis):
     md = report.render(analysis, "md")
     lines = md.splitlines()
-    assert len(lines) <= 60
-    rows = [
-        line
-        for line in lines
-        if line.startswith("| error") or line.startswith("| warning") or line.startswith("| info")
+    assert len(lines) <= 80
+    assert lines[2].startswith("**Verdict:** Gradients became NaN/Inf at step 70 in layers.0.weight")
+    heads = [line for line in lines if re.match(r"\*\*\d+\. ", line)]
+    assert [re.search(r"`([\w-]+)`", h).group(1) for h in heads] == [
+        "nonfinite-gradient",
+        "slow-step",
+        "exploding-gradient",
+        "dead-parameter",
+        "slow-op",
     ]
-    assert [r.split("|")[2].strip() for r in rows] == [
-        "`nonfinite-gradient`",
-        "`slow-step`",
-        "`exploding-gradient`",
-        "`dead-parameter`",
-        "`slow-op`",
-    ]
-    assert f"| {NAN_STEP} | 0 | layers.0.weight |" in rows[0]
-    assert f"| {SLOW_STEP} |" in rows[1] and f"| {SPIKE_STEP} |" in rows[2]
+    assert heads[0].startswith(f"**1. Error · `nonfinite-gradient` · step {NAN_STEP} · rank 0 · layers.0.weight**")
+    # each finding carries its message, evidence and what to try
+    assert md.count("- What to try: ") == 5 and md.count("- Evidence: ") == 5
+    assert "- What to try: Clip gradients." in md
     assert "**Findings:** 1 error, 3 warning, 1 info" in md
     assert "- **Steps:** 0 – 99 (100 steps)" in md
     assert (
@@ -49,12 +48,17 @@ def test_markdown_is_a_short_ticket_body_with_the_findings(analysis):
     )
 
 
+def test_markdown_stays_within_80_lines_with_many_findings():
+    a = make_analysis()
+    many = [dataclasses.replace(a.findings[i % len(a.findings)], step=i) for i in range(40)]
+    md = report.render(dataclasses.replace(a, findings=many), "md")
+    assert len(md.splitlines()) <= 80 and "…and 32 more findings" in md
+
+
 def test_markdown_escapes_names_so_tables_and_markup_hold(analysis):
     md = report.render(make_analysis(names=[HOSTILE + str(i) for i in range(4)], op_names=[HOSTILE]), "md")
-    for line in md.splitlines():
-        if line.startswith("| error"):
-            cells = re.split(r"(?<!\\)\|", line)
-            assert len(cells) == 8  # 6 columns: the `|` in the name did not add one
+    widths = [len(re.split(r"(?<!\\)\|", line)) for line in md.splitlines() if line.startswith("|")]
+    assert widths and widths[0] == 12 and set(widths) <= {12, 11}  # a `|` in a name never adds a column
     assert "<img" not in md and "</script>" not in md
     assert "&lt;img src=x onerror=" in md
     assert "\\|\\`\\*\\_" in md
@@ -215,8 +219,8 @@ def test_a_recorded_run_reports_its_nan_step_in_every_format(tmp_path):
     assert (first["rule"], first["step"], first["severity"]) == ("nonfinite-gradient", 45, "error")
     assert doc["run"]["steps"] == {"first": 0, "last": 59, "count": 60}
     md = report.render(analysis, "md")
-    assert "| error | `nonfinite-gradient` | 45 | 0 |" in md and "| error | `nonfinite-loss` | 45 |" in md
-    assert len(md.splitlines()) <= 60
+    assert "**1. Error · `nonfinite-gradient` · step 45" in md and "`nonfinite-loss` · step 45" in md
+    assert len(md.splitlines()) <= 80
     html = report.render(analysis, "html")
     assert HOSTILE_MODULE not in html and "&lt;/script&gt;&lt;img src=x onerror=__pwned=1&gt;" in html
     assert "taken at step 45" in html

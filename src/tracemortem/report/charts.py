@@ -301,9 +301,12 @@ def grad_heatmap(
     cells = cells.filter(pl.col("param_id").is_in(list(row_of))).with_columns(
         pl.col("param_id").replace_strict(row_of, return_dtype=pl.Int64).alias("row")
     )
-    positive = cells.filter(pl.col("norm") > 0)["norm"].log10()
-    lo = math.floor(positive.min() * 100) / 100 if positive.len() else 0.0
-    hi = math.ceil(positive.max() * 100) / 100 if positive.len() else 1.0
+    positive = cells.filter(pl.col("norm") > 0).select(
+        pl.col("norm").log10().min().alias("lo"), pl.col("norm").log10().max().alias("hi")
+    )
+    low, high = positive.row(0)
+    lo = math.floor(low * 100) / 100 if low is not None else 0.0
+    hi = math.ceil(high * 100) / 100 if high is not None else 1.0
     hi = max(hi, lo + 0.01)
     # A non-finite gradient anywhere in a cell marks the whole cell: it must never hide behind a
     # finite maximum of the other steps binned with it.

@@ -80,10 +80,6 @@ def severity_counts(findings: list[Finding]) -> dict[str, int]:
     return {s: sum(f.severity == s for f in findings) for s in SEVERITIES}
 
 
-def evidence(finding: Finding) -> list[tuple[str, str]]:
-    return [(key, _text(value)) for key, value in sorted(finding.evidence.items())]
-
-
 def rank_table(run: RunFacts) -> Table:
     ranks = run.ranks
     gpu_keys = [k for k in ("compute_us", "non_compute_us", "idle_us") if any(k in (r.gpu or {}) for r in ranks)]

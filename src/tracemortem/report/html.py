@@ -11,7 +11,9 @@ from markupsafe import Markup
 from .. import __version__
 from . import charts as charts_mod
 from .common import SEVERITY_LABEL, asset, environment, script_json
-from .facts import evidence, ops_table, rank_table, recorder_settings, run_facts, severity_counts
+from .evidence import evidence_items
+from .facts import ops_table, rank_table, recorder_settings, run_facts, severity_counts
+from .verdict import report_verdict
 
 if TYPE_CHECKING:
     from ..analysis import Analysis
@@ -28,7 +30,7 @@ class HtmlReport:
                 "f": f,
                 "anchor": f"finding-{i + 1}",
                 "chart": charts_mod.RULE_CHART.get(f.rule) if charts_mod.RULE_CHART.get(f.rule) in shown else None,
-                "evidence": evidence(f),
+                "evidence": evidence_items(f),
             }
             for i, f in enumerate(analysis.findings)
         ]
@@ -37,6 +39,7 @@ class HtmlReport:
         return template.render(
             version=__version__,
             run=analysis.run,
+            verdict=report_verdict(analysis),
             facts=run_facts(analysis.run),
             settings=recorder_settings(analysis.run),
             counts=severity_counts(analysis.findings),

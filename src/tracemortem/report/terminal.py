@@ -6,7 +6,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .common import SEVERITY_LABEL, Table, environment, term_clean
-from .facts import evidence, ops_table, run_facts, severity_counts
+from .evidence import brief, evidence_items
+from .facts import ops_table, run_facts, severity_counts
+from .verdict import report_verdict
 
 if TYPE_CHECKING:
     from ..analysis import Analysis
@@ -35,10 +37,11 @@ class TextSummary:
     def render(self, analysis: Analysis) -> str:
         template = environment(autoescape=False).get_template("summary.txt.j2")
         return template.render(
+            verdict=report_verdict(analysis),
             facts=run_facts(analysis.run),
             counts=severity_counts(analysis.findings),
             label=SEVERITY_LABEL,
-            findings=[(f, evidence(f)) for f in analysis.findings],
+            findings=[(f, brief(evidence_items(f), limit=8)) for f in analysis.findings],
         )
 
 
