@@ -12,7 +12,7 @@ import re
 import polars as pl
 import pytest
 
-from report_helpers import HOSTILE, NAN_STEP, SLOW_STEP, SPIKE_STEP, make_analysis, norm_of
+from report_helpers import HOSTILE, NAN_STEP, SPIKE_STEP, make_analysis, norm_of
 from tracemortem import report
 from tracemortem.report import charts
 from tracemortem.report.common import script_json
