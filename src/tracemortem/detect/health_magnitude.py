@@ -12,6 +12,7 @@ import polars as pl
 from ..config import Config, threshold
 from ..findings import Finding
 from ..load.run import RunData
+from ..scalars import as_float, as_int, optional_float, optional_int
 from .health_series import STREAMING, HealthSeries, finite, ratio_expr
 
 # --- thresholds -----------------------------------------------------------------------------
@@ -179,7 +180,7 @@ def grad_spikes(series: HealthSeries, config: Config) -> pl.DataFrame:
     frame = series.healthy.select("step", "grad_norm").with_row_index("i")
     if frame.height == 0:
         return frame.with_columns(pl.lit(False).alias(c) for c in ("sigma", "early", "growth", "spike"))
-    early_max = frame.head(early_n)["grad_norm"].max()
+    early_max = as_float(frame.head(early_n)["grad_norm"].max())
     return (
         frame.with_columns(
             g.rolling_mean(window, min_samples=history).shift(1).alias("mean"),
@@ -224,7 +225,7 @@ def _leaders(run: RunData, step: int, n: int) -> list[dict[str, Any]]:
     ]
 
 
-def _spike_reason(row: dict, config: Config) -> str:
+def _spike_reason(row: dict[str, Any], config: Config) -> str:
     """Say which test flagged the first spike, with the numbers that test used."""
     if row["sigma"]:
         return (
@@ -244,7 +245,7 @@ def exploding_gradient(run: RunData, series: HealthSeries, config: Config) -> li
     step = first["step"]
     episodes = spikes.select((pl.col("i").diff().fill_null(2) > 1).sum()).item()
     bad = series.per_step.filter(~pl.col("skipped") & (pl.col("grad_bad") | ~pl.col("loss_finite")))
-    nonfinite_after = bad.filter(pl.col("step") >= step)["step"].min() if bad.height else None
+    nonfinite_after = optional_int(bad.filter(pl.col("step") >= step)["step"].min()) if bad.height else None
     leads_to_nan = nonfinite_after is not None and nonfinite_after - step <= config[HORIZON]
     severe = bool(spikes["early"].any() or spikes["growth"].any() or leads_to_nan)
     peak = spikes.sort("grad_norm", descending=True).row(0, named=True)
@@ -290,8 +291,9 @@ def exploding_gradient(run: RunData, series: HealthSeries, config: Config) -> li
 def _grad_every(run: RunData) -> int:
     for meta in run.metas.values():
         for holder in (meta, meta.get("recorder") or {}, meta.get("settings") or {}):
-            if isinstance(holder, dict) and isinstance(holder.get("grad_every"), int) and holder["grad_every"] > 0:
-                return holder["grad_every"]
+            every = holder.get("grad_every") if isinstance(holder, dict) else None
+            if isinstance(every, int) and every > 0:
+                return every
     return 1
 
 
@@ -300,8 +302,8 @@ def vanishing_gradient(run: RunData, series: HealthSeries, config: Config) -> li
     healthy = series.healthy["step"]
     if healthy.len() < window:
         return []
-    lo = healthy.tail(window * _grad_every(run)).min()
-    hi = healthy.max()
+    lo = optional_int(healthy.tail(window * _grad_every(run)).min())
+    hi = optional_int(healthy.max())
     params = run.params.filter(pl.col("numel") > 0).select("param_id", "name", "order", "numel")
     rms = pl.col("norm").cast(pl.Float64) / pl.col("numel").cast(pl.Float64).sqrt()
     per = (
@@ -316,8 +318,8 @@ def vanishing_gradient(run: RunData, series: HealthSeries, config: Config) -> li
     )
     if per.height < 2:
         return []
-    need = min(window, per["n"].max())
-    median = per["rms"].median()
+    need = min(window, as_int(per["n"].max()))
+    median = optional_float(per["rms"].median())
     low = per.filter(
         (pl.col("n") >= need)
         & (pl.col("max_rms") < config[VANISH_FLOOR])
@@ -327,8 +329,8 @@ def vanishing_gradient(run: RunData, series: HealthSeries, config: Config) -> li
         return []
     third = max(1, per.height // 3)
     depth = {
-        "rms_input_side": _num(per.head(third)["rms"].median()),
-        "rms_output_side": _num(per.tail(third)["rms"].median()),
+        "rms_input_side": _num(optional_float(per.head(third)["rms"].median())),
+        "rms_output_side": _num(optional_float(per.tail(third)["rms"].median())),
         "rms_by_depth": [
             [r["name"], _num(r["rms"], 3)] for r in per.gather_every(max(1, per.height // 12)).iter_rows(named=True)
         ],
@@ -350,7 +352,7 @@ def vanishing_gradient(run: RunData, series: HealthSeries, config: Config) -> li
                 "params": names[:20],
                 "params_count": len(names),
                 "median_rms": _num(median),
-                "worst_rms": _num(low["rms"].min()),
+                "worst_rms": _num(optional_float(low["rms"].min())),
                 "steps": [lo, hi],
                 **depth,
             },
@@ -387,7 +389,7 @@ def dead_and_unused(run: RunData, series: HealthSeries, config: Config) -> list[
     per = series.per_param
     if "grad_steps" not in per.columns or not (per["max_norm"].fill_null(0) > 0).any():
         return []  # no gradient recorded at all: nothing to compare with
-    recorded = int(per["grad_steps"].max())
+    recorded = as_int(per["grad_steps"].max())
     # Non-finite steps (a later divergence) say nothing about whether the path is connected.
     dead = per.filter(
         (pl.col("finite_steps") >= config[DEAD_MIN_STEPS]) & (pl.col("zero_steps") == pl.col("finite_steps"))
@@ -506,7 +508,7 @@ def loss_spike(run: RunData, series: HealthSeries, config: Config) -> list[Findi
     x = pl.col("loss").log() if positive else pl.col("loss")
     window, history = int(config[LOSS_WINDOW]), int(config[LOSS_MIN_HISTORY])
     early_n = int(config[EARLY_STEPS])
-    early_max = rows.head(early_n)["loss"].max()
+    early_max = as_float(rows.head(early_n)["loss"].max())
     # Robust sigma from the window's interquartile range (IQR / 1.349 = sigma for a normal).
     q = {p: x.rolling_quantile(p, "linear", window, min_samples=history).shift(1) for p in (0.25, 0.5, 0.75)}
     spikes = (
@@ -528,7 +530,7 @@ def loss_spike(run: RunData, series: HealthSeries, config: Config) -> list[Findi
     co = [s for s in spikes["step"].to_list() if ((grad - s).abs() <= near).any()]
     first = spikes.row(0, named=True)
     severe = bool(first["i"] >= early_n and first["loss"] >= config[LOSS_EARLY_FACTOR] * early_max) or bool(
-        (spikes["loss"] >= config[LOSS_EARLY_FACTOR] * early_max).any() and spikes["i"].max() >= early_n
+        (spikes["loss"] >= config[LOSS_EARLY_FACTOR] * early_max).any() and as_int(spikes["i"].max()) >= early_n
     )
     with_grad = f"; {len(co)} coincide with a gradient-norm spike (within {near} steps)" if co else ""
     return [

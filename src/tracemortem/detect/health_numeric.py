@@ -9,6 +9,7 @@ import polars as pl
 from ..config import Config, threshold
 from ..findings import Finding
 from ..load.run import RunData
+from ..scalars import optional_int
 from .health_series import HealthSeries, bad_element
 
 NAMES_SHOWN = threshold(
@@ -43,7 +44,7 @@ def _last_healthy(series: HealthSeries, before: int) -> int | None:
     rows = series.per_step.filter(
         (pl.col("step") < before) & ~pl.col("skipped") & pl.col("loss_finite") & ~pl.col("grad_bad")
     )
-    return rows["step"].max() if rows.height else None
+    return optional_int(rows["step"].max()) if rows.height else None
 
 
 def _checkpoint_before(run: RunData, step: int | None) -> dict[str, Any] | None:
@@ -123,7 +124,7 @@ def nonfinite_loss(run: RunData, series: HealthSeries, config: Config) -> list[F
     first = bad.row(0, named=True)
     step = first["step"]
     grad_bad = series.per_step.filter(~pl.col("skipped") & pl.col("grad_bad"))
-    grads_first = grad_bad["step"].min() if grad_bad.height else None
+    grads_first = optional_int(grad_bad["step"].min()) if grad_bad.height else None
     last_ok = _last_healthy(series, step)
     evidence, hint = _recovery_hint(run, last_ok)
     evidence.update(

@@ -9,12 +9,13 @@ filter the lazy frame down to those steps first.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 import polars as pl
 
 from ..load.run import RunData
 
-STREAMING = "streaming"
+STREAMING: Final = "streaming"
 
 
 def finite(col: str | pl.Expr) -> pl.Expr:

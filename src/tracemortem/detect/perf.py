@@ -16,6 +16,7 @@ import polars as pl
 from ..config import Config, threshold
 from ..findings import Finding
 from ..load.run import RunData
+from ..scalars import as_float, as_int, optional_float
 from ..timing import Timing
 from ..timing.steps import SYNC_CALLS, SYNC_OPS
 
@@ -242,8 +243,8 @@ def _explain(timing: Timing, rank: int, step: int, normal: list[int], excess_s: 
     ]
     steps = timing.steps.filter(pl.col("rank") == rank)
     for column, label in (("total_data_loading_ns", "data loading"), ("total_host_sync_ns", "host sync")):
-        slow_v = steps.filter(pl.col("step") == step)[column].sum()
-        base_v = steps.filter(pl.col("step").is_in(normal))[column].median() or 0
+        slow_v = as_float(steps.filter(pl.col("step") == step)[column].sum())
+        base_v = optional_float(steps.filter(pl.col("step").is_in(normal))[column].median()) or 0
         extra = (slow_v - base_v) / 1e9
         if extra > 0.25 * excess_s:
             causes.append({"category": label, "extra_ms": _ms(extra), "share_of_excess": round(extra / excess_s, 3)})
@@ -543,9 +544,9 @@ def _idle_cause(timing: Timing, rank: int) -> tuple[str, str]:
             "",
             "Profile with ProfilerStep markers (torch.profiler schedule + prof.step()) to see what the idle time overlaps.",
         )
-    parts = {c: steps[c].sum() for c in ("data_loading_ns", "host_sync_ns", "other_ns")}
+    parts = {c: as_float(steps[c].sum()) for c in ("data_loading_ns", "host_sync_ns", "other_ns")}
     worst = max(parts, key=lambda c: parts[c])
-    total = steps["duration_ns"].sum()
+    total = as_float(steps["duration_ns"].sum())
     text = {
         "data_loading_ns": (
             "waiting for data loading",
@@ -654,7 +655,7 @@ def memory_growth(steps: pl.DataFrame, config: Config) -> list[Finding]:
             "fifths_bytes": [int(m) for m in mem],
         }
         if "peak" in fifths.columns and fifths["peak"].null_count() < fifths.height:
-            evidence["peak_bytes"] = int(fifths["peak"].max())
+            evidence["peak_bytes"] = as_int(fifths["peak"].max())
         findings.append(
             Finding(
                 "memory-growth",

@@ -192,37 +192,39 @@ def read_trace(
             workers.drain()  # answers left by an error must not be read as the next file's
 
 
-def _read(source: _Source, path: Path, total: int, progress, workers: Workers | None) -> RawTrace:
-    buf = b""
+def _read(
+    source: _Source, path: Path, total: int, progress: Callable[[int, int], None] | None, workers: Workers | None
+) -> RawTrace:
+    opening = b""
     # 1. The head: everything up to the opening "[" of traceEvents (or of a bare array).
     start = -1
     head = b""
     while True:
         data = source.read()
-        buf += data
-        stripped = buf.lstrip(b"\xef\xbb\xbf \t\r\n")
+        opening += data
+        stripped = opening.lstrip(b"\xef\xbb\xbf \t\r\n")
         if stripped[:1] == b"[":  # legacy autograd profiler: a bare array of events
-            start = len(buf) - len(stripped) + 1
+            start = len(opening) - len(stripped) + 1
             head = b""
             break
         if stripped and stripped[:1] != b"{":
             raise InputError(f"{path}: not a chrome trace (expected a JSON object or array)")
-        match = _TRACE_EVENTS_KEY.search(buf)
+        match = _TRACE_EVENTS_KEY.search(opening)
         if match:
-            after = buf[match.end() : match.end() + 1]
+            after = opening[match.end() : match.end() + 1]
             if after == b"[":
                 start = match.end() + 1
-                head = buf[: match.end()].removeprefix(b"\xef\xbb\xbf")  # a BOM is not JSON
+                head = opening[: match.end()].removeprefix(b"\xef\xbb\xbf")  # a BOM is not JSON
                 break
             if after:
                 raise InputError(f"{path}: traceEvents is not a list")
         if not data:
             break
     if start < 0:
-        if not buf.strip():
+        if not opening.strip():
             raise InputError(f"{path}: empty file" + (f" ({source.damaged})" if source.damaged else ""))
         try:
-            doc = _ANY.decode(buf)
+            doc = _ANY.decode(opening)
         except (msgspec.DecodeError, RecursionError):
             doc = None
         if isinstance(doc, dict):
@@ -233,7 +235,7 @@ def _read(source: _Source, path: Path, total: int, progress, workers: Workers | 
 
     # A bytearray, so chunks are cut and bracketed in place instead of copied; buf[0] is always
     # the separator byte before the next event (the "[" at first), overwritten with "[".
-    buf = bytearray(buf[start - 1 :])
+    buf = bytearray(opening[start - 1 :])
     frames: list[pl.DataFrame] = []
     trace = RawTrace(path, pl.DataFrame(), {})
     eof = False
@@ -245,7 +247,8 @@ def _read(source: _Source, path: Path, total: int, progress, workers: Workers | 
     while True:
         # Joined once per chunk: appending each read to the bytearray reallocated and copied
         # the whole chunk again and again.
-        pieces, size = [buf], len(buf)
+        pieces: list[bytes | bytearray] = [buf]
+        size = len(buf)
         while not eof and size < CHUNK_BYTES:
             data = source.read()
             if not data:
@@ -262,6 +265,7 @@ def _read(source: _Source, path: Path, total: int, progress, workers: Workers | 
             scratch = RawTrace(path, pl.DataFrame(), {})
             tail_frames: list[pl.DataFrame] = []
             tail = _decode_last(buf, scratch, tail_frames)
+            assert pool is not None  # chunks are in flight only while the pool works
             while inflight and not serial:
                 buf, serial = _collect(pool, inflight, buf, trace, frames)
             if not serial:
@@ -391,10 +395,10 @@ def _decode_prefix(buf: bytearray, trace: RawTrace, frames: list[pl.DataFrame]) 
     return None
 
 
-def _candidates(buf: bytearray) -> list[re.Match]:
+def _candidates(buf: bytearray) -> list[re.Match[bytes]]:
     """Candidate event boundaries near the end of `buf`, in order."""
     window = max(1, len(buf) - 2**18)  # hundreds of boundaries in real traces; widened when none
-    candidates: list[re.Match] = []
+    candidates: list[re.Match[bytes]] = []
     while not candidates:
         candidates = list(_BOUNDARY.finditer(buf, window))
         if window == 1:
@@ -415,6 +419,7 @@ def _decode_view(buf: bytearray, end: int, trace: RawTrace) -> pl.DataFrame | No
     """Decode buf[:end] in place. Raw fields point into the buffer, so the columns are built and
     the Structs dropped before the view is released."""
     with memoryview(buf) as view, view[:end] as text:
+        events: list[Event] | None
         try:
             events = _EVENTS.decode(text)
         except msgspec.ValidationError:
@@ -456,29 +461,29 @@ def _decode_last_events(buf: bytearray, trace: RawTrace, frames: list[pl.DataFra
         if frame is not None:
             frames.append(frame)
             return bytes(buf[match.end() :])
-    buf = bytes(buf[1:])
+    text = bytes(buf[1:])
     # Damaged text before a closing bracket whose remainder is valid: salvage up to it.
-    for n, match in enumerate(_ARRAY_CLOSE.finditer(buf)):
+    for n, match in enumerate(_ARRAY_CLOSE.finditer(text)):
         if n >= 64:
             break
-        rest = buf[match.end() :]
+        rest = text[match.end() :]
         try:
             whole = isinstance(_ANY.decode(b'{"x":[]' + rest), dict)
         except (msgspec.DecodeError, RecursionError):
             whole = False
         if whole:
-            frames.append(_columns(_salvage(buf[: match.start() + 1], trace), trace))
+            frames.append(_columns(_salvage(text[: match.start() + 1], trace), trace))
             return rest
     # No closing bracket that works: the file was cut off. Keep every complete event.
-    ends = [len(buf.rstrip())] + [
-        m.start() + 1 for m in reversed(list(_LAST_COMMA.finditer(buf, max(0, len(buf) - 2**20))))
+    ends = [len(text.rstrip())] + [
+        m.start() + 1 for m in reversed(list(_LAST_COMMA.finditer(text, max(0, len(text) - 2**20))))
     ]
     for end in ends[: _SPLIT_TRIES + 1]:
-        events = _try_decode(buf[:end], trace)
+        events = _try_decode(text[:end], trace)
         if events is not None:
             frames.append(_columns(events, trace))
             return None
-    frames.append(_columns(_salvage(buf, trace), trace))
+    frames.append(_columns(_salvage(text, trace), trace))
     return None
 
 
@@ -533,7 +538,7 @@ def _salvage(body: bytes, trace: RawTrace) -> list[Event]:
     return events
 
 
-def _strings(values: list) -> pl.Series:
+def _strings(values: list[int | str | None]) -> pl.Series:
     """pid/tid/stream: ints almost always, strings sometimes ("Spans", "stream 7"); as text.
     A trace has few distinct values, so convert those once and gather by code: per-value
     conversion of mixed int/str lists in polars costs several times more."""
@@ -542,7 +547,7 @@ def _strings(values: list) -> pl.Series:
     return text.gather(pl.Series(list(map(codes.__getitem__, values)), dtype=pl.UInt32))
 
 
-def _ints(values: list) -> pl.Series:
+def _ints(values: list[int | str | None]) -> pl.Series:
     try:
         return pl.Series(values, dtype=pl.Int64)
     except (TypeError, OverflowError, pl.exceptions.PolarsError):  # beyond int64: unusable as an id
@@ -562,7 +567,7 @@ _BATCH = 1024
 def _columns(events: list[Event], trace: RawTrace) -> pl.DataFrame:
     """One chunk of Structs → columns (all phases; the caller filters)."""
     n = len(events)
-    cols: dict[str, list] = {name: [] for name in (*_GET, *_GET_ARG)}
+    cols: dict[str, list[Any]] = {name: [] for name in (*_GET, *_GET_ARG)}
     fields = [(cols[name].extend, getter) for name, getter in _GET.items()]
     arg_fields = [(cols[name].extend, getter) for name, getter in _GET_ARG.items()]
     get_args = _GET["args"]

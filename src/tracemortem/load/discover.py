@@ -66,7 +66,7 @@ def discover(path: str | Path) -> Inputs:
     if is_run_dir(path):
         run = RunPaths(path)
         ranks = {r: run.rank(r).root for r in run.ranks()}
-        traces = {t: r for r, d in ranks.items() for t in _traces_under(d / "traces")}
+        traces: dict[Path, int | None] = {t: r for r, d in ranks.items() for t in _traces_under(d / "traces")}
         return _refuse_outside(Inputs(path, "run", run_root=path, rank_dirs=ranks, trace_files=traces))
     if is_rank_dir(path):
         rank = int(path.name[4:])

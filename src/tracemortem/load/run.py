@@ -19,11 +19,12 @@ from .. import format as fmt
 from ..errors import InputError
 from ..findings import Finding
 from ..progress import Progress, silent
+from ..scalars import optional_int
 from .discover import Inputs
 
 
 def _polars_schema(schema: pa.Schema) -> dict[str, pl.DataType]:
-    return dict(pl.from_arrow(schema.empty_table()).schema)
+    return dict(pl.DataFrame(schema.empty_table()).schema)
 
 
 GRADS_COLUMNS = _polars_schema(fmt.GRADS_SCHEMA)
@@ -121,7 +122,7 @@ def _param_rows(meta: dict[str, Any]) -> list[dict[str, Any]]:
     if not isinstance(table, list):
         return []
     backward = meta.get("backward_order")
-    rows = []
+    rows: list[dict[str, Any]] = []
     for i, entry in enumerate(table):
         if not isinstance(entry, dict):
             continue
@@ -340,7 +341,8 @@ def load_run(inputs: Inputs, progress: Progress = silent) -> RunData:
 def _recorder_losses(run: RunData) -> list[Finding]:
     """What the recorder itself says it could not keep (dropped or lost steps, its warnings), per
     rank from meta.json, else from the manifest."""
-    sources = {rank: meta for rank, meta in run.metas.items()} or {None: run.manifest or {}}
+    sources: dict[int | None, dict[str, Any]] = {rank: meta for rank, meta in run.metas.items()}
+    sources = sources or {None: run.manifest or {}}
     notes = []
     for rank, source in sorted(sources.items(), key=lambda item: -1 if item[0] is None else item[0]):
         dropped, lost = _as_int(source.get("dropped_steps")) or 0, _as_int(source.get("lost_steps")) or 0
@@ -369,10 +371,12 @@ def _facts(
     manifest = run.manifest or {}
     metas = [run.metas[r] for r in sorted(run.metas)]
     steps = run.steps
+    span: dict[str, int | None]
     if steps.is_empty():
         span = {"first": None, "last": None, "count": 0}
     else:
-        span = {"first": steps["step"].min(), "last": steps["step"].max(), "count": steps["step"].n_unique()}
+        numbers = steps["step"]
+        span = {"first": optional_int(numbers.min()), "last": optional_int(numbers.max()), "count": numbers.n_unique()}
     world = (
         _as_int(manifest.get("world_size"))
         or _as_int(_first([m.get("world_size") for m in metas]))

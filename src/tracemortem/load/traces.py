@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import polars as pl
@@ -20,6 +20,7 @@ from ..findings import Finding
 from ..progress import Progress, silent
 from . import chrome
 from .chrome import RawTrace
+from .workers import Workers
 
 # Categories across Kineto versions (research/trace-analyzers.md §4.3, §4.8).
 GPU_KINDS = {
@@ -48,7 +49,8 @@ FLOW_CATS = frozenset({"ac2g", "async", "async_cpu_to_gpu", "async_gpu"})
 _SYNC_TID_OFFSET = 1_000_000  # Kineto moves cuda_sync events to tid = stream + 1,000,000
 _STEP_PREFIX = "ProfilerStep#"
 
-EVENTS_SCHEMA = {
+ColumnTypes: TypeAlias = "dict[str, pl.DataType | type[pl.DataType]]"  # a dtype class or instance per column
+EVENTS_SCHEMA: ColumnTypes = {
     "rank": pl.Int32,
     "name": pl.Categorical,
     "cat": pl.Categorical,
@@ -62,8 +64,8 @@ EVENTS_SCHEMA = {
     "step": pl.Int64,
     "input_dims": pl.String,
 }
-STEPS_SCHEMA = {"rank": pl.Int32, "step": pl.Int64, "ts": pl.Int64, "dur": pl.Int64}
-GPU_SCHEMA = {
+STEPS_SCHEMA: ColumnTypes = {"rank": pl.Int32, "step": pl.Int64, "ts": pl.Int64, "dur": pl.Int64}
+GPU_SCHEMA: ColumnTypes = {
     "rank": pl.Int32,
     "name": pl.Categorical,
     "kind": pl.Enum(["kernel", "memcpy", "memset"]),
@@ -100,7 +102,7 @@ def load_traces(files: dict[Path, int | None], progress: Progress = silent) -> T
     ranks: dict[int, dict[str, Any]] = {}
     errors: list[str] = []
     # Worker processes for big traces, started on the first one and shared by all the files.
-    with chrome.Workers() as workers:
+    with Workers() as workers:
         for index, (path, guess) in enumerate(sorted(files.items(), key=lambda kv: str(kv[0]))):
             path = Path(path)
             mb_total = max(path.stat().st_size, 1) / 2**20 if path.exists() else 0.0
@@ -166,7 +168,7 @@ def _normalise(raw: RawTrace, rank: int, index: int) -> tuple[pl.DataFrame, dict
     base = _int_or_none(env.get("baseTimeNanoseconds"))
     if base is not None and not 0 <= base < 2**62:
         base = None
-    meta = {
+    meta: dict[str, Any] = {
         "hostname": env.get("host_name") if isinstance(env.get("host_name"), str) else None,
         "distributedInfo": env.get("distributedInfo") if isinstance(env.get("distributedInfo"), dict) else None,
         "deviceProperties": env.get("deviceProperties") if isinstance(env.get("deviceProperties"), list) else [],

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TypeAlias, cast
 
 import torch
 
 _INF = float("inf")
+# What torch's multi-tensor (_foreach_*) ops take, and return as a tuple.
+Tensors: TypeAlias = "list[torch.Tensor] | tuple[torch.Tensor, ...]"
 
 
 @dataclass
@@ -25,7 +28,9 @@ class ParamTable:
 
     @classmethod
     def from_model(cls, model: torch.nn.Module) -> ParamTable:
-        names, params, seen = [], [], set()
+        names: list[str] = []
+        params: list[torch.Tensor] = []
+        seen: set[int] = set()
         for name, param in model.named_parameters():
             if id(param) in seen:
                 continue
@@ -59,7 +64,7 @@ class GradBatch:
     ids: list[int]
     matrix: torch.Tensor
     groups: list[tuple[list[int], list[torch.Tensor]]] = field(repr=False)
-    before: list[list[torch.Tensor]] | None = field(default=None, repr=False)
+    before: list[Tensors] | None = field(default=None, repr=False)
     update: torch.Tensor | None = None
     counts: dict[int, int] | None = None  # exact NaN/Inf counts; None = not computed
 
@@ -94,7 +99,8 @@ class GradStats:
                 ids = [ids[k] for k in keep]
                 params = [params[k] for k in keep]
                 grads = [grads[k] for k in keep]
-            block = (_cpu_block if params[0].device.type == "cpu" else _fused_block)(params, grads)
+            present = cast("list[torch.Tensor]", grads)  # the None grads were dropped above
+            block = (_cpu_block if params[0].device.type == "cpu" else _fused_block)(params, present)
             blocks.append(block.to(self.device, non_blocking=True))
             used.append((ids, params))
             all_ids.extend(ids)
@@ -105,7 +111,7 @@ class GradStats:
         # No reference to the grads is kept: zero_grad frees them as usual.
         return GradBatch(all_ids, matrix, used, before)
 
-    def _copy(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _copy(self, params: list[torch.Tensor]) -> Tensors:
         """Pre-update weights. On CUDA a fresh copy each sampled step (the caching allocator
         makes it cheap and the memory is free between samples); on CPU a buffer kept per
         group, because fresh large host allocations page-fault on every sampled step."""
@@ -132,9 +138,9 @@ class GradStats:
         flags = (~torch.isfinite(absmax)).tolist()
         owners = self._owners
         batch.counts = {
-            pid: int((~torch.isfinite(owners[pid].grad)).sum())
+            pid: int((~torch.isfinite(grad)).sum())
             for pid, bad in zip(batch.ids, flags)
-            if bad and owners[pid].grad is not None
+            if bad and (grad := owners[pid].grad) is not None
         }
         return True
 

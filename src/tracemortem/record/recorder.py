@@ -18,7 +18,7 @@ import time
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -94,7 +94,7 @@ class Recorder:
         self._order: list[int] = []
         self._order_hooks: list[Any] = []
         self._order_source = "reverse-registration"
-        self._prof = None
+        self._prof: torch.profiler.profile | None = None
         self._prev_sigterm: Any = None
 
         self.table = ParamTable.from_model(model)
@@ -145,7 +145,7 @@ class Recorder:
     def __enter__(self) -> Recorder:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> Literal[False]:
         self.close(status=fmt.STATUS_CRASHED if exc_type is not None else fmt.STATUS_CLOSED)
         return False  # an exception from the training loop propagates unchanged
 

@@ -48,14 +48,16 @@ def rng_states() -> dict[str, Any]:
     try:
         import numpy as np
 
-        name, keys, pos, has_gauss, cached = np.random.get_state()
-        states["numpy"] = {
-            "bit_generator": str(name),
-            "keys": torch.from_numpy(keys.astype("int64")),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        }
+        state = np.random.get_state(legacy=True)
+        if isinstance(state, tuple):  # the legacy global generator is MT19937, whose state is a tuple
+            name, keys, pos, has_gauss, cached = state
+            states["numpy"] = {
+                "bit_generator": str(name),
+                "keys": torch.from_numpy(keys.astype("int64")),
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "cached_gaussian": float(cached),
+            }
     except ImportError:
         pass
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -73,7 +75,7 @@ def write_snapshot(
     step: int,
     rank: int,
     reason: str,
-    pre_update: bool,
+    pre_update: bool | None,  # None: not known (docs/format.md, snapshot)
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None,
     batch: Any,

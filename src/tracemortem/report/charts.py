@@ -11,13 +11,16 @@ from __future__ import annotations
 import base64
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from ..findings import Finding
 from .common import column_label, key_time_column, round_sig, time_unit
 from .names import short_names
+
+if TYPE_CHECKING:
+    from ..analysis import Analysis
 
 MAX_STEP_COLUMNS = 1000  # heatmap columns (DESIGN §7)
 MAX_HEATMAP_ROWS = 2000  # parameters drawn; beyond this the most telling ones are kept
@@ -64,7 +67,7 @@ RULE_CHART = {
 }
 
 
-def build(analysis: Any) -> list[Chart]:
+def build(analysis: Analysis) -> list[Chart]:
     steps = analysis.steps
     findings = analysis.findings
     buckets = _StepBuckets.of(analysis.grads)

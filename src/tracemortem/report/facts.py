@@ -53,9 +53,8 @@ def run_facts(run: RunFacts) -> list[tuple[str, str]]:
                 continue
             text = f"{fmt_number(value.get('first'))} – {fmt_number(value.get('last'))} ({fmt_number(value.get('count'))} steps)"
         elif key == "checkpoints" and isinstance(value, list):
-            last = max(
-                (c.get("step") for c in value if isinstance(c, dict) and isinstance(c.get("step"), int)), default=None
-            )
+            steps = [c.get("step") for c in value if isinstance(c, dict)]
+            last = max((step for step in steps if isinstance(step, int)), default=None)
             text = f"{len(value)}" + (f" (last at step {fmt_number(last)})" if last is not None else "")
         elif key == "snapshot" and isinstance(value, dict) and value.get("step") is not None:
             text = f"taken at step {fmt_number(value['step'])}" + (f" ({value['path']})" if value.get("path") else "")

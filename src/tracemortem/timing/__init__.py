@@ -15,6 +15,7 @@ import polars as pl
 from ..config import Config
 from ..load.traces import TraceSet
 from ..progress import Progress, silent
+from ..scalars import as_int, optional_float
 from . import gpu as gpu_stats
 from .kernels import kernel_table
 from .ops import op_table, step_op_table, with_self_time
@@ -35,7 +36,7 @@ class Timing:
         if self.steps.is_empty():
             return {"first": None, "last": None, "count": 0}
         numbers = self.steps["step"]
-        return {"first": int(numbers.min()), "last": int(numbers.max()), "count": int(numbers.n_unique())}
+        return {"first": as_int(numbers.min()), "last": as_int(numbers.max()), "count": numbers.n_unique()}
 
     def gpu_ranks(self) -> list[int]:
         return [entry["rank"] for entry in self.ranks if "gpu" in entry]
@@ -66,11 +67,11 @@ def _rank_entries(
     entries = []
     for rank in sorted(set(traces.ranks) | set(steps["rank"].to_list() if not steps.is_empty() else [])):
         mine = steps.filter(pl.col("rank") == rank) if not steps.is_empty() else steps
-        median = mine["duration_ns"].median() if not mine.is_empty() else None
+        median = optional_float(mine["duration_ns"].median()) if not mine.is_empty() else None
         entry: dict[str, Any] = {
             "rank": rank,
             "steps": mine.height,
-            "step_time_s": float(median) / 1e9 if median is not None else None,
+            "step_time_s": median / 1e9 if median is not None else None,
         }
         row = by_rank.get(rank)
         if row is not None and row["span_us"] > 0:
