@@ -14,9 +14,10 @@ from .config import Config
 from .detect import health, perf
 from .findings import Finding, sort_findings
 from .format import FORMAT_VERSION, TOOL
+from .load.devices import gpu_devices
 from .load.discover import Inputs, discover
 from .load.run import RunData, load_run
-from .load.traces import load_traces
+from .load.traces import TraceSet, load_traces
 from .progress import Progress, silent
 from .run_facts import RunFacts
 from .timing import Timing, summarize
@@ -63,7 +64,7 @@ def analyze(path: str | Path, config: Config | None = None, progress: Progress =
         path=inputs.path,
         kind=inputs.kind,
         findings=sort_findings(findings),
-        run=run_facts(inputs, run, timing),
+        run=run_facts(inputs, run, timing, traces),
         steps=run.steps if run is not None else pl.DataFrame(),
         grads=run.grads if run is not None else pl.LazyFrame(),
         params=run.params if run is not None else pl.DataFrame(),
@@ -73,7 +74,7 @@ def analyze(path: str | Path, config: Config | None = None, progress: Progress =
     )
 
 
-def run_facts(inputs: Inputs, run: RunData | None, timing: Timing | None) -> RunFacts:
+def run_facts(inputs: Inputs, run: RunData | None, timing: Timing | None, traces: TraceSet | None = None) -> RunFacts:
     """The `run` section: path, world_size, steps {first, last, count}, ranks [...], plus what
     the report header shows (torch version, devices, status, what was recorded); docs/report.md."""
     facts: dict[str, Any] = {"path": str(inputs.path), "kind": inputs.kind}
@@ -92,6 +93,8 @@ def run_facts(inputs: Inputs, run: RunData | None, timing: Timing | None) -> Run
                 merged.setdefault(key, value)
     facts["ranks"] = [ranks[r] for r in sorted(ranks)]
     facts.setdefault("world_size", max(len(ranks), 1))
+    if traces is not None and (gpus := gpu_devices(traces)):
+        facts["gpus"] = gpus  # input-specific: kept in RunFacts.extra
     if "steps" not in facts:
         facts["steps"] = timing.step_span() if timing is not None else {"first": None, "last": None, "count": 0}
     return RunFacts.from_dict(facts)

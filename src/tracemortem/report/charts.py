@@ -17,6 +17,7 @@ import polars as pl
 
 from ..findings import Finding
 from .common import column_label, key_time_column, round_sig, time_unit
+from .facts import has_gpu
 from .names import short_names
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ def build(analysis: Analysis) -> list[Chart]:
         breakdown_chart(analysis.step_times),
         top_chart("chart-ops", "Slowest ops", analysis.ops, "op"),
         top_chart("chart-kernels", "Slowest GPU kernels", analysis.kernels, "kernel"),
-        memory_chart(steps),
+        memory_chart(steps, has_gpu(analysis.run)),
         rank_chart([r.to_dict() for r in analysis.run.ranks]),
     ]
 
@@ -523,7 +524,7 @@ def top_chart(chart_id: str, title: str, frame: pl.DataFrame, what: str) -> Char
     return chart
 
 
-def memory_chart(steps: pl.DataFrame) -> Chart:
+def memory_chart(steps: pl.DataFrame, gpu_run: bool) -> Chart:
     chart = Chart(
         "chart-memory",
         "GPU memory",
@@ -533,7 +534,11 @@ def memory_chart(steps: pl.DataFrame) -> Chart:
         c for c in ("mem_allocated", "max_mem_allocated") if c in steps.columns and steps[c].null_count() < steps.height
     ]
     if not _has(steps, "step") or not columns:
-        chart.missing = "no GPU memory was recorded (CPU run)."
+        chart.missing = (
+            "no GPU memory was recorded (the recorder logs torch.cuda memory per step; profiler traces alone do not)."
+            if gpu_run
+            else "no GPU memory was recorded (CPU run)."
+        )
         return chart
     many = len(_ranks(steps)) > 1
     series = []

@@ -124,12 +124,6 @@ def script_json(data: Any) -> str:
     return _JSON_UNSAFE_RE.sub(lambda m: _JSON_UNSAFE[m.group()], text)
 
 
-def plotly_text(text: Any) -> str:
-    """Plotly renders labels as a small HTML dialect (<b>, <a href>, <br>): entity-encode names
-    from the data so they are drawn as the literal characters."""
-    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
 # Inside a table cell only these can start markup; `-`, `#`, `+` matter only at a line start.
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
 

@@ -29,8 +29,9 @@ def number(value: float | int) -> str:
     (they would collide with the commas between list items)."""
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, int):
-        return str(value) if abs(value) < 1_000_000 else f"{value:.3e}".replace("e+", "e")
+    if isinstance(value, int) and abs(value) < 1_000_000:
+        return str(value)
+    value = float(value)
     if math.isnan(value):
         return "NaN"
     if math.isinf(value):

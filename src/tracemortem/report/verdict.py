@@ -48,7 +48,10 @@ class Verdict:
 
 
 def _clause(f: Finding, many_ranks: bool) -> str:
-    what = _WHAT.get(f.rule, f.title.rstrip(".").lower())
+    title = f.title.rstrip(".")
+    # A title with a number in it ("The GPU is idle 78% of the time") says more than the rule.
+    specific = re.search(r"\d", title.replace(f.subject, "") if f.subject else title)
+    what = title[:1].lower() + title[1:] if specific or f.rule not in _WHAT else _WHAT[f.rule]
     where = f" at step {f.step}" if f.step is not None else ""
     if f.subject:
         where += f" in {f.subject}"
@@ -82,7 +85,7 @@ def lead_finding(findings: list[Finding]) -> int | None:
 def verdict(findings: list[Finding], steps: int | None = None, many_ranks: bool = False) -> Verdict:
     lead = lead_finding(findings)
     if lead is None:
-        counted = f" in {steps} steps" if steps else ""
+        counted = f" in {steps} step{'s' if steps != 1 else ''}" if steps else ""
         return Verdict(f"No problems found{counted}.", "", "", "ok")
     first = findings[lead]
     sentence = _clause(first, many_ranks)

@@ -1,0 +1,131 @@
+"""What the reports say: the verdict, evidence written for people, short kernel names that never
+merge two kernels, and the facts read from real GPU traces (skipped without shared/real_traces)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from report_helpers import NAN_STEP, make_analysis
+from tracemortem import analyze, report
+from tracemortem.findings import Finding
+from tracemortem.report import charts
+from tracemortem.report.evidence import brief, evidence_items, number
+from tracemortem.report.names import short_name, short_names
+from tracemortem.report.verdict import verdict
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "real_traces"
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_traces"
+
+
+def _finding(rule: str, severity: str = "error", step: int | None = None, **kw: object) -> Finding:
+    return Finding(rule=rule, severity=severity, title=kw.pop("title", rule), message="m", step=step, **kw)  # type: ignore[arg-type]
+
+
+def test_the_verdict_names_the_cause_before_its_consequences():
+    findings = [
+        _finding("nonfinite-loss", step=97),
+        _finding("exploding-gradient", step=92, subject="2.weight", suggestion="Lower the learning rate. Then more."),
+        _finding("nonfinite-gradient", step=98),
+    ]
+    v = verdict(findings)
+    assert v.headline == "Gradients exploded at step 92 in 2.weight; then the loss became NaN/Inf at step 97."
+    assert v.first_try == "Lower the learning rate"
+    assert v.anchor == "finding-2" and v.severity == "error"
+    assert verdict([], steps=120).headline == "No problems found in 120 steps."
+
+
+def test_a_title_with_numbers_is_the_verdict_of_a_perf_finding():
+    v = verdict([_finding("gpu-idle", "warning", title="The GPU is idle 78% of the time", rank=3)], many_ranks=True)
+    assert v.headline == "The GPU is idle 78% of the time on rank 3."
+
+
+def test_evidence_reads_as_units_and_tables():
+    f = _finding(
+        "exploding-gradient",
+        evidence={
+            "peak_grad_norm": 2796000000000.0,
+            "grad_norm": 3177.0,
+            "spike_steps": [95, 96, 1200],
+            "leaders": [{"name": "2.weight", "norm": 3145.0, "score": 313.7}, {"name": "4.weight", "norm": 395.6}],
+            "idle_share": 0.78,
+            "peak_bytes": 3 * 2**30,
+            "median_ns": 9153,
+            "loss": "inf",
+        },
+    )
+    items = {i.label: i for i in evidence_items(f)}
+    assert items["peak grad norm"].text == "2.796e12"
+    assert items["grad norm"].text == "3177"
+    assert items["spike steps"].text == "95, 96, 1200"  # no thousands separator to collide with the commas
+    assert items["idle share"].text == "78%" and items["peak bytes"].text == "3 GiB"
+    assert items["median"].text == "9.15 µs" and items["loss"].text == "Inf"
+    table = items["leaders"].table
+    assert table is not None and table.headers == ["name", "norm", "score"]
+    assert table.rows == [["2.weight", "3145", "313.7"], ["4.weight", "395.6", "—"]]
+    assert brief(evidence_items(f), limit=2).startswith("leaders: 2.weight (norm 3145, score 313.7); 4.weight")
+    assert number(1e-5) == "1e-5" and number(0.5) == "0.5" and number(12_345_678) == "1.235e7"
+
+
+KERNELS = [
+    "void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>, at::detail::Array<char*, 1> >"
+    "(int, at::native::FillFunctor<float>, at::detail::Array<char*, 1>)",
+    "void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>, at::detail::Array<char*, 3> >"
+    "(int, at::native::CUDAFunctor_add<float>, at::detail::Array<char*, 3>)",
+    "ncclDevKernel_AllReduce_Sum_f32_RING_LL(ncclDevComm*, unsigned long, ncclWork*)",
+]
+
+
+def test_short_names_fold_template_noise_and_stay_distinct():
+    assert short_name(KERNELS[0]) == "vectorized_elementwise_kernel<…>"
+    assert short_name(KERNELS[2]) == "ncclDevKernel_AllReduce_Sum_f32_RING_LL"
+    assert short_name("aten::mm") == "aten::mm"  # an op name is already short
+    labels = short_names(KERNELS)
+    assert len(set(labels)) == 3
+    assert labels[0].startswith("vectorized_elementwise_kernel<4, FillFunctor<…>")
+    assert short_names(["same<a>(x)", "same<a>(y)"]) == ["same<a> #1", "same<a> #2"]
+
+
+def test_the_html_report_opens_with_the_verdict():
+    html = report.render(make_analysis(), "html")
+    assert html.index('id="verdict"') < html.index('class="facts"') < html.index('id="findings"')
+    assert f"Gradients became NaN/Inf at step {NAN_STEP} in layers.0.weight" in html
+    text = report.render(make_analysis(), "text")
+    assert text.splitlines()[1].startswith(f"Gradients became NaN/Inf at step {NAN_STEP}")
+
+
+def test_the_exploding_sample_is_light_and_says_what_happened():
+    html = report.render(analyze(SAMPLES / "exploding"), "html")
+    assert len(html.encode()) <= 1_500_000
+    assert "Gradients exploded at step 92 in 2.weight" in html
+    first_evidence = html.split('id="findings"')[1].split('<dl class="evidence">')[1].split("</dl>")[0]
+    assert "2.796e12" in first_evidence and "2796000000000" not in first_evidence
+
+
+def _gpu(trace: str):
+    path = REAL / trace
+    if not path.exists():
+        pytest.skip("shared/real_traces not present")
+    return analyze(path)
+
+
+def test_gpu_model_and_memory_come_from_the_trace():
+    a = _gpu("nccl_a100")
+    assert a.run.extra["gpus"] == [{"name": "NVIDIA A100-PG509-200", "memory_bytes": 42297524224, "count": 1}]
+    html = report.render(a, "html")
+    assert "NVIDIA A100-PG509-200 (39.4 GiB)" in html
+    assert "(CPU run)" not in html
+    assert "(CPU run)" in report.render(analyze(SAMPLES / "exploding"), "html")
+
+
+def test_no_two_kernels_share_a_bar_on_a_real_trace():
+    a = _gpu("nccl_a100")
+    figure = {c.id: c for c in charts.build(a)}["chart-kernels"].figure
+    assert figure is not None
+    full, labels = figure["full"], figure["categories"]
+    assert len(set(full)) == len(full) and len(set(labels)) == len(labels)
+    values = figure["series"][0]["values"]
+    assert values == sorted(values, reverse=True)  # longest first, as the caption says
+    json.dumps(figure)
