@@ -420,20 +420,38 @@
     return render;
   }
 
-  // --- timeline: lanes (CPU threads, GPU streams) of events, zoomable -----------------------
+  // --- timeline: lanes (CPU threads, GPU streams) of events, nested calls stacked, zoomable --
+  var MAX_DEPTH = 8, ROW = 14;
+  function nest(fig) {
+    // Sub-row of each event inside its lane: how many earlier events of the lane still enclose it.
+    var depth = new Array(fig.events.length), rows = fig.lanes.map(function () { return 1; }), open = {};
+    fig.events.map(function (_, i) { return i; }).sort(function (a, b) {
+      var p = fig.events[a], q = fig.events[b];
+      return p[0] - q[0] || p[1] - q[1] || q[2] - p[2];
+    }).forEach(function (i) {
+      var e = fig.events[i], stack = open[e[0]] || (open[e[0]] = []);
+      while (stack.length && stack[stack.length - 1] <= e[1]) stack.pop();
+      depth[i] = Math.min(stack.length, MAX_DEPTH - 1);
+      stack.push(e[1] + e[2]);
+      rows[e[0]] = Math.max(rows[e[0]], depth[i] + 1);
+    });
+    var tops = [], y = 0;
+    rows.forEach(function (n) { tops.push(y); y += n * ROW + 6; });
+    return { depth: depth, rows: rows, tops: tops, height: y };
+  }
   function drawTimeline(div, fig) {
-    var state = { x0: null, x1: null };
+    var state = { x0: null, x1: null }, layout = nest(fig);
     toolbar(div, [{ text: "Reset zoom", click: function () { state.x0 = state.x1 = null; render(); } }]);
     var host = document.createElement("div");
     div.appendChild(host);
     function render() {
       host.textContent = "";
-      var lanes = fig.lanes.length, height = 60 + 26 * lanes;
+      var height = MARGIN.top + layout.height + MARGIN.bottom;
       var svg = newSvg(host, height), width = +svg.getAttribute("width");
       var chars = Math.min(Math.max.apply(null, fig.lanes.map(function (n) { return n.length; })), Math.floor(width * 0.3 / 6.5));
       var box = { l: 12 + chars * 6.5, r: width - MARGIN.right, t: MARGIN.top, b: height - MARGIN.bottom };
       var x0 = state.x0 === null ? 0 : state.x0, x1 = state.x1 === null ? fig.span_ms : state.x1;
-      var x = scale(x0, x1, box.l, box.r, false), laneH = (box.b - box.t) / lanes;
+      var x = scale(x0, x1, box.l, box.r, false);
       var grid = svgNode("g", { class: "grid" }, svg), xt = svgNode("g", { class: "xtick" }, svg), yt = svgNode("g", { class: "ytick" }, svg);
       x.ticks(Math.max(2, Math.floor((box.r - box.l) / 80)), false).forEach(function (t) {
         svgNode("line", { x1: x(t), x2: x(t), y1: box.t, y2: box.b }, grid);
@@ -441,17 +459,19 @@
       });
       label(svg, (box.l + box.r) / 2, box.b + 36, "ms from the start of step " + fig.step, "axis-title");
       fig.lanes.forEach(function (name, i) {
-        label(titled(yt, name), box.l - 6, box.t + laneH * (i + 0.5) + 4, fit(name, chars), "tick", "end");
+        var top = box.t + layout.tops[i];
+        label(titled(yt, name), box.l - 6, top + ROW - 3, fit(name, chars), "tick", "end");
+        if (i) svgNode("line", { x1: box.l, x2: box.r, y1: top - 3, y2: top - 3 }, grid);
       });
       svgNode("rect", { x: box.l, y: box.t, width: box.r - box.l, height: box.b - box.t, class: "frame" }, svg);
       var overlay = brush(svg, box, x, function (a, b) { state.x0 = a; state.x1 = b; render(); });
       var bars = svgNode("g", { class: "events", "clip-path": clipTo(svg, box) }, svg);
-      fig.events.forEach(function (e) {
+      fig.events.forEach(function (e, i) {
         var lane = e[0], start = e[1], dur = e[2], name = fig.names[e[3]];
         if (start + dur < x0 || start > x1) return;
         var rect = svgNode("rect", {
-          x: x(start), y: box.t + laneH * lane + 3, width: Math.max(1, x(start + dur) - x(start)), height: laneH - 6,
-          fill: PALETTE[e[3] % PALETTE.length],
+          x: x(start), y: box.t + layout.tops[lane] + layout.depth[i] * ROW, width: Math.max(1, x(start + dur) - x(start)),
+          height: ROW - 2, fill: PALETTE[e[3] % PALETTE.length],
         }, bars);
         rect.addEventListener("mousemove", function (event) {
           showTip(event, [name, fmt(dur) + " ms, from " + fmt(start) + " ms", fig.lanes[lane]]);

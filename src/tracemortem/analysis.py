@@ -3,7 +3,7 @@ this module only wires them together and assembles the run facts (docs/architect
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from .load.traces import TraceSet, load_traces
 from .progress import Progress, silent
 from .run_facts import RunFacts
 from .timing import Timing, summarize
+from .timing.step_events import StepTimeline, TraceOrigin, origins, timelines
 
 
 @dataclass
@@ -35,6 +36,8 @@ class Analysis:
     ops: pl.DataFrame  # per op: calls, cpu total/self time, attributed GPU time
     kernels: pl.DataFrame  # per GPU kernel: calls, total, mean, max
     step_times: pl.DataFrame  # per (rank, step) from profiler traces, with the time breakdown
+    timelines: list[StepTimeline] = field(default_factory=list)  # the slowest and first anomalous step
+    trace_origins: dict[int, TraceOrigin] = field(default_factory=dict)  # rank → its trace files
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -58,12 +61,12 @@ def analyze(path: str | Path, config: Config | None = None, progress: Progress =
         findings += run.notes + health.detect(run, config)
     if traces is not None:
         findings += traces.notes
-    findings += perf.detect(timing, run, config)
+    findings = sort_findings(findings + perf.detect(timing, run, config))
 
     return Analysis(
         path=inputs.path,
         kind=inputs.kind,
-        findings=sort_findings(findings),
+        findings=findings,
         run=run_facts(inputs, run, timing, traces),
         steps=run.steps if run is not None else pl.DataFrame(),
         grads=run.grads if run is not None else pl.LazyFrame(),
@@ -71,6 +74,8 @@ def analyze(path: str | Path, config: Config | None = None, progress: Progress =
         ops=timing.ops if timing is not None else pl.DataFrame(),
         kernels=timing.kernels if timing is not None else pl.DataFrame(),
         step_times=timing.steps if timing is not None else pl.DataFrame(),
+        timelines=timelines(traces, timing.steps, findings) if traces is not None and timing is not None else [],
+        trace_origins=origins(traces) if traces is not None else {},
     )
 
 

@@ -19,9 +19,11 @@ from ..findings import Finding
 from .common import column_label, key_time_column, round_sig, time_unit
 from .facts import has_gpu
 from .names import short_names
+from .trace_links import TraceRange, step_range
 
 if TYPE_CHECKING:
     from ..analysis import Analysis
+    from ..timing.step_events import StepTimeline
 
 MAX_STEP_COLUMNS = 1000  # heatmap columns (DESIGN §7)
 MAX_HEATMAP_ROWS = 2000  # parameters drawn; beyond this the most telling ones are kept
@@ -44,6 +46,7 @@ class Chart:
     explain: str  # how to read it, for someone new to the tool
     figure: dict[str, Any] | None = None
     missing: str = ""  # why there is no figure
+    trace: TraceRange | None = None  # the trace range the chart shows, for Perfetto
 
 
 # Which chart shows the evidence of each rule.
@@ -83,6 +86,7 @@ def build(analysis: Analysis) -> list[Chart]:
         top_chart("chart-kernels", "Slowest GPU kernels", analysis.kernels, "kernel"),
         memory_chart(steps, has_gpu(analysis.run)),
         rank_chart([r.to_dict() for r in analysis.run.ranks]),
+        *[timeline_chart(analysis, t) for t in analysis.timelines],
     ]
 
 
@@ -584,4 +588,37 @@ def rank_chart(ranks: list[dict[str, Any]]) -> Chart:
         chart.missing = "the ranks have no timings."
         return chart
     chart.figure = panels[0] if len(panels) == 1 else {"kind": "panels", "panels": panels}
+    return chart
+
+
+MAX_EVENT_NAME = 200
+
+
+def timeline_chart(analysis: Analysis, timeline: StepTimeline) -> Chart:
+    """CPU threads and GPU streams of one step as lanes of bars (report.js stacks nested ops)."""
+    slug = "slowest" if timeline.why.startswith("slowest") else "anomalous"
+    many = len(analysis.trace_origins) > 1
+    where = f"step {timeline.step}" + (f" of rank {timeline.rank}" if many else "")
+    chart = Chart(
+        f"chart-timeline-{slug}",
+        f"Timeline of the {timeline.why} ({where})",
+        "Each lane is a CPU thread or a GPU stream; each bar an op, runtime call or kernel, nested calls below "
+        "their caller. Hover a bar for its name; drag across the chart to zoom, double-click or Reset zoom to go back.",
+    )
+    events = timeline.events
+    names = events["name"].unique(maintain_order=True).to_list()
+    index = {name: i for i, name in enumerate(names)}
+    chart.figure = {
+        "kind": "timeline",
+        "step": timeline.step,
+        "span_ms": round((timeline.end_ns - timeline.start_ns) / 1e6, 4),
+        "lanes": timeline.lanes,
+        "names": [n[:MAX_EVENT_NAME] for n in names],
+        "events": [[lane, start, dur, index[name]] for lane, start, dur, name in events.iter_rows()],
+    }
+    if timeline.total_events > events.height:
+        chart.explain += (
+            f" Note: showing the {events.height:,} longest of {timeline.total_events:,} events of this step."
+        )
+    chart.trace = step_range(analysis, timeline.rank, timeline.step)
     return chart

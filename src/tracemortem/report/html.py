@@ -13,6 +13,7 @@ from . import charts as charts_mod
 from .common import SEVERITY_LABEL, asset, environment, script_json
 from .evidence import evidence_items
 from .facts import ops_table, rank_table, recorder_settings, run_facts, severity_counts
+from .trace_links import finding_range
 from .verdict import report_verdict
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ class HtmlReport:
                 "anchor": f"finding-{i + 1}",
                 "chart": charts_mod.RULE_CHART.get(f.rule) if charts_mod.RULE_CHART.get(f.rule) in shown else None,
                 "evidence": evidence_items(f),
+                "trace": finding_range(analysis, f),
             }
             for i, f in enumerate(analysis.findings)
         ]
@@ -46,6 +48,7 @@ class HtmlReport:
             severity_label=SEVERITY_LABEL,
             findings=findings,
             charts=[c for c in charts if c.figure is not None],
+            timelines=[c for c in charts if c.figure is not None and c.figure.get("kind") == "timeline"],
             missing=[c for c in charts if c.figure is None],
             ops=ops_table(analysis.ops),
             kernels=ops_table(analysis.kernels),

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from .common import environment
 from .evidence import brief, evidence_items
 from .facts import ops_table, run_facts, severity_counts
+from .trace_links import finding_range, step_range
 from .verdict import report_verdict
 
 if TYPE_CHECKING:
@@ -32,7 +33,8 @@ class MarkdownReport:
             verdict=report_verdict(analysis),
             facts=[(k, v) for k, v in run_facts(analysis.run) if k in _TICKET_FACTS],
             counts=severity_counts(findings),
-            findings=[(f, brief(evidence_items(f))) for f in shown],
+            timelines=[(t.why, t.step, step_range(analysis, t.rank, t.step)) for t in analysis.timelines],
+            findings=[(f, brief(evidence_items(f)), finding_range(analysis, f)) for f in shown],
             more=len(findings) - len(shown),
             ops=ops_table(analysis.ops, MAX_OPS),
             kernels=ops_table(analysis.kernels, MAX_OPS) if len(shown) <= 6 else ops_table(analysis.kernels, 0),
