@@ -146,25 +146,33 @@
   }
 
   // Drag across the plot to zoom the x range; the "Reset zoom" button (or a double click) undoes it.
+  // Listening on the whole SVG lets a drag start on a bar or a mark as well as on empty plot.
   function brush(svg, box, x, onZoom) {
     var overlay = svgNode("rect", { x: box.l, y: box.t, width: box.r - box.l, height: box.b - box.t, class: "overlay" }, svg);
     var band = null, start = null;
     function at(event) { var r = svg.getBoundingClientRect(); return Math.min(box.r, Math.max(box.l, event.clientX - r.left)); }
-    overlay.addEventListener("mousedown", function (event) {
+    function inside(event) {
+      var r = svg.getBoundingClientRect(), px = event.clientX - r.left, py = event.clientY - r.top;
+      return px >= box.l && px <= box.r && py >= box.t && py <= box.b;
+    }
+    svg.addEventListener("mousedown", function (event) {
+      if (!inside(event)) return;
+      event.preventDefault();
       start = at(event);
       band = svgNode("rect", { x: start, y: box.t, width: 0, height: box.b - box.t, class: "band" }, svg);
     });
-    overlay.addEventListener("mousemove", function (event) {
+    svg.addEventListener("mousemove", function (event) {
       if (band) { var p = at(event); band.setAttribute("x", Math.min(p, start)); band.setAttribute("width", Math.abs(p - start)); }
     });
-    window.addEventListener("mouseup", function (event) {
+    svg.addEventListener("mouseup", function (event) {
       if (!band) return;
       var p = at(event);
       band.remove();
       band = null;
       if (Math.abs(p - start) > 6) onZoom(x.invert(Math.min(p, start)), x.invert(Math.max(p, start)));
     });
-    overlay.addEventListener("dblclick", function () { onZoom(null, null); });
+    svg.addEventListener("mouseleave", function () { if (band) { band.remove(); band = null; } });
+    svg.addEventListener("dblclick", function (event) { if (inside(event)) onZoom(null, null); });
     return overlay;
   }
 

@@ -129,3 +129,33 @@ def test_no_two_kernels_share_a_bar_on_a_real_trace():
     values = figure["series"][0]["values"]
     assert values == sorted(values, reverse=True)  # longest first, as the caption says
     json.dumps(figure)
+
+
+def test_the_slowest_profiled_step_of_a_real_cpu_run_becomes_a_timeline():
+    a = analyze(SAMPLES / "exploding")
+    slowest = a.step_times.sort("duration_ns", descending=True).row(0, named=True)
+    (timeline,) = a.timelines  # the anomalous steps (92 on) were not profiled
+    assert (timeline.rank, timeline.step, timeline.why) == (slowest["rank"], slowest["step"], "slowest profiled step")
+    span_ms = slowest["duration_ns"] / 1e6
+    events = timeline.events
+    assert events.height == timeline.total_events > 0 and all(lane.startswith("CPU thread") for lane in timeline.lanes)
+    assert events["start_ms"].min() >= 0 and (events["start_ms"] + events["dur_ms"]).max() <= span_ms + 1e-3
+    assert f"ProfilerStep#{timeline.step}" in events["name"].to_list()
+    chart = {c.id: c for c in charts.build(a)}["chart-timeline-slowest"]
+    assert chart.trace is not None and chart.trace.step == timeline.step
+    assert chart.trace.file.endswith(".json") or ".json" in chart.trace.file
+    assert chart.trace.end_us - chart.trace.start_us == pytest.approx(span_ms * 1000, abs=1)
+
+
+def test_a_big_step_keeps_its_longest_events_and_says_so():
+    a = _gpu("nccl_a100")
+    timeline = a.timelines[0]
+    assert timeline.total_events > timeline.events.height == 1500
+    assert any(lane.startswith("GPU stream") for lane in timeline.lanes)
+    chart = {c.id: c for c in charts.build(a)}["chart-timeline-slowest"]
+    assert f"showing the 1,500 longest of {timeline.total_events:,} events" in chart.explain
+    # every performance finding says where in the trace to look
+    md = report.render(a, "md")
+    perf = [f for f in a.findings if f.rule in ("gpu-idle", "launch-bound")]
+    assert perf and md.count("- In the trace: ") == len(perf)
+    assert "rank-0.json.gz" in md
