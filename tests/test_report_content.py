@@ -159,3 +159,21 @@ def test_a_big_step_keeps_its_longest_events_and_says_so():
     perf = [f for f in a.findings if f.rule in ("gpu-idle", "launch-bound")]
     assert perf and md.count("- In the trace: ") == len(perf)
     assert "rank-0.json.gz" in md
+
+
+def test_redaction_cleans_the_timeline_and_the_trace_paths():
+    import dataclasses
+
+    import polars as pl
+
+    from tracemortem.report.redact import redact_analysis
+
+    token = "ghp_" + "aB3d" * 9
+    a = analyze(SAMPLES / "exploding")
+    (timeline,) = a.timelines
+    planted = timeline.events.with_columns(pl.lit(f"user_label api_key={token}").alias("name"))
+    a = dataclasses.replace(a, timelines=[dataclasses.replace(timeline, events=planted)])
+    assert token in report.render(a, "html")
+    cleaned = redact_analysis(a, pseudonymize=True)
+    html = report.render(cleaned, "html")
+    assert "aB3daB3d" not in html and "api_key=[redacted]" in html
