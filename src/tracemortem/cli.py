@@ -200,8 +200,9 @@ def _counts(analysis) -> str:
     default=None,
     help="Exit 1 when a finding at or above this severity exists (default: never).",
 )
+@click.option("--format", "fmt", type=click.Choice(("text", "md", "json")), default="text", show_default=True)
 @with_common
-def summary(path: str, fail_on: str | None, sets, redact: bool, debug: bool) -> None:
+def summary(path: str, fail_on: str | None, fmt: str, sets, redact: bool, debug: bool) -> None:
     """Print the findings for PATH in the terminal."""
 
     def body() -> int:
@@ -209,7 +210,7 @@ def summary(path: str, fail_on: str | None, sets, redact: bool, debug: bool) -> 
 
         config = _load_config(sets)
         analysis = _analyze(path, config, redact)
-        click.echo(render(analysis, "text"), nl=False)
+        click.echo(render(analysis, fmt), nl=False)
         return _fail_code(analysis, _option(config, "fail-on", fail_on, "never"))
 
     _run(debug, body)
@@ -220,15 +221,16 @@ def summary(path: str, fail_on: str | None, sets, redact: bool, debug: bool) -> 
 @click.option(
     "--top", type=click.IntRange(min=1), default=20, show_default=True, help="How many ops and kernels to list."
 )
+@click.option("--format", "fmt", type=click.Choice(("text", "md", "json")), default="text", show_default=True)
 @with_common
-def ops(path: str, top: int, sets, redact: bool, debug: bool) -> None:
+def ops(path: str, top: int, fmt: str, sets, redact: bool, debug: bool) -> None:
     """Print the top ops and GPU kernels of PATH's profiler traces."""
 
     def body() -> int:
-        from .report import render_ops_table
+        from .report import render_ops
 
         analysis = _analyze(path, _load_config(sets), redact)
-        click.echo(render_ops_table(analysis, top), nl=False)
+        click.echo(render_ops(analysis, top, fmt), nl=False)
         return 0
 
     _run(debug, body)
@@ -241,18 +243,29 @@ def ops(path: str, top: int, sets, redact: bool, debug: bool) -> None:
 @click.option(
     "--top", type=click.IntRange(min=1), default=10, show_default=True, help="How many ops and kernels to list."
 )
+@click.option(
+    "--fail-on",
+    type=click.Choice(SEVERITIES[:2] + ("never",)),
+    default="never",
+    show_default=True,
+    help="Exit 1 when the candidate has a new finding at or above this severity.",
+)
 @with_common
-def diff(baseline: str, candidate: str, fmt: str, top: int, sets, redact: bool, debug: bool) -> None:
+def diff(baseline: str, candidate: str, fmt: str, top: int, fail_on: str, sets, redact: bool, debug: bool) -> None:
     """Compare two runs or traces: what got slower, which findings are new."""
 
     def body() -> int:
         from .compare import compare
+        from .findings import SEVERITY_RANK
         from .report.comparison import render_diff
 
         config = _load_config(sets)
         result = compare(_analyze(baseline, config, redact), _analyze(candidate, config, redact), top)
         click.echo(render_diff(result, fmt), nl=False)
-        return 0
+        if fail_on == "never":
+            return 0
+        worst = SEVERITY_RANK[fail_on]
+        return 1 if any(SEVERITY_RANK[f["severity"]] <= worst for f in result["new_findings"]) else 0
 
     _run(debug, body)
 

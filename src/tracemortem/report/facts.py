@@ -120,6 +120,13 @@ def rank_table(run: RunFacts) -> Table:
     return Table(headers, rows, [True] * len(headers))
 
 
+def top_rows(frame: pl.DataFrame, top: int) -> list[dict[str, Any]]:
+    """The `top` rows of a statistics frame, longest first, as plain dicts (JSON output)."""
+    column = key_time_column(frame)
+    frame = frame.sort(column, descending=True, nulls_last=True) if column else frame
+    return frame.select(c for c in frame.columns if frame.schema[c] != pl.Null).head(top).to_dicts()
+
+
 def ops_table(frame: pl.DataFrame, top: int = TOP_OPS) -> Table:
     column = key_time_column(frame)
     return frame_table(frame.sort(column, descending=True, nulls_last=True) if column else frame, top)

@@ -11,13 +11,13 @@ if TYPE_CHECKING:
     from ..analysis import Analysis
 
 
-def _finite(value: Any) -> Any:
+def finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
+        return {str(k): finite(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [finite(v) for v in value]
     return value
 
 
@@ -25,5 +25,5 @@ class JsonReport:
     suffix = ".json"
 
     def render(self, analysis: Analysis) -> str:
-        document = _finite(analysis.to_dict())
+        document = finite(analysis.to_dict())
         return json.dumps(document, sort_keys=True, indent=2, allow_nan=False, default=str) + "\n"

@@ -45,12 +45,15 @@ class TextSummary:
         )
 
 
+NO_OPS = "No profiler trace with op timings was found."
+
+
+def ops_tables(analysis: Analysis, top: int) -> list[tuple[str, Table]]:
+    """The op and kernel tables `tracemortem ops` prints, whichever the trace has."""
+    found = [("Top ops", ops_table(analysis.ops, top)), ("Top GPU kernels", ops_table(analysis.kernels, top))]
+    return [(title, table) for title, table in found if table]
+
+
 def render_ops_table(analysis: Analysis, top: int = 20) -> str:
-    sections = []
-    for title, frame in (("Top ops", analysis.ops), ("Top GPU kernels", analysis.kernels)):
-        table = ops_table(frame, top)
-        if table:
-            sections.append("\n".join([title] + columns(table)))
-    if not sections:
-        return "No profiler trace with op timings was found.\n"
-    return "\n\n".join(sections) + "\n"
+    sections = ["\n".join([title] + columns(table)) for title, table in ops_tables(analysis, top)]
+    return "\n\n".join(sections) + "\n" if sections else NO_OPS + "\n"

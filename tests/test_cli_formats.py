@@ -1,0 +1,43 @@
+"""`summary`, `ops` and `diff` speak the same formats as `report`, and `diff --fail-on` gates
+CI on new findings; run as a user would, on the bundled sample runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_traces"
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tracemortem.cli", *args], capture_output=True, text=True)
+
+
+def test_summary_in_each_format():
+    text = _cli("summary", str(SAMPLES / "exploding"))
+    assert text.returncode == 0 and text.stdout.splitlines()[1].startswith("Gradients exploded at step 92")
+    md = _cli("summary", str(SAMPLES / "exploding"), "--format", "md")
+    assert md.stdout.startswith("## tracemortem report") and "- What to try: " in md.stdout
+    doc = json.loads(_cli("summary", str(SAMPLES / "exploding"), "--format", "json").stdout)
+    assert doc["findings"][0]["rule"] == "exploding-gradient"
+
+
+def test_ops_in_each_format():
+    run = str(SAMPLES / "exploding")
+    text = _cli("ops", run, "--top", "2").stdout
+    md = _cli("ops", run, "--top", "2", "--format", "md").stdout
+    doc = json.loads(_cli("ops", run, "--top", "2", "--format", "json").stdout)
+    assert len(doc["ops"]) == 2 and doc["kernels"] == []
+    first = doc["ops"][0]
+    assert first["self_ns"] >= doc["ops"][1]["self_ns"]  # longest first, raw numbers with their unit
+    assert first["name"] in text and md.startswith("### Top ops") and md.count("\n| ") == 3
+
+
+def test_diff_fails_on_new_errors_only_when_asked():
+    healthy, exploding = str(SAMPLES / "healthy"), str(SAMPLES / "exploding")
+    assert _cli("diff", healthy, exploding).returncode == 0
+    gated = _cli("diff", healthy, exploding, "--fail-on", "error", "--format", "json")
+    assert gated.returncode == 1 and any(f["severity"] == "error" for f in json.loads(gated.stdout)["new_findings"])
+    assert _cli("diff", exploding, exploding, "--fail-on", "warning").returncode == 0  # nothing new
