@@ -177,3 +177,21 @@ def test_redaction_cleans_the_timeline_and_the_trace_paths():
     cleaned = redact_analysis(a, pseudonymize=True)
     html = report.render(cleaned, "html")
     assert "aB3daB3d" not in html and "api_key=[redacted]" in html
+
+
+def test_the_model_summary_is_a_module_tree_with_health():
+    from tracemortem.report.modules import module_tree
+
+    a = analyze(SAMPLES / "vanishing")
+    tree = module_tree(a)
+    labels = [n.label for n in tree.roots]
+    assert labels[:3] == ["0", "2", "4"] and labels[-1] == "30"  # nn.Sequential order, not text order
+    first = tree.roots[0]
+    assert [c.label for c in first.children] == ["bias", "weight"]
+    assert first.numel == sum(c.numel for c in first.children) and first.params == 2
+    assert "vanishing" in first.status and tree.roots[-1].status == []
+    shares = [n.share for n in tree.roots]
+    assert sum(shares) == pytest.approx(1.0) and shares[-1] > 0.9  # the output layer holds the gradient
+    html = report.render(a, "html")
+    vanishing = next(f for f in a.findings if f.rule == "vanishing-gradient" and f.subject)
+    assert f'href="#{tree.anchors[vanishing.subject]}">In the model summary' in html

@@ -34,7 +34,7 @@ def environment(autoescape: bool) -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(num=fmt_number, dur=fmt_seconds, md=md_escape, term=term_clean)
+    env.filters.update(num=fmt_number, dur=fmt_seconds, md=md_escape, term=term_clean, pct=fmt_share)
     return env
 
 
@@ -62,6 +62,15 @@ def fmt_number(value: Any) -> str:
             return f"{int(value):,}"
         return f"{value:.4g}"
     return str(value)
+
+
+def fmt_share(share: Any) -> str:
+    """A fraction as a percentage: `12.3%`, `<0.01%` for a tiny but non-zero share, `—` for none."""
+    if not isinstance(share, (int, float)) or isinstance(share, bool) or not math.isfinite(share):
+        return "—"
+    if 0 < share < 1e-4:
+        return "<0.01%"
+    return f"{share * 100:.3g}%"
 
 
 def fmt_seconds(seconds: Any) -> str:

@@ -13,6 +13,7 @@ from . import charts as charts_mod
 from .common import SEVERITY_LABEL, asset, environment, script_json
 from .evidence import evidence_items
 from .facts import ops_table, rank_table, recorder_settings, run_facts, severity_counts
+from .modules import module_tree
 from .trace_links import finding_range
 from .verdict import report_verdict
 
@@ -25,6 +26,7 @@ class HtmlReport:
 
     def render(self, analysis: Analysis) -> str:
         charts = charts_mod.build(analysis)
+        modules = module_tree(analysis)
         shown = {c.id for c in charts if c.figure is not None}
         findings = [
             {
@@ -33,6 +35,7 @@ class HtmlReport:
                 "chart": charts_mod.RULE_CHART.get(f.rule) if charts_mod.RULE_CHART.get(f.rule) in shown else None,
                 "evidence": evidence_items(f),
                 "trace": finding_range(analysis, f),
+                "module": modules.anchors.get(f.subject) if f.subject else None,
             }
             for i, f in enumerate(analysis.findings)
         ]
@@ -53,6 +56,7 @@ class HtmlReport:
             ops=ops_table(analysis.ops),
             kernels=ops_table(analysis.kernels),
             ranks=rank_table(analysis.run),
+            modules=modules,
             css=Markup(asset("report.css")),
             # Trusted code from this package; `</script` never occurs in it.
             script=Markup(asset("report.js")),
