@@ -41,3 +41,28 @@ def test_diff_fails_on_new_errors_only_when_asked():
     gated = _cli("diff", healthy, exploding, "--fail-on", "error", "--format", "json")
     assert gated.returncode == 1 and any(f["severity"] == "error" for f in json.loads(gated.stdout)["new_findings"])
     assert _cli("diff", exploding, exploding, "--fail-on", "warning").returncode == 0  # nothing new
+
+
+def test_colour_only_on_a_terminal_without_no_color():
+    from tracemortem.report.terminal import colourize, use_colour
+
+    assert use_colour(True, {}) and not use_colour(False, {})
+    assert not use_colour(True, {"NO_COLOR": "1"}) and not use_colour(True, {"TERM": "dumb"})
+    text = "tracemortem summary\nGradients exploded.\n\nERROR   exploding-gradient  step 92\n        an ERROR inside\n"
+    coloured = colourize(text)
+    assert "\x1b[31m\x1b[1mERROR\x1b[0m   exploding-gradient" in coloured and "an ERROR inside" in coloured
+    assert "\x1b[1mGradients exploded.\x1b[0m" in coloured
+    # piped (not a terminal): no escape codes at all
+    assert "\x1b" not in _cli("summary", str(SAMPLES / "exploding")).stdout
+
+
+def test_an_unknown_config_key_is_warned_about(tmp_path):
+    (tmp_path / "tracemortem.toml").write_text('formt = "md"\nfail-on = "never"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "tracemortem.cli", "summary", str(SAMPLES / "healthy")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0
+    assert "unknown config key 'formt'" in result.stderr and "fail-on" not in result.stderr.split("(known")[0]

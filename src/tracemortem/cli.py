@@ -7,6 +7,7 @@ to stderr, one line per problem, and `--debug` shows tracebacks.
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -65,7 +66,16 @@ def _run(debug: bool, body: Callable[[], int]) -> None:
 
 
 def _load_config(sets: tuple[str, ...]) -> Config:
-    return Config.load(Path.cwd(), sets)
+    from .config import OPTIONS
+
+    config = Config.load(Path.cwd(), sets)
+    for key in config.unknown_options():
+        click.echo(
+            f"tracemortem: warning: unknown config key {key!r} ignored (known: {', '.join(OPTIONS)}, "
+            "and [rule] tables of thresholds)",
+            err=True,
+        )
+    return config
 
 
 def _analyze(path: str, config: Config, redact: bool):
@@ -207,10 +217,14 @@ def summary(path: str, fail_on: str | None, fmt: str, sets, redact: bool, debug:
 
     def body() -> int:
         from .report import render
+        from .report.terminal import colourize, use_colour
 
         config = _load_config(sets)
         analysis = _analyze(path, config, redact)
-        click.echo(render(analysis, fmt), nl=False)
+        document = render(analysis, fmt)
+        if fmt == "text" and use_colour(sys.stdout.isatty(), os.environ):
+            document = colourize(document)
+        click.echo(document, nl=False)
         return _fail_code(analysis, _option(config, "fail-on", fail_on, "never"))
 
     _run(debug, body)

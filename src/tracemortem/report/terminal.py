@@ -1,8 +1,10 @@
-"""Plain-text output for `tracemortem summary` and `tracemortem ops`: aligned columns, no
-colour codes (click strips nothing we do not emit), control characters from names neutralised."""
+"""Plain-text output for `tracemortem summary` and `tracemortem ops`: aligned columns, colour
+only when the CLI asks for it (a terminal without NO_COLOR), control characters from names
+neutralised."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from .common import SEVERITY_LABEL, Table, environment, term_clean
@@ -43,6 +45,28 @@ class TextSummary:
             label=SEVERITY_LABEL,
             findings=[(f, brief(evidence_items(f), limit=8)) for f in analysis.findings],
         )
+
+
+_SEVERITY_COLOURS = {"ERROR": "red", "WARNING": "yellow", "INFO": "blue"}
+
+
+def colourize(text: str) -> str:
+    """The text summary with its severity words coloured and the verdict in bold, for a terminal
+    (the CLI decides: only on a TTY and never when NO_COLOR is set, see https://no-color.org)."""
+    import click
+
+    lines = text.split("\n")
+    if len(lines) > 1 and lines[1]:
+        lines[1] = click.style(lines[1], bold=True)
+    for i, line in enumerate(lines):
+        word = line.split(" ", 1)[0]
+        if word in _SEVERITY_COLOURS:
+            lines[i] = click.style(word, fg=_SEVERITY_COLOURS[word], bold=True) + line[len(word) :]
+    return "\n".join(lines)
+
+
+def use_colour(is_tty: bool, environ: Mapping[str, str]) -> bool:
+    return is_tty and not environ.get("NO_COLOR") and environ.get("TERM") != "dumb"
 
 
 NO_OPS = "No profiler trace with op timings was found."
