@@ -66,3 +66,11 @@ def test_an_unknown_config_key_is_warned_about(tmp_path):
     )
     assert result.returncode == 0
     assert "unknown config key 'formt'" in result.stderr and "fail-on" not in result.stderr.split("(known")[0]
+
+
+def test_diff_as_a_self_contained_html_page():
+    result = _cli("diff", str(SAMPLES / "healthy"), str(SAMPLES / "exploding"), "--format", "html")
+    page = result.stdout
+    assert result.returncode == 0 and page.startswith("<!DOCTYPE html>")
+    assert "<h2>New findings</h2>" in page and "exploding-gradient" in page
+    assert "<script" not in page and "http://" not in page.replace("http://www.w3.org", "")

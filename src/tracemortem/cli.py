@@ -253,7 +253,7 @@ def ops(path: str, top: int, fmt: str, sets, redact: bool, debug: bool) -> None:
 @main.command()
 @click.argument("baseline", type=click.Path(path_type=str))
 @click.argument("candidate", type=click.Path(path_type=str))
-@click.option("--format", "fmt", type=click.Choice(("text", "md", "json")), default="text", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(("text", "md", "json", "html")), default="text", show_default=True)
 @click.option(
     "--top", type=click.IntRange(min=1), default=10, show_default=True, help="How many ops and kernels to list."
 )
