@@ -74,3 +74,13 @@ def test_diff_as_a_self_contained_html_page():
     assert result.returncode == 0 and page.startswith("<!DOCTYPE html>")
     assert "<h2>New findings</h2>" in page and "exploding-gradient" in page
     assert "<script" not in page and "http://" not in page.replace("http://www.w3.org", "")
+
+
+def test_quiet_prints_nothing_but_the_document_and_verbose_says_what_it_does(tmp_path):
+    out = str(tmp_path / "r.md")
+    quiet = _cli("-q", "report", str(SAMPLES / "healthy"), "-o", out)
+    assert quiet.returncode == 0 and quiet.stderr == "" and Path(out).read_text().startswith("## tracemortem report")
+    normal = _cli("report", str(SAMPLES / "healthy"), "-o", out)
+    assert normal.stderr.startswith("tracemortem: wrote ")
+    verbose = _cli("-v", "report", str(SAMPLES / "healthy"), "-o", out)
+    assert "tracemortem: reading rank 0" in verbose.stderr and "tracemortem: wrote " in verbose.stderr

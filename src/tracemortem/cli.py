@@ -20,7 +20,7 @@ from . import __version__
 from .config import Config
 from .errors import ConfigError, TracemortemError
 from .findings import SEVERITIES, at_or_above
-from .progress import finish, terminal_progress
+from .progress import Progress, finish, silent, terminal_progress
 
 FORMATS = ("html", "md", "json")  # the documents `report` writes (see report.REPORTERS)
 
@@ -29,13 +29,28 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def _verbosity() -> int:
+    """-1 with `-q` (errors only), 1 with `-v` (progress lines even when stderr is not a terminal), else 0."""
+    ctx = click.get_current_context(silent=True)
+    params = ctx.find_root().params if ctx is not None else {}
+    return -1 if params.get("quiet") else 1 if params.get("verbose") else 0
+
+
+def _progress() -> Progress:
+    if _verbosity() < 0:
+        return silent
+    if _verbosity() > 0 and not sys.stderr.isatty():
+        return lambda message: click.echo(f"tracemortem: {message}", err=True)
+    return terminal_progress()
+
+
 def _run(debug: bool, body: Callable[[], int]) -> None:
     """Run a command body, mapping every failure to one stderr line and an exit code."""
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             code = body()
-        for warning in caught:
+        for warning in caught if _verbosity() >= 0 else ():
             click.echo(f"tracemortem: warning: {_one_line(warning.message)}", err=True)
     except click.exceptions.Exit:
         raise
@@ -69,7 +84,7 @@ def _load_config(sets: tuple[str, ...]) -> Config:
     from .config import OPTIONS
 
     config = Config.load(Path.cwd(), sets)
-    for key in config.unknown_options():
+    for key in config.unknown_options() if _verbosity() >= 0 else ():
         click.echo(
             f"tracemortem: warning: unknown config key {key!r} ignored (known: {', '.join(OPTIONS)}, "
             "and [rule] tables of thresholds)",
@@ -82,7 +97,7 @@ def _analyze(path: str, config: Config, redact: bool):
     from .analysis import analyze
     from .report.redact import redact_analysis
 
-    progress = terminal_progress()
+    progress = _progress()
     try:
         analysis = analyze(path, config, progress=progress)
     finally:
@@ -128,7 +143,9 @@ def with_common(func):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="tracemortem")
-def main() -> None:
+@click.option("-q", "--quiet", is_flag=True, help="Print only errors on stderr (no progress, warnings or summary line).")
+@click.option("-v", "--verbose", is_flag=True, help="Print progress on stderr even when it is not a terminal.")
+def main(quiet: bool, verbose: bool) -> None:
     """Post-mortem analysis of PyTorch training runs.
 
     PATH is a run directory written by tracemortem.Recorder, one rank directory, one
@@ -183,8 +200,8 @@ def report(
             click.echo(document, nl=False)
         else:
             fmt_.write_text_atomic(Path(target), document)  # a failed write leaves no partial file
-            counts = _counts(analysis)
-            click.echo(f"tracemortem: wrote {target} ({counts})", err=True)
+            if _verbosity() >= 0:
+                click.echo(f"tracemortem: wrote {target} ({_counts(analysis)})", err=True)
         return _fail_code(analysis, threshold)
 
     _run(debug, body)
