@@ -89,8 +89,13 @@
         return out;
       }
       var step = niceStep(b - a, count, integer);
-      for (var t = Math.ceil(a / step) * step; t <= b + step * 1e-9; t += step) out.push(Number(t.toPrecision(12)));
-      return out;
+      // a narrow axis may fit one "nice" step only: halve it until two ticks show
+      for (;;) {
+        out = [];
+        for (var t = Math.ceil(a / step) * step; t <= b + step * 1e-9; t += step) out.push(Number(t.toPrecision(12)));
+        if (out.length >= 2 || (integer && step <= 1) || step < (b - a) * 1e-6) return out;
+        step = integer ? Math.max(1, Math.floor(step / 2)) : step / 2;
+      }
     };
     return s;
   }

@@ -86,6 +86,10 @@ def test_short_names_fold_template_noise_and_stay_distinct():
     assert len(set(labels)) == 3
     assert labels[0].startswith("vectorized_elementwise_kernel<4, FillFunctor<…>")
     assert short_names(["same<a>(x)", "same<a>(y)"]) == ["same<a> #1", "same<a> #2"]
+    # a mangled cutlass kernel, as one real A100 trace holds it: its names, not the mangling
+    mangled = "_ZN19cutlass_cudnn_train6KernelINS_4conv6kernel23ImplicitGemmConvolutionINS1_11EEEEEvNT_6ParamsE"
+    assert short_name(mangled) == "cutlass_cudnn_train::Kernel<…>(…)"
+    assert short_name("_Z10add_kernelPfS_i") == "add_kernel(…)"
 
 
 def test_the_html_report_opens_with_the_verdict():

@@ -1,6 +1,7 @@
 """Readable short forms of op and kernel names for chart labels (the full name stays on hover
-and in the tables). Profiler traces already hold demangled C++ names; what makes them unreadable
-is template noise, so this folds template arguments and parameter lists and drops the namespaces of
+and in the tables). Profiler traces mostly hold demangled C++ names, where what makes them
+unreadable is template noise; the few mangled ones (cutlass kernels) are read as far as their
+length-prefixed names go, so this folds template arguments and parameter lists and drops the namespaces of
 templated names (`aten::mm` stays as it is; docs/report.md, "Names")."""
 
 from __future__ import annotations
@@ -34,11 +35,38 @@ def _fold(name: str, keep_depth: int) -> str:
     return "".join(out)
 
 
+_LENGTH = re.compile(r"\d+")
+
+
+def _mangled_label(name: str) -> str | None:
+    """`_ZN19cutlass_cudnn_train6KernelINS_…` → `cutlass_cudnn_train::Kernel<…>`: the
+    length-prefixed names of an Itanium-mangled symbol up to its template arguments, read
+    without demangling the rest (a label, not a full demangler)."""
+    if not name.startswith("_Z"):
+        return None
+    at = 3 if name.startswith("_ZN") else 2
+    parts: list[str] = []
+    while at < len(name):
+        length = _LENGTH.match(name, at)
+        if length is None:
+            break
+        start = length.end()
+        parts.append(name[start : start + int(length.group())])
+        at = start + int(length.group())
+    if not parts:
+        return None
+    rest = name[at:]
+    return "::".join(parts) + ("<…>" if rest.startswith("I") else "") + "(…)"
+
+
 def short_name(name: str, keep_depth: int = 0) -> str:
     """`void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>(int, …)`
     → `vectorized_elementwise_kernel<…>`; with `keep_depth=1` the first level of template
     arguments stays (`vectorized_elementwise_kernel<4, FillFunctor<…>>`)."""
     text = name.strip()
+    mangled = _mangled_label(text)
+    if mangled is not None:
+        return mangled if len(mangled) <= MAX_LABEL else mangled[: MAX_LABEL - 1] + "…"
     if not _CPP.match(text):
         return text if len(text) <= MAX_LABEL else text[: MAX_LABEL - 1] + "…"  # `aten::mm` stays as it is
     if text.startswith("void "):
