@@ -7,76 +7,23 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import pickle
 import random
 import shutil
 import subprocess
 import sys
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cli_helpers import Outcome, cli, report
 from trace_helpers import REAL_TRACES, record_cpu_trace
-from tracemortem.cli import main
 from tracemortem.errors import InputError
 
 REAL_GPU_TRACE = REAL_TRACES / "two_rank_sampled" / "rank-0.json.gz"
-
-
-@dataclass
-class Outcome:
-    code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def doc(self) -> dict:
-        return json.loads(self.stdout)
-
-    def rules(self) -> list[str]:
-        return [f["rule"] for f in self.doc["findings"]]
-
-    def notes(self, rule: str) -> list[dict]:
-        return [f for f in self.doc["findings"] if f["rule"] == rule]
-
-
-def cli(*args: str, env: dict[str, str] | None = None, process: bool = False) -> Outcome:
-    """Run the CLI in-process (click's runner: an exception escaping it is kept, not printed) or,
-    with `process`, as `python -m tracemortem.cli`, where stderr is exactly what a user sees."""
-    if process:
-        proc = subprocess.run(
-            [sys.executable, "-m", "tracemortem.cli", *args],
-            capture_output=True,
-            text=True,
-            check=False,
-            env={**os.environ, **(env or {})},
-            timeout=120,
-        )
-        out = Outcome(proc.returncode, proc.stdout, proc.stderr)
-    else:
-        result = CliRunner().invoke(main, list(args), env=env)
-        assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-        out = Outcome(result.exit_code, result.stdout, result.stderr)
-    # The contract for every input: one clear line per problem, no traceback, no Rust panic.
-    assert "Traceback" not in out.stderr and "panicked" not in out.stderr, out.stderr
-    assert len(out.stderr.splitlines()) <= 4, out.stderr
-    assert out.code != 4, out.stderr  # internal error: a bug, whatever the input
-    return out
-
-
-def report(path: Path, *extra: str, env: dict[str, str] | None = None, process: bool = False) -> Outcome:
-    out = cli("report", str(path), "--format", "json", "-o", "-", *extra, env=env, process=process)
-    if out.code in (0, 1):
-        assert out.doc["tool"] == "tracemortem"
-    else:
-        assert out.stdout == ""  # only the requested document goes to stdout, and there is none
-    return out
 
 
 @pytest.fixture(autouse=True)
@@ -605,10 +552,9 @@ print("ok")
     assert not (tmp_path / "pwned").exists()
 
 
-# Unpickling in the package that is not of input data, with why.
-PICKLE_ALLOWED = {
-    "src/tracemortem/load/workers.py": "its own worker process's replies (ints, strings), never file content"
-}
+# Unpickling in the package that is not of input data, with why (the worker pool's replies are
+# unpickled by concurrent.futures itself, not by code of this package).
+PICKLE_ALLOWED: dict[str, str] = {}
 
 
 def test_every_torch_load_is_weights_only_and_nothing_unpickles_inputs():

@@ -12,8 +12,10 @@ import polars as pl
 from . import __version__
 from .config import Config
 from .detect import health, perf
-from .findings import Finding, sort_findings
+from .errors import InputError
+from .findings import Finding, cap_per_rule, sort_findings
 from .format import FORMAT_VERSION, TOOL
+from .limits import MAX_FINDINGS_PER_RULE
 from .load.devices import gpu_devices
 from .load.discover import Inputs, discover
 from .load.run import RunData, load_run
@@ -53,7 +55,7 @@ def analyze(path: str | Path, config: Config | None = None, progress: Progress =
     config = config or Config()
     inputs = discover(path)
     run = load_run(inputs, progress=progress) if inputs.run_root is not None else None
-    traces = load_traces(inputs.trace_files, progress=progress) if inputs.trace_files else None
+    traces = _traces_or_note(inputs, run, progress)
     timing = summarize(traces, config, progress=progress) if traces is not None else None
 
     findings: list[Finding] = []
@@ -61,7 +63,7 @@ def analyze(path: str | Path, config: Config | None = None, progress: Progress =
         findings += run.notes + health.detect(run, config)
     if traces is not None:
         findings += traces.notes
-    findings = sort_findings(findings + perf.detect(timing, run, config))
+    findings = sort_findings(cap_per_rule(sort_findings(findings + perf.detect(timing, run, config)), MAX_FINDINGS_PER_RULE.value()))
 
     return Analysis(
         path=inputs.path,
@@ -77,6 +79,28 @@ def analyze(path: str | Path, config: Config | None = None, progress: Progress =
         timelines=timelines(traces, timing.steps, findings) if traces is not None and timing is not None else [],
         trace_origins=origins(traces) if traces is not None else {},
     )
+
+
+def _traces_or_note(inputs: Inputs, run: RunData | None, progress: Progress) -> TraceSet | None:
+    """The traces; in a run directory, traces that are all unreadable are a note on the run (whose
+    steps and grads are still analysed), not the end of the analysis."""
+    if not inputs.trace_files:
+        return None
+    try:
+        return load_traces(inputs.trace_files, progress=progress)
+    except InputError as exc:
+        if run is None:
+            raise
+        run.notes.append(
+            Finding(
+                "input-error",
+                "warning",
+                "Unreadable trace file skipped",
+                str(exc),
+                suggestion="Check that the file is a torch.profiler chrome trace (.json or .json.gz).",
+            )
+        )
+        return None
 
 
 def run_facts(inputs: Inputs, run: RunData | None, timing: Timing | None, traces: TraceSet | None = None) -> RunFacts:

@@ -18,15 +18,21 @@ import click
 
 from . import __version__
 from .config import Config
-from .errors import ConfigError, TracemortemError
+from .errors import ConfigError, InputError, TracemortemError
 from .findings import SEVERITIES, at_or_above
+from .limits import MAX_REPORT_BYTES
 from .progress import Progress, finish, silent, terminal_progress
+from .sanitize import terminal_text
 
 FORMATS = ("html", "md", "json")  # the documents `report` writes (see report.REPORTERS)
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+def _one_line(text: object) -> str:
+    """A message for stderr: it quotes paths and names from the input, so secrets are redacted
+    and control, escape and bidi characters shown escaped (docs/robustness.md)."""
+    from .report.redact import redact_secrets
+
+    return terminal_text(redact_secrets(str(text).strip()))
 
 
 def _verbosity() -> int:
@@ -86,7 +92,7 @@ def _load_config(sets: tuple[str, ...]) -> Config:
     config = Config.load(Path.cwd(), sets)
     for key in config.unknown_options() if _verbosity() >= 0 else ():
         click.echo(
-            f"tracemortem: warning: unknown config key {key!r} ignored (known: {', '.join(OPTIONS)}, "
+            f"tracemortem: warning: unknown config key '{_one_line(key)}' ignored (known: {', '.join(OPTIONS)}, "
             "and [rule] tables of thresholds)",
             err=True,
         )
@@ -99,7 +105,8 @@ def _analyze(path: str, config: Config, redact: bool):
 
     progress = _progress()
     try:
-        analysis = analyze(path, config, progress=progress)
+        # Status lines name input files: shown like every other stderr line.
+        analysis = analyze(path, config, progress=lambda message: progress(_one_line(message)))
     finally:
         finish(progress)
     return redact_analysis(analysis, pseudonymize=redact)
@@ -182,7 +189,6 @@ def report(
     """Render the report (HTML, Markdown or JSON) for PATH."""
 
     def body() -> int:
-        from . import format as fmt_
         from .report import REPORTERS
 
         config = _load_config(sets)
@@ -192,19 +198,48 @@ def report(
         threshold = _option(config, "fail-on", fail_on, "error")
         if threshold not in ("error", "warning", "never"):
             raise ConfigError(f"fail-on must be error, warning or never, not {threshold!r}")
-        analysis = _analyze(path, config, redact)
         reporter = REPORTERS[chosen]
-        document = reporter.render(analysis)
         target = output or f"tracemortem-report{reporter.suffix}"
+        if target != "-":
+            _refuse_overwriting_input(Path(target), Path(path))
+        analysis = _analyze(path, config, redact)
+        document = reporter.render(analysis).encode("utf-8")
+        if len(document) > MAX_REPORT_BYTES.value():
+            raise InputError(
+                f"the {chosen} report would be {len(document)} bytes, over the {MAX_REPORT_BYTES.value()}-byte "
+                f"limit ({MAX_REPORT_BYTES.env}); try --format md"
+            )
         if target == "-":
             click.echo(document, nl=False)
         else:
-            fmt_.write_text_atomic(Path(target), document)  # a failed write leaves no partial file
+            _write_report(Path(target), document)
             if _verbosity() >= 0:
-                click.echo(f"tracemortem: wrote {target} ({_counts(analysis)})", err=True)
+                click.echo(f"tracemortem: wrote {_one_line(target)} ({_counts(analysis)})", err=True)
         return _fail_code(analysis, threshold)
 
     _run(debug, body)
+
+
+def _refuse_overwriting_input(target: Path, source: Path) -> None:
+    """-o must not name the input, or an existing file inside an input directory."""
+    try:
+        target, source = target.resolve(), source.resolve()
+    except (OSError, RuntimeError):  # a link loop: the write below reports it
+        return
+    if target == source or (target.exists() and source.is_dir() and source in target.parents):
+        raise ConfigError(f"{target}: refusing to overwrite the input with the report; choose another -o")
+
+
+def _write_report(target: Path, document: bytes) -> None:
+    """Atomically: a failed write leaves no partial file (nor a half-replaced earlier report)."""
+    from .format import write_bytes_atomic
+
+    if not target.parent.is_dir():  # a typo in the folder is a usage error, not a folder to create
+        raise ConfigError(f"{target}: cannot write the report (no such folder: {target.parent})")
+    try:
+        write_bytes_atomic(target, document)
+    except OSError as exc:  # no such folder, no permission, a read-only or full disk
+        raise ConfigError(f"{target}: cannot write the report ({exc.strerror or exc})") from None
 
 
 def _format_from_name(output: str | None) -> str | None:

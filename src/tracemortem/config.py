@@ -28,12 +28,19 @@ RULE_MODULES = (
 )
 
 
+# The valid range of a number threshold unless it declares its own: no negative counts, times or
+# factors, and nothing so large that arithmetic on it overflows or is meaningless.
+NUMBER_RANGE = (0, 10**12)
+
+
 @dataclass(frozen=True)
 class Threshold:
     name: str  # "rule.param"
     default: float | int | str | bool
     doc: str
     source: str  # where the default comes from
+    low: float = NUMBER_RANGE[0]  # valid range of a number threshold, both ends included
+    high: float = NUMBER_RANGE[1]
 
     @property
     def rule(self) -> str:
@@ -43,14 +50,21 @@ class Threshold:
 _REGISTRY: dict[str, Threshold] = {}
 
 
-def threshold(name: str, default: Any, doc: str, source: str) -> Threshold:
-    """Declare a threshold (module level, once)."""
+def threshold(
+    name: str,
+    default: Any,
+    doc: str,
+    source: str,
+    low: float = NUMBER_RANGE[0],
+    high: float = NUMBER_RANGE[1],
+) -> Threshold:
+    """Declare a threshold (module level, once); a number threshold accepts values in [low, high]."""
     if "." not in name:
         raise ValueError(f"threshold name {name!r} must be 'rule.param'")
     known = _REGISTRY.get(name)
     if known is not None and known.default != default:
         raise ValueError(f"threshold {name!r} declared twice with different defaults")
-    _REGISTRY[name] = Threshold(name, default, doc, source)
+    _REGISTRY[name] = Threshold(name, default, doc, source, low, high)
     return _REGISTRY[name]
 
 
@@ -86,6 +100,8 @@ def _coerce(spec: Threshold, value: Any) -> Any:
         raise ConfigError(f"{spec.name}: expected a finite number, got {value!r}")
     if kind is int and isinstance(value, float) and not value.is_integer():
         raise ConfigError(f"{spec.name}: expected an integer, got {value!r}")
+    if kind in (int, float) and not spec.low <= value <= spec.high:
+        raise ConfigError(f"{spec.name}: {value!r} is out of range (from {spec.low:g} to {spec.high:g})")
     return kind(value)
 
 

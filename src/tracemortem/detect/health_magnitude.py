@@ -22,6 +22,7 @@ SPIKE_WINDOW = threshold(
     128,
     "Previous finite steps whose mean and std the grad norm is compared with.",
     "OLMo-core SkipStepOptimizer (rolling_interval_length=128)",
+    low=1,
 )
 SPIKE_SIGMA = threshold(
     "exploding-gradient.sigma",
@@ -47,6 +48,7 @@ EARLY_STEPS = threshold(
     100,
     "Steps whose maximum grad norm is the baseline of the early-max test.",
     "Megatron-LM is_unexpectedly_large (first 100 steps)",
+    low=1,
 )
 EARLY_FACTOR = threshold(
     "exploding-gradient.early_factor",
@@ -55,7 +57,11 @@ EARLY_FACTOR = threshold(
     "Megatron-LM is_unexpectedly_large (10x)",
 )
 GROWTH_WINDOW = threshold(
-    "exploding-gradient.growth_window", 10, "Steps over which sustained exponential growth is measured.", "tracemortem"
+    "exploding-gradient.growth_window",
+    10,
+    "Steps over which sustained exponential growth is measured.",
+    "tracemortem",
+    low=1,
 )
 GROWTH_FACTOR = threshold(
     "exploding-gradient.growth_factor",
@@ -90,6 +96,7 @@ VANISH_WINDOW = threshold(
     50,
     "Consecutive recorded steps (the last healthy ones) on all of which both must hold.",
     "research §6(a) B8 (50 consecutive steps)",
+    low=1,
 )
 
 DEAD_MIN_STEPS = threshold(
@@ -128,7 +135,7 @@ RATIO_MIN_STEPS = threshold(
 )
 
 LOSS_WINDOW = threshold(
-    "loss-spike.window", 128, "Previous finite steps the log loss is compared with.", "research §6(a) D17"
+    "loss-spike.window", 128, "Previous finite steps the log loss is compared with.", "research §6(a) D17", low=1
 )
 LOSS_Z = threshold("loss-spike.z", 6.0, "Spike when the robust z of log loss exceeds this.", "research §6(a) D17")
 LOSS_MIN_HISTORY = threshold(
@@ -175,6 +182,7 @@ def _num(value: float | None, digits: int = 4) -> float | None:
 def grad_spikes(series: HealthSeries, config: Config) -> pl.DataFrame:
     """Healthy steps with their spike tests: `sigma` (OLMo), `early` (Megatron), `growth`."""
     window, history = int(config[SPIKE_WINDOW]), int(config[SPIKE_MIN_HISTORY])
+    history = min(history, window)  # more history than one window holds: the whole window
     early_n, gw = int(config[EARLY_STEPS]), int(config[GROWTH_WINDOW])
     g = pl.col("grad_norm")
     frame = series.healthy.select("step", "grad_norm").with_row_index("i")
@@ -507,6 +515,7 @@ def loss_spike(run: RunData, series: HealthSeries, config: Config) -> list[Findi
     positive = bool((rows["loss"] > 0).all())  # log needs positive losses; else raw values
     x = pl.col("loss").log() if positive else pl.col("loss")
     window, history = int(config[LOSS_WINDOW]), int(config[LOSS_MIN_HISTORY])
+    history = min(history, window)  # more history than one window holds: the whole window
     early_n = int(config[EARLY_STEPS])
     early_max = as_float(rows.head(early_n)["loss"].max())
     # Robust sigma from the window's interquartile range (IQR / 1.349 = sigma for a normal).

@@ -17,12 +17,14 @@ NAMES_SHOWN = threshold(
     10,
     "How many non-finite parameters the finding names (nearest the output first).",
     "tracemortem (report size)",
+    low=1,
 )
 AMP_WINDOW = threshold(
     "amp-overflow.window",
     1000,
     "Steps per sliding window in which the share of skipped (overflow) steps is measured.",
     "Megatron-LM DynamicGradScaler / research §6(a) A3",
+    low=1,
 )
 AMP_MAX_FRACTION = threshold(
     "amp-overflow.max_fraction",
@@ -30,6 +32,7 @@ AMP_MAX_FRACTION = threshold(
     "Warning when more than this share of the steps of any window were skipped; fewer skips are "
     "reported as info (a GradScaler calibrating its scale).",
     "research §6(a) A3 (1% in a 1,000-step window)",
+    high=1,
 )
 AMP_MIN_SCALE = threshold(
     "amp-overflow.min_scale",

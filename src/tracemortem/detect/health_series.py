@@ -113,7 +113,12 @@ def _per_param(run: RunData) -> pl.DataFrame:
         )
         .collect(engine=STREAMING)
     )
-    return run.params.join(aggs, on="param_id", how="full", coalesce=True).sort("order", nulls_last=True)
+    # Ids that meta.json does not name (it is missing, damaged or truncated) are `param<id>`.
+    return (
+        run.params.join(aggs, on="param_id", how="full", coalesce=True)
+        .with_columns(pl.coalesce("name", pl.format("param{}", "param_id")).alias("name"))
+        .sort("order", nulls_last=True)
+    )
 
 
 def bad_element() -> pl.Expr:

@@ -67,6 +67,7 @@ SLOW_OP_SHARE = threshold(
     0.05,
     "…and its time above that bound is at least this share of the rank's profiled step time.",
     "tracemortem default",
+    high=1,
 )
 SLOW_OP_RECUR = threshold(
     "slow-op.min_slow_steps",
@@ -87,39 +88,45 @@ TOP_OP_SHARE = threshold(
     "The top op by self time (GPU self time on GPU traces) is reported (info) "
     "when it takes at least this share of profiled step time.",
     "tracemortem default",
+    high=1,
 )
 LOADER_WARN = threshold(
     "dataloader-bound.min_share",
     0.2,
     "Warning when DataLoader time is at least this share of step time.",
     "research/gradient-debuggers.md §6(a) G36 (data loading > 20% of step time)",
+    high=1,
 )
 LOADER_INFO = threshold(
     "dataloader-bound.info_share",
     0.05,
     "Info when DataLoader time is at least this share of step time.",
     "tb_plugin recommendation rule 1 (DataLoader > 5% of step time)",
+    high=1,
 )
 SYNC_SHARE = threshold(
     "host-sync.min_share",
     0.05,
     "Warning when host-synchronising calls take at least this share of step time on a GPU rank.",
     "research/gradient-debuggers.md §6(a) G34 (sync ops > 5% of step time)",
+    high=1,
 )
 IDLE_SHARE = threshold(
     "gpu-idle.min_share",
     0.5,
     "Warning when the GPU is idle for at least this share of its active span (HTA temporal breakdown).",
     "tb_plugin recommendation rule 5 (GPU utilization < 50%)",
+    high=1,
 )
 LAUNCH_SHORT = threshold(
     "launch-bound.short_share",
     0.5,
     "Share of GPU ops that run shorter than their CPU launch call.",
     "HTA get_cuda_kernel_launch_stats 'short kernels' (gpu_duration < cpu_duration); share is ours",
+    high=1,
 )
 LAUNCH_IDLE = threshold(
-    "launch-bound.min_idle_share", 0.3, "…together with at least this GPU idle share.", "tracemortem default"
+    "launch-bound.min_idle_share", 0.3, "…together with at least this GPU idle share.", "tracemortem default", high=1
 )
 STRAGGLER_SKEW = threshold(
     "straggler-rank.skew",

@@ -9,12 +9,13 @@ decoded separately. A file cut off mid-write is read up to its last complete eve
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import os
 import re
-import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
@@ -23,13 +24,11 @@ from typing import Any
 import msgspec
 import polars as pl
 
-from ..errors import ConfigError, InputError
-from .workers import WorkerFailed, Workers
+from ..errors import InputError
+from ..limits import MAX_TRACE_BYTES
+from ..pool import process_pool
+from .gzip_stream import GzipStream
 
-# Refuse a trace that decompresses (or is) larger than this: the biggest real traces reported
-# are ~10 GB per rank, so 16 GiB leaves room while stopping a gzip bomb. Read at call time so
-# tests can lower it.
-MAX_TRACE_BYTES = 16 * 2**30
 # Events are decoded in chunks of about this many bytes: large enough that per-chunk overhead
 # vanishes, small enough that the chunk's Python objects stay a small fraction of the columns.
 # 8 MiB loaded a 300 MB trace ~10 % faster than 32 MiB: the chunk's buffer and Structs stay
@@ -108,77 +107,118 @@ class _Source:
         self.file = open(path, "rb")  # noqa: SIM115 — closed by close()
         self.gzip = self.file.read(2) == b"\x1f\x8b"
         self.file.seek(0)
-        self._z = zlib.decompressobj(31) if self.gzip else None
-        # Uncompressed size, to decide on parallel decoding up front: gzip's trailer has it modulo
-        # 4 GiB (so reading past PARALLEL_MIN_BYTES decides too).
-        self.expected = os.fstat(self.file.fileno()).st_size
-        if self.gzip and self.expected >= 18:
-            self.file.seek(-4, os.SEEK_END)
-            # Deflate inflates at most ~1032:1; a cut-off file's last 4 bytes are not its size.
-            self.expected = min(int.from_bytes(self.file.read(4), "little"), 1032 * self.expected)
-            self.file.seek(0)
+        self._gz = GzipStream(self.file, _READ_BYTES) if self.gzip else None
+        # Uncompressed size, to decide on parallel decoding up front. A gzip trailer's size is
+        # the sender's claim (300 KB can claim 4 GiB), so a gzip decides on the bytes it inflates.
+        self.expected = 0 if self.gzip else os.fstat(self.file.fileno()).st_size
         self.produced = 0
-        self.damaged = ""  # why the gzip stream ended early, if it did
+
+    @property
+    def damaged(self) -> str:
+        """Why the gzip stream ended early or failed its checksum, if it did."""
+        return self._gz.problem if self._gz is not None else ""
 
     def position(self) -> int:
         return self.file.tell()
 
     def read(self) -> bytes:
-        data = self._read_gzip() if self.gzip else self.file.read(_READ_BYTES)
+        data = self._gz.read() if self._gz is not None else self.file.read(_READ_BYTES)
         self.produced += len(data)
         if self.produced > self.limit:
             raise InputError(
                 f"{self.path}: trace is larger than {self.limit} bytes uncompressed; refusing to read it "
-                f"(tracemortem.load.chrome.MAX_TRACE_BYTES)"
+                f"({MAX_TRACE_BYTES.env})"
             )
         return data
-
-    def _read_gzip(self) -> bytes:
-        z = self._z
-        while z is not None:
-            if z.eof:  # one member done; another may follow (concatenated gzip)
-                rest = z.unused_data or self.file.read(_READ_BYTES)
-                if not rest.startswith(b"\x1f\x8b"):
-                    return b""  # end, or trailing padding that is not a gzip member
-                z = self._z = zlib.decompressobj(31)
-                data = rest
-            else:
-                data = z.unconsumed_tail or self.file.read(_READ_BYTES)
-                if not data:
-                    self.damaged = "gzip stream ends before its end marker"
-                    self._z = None
-                    return z.flush()
-            try:
-                out = z.decompress(data, _READ_BYTES)
-            except zlib.error as exc:
-                self.damaged = f"gzip stream is corrupt ({exc})"
-                self._z = None
-                return b""
-            if out:
-                return out
-        return b""
 
     def close(self) -> None:
         self.file.close()
 
 
-def _max_trace_bytes() -> int:
-    """MAX_TRACE_BYTES, or TRACEMORTEM_MAX_TRACE_BYTES from the environment (a stricter limit for a
-    service that opens strangers' files; tests of the CLI, a subprocess, lower it this way)."""
-    value = os.environ.get("TRACEMORTEM_MAX_TRACE_BYTES", "").strip()
-    if not value:
-        return MAX_TRACE_BYTES
-    if not value.isdigit():
-        raise ConfigError(f"TRACEMORTEM_MAX_TRACE_BYTES must be a number of bytes, not {value!r}")
-    return int(value)
+class WorkerFailed(Exception):
+    """A worker could not be started, died, or raised: decode in-process instead."""
+
+
+class Decoders:
+    """Worker processes (`pool.process_pool`) that decode chunks for the parent, started on the
+    first big trace and shared by the files of one load; answers are read in submission order."""
+
+    def __init__(self, count: int = 2, untrusted: Iterable[Path] = ()):
+        self.count = count
+        self.untrusted = tuple(untrusted)
+        self.failed = False
+        self._pool: ProcessPoolExecutor | None = None
+        self._sent: list[Future[tuple[bytes, int | None, int, list[str]]]] = []
+
+    def start(self) -> bool:
+        if self._pool is None and not self.failed:
+            try:
+                self._pool = process_pool(self.count, self.untrusted)
+            except Exception:  # no processes or threads allowed here, no interpreter to start: in-process
+                self.failed = True
+        return not self.failed
+
+    def submit(self, data: bytes) -> None:
+        assert self._pool is not None
+        try:
+            sent = self._pool.submit(_decode_chunk_ipc, data)
+        except Exception as exc:  # no worker could start, or one died: `result` reports it in turn
+            sent = Future()
+            sent.set_exception(exc)
+        self._sent.append(sent)
+
+    def result(self) -> tuple[pl.DataFrame | None, int | None, int, list[str]]:
+        """The answer to the oldest chunk not yet read: (frame, cut, skipped, problems); frame and
+        cut are None when the worker found no verified boundary or its decode raised."""
+        try:
+            ipc, cut, skipped, problems = self._sent.pop(0).result()
+        except Exception as exc:  # BrokenProcessPool, a worker that could not start
+            self.fail()
+            raise WorkerFailed(str(exc)) from None
+        return (pl.read_ipc(io.BytesIO(ipc)) if ipc else None), cut, skipped, problems
+
+    def pending(self) -> int:
+        return len(self._sent)
+
+    def drain(self) -> None:
+        """Drop every outstanding answer (their chunks are being decoded again)."""
+        for sent in self._sent:
+            sent.cancel()
+        self._sent.clear()
+
+    def fail(self) -> None:
+        self.close()
+        self.failed = True
+
+    def close(self) -> None:
+        self.drain()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> Decoders:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _decode_chunk_ipc(data: bytes) -> tuple[bytes, int | None, int, list[str]]:
+    """In a worker: `decode_chunk`, with the columns as Arrow IPC (categories dictionary-encoded)."""
+    try:
+        frame, cut, skipped, problems = decode_chunk(data)
+    except Exception:  # the parent decodes this chunk itself
+        return b"", None, 0, []
+    ipc = frame.write_ipc(None, compression="uncompressed").getvalue() if frame is not None else b""
+    return ipc, cut, skipped, problems
 
 
 def read_trace(
-    path: Path, progress: Callable[[int, int], None] | None = None, workers: Workers | None = None
+    path: Path, progress: Callable[[int, int], None] | None = None, workers: Decoders | None = None
 ) -> RawTrace:
     """Decode one trace file. Raises InputError when nothing usable can be read. With `workers`,
     a trace over PARALLEL_MIN_BYTES (uncompressed) has its chunks decoded by them."""
-    source = _Source(path, _max_trace_bytes())
+    source = _Source(path, MAX_TRACE_BYTES.value())
     total = path.stat().st_size
     try:
         return _read(source, path, total, progress, workers)
@@ -193,7 +233,7 @@ def read_trace(
 
 
 def _read(
-    source: _Source, path: Path, total: int, progress: Callable[[int, int], None] | None, workers: Workers | None
+    source: _Source, path: Path, total: int, progress: Callable[[int, int], None] | None, workers: Decoders | None
 ) -> RawTrace:
     opening = b""
     # 1. The head: everything up to the opening "[" of traceEvents (or of a bare array).
@@ -330,7 +370,7 @@ def _read(
 
 
 def _collect(
-    pool: Workers, inflight: list[tuple[bytes, int]], buf: bytearray, trace: RawTrace, frames: list[pl.DataFrame]
+    pool: Decoders, inflight: list[tuple[bytes, int]], buf: bytearray, trace: RawTrace, frames: list[pl.DataFrame]
 ) -> tuple[bytearray, bool]:
     """Take the oldest chunk's columns from the workers. When the worker cut it elsewhere than
     predicted (a boundary inside a string, damage) or failed, the chunks sent after it start at the
@@ -585,7 +625,10 @@ def _columns(events: list[Event], trace: RawTrace) -> pl.DataFrame:
     # polars, which costs a fraction of one bytes object per event (JSON text never holds a NUL).
     dims = cols["input_dims"]
     if any(dims):
-        text = pl.Series([b"\x00".join(dims)], dtype=pl.Binary).cast(pl.String).str.split("\x00").explode()
+        # Decoded here, not cast in polars: msgspec keeps Raw bytes as they are, and invalid
+        # UTF-8 inside a string must become U+FFFD, not fail the chunk.
+        joined = b"\x00".join(dims).decode("utf-8", "replace")
+        text = pl.Series([joined], dtype=pl.String).str.split("\x00").explode()
         dims_col = pl.select(pl.when(text != "").then(text)).to_series()
     else:
         dims_col = pl.Series([None] * n, dtype=pl.String)

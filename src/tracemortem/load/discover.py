@@ -3,14 +3,17 @@ directory of traces. Everything later works from the `Inputs` this returns."""
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
-from ..format import RunPaths, is_inside, is_rank_dir, is_run_dir
+from ..format import MAX_RANK, RunPaths, is_inside, is_rank_dir, is_run_dir
 
 TRACE_SUFFIXES = (".json", ".json.gz")
+# The CLI's own reports: never read back as traces (a report written into a traces folder).
+OWN_OUTPUT_PREFIX = "tracemortem-report."
 _RANK_IN_NAME = re.compile(r"rank[-_]?(\d+)", re.IGNORECASE)
 
 
@@ -25,23 +28,45 @@ class Inputs:
     trace_files: dict[Path, int | None] = field(default_factory=dict)
     # trace files of a run directory that link outside it: not read (load_run reports them)
     refused: list[Path] = field(default_factory=list)
+    # folders that could not be listed (no permission), with why: reported, the rest is read
+    unlisted: list[tuple[Path, str]] = field(default_factory=list)
 
 
 def is_trace_file(path: Path) -> bool:
+    """A regular file (or a link to one: never a FIFO, device or socket) named like a trace, not
+    one of a run directory's documents, a file still being written (dot-names) or our own report."""
     name = path.name.lower()
-    return path.is_file() and name.endswith(TRACE_SUFFIXES) and name not in ("manifest.json", "meta.json", "info.json")
+    return (
+        name.endswith(TRACE_SUFFIXES)
+        and name not in ("manifest.json", "meta.json", "info.json")
+        and not name.startswith((".", OWN_OUTPUT_PREFIX))
+        and path.is_file()
+    )
 
 
 def rank_from_path(path: Path) -> int | None:
     for part in reversed(path.parts):
         match = _RANK_IN_NAME.search(part)
         if match:
-            return int(match.group(1))
+            rank = int(match.group(1))
+            return rank if rank <= MAX_RANK else None
     return None
 
 
-def _traces_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if is_trace_file(p))
+def _traces_under(folder: Path, unlisted: list[tuple[Path, str]]) -> list[Path]:
+    """Trace files below `folder`. Hidden folders are skipped (the profiler's `.trace.*/`
+    scratch exports of a live run); linked folders are not followed (no loops); a folder that
+    cannot be listed goes to `unlisted`."""
+
+    def unreadable(error: OSError) -> None:
+        if not isinstance(error, FileNotFoundError):  # a rank without traces/ is no problem
+            unlisted.append((Path(error.filename or folder), error.strerror or str(error)))
+
+    found = []
+    for parent, dirs, files in os.walk(folder, onerror=unreadable):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [path for name in files if is_trace_file(path := Path(parent) / name)]
+    return sorted(found)
 
 
 def _refuse_outside(inputs: Inputs) -> Inputs:
@@ -55,6 +80,13 @@ def _refuse_outside(inputs: Inputs) -> Inputs:
 
 def discover(path: str | Path) -> Inputs:
     path = Path(path)
+    try:
+        return _discover(path)
+    except OSError as exc:  # PATH itself, or a folder on the way, without permission
+        raise InputError(f"{exc.filename or path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _discover(path: Path) -> Inputs:
     if not path.exists():
         raise InputError(f"{path}: no such file or directory")
     if path.is_file():
@@ -63,18 +95,23 @@ def discover(path: str | Path) -> Inputs:
         return Inputs(path, "trace", trace_files={path: rank_from_path(path)})
     if not path.is_dir():
         raise InputError(f"{path}: not a regular file or directory")
+    unlisted: list[tuple[Path, str]] = []
     if is_run_dir(path):
         run = RunPaths(path)
         ranks = {r: run.rank(r).root for r in run.ranks()}
-        traces: dict[Path, int | None] = {t: r for r, d in ranks.items() for t in _traces_under(d / "traces")}
-        return _refuse_outside(Inputs(path, "run", run_root=path, rank_dirs=ranks, trace_files=traces))
+        traces: dict[Path, int | None] = {t: r for r, d in ranks.items() for t in _traces_under(d / "traces", unlisted)}
+        inputs = Inputs(path, "run", run_root=path, rank_dirs=ranks, trace_files=traces, unlisted=unlisted)
+        return _refuse_outside(inputs)
     if is_rank_dir(path):
         rank = int(path.name[4:])
-        traces = {t: rank for t in _traces_under(path / "traces")}
-        return _refuse_outside(Inputs(path, "rank", run_root=path.parent, rank_dirs={rank: path}, trace_files=traces))
-    traces = {t: rank_from_path(t.relative_to(path)) for t in _traces_under(path)}
+        traces = {t: rank for t in _traces_under(path / "traces", unlisted)}
+        inputs = Inputs(path, "rank", run_root=path.parent, rank_dirs={rank: path}, trace_files=traces)
+        inputs.unlisted = unlisted
+        return _refuse_outside(inputs)
+    traces = {t: rank_from_path(t.relative_to(path)) for t in _traces_under(path, unlisted)}
     if not traces:
+        why = f" ({unlisted[0][0]}: {unlisted[0][1]})" if unlisted else ""
         raise InputError(
-            f"{path}: no run directory (manifest.json, rank*/) and no chrome traces (*.json, *.json.gz) found"
+            f"{path}: no run directory (manifest.json, rank*/) and no chrome traces (*.json, *.json.gz) found{why}"
         )
-    return Inputs(path, "traces", trace_files=traces)
+    return Inputs(path, "traces", trace_files=traces, unlisted=unlisted)

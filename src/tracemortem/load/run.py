@@ -18,6 +18,7 @@ import pyarrow as pa
 from .. import format as fmt
 from ..errors import InputError
 from ..findings import Finding
+from ..limits import MAX_GRADS_ROWS, MAX_PARAMETERS, MAX_STEPS_ROWS
 from ..progress import Progress, silent
 from ..scalars import optional_int
 from .discover import Inputs
@@ -88,6 +89,8 @@ def _read_optional_json(
     path: Path, what: str, notes: list[Finding], rank: int | None, root: Path
 ) -> dict[str, Any] | None:
     if not path.is_file():
+        if path.exists():  # a FIFO, device or socket named like the document: never opened
+            notes.append(_note("warning", f"unreadable {what}", f"{path}: not a regular file; not read", rank=rank))
         return None
     if not fmt.is_inside(root, path):
         notes.append(
@@ -116,11 +119,30 @@ def _as_int(value: Any, bits: int = 64) -> int | None:
     return number if number is not None and -(2 ** (bits - 1)) <= number < 2 ** (bits - 1) else None
 
 
+def _param_table(meta: dict[str, Any]) -> list[Any]:
+    table = meta.get("params") or meta.get("parameters") or []
+    return table if isinstance(table, list) else []
+
+
+def _too_many_params(metas: dict[int, dict[str, Any]]) -> list[Finding]:
+    most = MAX_PARAMETERS.value()
+    return [
+        _note(
+            "warning",
+            "too many parameters",
+            f"meta.json names {len(_param_table(meta))} parameters, over the limit of {most} "
+            f"({MAX_PARAMETERS.env}); only the first {most} are named in the analysis",
+            rank=rank,
+            parameters=len(_param_table(meta)),
+        )
+        for rank, meta in sorted(metas.items())
+        if len(_param_table(meta)) > most
+    ]
+
+
 def _param_rows(meta: dict[str, Any]) -> list[dict[str, Any]]:
     """The meta's parameter table, tolerant of missing keys; `order` from backward order if known."""
-    table = meta.get("params") or meta.get("parameters") or []
-    if not isinstance(table, list):
-        return []
+    table = _param_table(meta)[: MAX_PARAMETERS.value()]
     backward = meta.get("backward_order")
     rows: list[dict[str, Any]] = []
     for i, entry in enumerate(table):
@@ -173,9 +195,16 @@ def _params_frame(metas: dict[int, dict[str, Any]]) -> pl.DataFrame:
 
 # --- chunk tables ---------------------------------------------------------------------------
 
+_TABLE_LIMITS = {"steps": MAX_STEPS_ROWS, "grads": MAX_GRADS_ROWS}
 
-def _chunks(folder: Path, schema: pa.Schema, what: str, rank: int, notes: list[Finding], root: Path) -> list[Path]:
-    chunks = fmt.readable_chunks(folder, schema, root)
+
+def _chunks(
+    folder: Path, schema: pa.Schema, what: str, rank: int, notes: list[Finding], root: Path, rows: dict[str, int]
+) -> list[Path]:
+    """The readable chunks of one table of one rank; `rows` counts each table's rows across
+    ranks, against the table's row limit."""
+    chunks = fmt.readable_chunks(folder, schema, root, _TABLE_LIMITS[what], rows_before=rows.get(what, 0))
+    rows[what] = rows.get(what, 0) + chunks.rows
     for path, why in chunks.skipped:
         notes.append(
             _note(
@@ -261,6 +290,22 @@ def _snapshot(rank_dir: Path, rank: int, notes: list[Finding], root: Path) -> di
     return {"rank": rank, "path": str(folder), "step": _as_int(info.get("step")), "info": info}
 
 
+def _read_health(path: Path, rank: int, notes: list[Finding], root: Path) -> pl.DataFrame | None:
+    """The checkpoint health sidecar, checked like a chunk (file type, footer, column types)."""
+    if not path.exists() and not path.is_symlink():
+        return None
+    problem = fmt.chunk_problem(path, fmt.HEALTH_SCHEMA, root)
+    if problem:
+        title = "refused checkpoint health" if "outside the run" in problem else "unreadable checkpoint health"
+        notes.append(_note("warning", title, f"{path}: {problem}", rank=rank))
+        return None
+    health = pl.read_parquet(path)
+    return health.select(
+        *[(pl.col(c) if c in health.columns else pl.lit(None)).cast(t).alias(c) for c, t in HEALTH_COLUMNS.items()],
+        rank=pl.lit(rank, pl.Int32),
+    )
+
+
 def _first(values: list[Any]) -> Any:
     return next((v for v in values if v is not None), None)
 
@@ -271,6 +316,8 @@ def load_run(inputs: Inputs, progress: Progress = silent) -> RunData:
     manifest = _read_optional_json(root / fmt.MANIFEST, "manifest.json", notes, None, root)
     for path in inputs.refused:
         notes.append(_note("warning", "refused a trace", f"{path}: links outside the run directory; not read"))
+    for path, why in inputs.unlisted:
+        notes.append(_note("warning", "unreadable folder", f"{path}: cannot list ({why}); its traces are not read"))
 
     metas: dict[int, dict[str, Any]] = {}
     steps_frames: list[pl.DataFrame] = []
@@ -278,40 +325,40 @@ def load_run(inputs: Inputs, progress: Progress = silent) -> RunData:
     health_frames: list[pl.DataFrame] = []
     checkpoints: list[dict[str, Any]] = []
     snapshots: list[dict[str, Any]] = []
+    rows: dict[str, int] = {}
     for rank, rank_dir in sorted(inputs.rank_dirs.items()):
         progress(f"reading rank {rank}")
         paths = fmt.RankPaths(rank_dir)
-        meta = _read_optional_json(paths.meta, "meta.json", notes, rank, root)
-        if meta is None and not paths.meta.exists():
-            notes.append(
-                _note("info", "missing meta.json", f"{paths.meta}: not found; parameter names are unknown", rank=rank)
-            )
-        metas[rank] = meta or {}
-        steps = _read_steps(_chunks(paths.steps, fmt.STEPS_SCHEMA, "steps", rank, notes, root), rank, notes)
-        if not steps.is_empty():
-            steps_frames.append(steps)
-        grad_paths = _chunks(paths.grads, fmt.GRADS_SCHEMA, "grads", rank, notes, root)
-        if grad_paths:
-            grad_frames[rank] = _scan_grads(grad_paths)
-        if paths.health.is_file() and not fmt.is_inside(root, paths.health):
+        try:
+            meta = _read_optional_json(paths.meta, "meta.json", notes, rank, root)
+            if meta is None and not paths.meta.exists():
+                notes.append(
+                    _note(
+                        "info", "missing meta.json", f"{paths.meta}: not found; parameter names are unknown", rank=rank
+                    )
+                )
+            metas[rank] = meta or {}
+            steps = _read_steps(_chunks(paths.steps, fmt.STEPS_SCHEMA, "steps", rank, notes, root, rows), rank, notes)
+            if not steps.is_empty():
+                steps_frames.append(steps)
+            grad_paths = _chunks(paths.grads, fmt.GRADS_SCHEMA, "grads", rank, notes, root, rows)
+            if grad_paths:
+                grad_frames[rank] = _scan_grads(grad_paths)
+            if (health := _read_health(paths.health, rank, notes, root)) is not None:
+                health_frames.append(health)
+            checkpoints += _checkpoints(rank_dir, rank)
+            if (snap := _snapshot(rank_dir, rank, notes, root)) is not None:
+                snapshots.append(snap)
+        except OSError as exc:  # a rank folder (or a file in it) without permission: the other ranks count
+            metas.setdefault(rank, {})
             notes.append(
                 _note(
                     "warning",
-                    "refused checkpoint health",
-                    f"{paths.health}: links outside the run directory; not read",
+                    "unreadable rank folder",
+                    f"{exc.filename or rank_dir}: cannot read ({exc.strerror or exc}); the rest of rank {rank} is skipped",
                     rank=rank,
                 )
             )
-        elif paths.health.is_file():
-            try:
-                health_frames.append(pl.read_parquet(paths.health).with_columns(pl.lit(rank, pl.Int32).alias("rank")))
-            except Exception as exc:
-                notes.append(
-                    _note("warning", "unreadable checkpoint health", f"{paths.health}: {type(exc).__name__}", rank=rank)
-                )
-        checkpoints += _checkpoints(rank_dir, rank)
-        if (snap := _snapshot(rank_dir, rank, notes, root)) is not None:
-            snapshots.append(snap)
 
     if not steps_frames and not grad_frames and not any(metas.values()) and manifest is None:
         raise InputError(f"{root}: run directory has no readable manifest, meta.json, steps or grads")
@@ -332,6 +379,7 @@ def load_run(inputs: Inputs, progress: Progress = silent) -> RunData:
         else pl.DataFrame(schema={**HEALTH_COLUMNS, "rank": pl.Int32})
     )
     params = _params_frame(metas)
+    notes += _too_many_params(metas)
 
     run = RunData(root, manifest, metas, steps, grads, params, health, notes, grad_ranks=grad_ranks)
     run.facts = _facts(run, inputs, checkpoints, snapshots, bool(grad_frames))

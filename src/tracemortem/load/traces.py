@@ -20,7 +20,6 @@ from ..findings import Finding
 from ..progress import Progress, silent
 from . import chrome
 from .chrome import RawTrace
-from .workers import Workers
 
 # Categories across Kineto versions (research/trace-analyzers.md §4.3, §4.8).
 GPU_KINDS = {
@@ -101,8 +100,9 @@ def load_traces(files: dict[Path, int | None], progress: Progress = silent) -> T
     parts: list[pl.DataFrame] = []
     ranks: dict[int, dict[str, Any]] = {}
     errors: list[str] = []
-    # Worker processes for big traces, started on the first one and shared by all the files.
-    with Workers() as workers:
+    # Worker processes for big traces, started on the first one and shared by all the files; they
+    # import nothing from the traces' folders.
+    with chrome.Decoders(untrusted={Path(p).parent for p in files}) as workers:
         for index, (path, guess) in enumerate(sorted(files.items(), key=lambda kv: str(kv[0]))):
             path = Path(path)
             mb_total = max(path.stat().st_size, 1) / 2**20 if path.exists() else 0.0

@@ -4,14 +4,14 @@ top-level templates/ package, all behind the `Reporter` protocol and chosen from
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Protocol
 
 from .common import md_escape
 from .facts import top_rows
 from .html import HtmlReport
-from .jsonout import JsonReport, finite
+from .jsonout import JsonReport
 from .markdown import MarkdownReport
+from .strict_json import dumps
 from .terminal import NO_OPS, TextSummary, ops_tables, render_ops_table
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ def render_ops(analysis: Analysis, top: int, fmt: str) -> str:
         return render_ops_table(analysis, top)
     if fmt == "json":
         document = {"ops": top_rows(analysis.ops, top), "kernels": top_rows(analysis.kernels, top)}
-        return json.dumps(finite(document), sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+        return dumps(document, indent=2)
     tables = ops_tables(analysis, top)
     if fmt != "md":
         raise ValueError(f"unknown ops format {fmt!r} (choose from {', '.join(OPS_FORMATS)})")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from markupsafe import Markup
 
 from .. import __version__
+from ..sanitize import terminal_text
 from .common import Table, asset, environment, fmt_seconds, md_escape
+from .strict_json import dumps
 from .terminal import columns
 
 _CHANGE_HEADERS = ["name", "baseline / step", "candidate / step", "change", "ratio"]
@@ -53,7 +54,11 @@ def _sections(result: dict[str, Any]) -> list[tuple[str, Table]]:
 
 
 def render_text(result: dict[str, Any]) -> str:
-    lines = [f"Baseline:  {result['baseline']}", f"Candidate: {result['candidate']}", _step_line(result["step_time_s"])]
+    lines = [
+        f"Baseline:  {terminal_text(result['baseline'])}",
+        f"Candidate: {terminal_text(result['candidate'])}",
+        _step_line(result["step_time_s"]),
+    ]
     for title, table in _sections(result):
         lines += ["", title] + columns(table)
     return "\n".join(lines) + "\n"
@@ -68,8 +73,8 @@ def render_markdown(result: dict[str, Any]) -> str:
     lines = [
         "## tracemortem diff",
         "",
-        f"- Baseline: `{md_escape(result['baseline'])}`",
-        f"- Candidate: `{md_escape(result['candidate'])}`",
+        f"- Baseline: {md_escape(result['baseline'])}",
+        f"- Candidate: {md_escape(result['candidate'])}",
         f"- {_step_line(result['step_time_s'])}",
     ]
     for title, table in _sections(result):
@@ -89,12 +94,10 @@ def render_html(result: dict[str, Any]) -> str:
     )
 
 
-DIFF_FORMATS = ("text", "md", "json", "html")
-
 
 def render_diff(result: dict[str, Any], fmt: str) -> str:
     if fmt == "json":
-        return json.dumps(result, indent=1, sort_keys=True) + "\n"
+        return dumps(result, indent=1)
     if fmt == "md":
         return render_markdown(result)
     if fmt == "html":

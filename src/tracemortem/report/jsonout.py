@@ -1,29 +1,18 @@
-"""The JSON document of DESIGN §6: `analysis.to_dict()`, sorted, indented, and valid JSON even
-when a number is NaN or infinite (written as the strings "nan", "inf", "-inf")."""
+"""The JSON document of DESIGN §6: `analysis.to_dict()`, sorted, indented, strict JSON (a NaN or
+infinite number is `null`, named in the top-level `non_finite`)."""
 
 from __future__ import annotations
 
-import json
-import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..analysis import Analysis
 
-
-def finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value
+from .strict_json import dumps
 
 
 class JsonReport:
     suffix = ".json"
 
     def render(self, analysis: Analysis) -> str:
-        document = finite(analysis.to_dict())
-        return json.dumps(document, sort_keys=True, indent=2, allow_nan=False, default=str) + "\n"
+        return dumps(analysis.to_dict(), indent=2)

@@ -58,10 +58,32 @@ ASSIGNMENT = (
     r"(?P<k>\b" + SECRET_NAME + r"""\\?["']?\s*[:=]\s*)"""
     r"""(?:(?i:basic|bearer|digest|token)\s+[^\s,;"'}\]]+|"[^"]*"|'[^']*'|\\"(?:[^"\\]|\\[^"])*\\"|[^\s:,;&"'}\]][^\s,;&"'}\]]*)"""
 )
-# scheme://user:password@host keeps the scheme and the host.
-URL_CREDENTIALS = r"(?P<s>\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s/@:]+:[^\s/@]+@"
+# scheme://user:password@host and scheme://:password@host keep the scheme and the host. The
+# password runs to the last `@` of the authority (a password may hold an unescaped `@`).
+# One slash is enough: a URL passed as a path is normalised (`redis:/:pw@host`).
+URL_CREDENTIALS = r"""(?P<s>\b[A-Za-z][A-Za-z0-9+.-]*:/{1,2})[^\s/?#@:"'<>]*:[^\s/?#"'<>]*@"""
+# Signed-URL and session parameters whose names are not secret words: `?sig=` (Azure SAS),
+# `X-Amz-Signature=`, `X-Goog-Signature=`, `&key=`, `?code=` (OAuth), `;jsessionid=`.
+QUERY_SECRET = (
+    r"""(?P<q>[?&;](?i:sig|signature|x-amz-signature|x-goog-signature|key|code|session|sessionid|jsessionid|sid|jwt|pwd|pass)=)"""
+    r"""[^&#;\s"'<>]+"""
+)
 
-SECRET_ANY = "|".join(f"(?:{p})" for p in (ASSIGNMENT, URL_CREDENTIALS, TOKENS))
+# Each pattern with what replaces it, in the order applied: `(pattern, kept group)`.
+SECRET_REPLACEMENTS = ((ASSIGNMENT, "k", ""), (QUERY_SECRET, "q", ""), (URL_CREDENTIALS, "s", "@"), (TOKENS, "", ""))
+SECRET_ANY = "|".join(f"(?:{p})" for p, _, _ in SECRET_REPLACEMENTS)
+_SECRET_STEPS = tuple(
+    (re.compile(p), (rf"\g<{group}>" if group else "") + REDACTED + tail) for p, group, tail in SECRET_REPLACEMENTS
+)
+
+
+def redact_secrets(text: str) -> str:
+    """One string with its secrets replaced, as `redact_analysis` does in bulk (for the CLI's
+    error and warning lines, which quote paths and names from the input)."""
+    for pattern, replacement in _SECRET_STEPS:
+        text = pattern.sub(replacement, text)
+    return text
+
 
 # Dict keys judged by their components (`apiKey` → api, key; `HF_TOKEN` → hf, token).
 _KEY_PARTS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|[0-9]+")
@@ -258,7 +280,8 @@ def _string_columns(frame: pl.DataFrame) -> list[str]:
 
 
 def _distinct(frame: pl.DataFrame, column: str) -> pl.Series:
-    return frame.get_column(column).cast(pl.String).unique().drop_nulls()
+    values: pl.Series = frame.get_column(column).cast(pl.String).unique().drop_nulls()
+    return values
 
 
 def _clean_pool(pool: pl.Series, names: Pseudonyms | None) -> dict[str, str]:
@@ -267,12 +290,10 @@ def _clean_pool(pool: pl.Series, names: Pseudonyms | None) -> dict[str, str]:
     suspect = pl.col("old").str.contains(SECRET_ANY)
     if names is not None:
         suspect = suspect | pl.col("old").str.contains_any(names.literals, ascii_case_insensitive=True)
-    hits = frame.filter(suspect).with_columns(
-        new=pl.col("old")
-        .str.replace_all(ASSIGNMENT, "${k}" + REDACTED)
-        .str.replace_all(URL_CREDENTIALS, "${s}" + REDACTED + "@")
-        .str.replace_all(TOKENS, REDACTED)
-    )
+    new = pl.col("old")
+    for pattern, group, tail in SECRET_REPLACEMENTS:
+        new = new.str.replace_all(pattern, ("${" + group + "}" if group else "") + REDACTED + tail)
+    hits = frame.filter(suspect).with_columns(new=new)
     olds, news = hits["old"].to_list(), hits["new"].to_list()
     if names is not None:
         news = [names.sub(text) for text in news]  # only the screened strings, not every row
@@ -361,5 +382,9 @@ def redact_analysis(analysis: Analysis, pseudonymize: bool) -> Analysis:
         trace_origins=origins,
         findings=[_rebuild(f, table) for f in analysis.findings],
         run=RunFacts.from_dict(_rebuild(run, table)),
-        **cleaned,
+        steps=cleaned["steps"],
+        params=cleaned["params"],
+        ops=cleaned["ops"],
+        kernels=cleaned["kernels"],
+        step_times=cleaned["step_times"],
     )

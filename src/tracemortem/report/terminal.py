@@ -1,13 +1,14 @@
 """Plain-text output for `tracemortem summary` and `tracemortem ops`: aligned columns, colour
-only when the CLI asks for it (a terminal without NO_COLOR), control characters from names
-neutralised."""
+only when the CLI asks for it (a terminal without NO_COLOR); every name goes through
+`sanitize.terminal_text`."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from .common import SEVERITY_LABEL, Table, environment, term_clean
+from ..sanitize import terminal_text
+from .common import SEVERITY_LABEL, Table, environment
 from .evidence import brief, evidence_items
 from .facts import ops_table, run_facts, severity_counts
 from .verdict import report_verdict
@@ -20,7 +21,7 @@ NAME_WIDTH = 70
 
 def columns(table: Table) -> list[str]:
     """The table as aligned text lines; long names cut to NAME_WIDTH."""
-    cells = [[term_clean(c) for c in row] for row in table.rows]
+    cells = [[terminal_text(c) for c in row] for row in table.rows]
     cells = [[c if len(c) <= NAME_WIDTH else c[: NAME_WIDTH - 1] + "…" for c in row] for row in cells]
     widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(table.headers)]
 
