@@ -199,3 +199,17 @@ def test_the_model_summary_is_a_module_tree_with_health():
     html = report.render(a, "html")
     vanishing = next(f for f in a.findings if f.rule == "vanishing-gradient" and f.subject)
     assert f'href="#{tree.anchors[vanishing.subject]}">In the model summary' in html
+
+
+def test_a_flat_model_with_many_parameters_keeps_the_tree_small():
+    import dataclasses
+
+    import polars as pl
+
+    from tracemortem.report.modules import MAX_NODES, module_tree
+
+    a = make_analysis(n_params=3, n_steps=4)
+    n = 5000
+    params = pl.DataFrame({"param_id": pl.Series(range(n), dtype=pl.Int32), "name": [f"p{i}" for i in range(n)]})
+    tree = module_tree(dataclasses.replace(a, params=params))
+    assert len(tree.roots) == MAX_NODES and f"showing {MAX_NODES} of {n:,}" in tree.note

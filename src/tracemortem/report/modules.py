@@ -143,8 +143,11 @@ def module_tree(analysis: Analysis) -> ModuleTree:
             if shown + count > MAX_NODES and keep:
                 break
             keep, shown = depth, shown + count
-        note = f"showing modules to depth {keep} ({shown:,} of {rows.height:,} rows)"
+        total = rows.height
         rows = rows.filter(pl.col("depth") <= keep)
+        if rows.height > MAX_NODES:  # one level alone is too wide: its largest gradient shares
+            rows = rows.sort(pl.col("share").fill_null(-1.0), "module", descending=[True, False]).head(MAX_NODES)
+        note = f"showing {rows.height:,} of {total:,} modules and parameters (to depth {keep})"
     nodes: dict[str, ModuleNode] = {}
     roots: list[ModuleNode] = []
     for i, row in enumerate(rows.sort("depth", "module").iter_rows(named=True)):
