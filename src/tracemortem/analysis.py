@@ -63,7 +63,9 @@ def analyze(path: str | Path, config: Config | None = None, progress: Progress =
         findings += run.notes + health.detect(run, config)
     if traces is not None:
         findings += traces.notes
-    findings = sort_findings(cap_per_rule(sort_findings(findings + perf.detect(timing, run, config)), MAX_FINDINGS_PER_RULE.value()))
+    findings = sort_findings(
+        cap_per_rule(sort_findings(findings + perf.detect(timing, run, config)), MAX_FINDINGS_PER_RULE.value())
+    )
 
     return Analysis(
         path=inputs.path,

@@ -150,7 +150,9 @@ def with_common(func):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="tracemortem")
-@click.option("-q", "--quiet", is_flag=True, help="Print only errors on stderr (no progress, warnings or summary line).")
+@click.option(
+    "-q", "--quiet", is_flag=True, help="Print only errors on stderr (no progress, warnings or summary line)."
+)
 @click.option("-v", "--verbose", is_flag=True, help="Print progress on stderr even when it is not a terminal.")
 def main(quiet: bool, verbose: bool) -> None:
     """Post-mortem analysis of PyTorch training runs.

@@ -94,7 +94,6 @@ def render_html(result: dict[str, Any]) -> str:
     )
 
 
-
 def render_diff(result: dict[str, Any], fmt: str) -> str:
     if fmt == "json":
         return dumps(result, indent=1)
