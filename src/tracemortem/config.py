@@ -108,6 +108,10 @@ def _coerce(spec: Threshold, value: Any) -> Any:
     return kind(value)
 
 
+# Top-level keys a config file may set besides the `[rule]` threshold tables (the CLI's defaults).
+OPTIONS = ("fail-on", "format")
+
+
 class Config:
     """Threshold values (defaults + overrides) and the CLI-level options from config files."""
 
@@ -137,6 +141,10 @@ class Config:
 
     def overridden(self) -> dict[str, Any]:
         return dict(self._values)
+
+    def unknown_options(self) -> list[str]:
+        """Top-level config keys that mean nothing here (a typo, say): the CLI warns about them."""
+        return sorted(k for k in self.options if k not in OPTIONS)
 
     @classmethod
     def load(cls, start: Path | None = None, sets: list[str] | tuple[str, ...] = ()) -> Config:
