@@ -18,7 +18,7 @@ import pyarrow as pa
 from .. import format as fmt
 from ..errors import InputError
 from ..findings import Finding
-from ..limits import MAX_GRADS_ROWS, MAX_PARAMETERS, MAX_STEPS_ROWS
+from ..limits import MAX_ACTS_ROWS, MAX_GRADS_ROWS, MAX_PARAMETERS, MAX_STEPS_ROWS
 from ..progress import Progress, silent
 from ..scalars import optional_int
 from .acts import empty_acts, read_acts
@@ -198,7 +198,7 @@ def _params_frame(metas: dict[int, dict[str, Any]]) -> pl.DataFrame:
 
 # --- chunk tables ---------------------------------------------------------------------------
 
-_TABLE_LIMITS = {"steps": MAX_STEPS_ROWS, "grads": MAX_GRADS_ROWS}
+_TABLE_LIMITS = {"steps": MAX_STEPS_ROWS, "grads": MAX_GRADS_ROWS, "acts": MAX_ACTS_ROWS}
 
 
 def _chunks(
