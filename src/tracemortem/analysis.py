@@ -9,7 +9,6 @@ from typing import Any
 
 import polars as pl
 
-from . import __version__
 from .config import Config
 from .detect import health, perf
 from .detect.ranks import merge_across_ranks
@@ -26,6 +25,7 @@ from .progress import Progress, silent
 from .run_facts import RunFacts
 from .timing import Timing, summarize
 from .timing.step_events import StepTimeline, TraceOrigin, origins, timelines
+from .version import __version__
 
 
 @dataclass

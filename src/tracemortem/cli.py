@@ -16,13 +16,13 @@ from typing import Any
 
 import click
 
-from . import __version__
 from .config import Config
 from .errors import ConfigError, InputError, TracemortemError
 from .findings import SEVERITIES, at_or_above
 from .limits import MAX_REPORT_BYTES
 from .progress import Progress, finish, silent, terminal_progress
 from .sanitize import terminal_text
+from .version import __version__
 
 FORMATS = ("html", "md", "json")  # the documents `report` writes (see report.REPORTERS)
 

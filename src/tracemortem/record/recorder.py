@@ -22,9 +22,9 @@ from typing import Any, Literal
 
 import torch
 
-from .. import __version__
 from .. import format as fmt
 from ..replay.inprocess import replay_in_process
+from ..version import __version__
 from . import clipping
 from .activations import ActivationStats
 from .backward_end import BackwardEnd

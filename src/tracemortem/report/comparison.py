@@ -6,8 +6,8 @@ from typing import Any
 
 from markupsafe import Markup
 
-from .. import __version__
 from ..sanitize import terminal_text
+from ..version import __version__
 from .common import Table, asset, environment, fmt_seconds, md_escape
 from .strict_json import dumps
 from .terminal import columns

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from markupsafe import Markup
 
-from .. import __version__
+from ..version import __version__
 from . import charts as charts_mod
 from .common import SEVERITY_LABEL, asset, environment, script_json
 from .evidence import evidence_items
