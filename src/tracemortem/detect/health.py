@@ -9,9 +9,9 @@ here declares their thresholds.
 
 from __future__ import annotations
 
-from ..config import Config
 from ..findings import Finding
 from ..load.run import RunData
+from ..thresholds import Thresholds
 from . import health_activations as activations
 from . import health_clipping as clipping
 from . import health_magnitude as magnitude
@@ -38,7 +38,7 @@ RULES = (
 )
 
 
-def detect(run: RunData, config: Config) -> list[Finding]:
+def detect(run: RunData, config: Thresholds) -> list[Finding]:
     if run.steps.is_empty() and not run.grads.collect_schema().names():
         return []
     series = compute(run)

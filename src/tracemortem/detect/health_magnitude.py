@@ -9,10 +9,10 @@ from typing import Any
 
 import polars as pl
 
-from ..config import Config, threshold
 from ..findings import Finding
 from ..load.run import RunData
 from ..scalars import as_float, as_int, optional_float, optional_int
+from ..thresholds import Thresholds, threshold
 from .health_growth import GrowthLimits, divergence, positive_ratio
 from .health_series import STREAMING, HealthSeries, finite, ratio_expr
 
@@ -231,7 +231,7 @@ def _num(value: float | None, digits: int = 4) -> float | None:
 # --- exploding gradients --------------------------------------------------------------------
 
 
-def grad_spikes(series: HealthSeries, config: Config) -> pl.DataFrame:
+def grad_spikes(series: HealthSeries, config: Thresholds) -> pl.DataFrame:
     """Healthy steps with their spike tests: `sigma` (OLMo), `early` (Megatron), and the early
     divergence tests `surge` and `growth` against the run's first steps. Where clip_grad_norm_
     ran, its pre-clip norm is the one tested: a clipped explosion is a flat line at the cap."""
@@ -274,7 +274,7 @@ def grad_spikes(series: HealthSeries, config: Config) -> pl.DataFrame:
     )
 
 
-def onset_before(series: HealthSeries, config: Config, before: int) -> int | None:
+def onset_before(series: HealthSeries, config: Thresholds, before: int) -> int | None:
     """Where the divergence that ran into the non-finite step `before` began: the earliest flagged
     gradient or loss step within `horizon` steps before it (a growth window from its first step).
     Conservative on purpose: a run that blew up and seemed to recover inside the horizon was not
@@ -321,7 +321,7 @@ def _leaders(run: RunData, step: int, n: int) -> list[dict[str, Any]]:
     ]
 
 
-def _spike_reason(row: dict[str, Any], config: Config) -> str:
+def _spike_reason(row: dict[str, Any], config: Thresholds) -> str:
     """Say which test flagged the first spike, with the numbers that test used."""
     if row["sigma"]:
         return (
@@ -341,7 +341,7 @@ def _spike_reason(row: dict[str, Any], config: Config) -> str:
     )
 
 
-def exploding_gradient(run: RunData, series: HealthSeries, config: Config) -> list[Finding]:
+def exploding_gradient(run: RunData, series: HealthSeries, config: Thresholds) -> list[Finding]:
     spikes = grad_spikes(series, config).filter("spike")
     if spikes.is_empty():
         return []
@@ -405,7 +405,7 @@ def _grad_every(run: RunData) -> int:
     return 1
 
 
-def vanishing_gradient(run: RunData, series: HealthSeries, config: Config) -> list[Finding]:
+def vanishing_gradient(run: RunData, series: HealthSeries, config: Thresholds) -> list[Finding]:
     window = int(config[VANISH_WINDOW])
     healthy = series.healthy["step"]
     if healthy.len() < window:
@@ -493,7 +493,7 @@ def _param_findings(
     return out
 
 
-def dead_and_unused(run: RunData, series: HealthSeries, config: Config) -> list[Finding]:
+def dead_and_unused(run: RunData, series: HealthSeries, config: Thresholds) -> list[Finding]:
     per = series.per_param
     if "grad_steps" not in per.columns or not (per["max_norm"].fill_null(0) > 0).any():
         return []  # no gradient recorded at all: nothing to compare with
@@ -529,7 +529,7 @@ def dead_and_unused(run: RunData, series: HealthSeries, config: Config) -> list[
 # --- update ratio ---------------------------------------------------------------------------
 
 
-def update_ratio(run: RunData, series: HealthSeries, config: Config) -> list[Finding]:
+def update_ratio(run: RunData, series: HealthSeries, config: Thresholds) -> list[Finding]:
     per = series.per_param
     if "update_steps" not in per.columns:
         return []
@@ -610,7 +610,7 @@ def update_ratio(run: RunData, series: HealthSeries, config: Config) -> list[Fin
 # --- loss spikes ----------------------------------------------------------------------------
 
 
-def loss_spikes(series: HealthSeries, config: Config) -> pl.DataFrame:
+def loss_spikes(series: HealthSeries, config: Thresholds) -> pl.DataFrame:
     """Healthy steps with a loss, and their tests: `robust` (z of log loss over the window),
     `early` (the early maximum), `surge` and `growth` (against the first steps); `spike` = any."""
     rows = series.healthy.filter(pl.col("loss").is_not_null()).select("step", "loss")
@@ -649,7 +649,7 @@ def loss_spikes(series: HealthSeries, config: Config) -> pl.DataFrame:
     )
 
 
-def _loss_reason(row: dict[str, Any], config: Config) -> str:
+def _loss_reason(row: dict[str, Any], config: Thresholds) -> str:
     if row["robust"]:
         return f"{_num(row['ratio'], 3)}x the window median, robust z {_num(row['z'], 3)}"
     if row["early"]:
@@ -662,7 +662,7 @@ def _loss_reason(row: dict[str, Any], config: Config) -> str:
     )
 
 
-def loss_spike(run: RunData, series: HealthSeries, config: Config) -> list[Finding]:
+def loss_spike(run: RunData, series: HealthSeries, config: Thresholds) -> list[Finding]:
     spikes = loss_spikes(series, config).filter("spike")
     if spikes.is_empty():
         return []

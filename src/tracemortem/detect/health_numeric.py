@@ -6,10 +6,10 @@ from typing import Any
 
 import polars as pl
 
-from ..config import Config, threshold
 from ..findings import Finding
 from ..load.run import RunData
 from ..scalars import optional_int
+from ..thresholds import Thresholds, threshold
 from .health_magnitude import onset_before
 from .health_series import HealthSeries, bad_element
 
@@ -43,7 +43,7 @@ AMP_MIN_SCALE = threshold(
 )
 
 
-def _last_healthy(series: HealthSeries, config: Config, before: int) -> int | None:
+def _last_healthy(series: HealthSeries, config: Thresholds, before: int) -> int | None:
     """The last step before `before` whose values were all finite and that came before the
     divergence leading to it (a finite step whose loss had already blown up was not healthy)."""
     onset = onset_before(series, config, before)
@@ -89,7 +89,7 @@ def _recovery_hint(run: RunData, last_ok: int | None) -> tuple[dict[str, Any], s
     return evidence, ("; ".join(parts) + ". ") if parts else ""
 
 
-def nonfinite_gradient(run: RunData, series: HealthSeries, config: Config) -> list[Finding]:
+def nonfinite_gradient(run: RunData, series: HealthSeries, config: Thresholds) -> list[Finding]:
     # Skipped steps are the loss scaler doing its job (amp-overflow), not a divergence.
     bad = series.per_step.filter(~pl.col("skipped") & pl.col("grad_bad"))
     if bad.is_empty():
@@ -135,7 +135,7 @@ def nonfinite_gradient(run: RunData, series: HealthSeries, config: Config) -> li
     ]
 
 
-def nonfinite_loss(run: RunData, series: HealthSeries, config: Config) -> list[Finding]:
+def nonfinite_loss(run: RunData, series: HealthSeries, config: Thresholds) -> list[Finding]:
     bad = series.per_step.filter(~pl.col("loss_finite"))
     if bad.is_empty():
         return []
@@ -172,7 +172,7 @@ def nonfinite_loss(run: RunData, series: HealthSeries, config: Config) -> list[F
     ]
 
 
-def amp_overflow(run: RunData, series: HealthSeries, config: Config) -> list[Finding]:
+def amp_overflow(run: RunData, series: HealthSeries, config: Thresholds) -> list[Finding]:
     steps = series.per_step
     if steps.is_empty() or not steps["skipped"].any():
         return []
