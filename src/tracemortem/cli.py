@@ -1,6 +1,6 @@
 """The `tracemortem` command: a thin click layer over `analyze()` and the reporters.
 
-Exit codes (DESIGN §4): 0 fine; 1 findings at or above --fail-on; 2 bad usage; 3 unreadable
+Exit codes (README, docs/robustness.md): 0 fine; 1 findings at or above --fail-on; 2 bad usage; 3 unreadable
 input; 4 internal error. Only the requested document goes to stdout; warnings and progress go
 to stderr, one line per problem, and `--debug` shows tracebacks.
 """

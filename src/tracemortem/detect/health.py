@@ -1,4 +1,4 @@
-"""Training-health findings from the recorder's steps and grads tables (DESIGN §6).
+"""Training-health findings from the recorder's steps and grads tables (docs/findings-health.md).
 
 `detect(run, config)` is the entry point. The rules live in `health_numeric` (non-finite
 values, AMP overflows) and `health_magnitude` (exploding/vanishing gradients, dead/unused

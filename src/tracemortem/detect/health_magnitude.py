@@ -35,7 +35,7 @@ SPIKE_MIN_HISTORY = threshold(
     "exploding-gradient.min_history",
     64,
     "Finite steps of history needed before the sigma test applies.",
-    "research §6(a) B6",
+    "OLMo-core SkipStepOptimizer (64 prior finite values)",
 )
 SPIKE_MIN_JUMP = threshold(
     "exploding-gradient.min_jump",
@@ -109,13 +109,16 @@ VANISH_FLOOR = threshold(
     "smdebug VanishingGradient (mean |g| < 1e-7; RMS >= mean|g|)",
 )
 VANISH_RATIO = threshold(
-    "vanishing-gradient.ratio", 1e-3, "...and below this fraction of the median parameter's RMS.", "research §6(a) B8"
+    "vanishing-gradient.ratio",
+    1e-3,
+    "...and below this fraction of the median parameter's RMS.",
+    "smdebug VanishingGradient, relative form",
 )
 VANISH_WINDOW = threshold(
     "vanishing-gradient.window",
     50,
     "Consecutive recorded steps (the last healthy ones) on all of which both must hold.",
-    "research §6(a) B8 (50 consecutive steps)",
+    "smdebug VanishingGradient, relative form (50 consecutive steps)",
     low=1,
 )
 
@@ -142,22 +145,34 @@ BAND_LOW = threshold(
     "update-ratio.band_low",
     1e-4,
     "Info when the typical ratio of a weight matrix is below this.",
-    "common 1e-3 heuristic, research §6(a) C12",
+    "the common 1e-3 update/weight heuristic (informational band)",
 )
 BAND_HIGH = threshold(
     "update-ratio.band_high",
     1e-1,
     "Info when the typical ratio of a weight matrix is above this.",
-    "common 1e-3 heuristic, research §6(a) C12",
+    "the common 1e-3 update/weight heuristic (informational band)",
 )
 RATIO_MIN_STEPS = threshold(
-    "update-ratio.min_steps", 100, "Steps with an update needed for the band test.", "research §6(a) C12"
+    "update-ratio.min_steps",
+    100,
+    "Steps with an update needed for the band test.",
+    "the common 1e-3 update/weight heuristic (over 100 steps)",
 )
 
 LOSS_WINDOW = threshold(
-    "loss-spike.window", 128, "Previous finite steps the log loss is compared with.", "research §6(a) D17", low=1
+    "loss-spike.window",
+    128,
+    "Previous finite steps the log loss is compared with.",
+    "robust z of the log loss over 128 steps (OLMo-style), z > 6",
+    low=1,
 )
-LOSS_Z = threshold("loss-spike.z", 6.0, "Spike when the robust z of log loss exceeds this.", "research §6(a) D17")
+LOSS_Z = threshold(
+    "loss-spike.z",
+    6.0,
+    "Spike when the robust z of log loss exceeds this.",
+    "robust z of the log loss over 128 steps (OLMo-style), z > 6",
+)
 LOSS_MIN_HISTORY = threshold(
     "loss-spike.min_history", 32, "Finite steps of history before the test applies.", "tracemortem"
 )
@@ -206,7 +221,7 @@ LOSS_CO_SPIKE = threshold(
     "loss-spike.co_spike_steps",
     2,
     "A gradient spike within this many steps of a loss spike is reported with it.",
-    "research §6(a) D17",
+    "robust z of the log loss over 128 steps (OLMo-style), z > 6",
 )
 
 

@@ -24,7 +24,7 @@ AMP_WINDOW = threshold(
     "amp-overflow.window",
     1000,
     "Steps per sliding window in which the share of skipped (overflow) steps is measured.",
-    "Megatron-LM DynamicGradScaler / research §6(a) A3",
+    "Megatron-LM DynamicGradScaler (1,000-step window)",
     low=1,
 )
 AMP_MAX_FRACTION = threshold(
@@ -32,7 +32,7 @@ AMP_MAX_FRACTION = threshold(
     0.01,
     "Warning when more than this share of the steps of any window were skipped; fewer skips are "
     "reported as info (a GradScaler calibrating its scale).",
-    "research §6(a) A3 (1% in a 1,000-step window)",
+    "Megatron-LM DynamicGradScaler (1% in a 1,000-step window)",
     high=1,
 )
 AMP_MIN_SCALE = threshold(

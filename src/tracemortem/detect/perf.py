@@ -1,4 +1,4 @@
-"""Performance findings from `Timing` (profiler traces) and the recorder's steps (DESIGN §6).
+"""Performance findings from `Timing` (profiler traces) and the recorder's steps (docs/findings-performance.md).
 
 `detect(timing, run, config)`: either input may be None. Rules: slow-step, slow-op,
 dataloader-bound, host-sync, gpu-idle, launch-bound, straggler-rank, memory-growth
@@ -28,7 +28,7 @@ SLOW_STEP_K = threshold(
     "slow-step.mad_k",
     6.0,
     "A step is slow when it exceeds median + k·1.4826·MAD of its rank's steps.",
-    "research/gradient-debuggers.md §6(a) G33: robust version of smdebug StepOutlier (median + 6·MAD)",
+    "smdebug StepOutlier, made robust (median + 6·MAD)",
 )
 SLOW_STEP_RATIO = threshold(
     "slow-step.min_ratio",
@@ -69,7 +69,7 @@ SLOW_OP_RATIO = threshold(
     "slow-op.step_ratio",
     3.0,
     "An op is intermittently slow when its p95 time per step is this many times its median time per step.",
-    "research/gradient-debuggers.md §6(a) G34 (p95 > 3× median)",
+    "tracemortem (an intermittent slowdown: p95 > 3× median)",
 )
 SLOW_OP_SHARE = threshold(
     "slow-op.min_share",
@@ -104,7 +104,7 @@ LOADER_WARN = threshold(
     "dataloader-bound.min_share",
     0.2,
     "Warning when DataLoader time is at least this share of step time.",
-    "research/gradient-debuggers.md §6(a) G36 (data loading > 20% of step time)",
+    "tracemortem default, after smdebug DataloaderBottleneck (data loading > 20% of step time)",
     high=1,
 )
 LOADER_INFO = threshold(
@@ -118,7 +118,7 @@ SYNC_SHARE = threshold(
     "host-sync.min_share",
     0.05,
     "Warning when host-synchronising calls take at least this share of step time on a GPU rank.",
-    "research/gradient-debuggers.md §6(a) G34 (sync ops > 5% of step time)",
+    "tracemortem default (host-sync ops > 5% of step time)",
     high=1,
 )
 IDLE_SHARE = threshold(
@@ -142,13 +142,13 @@ STRAGGLER_SKEW = threshold(
     "straggler-rank.skew",
     0.1,
     "A rank is behind on a step when its step time exceeds the cross-rank median by this fraction.",
-    "research/gradient-debuggers.md §6(a) G38 ((max − median)/median > 10%)",
+    "tracemortem default (cross-rank skew (max − median)/median > 10%)",
 )
 STRAGGLER_STEPS = threshold(
     "straggler-rank.min_step_share",
     0.2,
     "…on at least this share of the steps all ranks recorded.",
-    "research/gradient-debuggers.md §6(a) G38 (on ≥ 20% of steps)",
+    "tracemortem default (skew on ≥ 20% of steps)",
 )
 MEM_GROWTH = threshold(
     "memory-growth.min_growth",

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ..analysis import Analysis
     from ..timing.step_events import StepTimeline
 
-MAX_STEP_COLUMNS = 1000  # heatmap columns (DESIGN §7)
+MAX_STEP_COLUMNS = 1000  # heatmap columns (docs/report.md)
 MAX_HEATMAP_ROWS = 2000  # parameters drawn; beyond this the most telling ones are kept
 MAX_LINE_POINTS = 4000  # per line; longer series keep each bucket's min and max
 MAX_MARKS = 2000  # marked steps / cells per chart

@@ -1,4 +1,4 @@
-"""The single-file HTML report (DESIGN §7): findings and tables rendered on the server so they
+"""The single-file HTML report (docs/report.md): findings and tables rendered on the server so they
 read with JavaScript off; charts drawn by the report's own small script (templates/report.js)
 from one JSON block."""
 
