@@ -1,4 +1,4 @@
-"""Trace → polars parse benchmark (issue 3 §2). One command, prints a table:
+"""Trace → polars parse benchmark. One command, prints a table:
 
     python benchmarks/parse_speed.py                 # 50 MB, 300 MB, 1 GB
     python benchmarks/parse_speed.py --sizes 50 300  # quicker

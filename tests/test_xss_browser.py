@@ -1,4 +1,4 @@
-"""XSS corpus in a real run, rendered by the CLI and opened in Chromium (issue 6 point 3): payloads
+"""XSS corpus in a real run, rendered by the CLI and opened in Chromium: payloads
 planted in op names, parameter names, user scalar names, hostnames and manifest fields never run
 as script, never fetch anything, and read back as the same text."""
 
