@@ -210,7 +210,8 @@ def print_targets(rows: list[Row]) -> None:
             checks.append(("world_size 128", str(by_n[128].world_size), by_n[128].world_size == 128))
         if 32 in by_n and 32 in hta:
             value = hta[32].wall_s / by_n[32].run.wall_s
-            checks.append((">= 10x faster than HTA at 32 ranks", f"{value:.1f}x", value >= 10))
+            cpu = hta[32].cpu_s / by_n[32].run.cpu_s  # beside it: on a loaded machine wall time is noisy
+            checks.append((">= 10x faster than HTA at 32 ranks", f"{value:.1f}x wall ({cpu:.1f}x CPU)", value >= 10))
         for name, value, met in checks:
             print(f"| {variant} | {name} | {value} | {'met' if met else 'not met'} |")
 
