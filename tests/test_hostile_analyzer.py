@@ -76,11 +76,6 @@ def run_copy(recorded, tmp_path) -> Path:
     return tmp_path / "run"
 
 
-@pytest.fixture(scope="module")
-def cpu_trace(tmp_path_factory) -> Path:
-    return record_cpu_trace(tmp_path_factory.mktemp("cpu") / "trace.json")
-
-
 def _trace_file(run: Path) -> Path:
     [trace] = (run / "rank0" / "traces").glob("*.pt.trace.json.gz")
     return trace
