@@ -8,7 +8,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import torch
+import pytest
+
+torch = pytest.importorskip("torch")
 
 import tracemortem
 

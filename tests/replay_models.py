@@ -8,7 +8,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-import torch
+import pytest
+
+torch = pytest.importorskip("torch")
 from torch import nn
 
 from tracemortem import Recorder

@@ -10,7 +10,8 @@ from typing import Any
 
 import polars as pl
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
 from torch import nn
 
 import replay_models as rm

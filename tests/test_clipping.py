@@ -6,7 +6,9 @@ from __future__ import annotations
 import math
 
 import polars as pl
-import torch
+import pytest
+
+torch = pytest.importorskip("torch")
 import torch.nn.utils.clip_grad as clip_grad
 from torch.nn.utils import clip_grad_norm_ as bound_early  # bound before any Recorder exists
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
 
 import tracemortem
 from health_helpers import analyse, at_least

@@ -11,7 +11,8 @@ import sys
 
 import polars as pl
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
 
 from recording_helpers import read_grads, read_steps
 from tracemortem import analyze

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
 from click.testing import CliRunner
 
 import replay_models as rm

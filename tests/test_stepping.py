@@ -11,7 +11,8 @@ import warnings
 
 import polars as pl
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
 
 from recording_helpers import batches, mlp, read_grads, read_steps
 from tracemortem.record import Recorder

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
 from torch.profiler import ProfilerActivity, profile, schedule
 
 import tracemortem

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
 from click.testing import CliRunner
 from torch.profiler import ProfilerActivity, profile
 
