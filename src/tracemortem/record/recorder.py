@@ -11,7 +11,6 @@ import atexit
 import math
 import os
 import platform
-import signal
 import socket
 import threading
 import time
@@ -24,6 +23,7 @@ import torch
 
 from .. import __version__
 from .. import format as fmt
+from . import signals
 from .checkpoints import Checkpointer
 from .gradstats import GradBatch, GradStats, ParamTable
 from .profiling import ProfileSchedule, resolve_schedule, start_profiler
@@ -95,7 +95,8 @@ class Recorder:
         self._order_hooks: list[Any] = []
         self._order_source = "reverse-registration"
         self._prof = None
-        self._prev_sigterm: Any = None
+        self._pid = os.getpid()  # a forked copy of this object (another pid) must never write
+        self._sigterm_installed, self._prev_sigterm = False, None
 
         self.table = ParamTable.from_model(model)
         self.stats = GradStats(self.table)
@@ -137,8 +138,9 @@ class Recorder:
                 "profiler",
                 lambda: setattr(self, "_prof", start_profiler(self.schedule, self.rank_paths.traces, self.rank)),
             )
-        atexit.register(self.close)
-        self._install_sigterm()
+        atexit.register(self._close_at_exit)
+        signals.track(self)
+        self._sigterm_installed, self._prev_sigterm = signals.install_sigterm(self._on_sigterm)
 
     # --- public API --------------------------------------------------------------------------
 
@@ -146,8 +148,13 @@ class Recorder:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        self.close(status=fmt.STATUS_CRASHED if exc_type is not None else fmt.STATUS_CLOSED)
-        return False  # an exception from the training loop propagates unchanged
+        if exc_type is KeyboardInterrupt:
+            self._notes.append("interrupted by SIGINT (KeyboardInterrupt)")
+        held = self._finish(fmt.STATUS_CRASHED if exc_type is not None else fmt.STATUS_CLOSED)
+        # A signal held during the close is delivered now; an exception from the training loop
+        # propagates unchanged, so one raised by a held signal's handler is dropped then.
+        signals.release(held, drop_errors=exc_type is not None)
+        return False
 
     def observe_batch(self, batch: Any) -> None:
         """Keep a reference to the current batch; it is saved only if a snapshot is taken."""
@@ -171,11 +178,23 @@ class Recorder:
         return self._guarded("checkpoints", lambda: self._save_checkpoint(self._step - 1))
 
     def close(self, status: str | None = None) -> None:
-        """Flush and finish the run directory. Idempotent; also runs at exit and on SIGTERM."""
+        """Flush and finish the run directory. Idempotent; also runs at exit and on SIGTERM.
+        SIGCHLD, SIGTERM and SIGINT arriving meanwhile are delivered when it is done."""
+        signals.release(self._finish(status))
+
+    def _close_at_exit(self) -> None:
+        signals.release(self._finish(None), drop_errors=True)
+
+    def _finish(self, status: str | None, timeout: float = 60.0) -> signals.Held:
+        """Everything close() does, with the held signals still held; never raises."""
+        held = signals.Held()
+        if os.getpid() != self._pid:  # a forked copy: the parent owns the run directory
+            return held
         with self._close_lock:
             if self._closed:
-                return
+                return held
             self._closed = True
+        held = signals.hold()
         try:
             self.status = status or fmt.STATUS_CLOSED
             for handle in self._hooks + self._order_hooks:
@@ -183,12 +202,26 @@ class Recorder:
             self._hooks, self._order_hooks = [], []
             if self._prof is not None:
                 self._guarded("profiler", self._prof.stop)
-            self.writer.stop(timeout=60.0)
+            self.writer.stop(timeout=timeout)
             self._write_status(ended=_now())
-            atexit.unregister(self.close)
-            self._restore_sigterm()
+            atexit.unregister(self._close_at_exit)
+            signals.untrack(self)
+            if self._sigterm_installed:
+                signals.restore_sigterm(self._on_sigterm, self._prev_sigterm, held)
         except Exception as exc:
             self._fail("close", exc)
+        return held
+
+    def forget_in_child(self) -> None:
+        """Called in a forked child (signals.track): this copy records nothing, writes nothing,
+        and leaves the child's SIGTERM and exit to what they were before the Recorder."""
+        self._closed = True
+        for handle in self._hooks + self._order_hooks:
+            handle.remove()
+        self._hooks, self._order_hooks = [], []
+        atexit.unregister(self._close_at_exit)
+        if self._sigterm_installed:
+            signals.restore_sigterm(self._on_sigterm, self._prev_sigterm, None)
 
     @property
     def dropped_steps(self) -> int:
@@ -218,9 +251,8 @@ class Recorder:
         return hook
 
     def backward_order(self) -> list[int]:
-        seen = list(dict.fromkeys(self._order))
-        rest = [pid for pid in reversed(range(len(self.table.params))) if pid not in set(seen)]
-        return seen + rest
+        seen = dict.fromkeys(self._order)
+        return [*seen, *(pid for pid in reversed(range(len(self.table.params))) if pid not in seen)]
 
     def _grads_due(self) -> bool:
         return "grads" not in self._disabled and self._step % self.grad_every == 0
@@ -489,35 +521,16 @@ class Recorder:
             "warnings": counters["warnings"],
         }
 
-    def _install_sigterm(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        try:
-            self._prev_sigterm = signal.getsignal(signal.SIGTERM)
-            signal.signal(signal.SIGTERM, self._on_sigterm)
-        except (ValueError, OSError):
-            self._prev_sigterm = None
-
-    def _restore_sigterm(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        try:
-            if signal.getsignal(signal.SIGTERM) == self._on_sigterm:
-                signal.signal(signal.SIGTERM, self._prev_sigterm if self._prev_sigterm is not None else signal.SIG_DFL)
-        except (ValueError, OSError, TypeError):
-            pass
-
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         previous = self._prev_sigterm
-        self._notes.append("terminated by SIGTERM")
-        self.close(status=fmt.STATUS_CRASHED)
-        if callable(previous):
-            previous(signum, frame)
-        elif previous == signal.SIG_IGN:
-            return
-        else:  # default action: terminate, as if we had never been here
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
+        if os.getpid() == self._pid and not self._closed:
+            self._notes.append("terminated by SIGTERM")
+            # Shorter than the usual 30 s grace period of Slurm and Kubernetes before SIGKILL.
+            held = self._finish(fmt.STATUS_CRASHED, timeout=20.0)
+        else:
+            held = signals.Held()
+        signals.forward(signum, frame, previous)  # the default action ends the process here
+        signals.release(held)
 
 
 def _put(values: dict[str, Any], tensors: dict[str, torch.Tensor], name: str, value: Any) -> None:
