@@ -239,6 +239,24 @@ def forked_copy(run: str) -> dict:
     }
 
 
+def shared_rank(run: str, marker: str, go: str, seed: int) -> dict:
+    """One of two processes recording the same rank at once (two jobs given one run directory,
+    or two nodes that both fell back to rank 0): 5 steps, the marker, wait for `go`, 5 more."""
+    model = mlp(seed=seed)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    data = batches(10, seed=seed)
+    with Recorder(run, model, opt) as rec:
+        for step, (x, y) in enumerate(data):
+            rec.step(loss=_train_step(model, opt, x, y))
+            if step == 4:
+                Path(marker).write_text(str(os.getpid()))
+                deadline = time.monotonic() + 120
+                while not Path(go).exists():  # the test says when both are running
+                    assert time.monotonic() < deadline, "never told to go on"
+                    time.sleep(0.02)
+    return {"pid": os.getpid(), "attempt": rec.attempt.number}
+
+
 def ddp(run: str) -> dict:
     """One rank of a 2-process gloo DDP job (RANK, WORLD_SIZE, MASTER_* in the environment)."""
     import torch.distributed as dist
@@ -265,5 +283,6 @@ if __name__ == "__main__":
         "ddp": ddp,
         "dataloader": dataloader,
         "forked_copy": forked_copy,
+        "shared_rank": shared_rank,
     }[mode](**args)
     print(json.dumps(result), flush=True)

@@ -200,15 +200,15 @@ def test_sigkill_is_reported_as_a_crash_at_the_last_whole_chunk(loops):
 # --- signals to the whole process group, with DataLoader workers -----------------------------
 
 
-def _wait_for_file(path: Path, proc: subprocess.Popen, limit: float = 180) -> dict:
-    """The child writes `path` (atomically) when it reaches a known step."""
+def _wait_for_file(path: Path, proc: subprocess.Popen, limit: float = 180) -> str:
+    """The child writes `path` when it reaches a known step; its text."""
     deadline = time.monotonic() + limit
-    while not path.exists():
+    while not path.exists() or not path.read_text():
         if proc.poll() is not None:
             raise AssertionError(f"child ended early: {proc.communicate()[1]}")
-        assert time.monotonic() < deadline, "child never reached the marker step"
+        assert time.monotonic() < deadline, f"the child never wrote {path}"
         time.sleep(0.05)
-    return json.loads(path.read_text())
+    return path.read_text()
 
 
 def _signal_group_during_training(tmp_path: Path, context: str, signum: int, pause: bool) -> tuple[Path, dict, list]:
@@ -223,7 +223,7 @@ def _signal_group_during_training(tmp_path: Path, context: str, signum: int, pau
         marker_step=300,
         pause=pause,
     )
-    started = _wait_for_file(marker, proc)
+    started = json.loads(_wait_for_file(marker, proc))
     os.killpg(proc.pid, signum)  # what Slurm (scancel, time limit) and torchrun send
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == -signum, stderr  # the process still ends by the signal
@@ -302,6 +302,47 @@ def test_exception_from_the_loop_propagates_unchanged(loops):
     manifest = _manifest(tmp_path)
     assert manifest["status"] == "crashed" and manifest["ended"] and manifest["lost_steps"] == 0
     assert _report(tmp_path)["run"]["status"] == "crashed"
+
+
+# --- two live processes on one rank directory ------------------------------------------------
+
+
+def test_two_live_processes_on_one_rank_each_keep_their_data_and_the_second_warns(tmp_path):
+    markers = [tmp_path / "a.ready", tmp_path / "b.ready"]
+    go = tmp_path / "go"
+    run = tmp_path / "run"
+    first = _child("shared_rank", run=str(run), marker=str(markers[0]), go=str(go), seed=1)
+    _wait_for_file(markers[0], first)
+    second = _child("shared_rank", run=str(run), marker=str(markers[1]), go=str(go), seed=2)
+    _wait_for_file(markers[1], second)
+    go.write_text("")  # both are alive and recording rank 0 now
+    (a, a_err), (b, b_err) = _finish(first), _finish(second)
+    assert (a["attempt"], b["attempt"]) == (0, 1)
+    assert not WARNING_LINE.findall(a_err)
+    [warning] = WARNING_LINE.finditer(b_err)
+    assert f"also being recorded by pid {a['pid']}" in b_err[warning.start() :]
+    # Each kept all ten of its steps, in its own folder; neither overwrote the other.
+    for folder, seed in ((run / "rank0", 1), (run / "rank0" / "attempts" / "1", 2)):
+        steps = pl.read_parquet(folder / "steps" / "*.parquet").sort("step")
+        assert steps["step"].to_list() == list(range(10))
+        assert steps["loss"][0] == pytest.approx(_first_loss(seed), rel=1e-6)
+    manifest = _manifest(run)
+    assert [(t["attempt"], t["pid"], t["status"]) for t in manifest["attempts"]] == [
+        (0, a["pid"], "closed"),
+        (1, b["pid"], "closed"),
+    ]
+    assert manifest["lost_steps"] == manifest["dropped_steps"] == 0
+    report = _report(run)
+    [resumed] = [f for f in report["findings"] if f["rule"] == "run-resumed"]
+    assert resumed["severity"] == "info" and resumed["rank"] == 0 and resumed["step"] == 0
+    assert resumed["evidence"]["superseded_steps"] == 10  # the second started at step 0 too
+    assert report["run"]["steps"]["count"] == 10
+
+
+def _first_loss(seed: int) -> float:
+    model = mlp(seed=seed)
+    x, y = batches(1, seed=seed)[0]
+    return torch.nn.functional.mse_loss(model(x), y).item()
 
 
 # --- two ranks ------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ HEALTH_RULES = (
     "update-ratio",
     "loss-spike",
     "amp-overflow",
+    "run-resumed",
 )
 PERF_RULES = (
     "slow-op",

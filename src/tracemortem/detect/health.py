@@ -10,6 +10,7 @@ from __future__ import annotations
 from ..config import Config
 from ..findings import Finding
 from ..load.run import RunData
+from . import attempts
 from . import health_magnitude as magnitude
 from . import health_numeric as numeric
 from .health_series import compute
@@ -23,6 +24,7 @@ RULES = (
     magnitude.dead_and_unused,
     magnitude.update_ratio,
     magnitude.loss_spike,
+    attempts.run_resumed,
 )
 
 

@@ -9,6 +9,7 @@ import polars as pl
 from ..config import Config, threshold
 from ..findings import Finding
 from ..load.run import RunData
+from .attempts import blame
 from .health_series import HealthSeries, bad_element
 
 NAMES_SHOWN = threshold(
@@ -96,6 +97,7 @@ def nonfinite_gradient(run: RunData, series: HealthSeries, config: Config) -> li
         nonfinite_params=len(names) or first["nonfinite"],
         params_nearest_output=shown,
         nonfinite_steps=bad.height,
+        **blame(run, first["first_bad_rank"], step),
     )
     where = f" in {shown[0]}" + (f" and {len(names) - 1} more" if len(names) > 1 else "") if names else ""
     return [
@@ -132,6 +134,7 @@ def nonfinite_loss(run: RunData, series: HealthSeries, config: Config) -> list[F
         nonfinite_loss_steps=bad.height,
         first_nonfinite_grad_step=grads_first,
         grads_went_first=grads_first is not None and grads_first < step,
+        **blame(run, first["first_bad_loss_rank"], step),
     )
     cause = (
         f"gradients went non-finite first, at step {grads_first}, so the weights were already corrupt"

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
-from ..format import RunPaths, is_inside, is_rank_dir, is_run_dir
+from ..format import RankPaths, RunPaths, is_inside, is_rank_dir, is_run_dir
 
 TRACE_SUFFIXES = (".json", ".json.gz")
 _RANK_IN_NAME = re.compile(r"rank[-_]?(\d+)", re.IGNORECASE)
@@ -44,6 +44,11 @@ def _traces_under(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if is_trace_file(p))
 
 
+def _rank_traces(rank_dir: Path) -> list[Path]:
+    """The traces of every attempt recorded in a rank folder."""
+    return [t for _, attempt in RankPaths(rank_dir).attempts() for t in _traces_under(attempt.traces)]
+
+
 def _refuse_outside(inputs: Inputs) -> Inputs:
     """A run directory's traces must lie inside it (a link out of it could pull any local file in)."""
     assert inputs.run_root is not None
@@ -66,11 +71,11 @@ def discover(path: str | Path) -> Inputs:
     if is_run_dir(path):
         run = RunPaths(path)
         ranks = {r: run.rank(r).root for r in run.ranks()}
-        traces = {t: r for r, d in ranks.items() for t in _traces_under(d / "traces")}
+        traces = {t: r for r, d in ranks.items() for t in _rank_traces(d)}
         return _refuse_outside(Inputs(path, "run", run_root=path, rank_dirs=ranks, trace_files=traces))
     if is_rank_dir(path):
         rank = int(path.name[4:])
-        traces = {t: rank for t in _traces_under(path / "traces")}
+        traces = {t: rank for t in _rank_traces(path)}
         return _refuse_outside(Inputs(path, "rank", run_root=path.parent, rank_dirs={rank: path}, trace_files=traces))
     traces = {t: rank_from_path(t.relative_to(path)) for t in _traces_under(path)}
     if not traces:

@@ -19,6 +19,7 @@ from .. import format as fmt
 from ..errors import InputError
 from ..findings import Finding
 from ..progress import Progress, silent
+from . import attempts as tries
 from .discover import Inputs
 
 
@@ -52,6 +53,8 @@ class RunData:
     notes: list[Finding] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
     grad_ranks: list[int] = field(default_factory=list)  # ranks whose grads were read
+    # One row per (rank, attempt) on disk and what a later attempt superseded (load/attempts.py)
+    attempts: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=tries.LISTING_COLUMNS))
 
     def rank_summary(self) -> list[dict[str, Any]]:
         """Per rank: how many steps it recorded and its median step time."""
@@ -271,46 +274,39 @@ def load_run(inputs: Inputs, progress: Progress = silent) -> RunData:
     for path in inputs.refused:
         notes.append(_note("warning", "refused a trace", f"{path}: links outside the run directory; not read"))
 
+    recorded: list[_Attempt] = []
+    for rank, rank_dir in sorted(inputs.rank_dirs.items()):
+        progress(f"reading rank {rank}")
+        recorded += [_read_attempt(rank, n, paths, notes, root) for n, paths in fmt.RankPaths(rank_dir).attempts()]
+    table = tries.attempt_table(
+        pl.DataFrame([a.listing for a in recorded], schema=tries.LISTING_COLUMNS, orient="row"),
+        pl.concat([a.steps.select("rank", "attempt", "step", "nonfinite", "loss") for a in recorded if a.has_steps])
+        if any(a.has_steps for a in recorded)
+        else pl.DataFrame(
+            schema={"rank": pl.Int32, "attempt": pl.Int32, "step": pl.Int64, "nonfinite": pl.Int64, "loss": pl.Float32}
+        ),
+    )
     metas: dict[int, dict[str, Any]] = {}
     steps_frames: list[pl.DataFrame] = []
     grad_frames: dict[int, pl.LazyFrame] = {}
     health_frames: list[pl.DataFrame] = []
     checkpoints: list[dict[str, Any]] = []
     snapshots: list[dict[str, Any]] = []
-    for rank, rank_dir in sorted(inputs.rank_dirs.items()):
-        progress(f"reading rank {rank}")
-        paths = fmt.RankPaths(rank_dir)
-        meta = _read_optional_json(paths.meta, "meta.json", notes, rank, root)
-        if meta is None and not paths.meta.exists():
-            notes.append(
-                _note("info", "missing meta.json", f"{paths.meta}: not found; parameter names are unknown", rank=rank)
-            )
-        metas[rank] = meta or {}
-        steps = _read_steps(_chunks(paths.steps, fmt.STEPS_SCHEMA, "steps", rank, notes, root), rank, notes)
-        if not steps.is_empty():
-            steps_frames.append(steps)
-        grad_paths = _chunks(paths.grads, fmt.GRADS_SCHEMA, "grads", rank, notes, root)
-        if grad_paths:
-            grad_frames[rank] = _scan_grads(grad_paths)
-        if paths.health.is_file() and not fmt.is_inside(root, paths.health):
-            notes.append(
-                _note(
-                    "warning",
-                    "refused checkpoint health",
-                    f"{paths.health}: links outside the run directory; not read",
-                    rank=rank,
-                )
-            )
-        elif paths.health.is_file():
-            try:
-                health_frames.append(pl.read_parquet(paths.health).with_columns(pl.lit(rank, pl.Int32).alias("rank")))
-            except Exception as exc:
-                notes.append(
-                    _note("warning", "unreadable checkpoint health", f"{paths.health}: {type(exc).__name__}", rank=rank)
-                )
-        checkpoints += _checkpoints(rank_dir, rank)
-        if (snap := _snapshot(rank_dir, rank, notes, root)) is not None:
-            snapshots.append(snap)
+    for attempt in recorded:  # the latest attempt's meta describes the rank
+        rank, cutoff = attempt.rank, tries.cutoff_of(table, attempt.rank, attempt.number)
+        if attempt.meta is not None or rank not in metas:
+            metas[rank] = attempt.meta or {}
+        if attempt.has_steps:
+            steps_frames.append(tries.keep(attempt.steps, table).drop("attempt"))
+        if attempt.grad_paths:
+            scan = _scan_grads(attempt.grad_paths)
+            scan = scan if cutoff is None else scan.filter(pl.col("step") < cutoff)
+            grad_frames[rank] = scan if rank not in grad_frames else pl.concat([grad_frames[rank], scan])
+        if attempt.health is not None:
+            health_frames.append(attempt.health if cutoff is None else attempt.health.filter(pl.col("step") < cutoff))
+        checkpoints += [c for c in attempt.checkpoints if cutoff is None or c["step"] < cutoff]
+        if attempt.snapshot is not None and (cutoff is None or (attempt.snapshot["step"] or 0) < cutoff):
+            snapshots.append(attempt.snapshot)
 
     if not steps_frames and not grad_frames and not any(metas.values()) and manifest is None:
         raise InputError(f"{root}: run directory has no readable manifest, meta.json, steps or grads")
@@ -332,17 +328,108 @@ def load_run(inputs: Inputs, progress: Progress = silent) -> RunData:
     )
     params = _params_frame(metas)
 
-    run = RunData(root, manifest, metas, steps, grads, params, health, notes, grad_ranks=grad_ranks)
+    run = RunData(root, manifest, metas, steps, grads, params, health, notes, grad_ranks=grad_ranks, attempts=table)
     run.facts = _facts(run, inputs, checkpoints, snapshots, bool(grad_frames))
+    run.notes.extend(_recorder_losses([(a.rank, a.number, a.meta) for a in recorded], manifest))
     return run
 
 
-def _recorder_losses(run: RunData) -> list[Finding]:
+@dataclass
+class _Attempt:
+    """What one attempt of one rank holds on disk (its steps carry `rank` and `attempt`)."""
+
+    rank: int
+    number: int
+    meta: dict[str, Any] | None
+    steps: pl.DataFrame
+    grad_paths: list[Path]
+    health: pl.DataFrame | None
+    checkpoints: list[dict[str, Any]]
+    snapshot: dict[str, Any] | None
+    listing: dict[str, Any]
+
+    @property
+    def has_steps(self) -> bool:
+        return not self.steps.is_empty()
+
+
+def _read_attempt(rank: int, number: int, paths: fmt.RankPaths, notes: list[Finding], root: Path) -> _Attempt:
+    meta = _read_optional_json(paths.meta, "meta.json", notes, rank, root)
+    if meta is None and not paths.meta.exists():
+        notes.append(
+            _note("info", "missing meta.json", f"{paths.meta}: not found; parameter names are unknown", rank=rank)
+        )
+    steps = _read_steps(_chunks(paths.steps, fmt.STEPS_SCHEMA, "steps", rank, notes, root), rank, notes)
+    if not steps.is_empty():
+        steps = steps.with_columns(pl.lit(number, pl.Int32).alias("attempt"))
+    health = None
+    if paths.health.is_file() and not fmt.is_inside(root, paths.health):
+        notes.append(
+            _note(
+                "warning",
+                "refused checkpoint health",
+                f"{paths.health}: links outside the run directory; not read",
+                rank=rank,
+            )
+        )
+    elif paths.health.is_file():
+        try:
+            health = pl.read_parquet(paths.health).with_columns(pl.lit(rank, pl.Int32).alias("rank"))
+        except Exception as exc:
+            notes.append(
+                _note("warning", "unreadable checkpoint health", f"{paths.health}: {type(exc).__name__}", rank=rank)
+            )
+    snapshot = _snapshot(paths.root, rank, notes, root)
+    checkpoints = [{**c, "attempt": number} for c in _checkpoints(paths.root, rank)]
+    info = meta or {}
+    listing = {
+        "rank": rank,
+        "attempt": number,
+        "path": _relative(paths.root, root),
+        "status": _as_text(info.get("status")),
+        "started": _as_text(info.get("started")),
+        "ended": _as_text(info.get("ended")),
+        "pid": _as_int(info.get("pid")),
+        "hostname": _as_text(info.get("hostname")),
+        "snapshot_step": None if snapshot is None else snapshot["step"],
+    }
+    if snapshot is not None:
+        snapshot["attempt"] = number
+    return _Attempt(
+        rank,
+        number,
+        meta,
+        steps,
+        _chunks(paths.grads, fmt.GRADS_SCHEMA, "grads", rank, notes, root),
+        health,
+        checkpoints,
+        snapshot,
+        listing,
+    )
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _as_text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _recorder_losses(
+    metas: list[tuple[int, int, dict[str, Any] | None]], manifest: dict[str, Any] | None
+) -> list[Finding]:
     """What the recorder itself says it could not keep (dropped or lost steps, its warnings), per
-    rank from meta.json, else from the manifest."""
-    sources = {rank: meta for rank, meta in run.metas.items()} or {None: run.manifest or {}}
+    rank and attempt from meta.json, else from the manifest."""
+    sources: list[tuple[int | None, int, dict[str, Any]]] = [
+        (rank, attempt, meta or {}) for rank, attempt, meta in metas
+    ]
+    sources = sources or [(None, 0, manifest or {})]
     notes = []
-    for rank, source in sorted(sources.items(), key=lambda item: -1 if item[0] is None else item[0]):
+    for rank, attempt, source in sources:
         dropped, lost = _as_int(source.get("dropped_steps")) or 0, _as_int(source.get("lost_steps")) or 0
         problems = [str(w) for w in source.get("warnings") or [] if isinstance(w, (str, int, float))][:10]
         if not (dropped or lost or problems):
@@ -355,7 +442,8 @@ def _recorder_losses(run: RunData) -> list[Finding]:
                 f"{dropped} step(s) dropped (writer queue full) and {lost} step(s) lost (write errors)"
                 + (f"; its notes: {'; '.join(problems)}" if problems else ""),
                 rank=rank,
-                evidence={"dropped_steps": dropped, "lost_steps": lost, "notes": problems},
+                evidence={"dropped_steps": dropped, "lost_steps": lost, "notes": problems}
+                | ({"attempt": attempt} if attempt else {}),
                 suggestion="Dropped steps mean the disk could not keep up (raise max_queue or flush less often); "
                 "lost steps mean writes failed (disk full, permissions): the missing steps are absent from every chart.",
             )
@@ -409,7 +497,6 @@ def _facts(
                 "other input findings and in manifest.json.",
             )
         )
-    run.notes.extend(_recorder_losses(run))
     recorded = ["steps"] if not steps.is_empty() else []
     recorded += ["grads"] if has_grads else []
     recorded += ["traces"] if inputs.trace_files else []

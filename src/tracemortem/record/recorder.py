@@ -23,7 +23,7 @@ import torch
 
 from .. import __version__
 from .. import format as fmt
-from . import signals
+from . import attempts, signals
 from .checkpoints import Checkpointer
 from .gradstats import GradBatch, GradStats, ParamTable
 from .profiling import ProfileSchedule, resolve_schedule, start_profiler
@@ -70,9 +70,11 @@ class Recorder:
         self.config = dict(config or {})
         self.rank, self.world_size = discover_rank()
         self.paths = fmt.RunPaths(Path(run_dir))
-        self.rank_paths = self.paths.rank(self.rank)
         self.started = _now()
         self.status = fmt.STATUS_RUNNING
+        # Never over an earlier recording of this rank: a restart gets an attempt of its own.
+        self.attempt = attempts.claim(self.paths.rank(self.rank), self._identity(int(start_step)))
+        self.rank_paths = self.attempt.paths
 
         self._closed = False
         # Reentrant: the SIGTERM handler runs close() in the training thread, possibly while the
@@ -131,6 +133,7 @@ class Recorder:
         )
         self.checkpointer = Checkpointer(self.rank_paths, self.table, keep_checkpoints)
         self._install_hooks()
+        self._note_earlier_attempts()
         self._write_status()
         self.writer.start()
         if self.schedule is not None:
@@ -425,10 +428,41 @@ class Recorder:
         except Exception:
             pass
 
+    def _identity(self, start_step: int) -> dict[str, Any]:
+        """Who is recording here: enough to tell attempts apart before the full meta.json."""
+        return {
+            "format": fmt.FORMAT_VERSION,
+            "tool": fmt.TOOL,
+            "version": __version__,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": self.started,
+            "ended": None,
+            "status": fmt.STATUS_RUNNING,
+            "start_step": start_step,
+        }
+
+    def _note_earlier_attempts(self) -> None:
+        """Warn when another process may still be recording this rank: both keep their data,
+        and the analyzer lets the later attempt supersede the earlier one's steps."""
+        if self.attempt.note:
+            self._notes.append(self.attempt.note)
+        for other in self.attempt.live_earlier():
+            note = (
+                f"rank {self.rank} is also being recorded by pid {other.get('pid')} on {other.get('hostname')} "
+                f"(attempt {other['attempt']}, started {other.get('started')}); this Recorder writes attempt "
+                f"{self.attempt.number} in {self.rank_paths.root}, and the analyzer lets it supersede that "
+                f"attempt's steps from its own first step on"
+            )
+            self._notes.append(note)
+            self._warn(note)
+
     def _counters(self) -> dict[str, Any]:
         return {
             "status": self.status,
-            "steps": self._step,
+            "steps": self._step - self.start_step,  # rec.step() calls
             "dropped_steps": self.writer.dropped_steps,
             "lost_steps": self.writer.lost_steps,
             "warnings": self._notes + self.writer.errors,
@@ -471,21 +505,14 @@ class Recorder:
 
     def _meta(self, counters: dict[str, Any], ended: str | None) -> dict[str, Any]:
         return {
-            "format": fmt.FORMAT_VERSION,
-            "tool": fmt.TOOL,
-            "version": __version__,
-            "rank": self.rank,
-            "world_size": self.world_size,
-            "hostname": socket.gethostname(),
-            "pid": os.getpid(),
+            **self._identity(self.start_step),
+            "attempt": self.attempt.number,
             "device": str(self.device),
             "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None,
             "torch_version": torch.__version__,
             "cuda_version": torch.version.cuda,
             "python_version": platform.python_version(),
-            "started": self.started,
             "ended": ended,
-            "start_step": self.start_step,
             "recorder": self.settings,
             "params": self.table.rows(),
             "backward_order": self.backward_order(),
@@ -495,29 +522,37 @@ class Recorder:
         }
 
     def _manifest(self, counters: dict[str, Any], ended: str | None) -> dict[str, Any]:
+        """The run as a whole, from every attempt of every rank on disk (their meta.json) and this
+        one's own counters. Status and end are those of rank 0's latest attempt."""
+        own = attempts.summary(
+            self.rank,
+            self.attempt.number,
+            self.rank_paths,
+            self.paths.root,
+            {**self._identity(self.start_step), **counters, "ended": ended},
+        )
+        listing = [own]
         ranks = sorted(set(self.paths.ranks()) | {self.rank})
-        dropped, lost = counters["dropped_steps"], counters["lost_steps"]
-        for other in ranks:  # fold in the counters other ranks have written so far
-            if other == self.rank:
-                continue
-            try:
-                meta = fmt.read_json(self.paths.rank(other).meta, "meta")
-                dropped += int(meta.get("dropped_steps", 0))
-                lost += int(meta.get("lost_steps", 0))
-            except Exception:
-                continue
+        for rank in ranks:
+            for other in attempts.survey_rank(self.paths.rank(rank)):
+                if (other["rank"], other["attempt"]) != (own["rank"], own["attempt"]):
+                    listing.append(other)
+        listing.sort(key=lambda a: (a["rank"], a["attempt"]))
+        latest = max((a for a in listing if a["rank"] == self.rank), key=lambda a: a["attempt"])
+        started = [str(a["started"]) for a in listing if a.get("started")]
         return {
             "format": fmt.FORMAT_VERSION,
             "tool": fmt.TOOL,
             "version": __version__,
-            "started": self.started,
-            "ended": ended,
-            "status": counters["status"],
+            "started": min(started, default=self.started),
+            "ended": latest.get("ended"),
+            "status": latest.get("status") or counters["status"],
             "world_size": self.world_size,
             "ranks": ranks,
+            "attempts": listing,
             "config": self.config,
-            "dropped_steps": dropped,
-            "lost_steps": lost,
+            "dropped_steps": sum(_count(a.get("dropped_steps")) for a in listing),
+            "lost_steps": sum(_count(a.get("lost_steps")) for a in listing),
             "warnings": counters["warnings"],
         }
 
@@ -531,6 +566,10 @@ class Recorder:
             held = signals.Held()
         signals.forward(signum, frame, previous)  # the default action ends the process here
         signals.release(held)
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _put(values: dict[str, Any], tensors: dict[str, torch.Tensor], name: str, value: Any) -> None:
