@@ -14,6 +14,11 @@ from dataclasses import dataclass, field
 import torch
 
 _INF = float("inf")
+# CPU tensors up to this size are reduced stacked by shape: a few ops for thousands of biases and
+# norm weights, where one op per tensor costs ~10 us of dispatch each (docs/recorder.md, "Overhead").
+# Above it, stacking's extra copy costs more than the dispatch it saves.
+STACK_MAX_NUMEL = 1024
+STACK_MAX_ELEMENTS = 1 << 22  # per stacked chunk: bounds the temporary copy to 16 MB of float32
 
 
 @dataclass
@@ -59,9 +64,10 @@ class GradBatch:
     ids: list[int]
     matrix: torch.Tensor
     groups: list[tuple[list[int], list[torch.Tensor]]] = field(repr=False)
-    before: list[list[torch.Tensor]] | None = field(default=None, repr=False)
+    before: list[list[torch.Tensor]] | None = field(default=None, repr=False)  # one [stacked] copy for a stacked group
     update: torch.Tensor | None = None
     counts: dict[int, int] | None = None  # exact NaN/Inf counts; None = not computed
+    stacked: list[bool] = field(default_factory=list, repr=False)  # per group: reduced stacked
 
 
 class GradStats:
@@ -73,7 +79,7 @@ class GradStats:
             ids, params = groups.setdefault((p.device, p.dtype), ([], []))
             ids.append(i)
             params.append(p.detach())
-        self._groups = list(groups.values())
+        self._groups = [part for ids, params in groups.values() for part in _split_small(ids, params)]
         self._owners = list(table.params)
         self._buffers: dict[tuple[int, ...], list[torch.Tensor]] = {}
         self.device = table.params[0].device if table.params else torch.device("cpu")
@@ -83,9 +89,10 @@ class GradStats:
         """Grad norm/absmax and weight norm of every parameter that has a grad, on the device."""
         owners = self._owners
         used: list[tuple[list[int], list[torch.Tensor]]] = []
+        stacked: list[bool] = []
         blocks: list[torch.Tensor] = []
         all_ids: list[int] = []
-        for ids, params in self._groups:
+        for ids, params, is_stacked in self._groups:
             grads = [owners[i].grad for i in ids]
             if any(g is None for g in grads):
                 keep = [k for k, g in enumerate(grads) if g is not None]
@@ -94,21 +101,28 @@ class GradStats:
                 ids = [ids[k] for k in keep]
                 params = [params[k] for k in keep]
                 grads = [grads[k] for k in keep]
-            block = (_cpu_block if params[0].device.type == "cpu" else _fused_block)(params, grads)
+            if is_stacked:
+                block = _stacked_block(params, grads)
+            else:
+                block = (_cpu_block if params[0].device.type == "cpu" else _fused_block)(params, grads)
             blocks.append(block.to(self.device, non_blocking=True))
             used.append((ids, params))
+            stacked.append(is_stacked)
             all_ids.extend(ids)
         if not blocks:
             return None
         matrix = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
-        before = [self._copy(params) for _, params in used] if keep_before else None
+        before = [self._copy(params, s) for (_, params), s in zip(used, stacked)] if keep_before else None
         # No reference to the grads is kept: zero_grad frees them as usual.
-        return GradBatch(all_ids, matrix, used, before)
+        return GradBatch(all_ids, matrix, used, before, stacked=stacked)
 
-    def _copy(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _copy(self, params: list[torch.Tensor], stacked: bool) -> list[torch.Tensor]:
         """Pre-update weights. On CUDA a fresh copy each sampled step (the caching allocator
         makes it cheap and the memory is free between samples); on CPU a buffer kept per
-        group, because fresh large host allocations page-fault on every sampled step."""
+        group, because fresh large host allocations page-fault on every sampled step. A
+        stacked group's copy is its stack."""
+        if stacked:
+            return [torch.stack(params)]
         if params[0].device.type != "cpu":
             return torch._foreach_mul(params, 1.0)
         key = tuple(id(p) for p in params)
@@ -144,11 +158,53 @@ class GradStats:
         if batch.before is None:
             return
         parts = []
-        for (_, params), before in zip(batch.groups, batch.before):
+        for (_, params), before, stacked in zip(batch.groups, batch.before, batch.stacked):
+            if stacked:
+                diff = before[0].sub_(torch.stack(params)).flatten(1)
+                parts.append(torch.linalg.vector_norm(diff, 2, dim=1, dtype=torch.float32).to(self.device))
+                continue
             torch._foreach_sub_(before, params)
             parts.append(torch.stack(torch._foreach_norm(before, 2, dtype=torch.float32)).to(self.device))
         batch.update = parts[0] if len(parts) == 1 else torch.cat(parts)
         batch.before = None
+
+
+def _split_small(ids: list[int], params: list[torch.Tensor]) -> list[tuple[list[int], list[torch.Tensor], bool]]:
+    """Split one (device, dtype) group: small CPU tensors of one shape go together in chunks
+    (reduced stacked: True), everything else stays in one group reduced tensor by tensor."""
+    if params[0].device.type != "cpu":
+        return [(ids, params, False)]
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    rest: list[int] = []
+    for k, p in enumerate(params):
+        (by_shape.setdefault(tuple(p.shape), []) if p.numel() <= STACK_MAX_NUMEL else rest).append(k)
+    parts = []
+    for shape, members in by_shape.items():
+        if len(members) < 2:
+            rest += members
+            continue
+        size = max(2, STACK_MAX_ELEMENTS // max(1, math.prod(shape)))
+        for start in range(0, len(members), size):
+            chunk = members[start : start + size]
+            parts.append(([ids[k] for k in chunk], [params[k] for k in chunk], True))
+    if rest:
+        rest.sort()
+        parts.append(([ids[k] for k in rest], [params[k] for k in rest], False))
+    return parts
+
+
+def _stacked_block(params: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.Tensor:
+    """float32 [3, n] (grad L2, grad absmax, weight L2) of same-shape small CPU tensors: the
+    tensors are stacked (one copy each of grads and weights) and reduced row by row."""
+    acc = _accumulation(params[0].dtype)
+    g = torch.stack(grads).flatten(1)
+    w = torch.stack(params).flatten(1)
+    rows = [
+        torch.linalg.vector_norm(g, 2, dim=1, dtype=acc),
+        g.abs().amax(dim=1),
+        torch.linalg.vector_norm(w, 2, dim=1, dtype=acc),
+    ]
+    return torch.stack([r.to(torch.float32) for r in rows])
 
 
 def _cpu_block(params: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.Tensor:
