@@ -74,12 +74,13 @@ def summary(rank: int, number: int, paths: fmt.RankPaths, run_root: Path, meta: 
     return {"rank": rank, "attempt": number, "path": where, **{k: meta.get(k) for k in SUMMARY_KEYS}}
 
 
-def survey_rank(rank_paths: fmt.RankPaths, below: int | None = None) -> list[dict[str, Any]]:
-    """Summaries of the attempts on disk in one rank folder (those numbered below `below`)."""
+def survey_rank(rank_paths: fmt.RankPaths, below: int | None = None, skip: int | None = None) -> list[dict[str, Any]]:
+    """Summaries of the attempts on disk in one rank folder (those numbered below `below`; not
+    attempt `skip`, whose meta.json is not read: 20,000 parameters make it megabytes)."""
     found = []
     run_root = rank_paths.root.parent
     for number, paths in rank_paths.attempts():
-        if below is not None and number >= below:
+        if (below is not None and number >= below) or number == skip:
             continue
         try:
             meta = fmt.read_json(paths.meta, "meta")

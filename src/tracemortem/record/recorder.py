@@ -534,9 +534,7 @@ class Recorder:
         listing = [own]
         ranks = sorted(set(self.paths.ranks()) | {self.rank})
         for rank in ranks:
-            for other in attempts.survey_rank(self.paths.rank(rank)):
-                if (other["rank"], other["attempt"]) != (own["rank"], own["attempt"]):
-                    listing.append(other)
+            listing += attempts.survey_rank(self.paths.rank(rank), skip=own["attempt"] if rank == self.rank else None)
         listing.sort(key=lambda a: (a["rank"], a["attempt"]))
         latest = max((a for a in listing if a["rank"] == self.rank), key=lambda a: a["attempt"])
         started = [str(a["started"]) for a in listing if a.get("started")]
