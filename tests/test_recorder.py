@@ -389,7 +389,7 @@ def test_sigkill_leaves_only_readable_files(tmp_path, kill_after):
 def test_sigterm_flushes_then_terminates(tmp_path):
     proc = _start_child(tmp_path)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == -signal.SIGTERM  # the default action still happens
+    assert proc.wait(timeout=120) == -signal.SIGTERM  # the default action still happens
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["status"] == "crashed" and manifest["ended"]
     assert "SIGTERM" in " ".join(manifest["warnings"])
@@ -412,7 +412,7 @@ rec.writer._queue = _TermOnAppend()
 
 def test_sigterm_inside_the_step_hand_over_still_flushes_and_terminates(tmp_path):
     proc = _start_child(tmp_path, setup=_TERM_INSIDE_PUT, ready=False)
-    assert proc.wait(timeout=30) == -signal.SIGTERM
+    assert proc.wait(timeout=120) == -signal.SIGTERM
     assert json.loads((tmp_path / "manifest.json").read_text())["status"] == "crashed"
     assert read_steps(tmp_path).height >= 25
     check_every_file_readable(tmp_path)
