@@ -8,6 +8,7 @@ Variants, each with its own identically initialised model:
   (b) tracemortem.Recorder at defaults
   (c) a per-parameter `p.grad.norm().item()` loop (the common hand-written approach)
   (d) TensorBoard SummaryWriter.add_histogram of every gradient, every step
+  (e) the Recorder with activation statistics every 10 steps (activations=10)
 They are interleaved step by step: each cycle runs one step of every variant, in a freshly
 shuffled order, so that whatever else the machine is doing hits all of them alike. Overhead is
 the variant's median step time over the (a)'s, minus one, with a 90 % bootstrap interval
@@ -76,6 +77,8 @@ class Variant:
             self.rec = Recorder(workdir / name, self.model, self.opt)
             self.opt.register_step_pre_hook(lambda *_: marks.__setitem__("pre1", time.thread_time()))
             self.opt.register_step_post_hook(lambda *_: marks.__setitem__("post1", time.thread_time()))
+        if name == "activations":
+            self.rec = Recorder(workdir / name, self.model, self.opt, activations=10)
         self.tb = None
         if name == "tb_histogram":
             from torch.utils.tensorboard import SummaryWriter
@@ -96,7 +99,9 @@ class Variant:
                 self.tb.add_histogram(f"grad/{n}", p.grad, self.i)
         self.opt.step()
         self.opt.zero_grad()
-        if self.rec is not None:
+        if self.name == "activations":
+            self.rec.step(loss=loss)
+        elif self.rec is not None:
             t0 = time.thread_time()
             self.rec.step(loss=loss)
             m = self.marks
@@ -243,7 +248,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = ["none", "recorder", "norm_item_loop", "tb_histogram"]
+    names = ["none", "recorder", "norm_item_loop", "tb_histogram", "activations"]
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         variants = {n: Variant(n, args, workdir) for n in names}
@@ -270,6 +275,7 @@ def main() -> None:
         "recorder": "(b) Recorder",
         "norm_item_loop": "(c) .norm().item()",
         "tb_histogram": "(d) add_histogram",
+        "activations": "(e) + activations=10",
     }
     base = variants["none"]
     overhead, cpu_overhead = {}, {}
@@ -289,6 +295,9 @@ def main() -> None:
             f"{o['tb_histogram'] / o['recorder']:.1f}x" if o["recorder"] > 0 else "unbounded ((b) within noise of (a))"
         )
         print(f"(d) overhead / (b) overhead, {label} time: {ratio}")
+    wall = _ratio(variants["activations"].times, variants["recorder"].times)
+    cpu = _ratio(variants["activations"].cpu, variants["recorder"].cpu)
+    print(f"(e) activations=10 over (b): {wall * 100:.1f}% wall, {cpu * 100:.1f}% CPU of the step (target <= 3 %)")
     own = variants["recorder"].own[args.warmup :]
     print(
         f"(b) Recorder's own work on the training thread: {statistics.mean(own) * 1e3:.2f} ms/step mean, "

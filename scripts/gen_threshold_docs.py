@@ -23,13 +23,14 @@ sigma = 8.0
 ```
 
 or in a `tracemortem.toml` with the same tables at top level (`[exploding-gradient]`). The
-nearest such file from the current directory upwards is used. Unknown names are refused.
+nearest such file from the current directory upwards is used. Unknown names, and values outside
+a threshold's valid range, are refused (exit 2).
 
 This page is generated from the code (`python scripts/gen_threshold_docs.py`); a test keeps it
 in step.
 
-| threshold | default | meaning | source of the default |
-|---|---|---|---|
+| threshold | default | valid | meaning | source of the default |
+|---|---|---|---|---|
 """
 
 
@@ -38,7 +39,8 @@ def render() -> str:
     for spec in all_thresholds().values():
         doc = spec.doc.replace("|", "\\|")
         source = spec.source.replace("|", "\\|")
-        rows.append(f"| `{spec.name}` | `{spec.default!r}` | {doc} | {source} |")
+        valid = f"{spec.low:g} – {spec.high:g}" if isinstance(spec.default, (int, float)) else ""
+        rows.append(f"| `{spec.name}` | `{spec.default!r}` | {valid} | {doc} | {source} |")
     return HEADER + "\n".join(rows) + "\n"
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
+import polars as pl
+import pytest
+
+torch = pytest.importorskip("torch")
 from torch.profiler import ProfilerActivity, profile, record_function, schedule
 
 from tracemortem.load.traces import load_traces
@@ -39,9 +42,12 @@ def profiled_loop(
     batch: int = 64,
     item_every_step: bool = False,
     hidden: int = 512,
+    block_matmuls: tuple[int, int] = (0, 0),
 ) -> Path:
     """Train a small MLP for 1 + ACTIVE steps under the profiler; a `slow_block` annotation runs
-    each step and sleeps `slow_s` on `slow_steps`. Returns the chrome trace path."""
+    each step and sleeps `slow_s` on `slow_steps`. With `block_matmuls` = (normal, slow), the block
+    also multiplies 512x512 matrices that many times (more on `slow_steps`): compute, which a busy
+    host slows down as much as the rest of the step. Returns the chrome trace path."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         torch.nn.Linear(256, hidden),
@@ -51,6 +57,7 @@ def profiled_loop(
         torch.nn.Linear(hidden, 1),
     )
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    square = torch.randn(512, 512)
     loader = torch.utils.data.DataLoader(SlowDataset(batch * (ACTIVE + 1), sample_sleep_s), batch_size=batch)
     trace = out / "trace.json"
     sched = schedule(wait=0, warmup=1, active=ACTIVE, repeat=1)
@@ -65,6 +72,8 @@ def profiled_loop(
             with record_function("slow_block"):
                 if step in slow_steps:
                     time.sleep(slow_s)
+                for _ in range(block_matmuls[step in slow_steps]):
+                    square @ square
             if item_every_step:
                 loss.item()
             prof.step()
@@ -73,3 +82,20 @@ def profiled_loop(
 
 def timing_of(trace: Path) -> Timing:
     return summarize(load_traces({trace: 0}))
+
+
+def recorder_steps(ranks: dict[int, list[float]], mem: dict[int, list[int]] | None = None) -> pl.DataFrame:
+    rows = []
+    for rank, durations in ranks.items():
+        for step, seconds in enumerate(durations):
+            rows.append(
+                {
+                    "rank": rank,
+                    "step": step,
+                    "duration_s": seconds,
+                    "mem_allocated": (mem or {}).get(rank, [None] * len(durations))[step],
+                }
+            )
+    return pl.DataFrame(
+        rows, schema={"rank": pl.Int32, "step": pl.Int64, "duration_s": pl.Float64, "mem_allocated": pl.Int64}
+    )

@@ -20,12 +20,12 @@ from pathlib import Path
 
 warnings.simplefilter("always")  # the test counts warn() calls, not deduplicated messages
 
-import torch  # noqa: E402
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from recording_helpers import batches, mlp  # noqa: E402
-from tracemortem import format as fmt  # noqa: E402
-from tracemortem.record import Recorder  # noqa: E402
+from recording_helpers import batches, mlp
+from tracemortem import format as fmt
+from tracemortem.record import Recorder
 
 torch.set_num_threads(1)
 _real_atomic_file = fmt.atomic_file

@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 
 import polars as pl
-import torch
+import pytest
+
+torch = pytest.importorskip("torch")
 
 
 def mlp(seed: int = 0, width: int = 16) -> torch.nn.Module:

@@ -4,13 +4,13 @@ on the recorder, the trace loader or the detectors."""
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import polars as pl
 
 from tracemortem.analysis import Analysis
 from tracemortem.findings import Finding, sort_findings
+from tracemortem.run_facts import RunFacts
 
 HOSTILE = "</script><img src=x onerror=\"window.__pwned=1;console.log('PWNED')\">'\"{{ 7*7 }}|`*_"
 
@@ -106,35 +106,55 @@ def make_analysis(
         schema_overrides={"param_id": pl.Int32},
     )
     op_names = op_names or ["aten::mm", "aten::addmm", "aten::relu", "aten::copy_", "Optimizer.step#AdamW.step"]
+    # The frames the timing stage produces (docs/architecture.md): integer nanoseconds.
+    n_ops = len(op_names)
     ops = pl.DataFrame(
         {
             "name": op_names,
-            "input_dims": ["[[8, 8], [8, 8]]"] * len(op_names),
-            "calls": [100 * (i + 1) for i in range(len(op_names))],
-            "cpu_total_us": [5000.0 / (i + 1) for i in range(len(op_names))],
-            "cpu_self_us": [4000.0 / (i + 1) for i in range(len(op_names))],
-            "gpu_us": [3000.0 / (i + 1) for i in range(len(op_names))],
-        }
+            "input_dims": ["[[8, 8], [8, 8]]"] * n_ops,
+            "cat": ["cpu_op"] * n_ops,
+            "calls": [100 * (i + 1) for i in range(n_ops)],
+            "total_ns": [5_000_000 // (i + 1) for i in range(n_ops)],
+            "self_ns": [4_000_000 // (i + 1) for i in range(n_ops)],
+            "p50_ns": [40_000.0 / (i + 1) for i in range(n_ops)],
+            "p95_ns": [45_000.0 / (i + 1) for i in range(n_ops)],
+            "max_ns": [50_000 // (i + 1) for i in range(n_ops)],
+            "gpu_ns": [3_000_000 // (i + 1) for i in range(n_ops)],
+        },
+        schema_overrides={"name": pl.Categorical, "cat": pl.Categorical, "calls": pl.UInt32},
     )
-    k = min(3, len(op_names))
+    k = min(3, n_ops)
     kernels = pl.DataFrame(
         {
             "name": [f"kernel<{n}>" for n in op_names[:k]],
+            "kind": ["kernel"] * k,
+            "type": ["computation"] * k,
             "calls": [10, 20, 30][:k],
-            "total_us": [900.0, 600.0, 300.0][:k],
-            "mean_us": [90.0, 30.0, 10.0][:k],
-            "max_us": [95.0, 40.0, 11.0][:k],
-        }
+            "total_ns": [900_000, 600_000, 300_000][:k],
+            "mean_ns": [90_000.0, 30_000.0, 10_000.0][:k],
+            "max_ns": [95_000, 40_000, 11_000][:k],
+            "ranks": [ranks] * k,
+            "hta_sum_us": [900, 600, 300][:k],
+        },
+        schema_overrides={"calls": pl.UInt32, "ranks": pl.UInt32},
     )
+    per_rank = 5 * ranks
     step_times = pl.DataFrame(
         {
             "rank": [r for r in range(ranks) for _ in range(5)],
             "step": [s for _ in range(ranks) for s in range(20, 25)],
-            "duration_us": [100_000.0] * 5 * ranks,
-            "compute_us": [60_000.0] * 5 * ranks,
-            "communication_us": [10_000.0] * 5 * ranks,
-            "dataloader_us": [20_000.0] * 5 * ranks,
-            "idle_us": [10_000.0] * 5 * ranks,
+            "ts_ns": [s * 100_000_000 for _ in range(ranks) for s in range(20, 25)],
+            "duration_ns": [100_000_000] * per_rank,
+            "compute_ns": [60_000_000] * per_rank,
+            "comm_ns": [10_000_000] * per_rank,
+            "memcpy_ns": [0] * per_rank,
+            "memset_ns": [0] * per_rank,
+            "data_loading_ns": [20_000_000] * per_rank,
+            "host_sync_ns": [0] * per_rank,
+            "other_ns": [10_000_000] * per_rank,
+            "total_gpu_idle_ns": [10_000_000] * per_rank,
+            "total_data_loading_ns": [20_000_000] * per_rank,
+            "total_host_sync_ns": [0] * per_rank,
         },
         schema_overrides={"rank": pl.Int32},
     )
@@ -215,7 +235,7 @@ def make_analysis(
         path=Path("runs/exp1"),
         kind="run",
         findings=findings,
-        run=run,
+        run=RunFacts.from_dict(run),
         steps=steps,
         grads=grads,
         params=params,
@@ -291,13 +311,11 @@ class Visit:
         self.page.on("console", lambda m: self.console.append((m.type, m.text)))
         self.page.on("pageerror", lambda e: self.page_errors.append(str(e)))
         self.page.on("dialog", self._dialog)
-        start = time.monotonic()
         self.page.goto(self.url, wait_until="load")
         if javascript:
             self.page.wait_for_function(
                 "[...document.querySelectorAll('[data-figure]')].every(d => d.querySelector('.main-svg'))"
             )
-        self.seconds = time.monotonic() - start
 
     def _route(self, route):
         if route.request.url == self.url:

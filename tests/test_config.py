@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def some_threshold():
     specs = all_thresholds()
-    numeric = [s for s in specs.values() if isinstance(s.default, float)]
+    numeric = [s for s in specs.values() if isinstance(s.default, float) and s.high >= 1000]
     if not numeric:
         pytest.skip("no float threshold declared yet")
     return numeric[0]
@@ -70,6 +70,15 @@ def test_wrong_type_is_refused(some_threshold):
         Config.load(ROOT, [f"{some_threshold.name}=abc"])
     with pytest.raises(ConfigError):
         Config.load(ROOT, [f"{some_threshold.name}=nan"])
+
+
+def test_values_outside_the_valid_range_are_refused():
+    specs = all_thresholds()
+    window, share = specs["exploding-gradient.window"], specs["gpu-idle.min_share"]
+    for name, value in ((window.name, 0), (window.name, -5), (window.name, "1e300"), (share.name, 1.5)):
+        with pytest.raises(ConfigError, match="out of range"):
+            Config.load(ROOT, [f"{name}={value}"])
+    assert Config.load(ROOT, [f"{share.name}=1"])[share] == 1.0  # both ends are valid
 
 
 def test_broken_config_file_is_one_clear_error(tmp_path):

@@ -92,7 +92,7 @@ def test_bad_json_is_one_input_error(tmp_path, content):
 def test_oversized_json_is_refused_without_parsing(tmp_path, monkeypatch):
     target = tmp_path / "manifest.json"
     target.write_text(json.dumps({"x": "y" * 100}))
-    monkeypatch.setattr(fmt, "MAX_JSON_BYTES", 50)
+    monkeypatch.setenv("TRACEMORTEM_MAX_JSON_BYTES", "50")
     with pytest.raises(InputError, match="limit"):
         fmt.read_json(target, "manifest")
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
 from click.testing import CliRunner
 
 from recording_helpers import batches, check_every_file_readable, mlp, read_grads, read_steps

@@ -10,11 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 torch = pytest.importorskip("torch")
 
-from tracemortem.cli import main  # noqa: E402
 
 HF = "hf_" + "Q7x9" * 9
 GHP = "ghp_" + "aB3d" * 9
@@ -109,21 +107,17 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("pseudonymize", [False, True])
 def test_analysis_of_real_inputs_is_cleaned(traces: Path, run: Path, pseudonymize: bool) -> None:
     from tracemortem.analysis import analyze
-    from tracemortem.redact import redact_analysis
     from tracemortem.report import render
+    from tracemortem.report.redact import redact_analysis
 
     for path in (traces, run):
         plain = analyze(path)
         cleaned = redact_analysis(plain, pseudonymize=pseudonymize)
         if path == traces:  # the planted op name is in the unredacted op table
             assert _core(HF) in render(plain, "md") and "HF\\_TOKEN=\\[redacted\\]" in render(cleaned, "md")
-        else:  # the planted scalar name and config are in what was loaded
-            assert (
-                any(JWT in c for c in plain.steps.columns)
-                and plain.extras["run_data"].manifest["config"]["db_password"] == PASSWORD
-            )
+        else:  # the planted scalar name is in what was loaded (the manifest's config is never reported)
+            assert any(JWT in c for c in plain.steps.columns)
             assert "auth_[redacted]" in cleaned.steps.columns
-            assert cleaned.extras["run_data"].manifest["config"]["db_password"] == "[redacted]"
         for fmt in ("json", "md", "html"):
             document = render(cleaned, fmt)
             for secret in SECRETS:
@@ -132,54 +126,3 @@ def test_analysis_of_real_inputs_is_cleaned(traces: Path, run: Path, pseudonymiz
                 assert not re.search(
                     r"gpu-node-07|gpu-node-12|alice(?!blue)", document
                 )  # plotly.js names a colour aliceblue
-    if pseudonymize:  # the trace metadata kept for later use: two hosts, still two
-        ranks = redact_analysis(analyze(traces), pseudonymize=True).extras["traces"].ranks
-        assert [ranks[r]["hostname"] for r in sorted(ranks)] == ["host-1", "host-2"]
-        assert ranks[1]["files"][0].endswith("/host-2_4243.1700000000000000000.pt.trace.json")
-
-
-def _report(path: Path, fmt: str, *flags: str) -> str:
-    result = CliRunner().invoke(main, ["report", str(path), "--format", fmt, "-o", "-", "--fail-on", "never", *flags])
-    assert result.exit_code == 0, result.output
-    return result.stdout
-
-
-@pytest.mark.parametrize("fmt", ["json", "md", "html"])
-@pytest.mark.parametrize("flags", [(), ("--redact",)])
-def test_no_secret_from_a_trace_reaches_a_report(traces: Path, fmt: str, flags: tuple[str, ...]) -> None:
-    document = _report(traces, fmt, *flags)
-    for secret in SECRETS:
-        assert _core(secret) not in document, secret
-
-
-@pytest.mark.parametrize("fmt", ["json", "md", "html"])
-@pytest.mark.parametrize("flags", [(), ("--redact",)])
-def test_no_secret_from_a_recorded_run_reaches_a_report(run: Path, fmt: str, flags: tuple[str, ...]) -> None:
-    document = _report(run, fmt, *flags)
-    for secret in SECRETS:
-        assert _core(secret) not in document, secret
-
-
-def test_the_planted_strings_do_reach_the_report_path(traces: Path) -> None:
-    """The tests above would pass on an empty report: here the same trace, analysed without
-    redaction, shows the planted label, and the redacted report its cleaned form."""
-    from tracemortem.analysis import analyze
-    from tracemortem.report import render
-
-    plain = render(analyze(traces), "md")
-    assert _core(HF) in plain
-    assert "load batch HF\\_TOKEN=\\[redacted\\]" in _report(traces, "md")
-
-
-def test_redact_pseudonymises_hosts_users_and_paths(traces: Path, run: Path) -> None:
-    import socket
-
-    host = socket.gethostname()
-    plain_run, redacted_run = _report(run, "md"), _report(run, "md", "--redact")
-    assert f"- **Hosts:** {host}\n" in plain_run and "- **Hosts:** host-1\n" in redacted_run
-    plain = "".join(_report(traces, fmt) for fmt in ("json", "md", "html"))
-    assert "torchinductor\\_alice/cache" in plain  # the planted home path reaches the op table
-    redacted = "".join(_report(traces, fmt, "--redact") for fmt in ("json", "md", "html"))
-    assert not re.search(r"gpu-node-07|gpu-node-12|cluster\.example\.org|alice(?!blue)", redacted)
-    assert "torchinductor\\_user-1/cache" in redacted
-    assert _report(traces, "json", "--redact") == _report(traces, "json", "--redact")  # deterministic

@@ -4,6 +4,7 @@ numbers), for determinism and for size."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import math
 import re
@@ -42,7 +43,10 @@ def test_markdown_is_a_short_ticket_body_with_the_findings(analysis):
     assert f"| {SLOW_STEP} |" in rows[1] and f"| {SPIKE_STEP} |" in rows[2]
     assert "**Findings:** 1 error, 3 warning, 1 info" in md
     assert "- **Steps:** 0 – 99 (100 steps)" in md
-    assert "| aten::mm | \\[\\[8, 8\\], \\[8, 8\\]\\] | 100 | 5 ms | 4 ms | 3 ms |" in md
+    assert (
+        "| aten::mm | \\[\\[8, 8\\], \\[8, 8\\]\\] | cpu\\_op | 100 | 5 ms | 4 ms | 40 µs | 45 µs | 50 µs | 3 ms |"
+        in md
+    )
 
 
 def test_markdown_escapes_names_so_tables_and_markup_hold(analysis):
@@ -70,18 +74,21 @@ def test_json_is_the_design_document(analysis):
     assert (
         first["step"] == NAN_STEP
         and first["subject"] == "layers.0.weight"
-        and first["evidence"] == {"nonfinite": 1, "norm": "nan"}
+        and first["evidence"] == {"nonfinite": 1, "norm": None}
     )
+    assert doc["non_finite"] == {"/findings/0/evidence/norm": "nan"}  # strict JSON: null, and which value
     assert doc["run"]["steps"] == {"first": 0, "last": 99, "count": 100}
     assert doc["run"]["ranks"][0]["step_time_s"] == pytest.approx(0.1)
 
 
 def test_json_survives_non_finite_run_facts():
     a = make_analysis()
-    a.run["ranks"][0]["step_time_s"] = math.inf
+    slow = dataclasses.replace(a.run.ranks[0], step_time_s=math.inf)
+    a = dataclasses.replace(a, run=dataclasses.replace(a.run, ranks=(slow, *a.run.ranks[1:])))
     text = report.render(a, "json")
-    assert json.loads(text)["run"]["ranks"][0]["step_time_s"] == "inf"
-    assert list(json.loads(text)) == sorted(json.loads(text))
+    doc = json.loads(text, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
+    assert doc["run"]["ranks"][0]["step_time_s"] is None and doc["non_finite"]["/run/ranks/0/step_time_s"] == "inf"
+    assert list(doc) == sorted(doc)
 
 
 def test_terminal_summary_and_ops_table(analysis):
@@ -98,7 +105,7 @@ def test_terminal_summary_and_ops_table(analysis):
 def test_terminal_neutralises_control_characters():
     a = make_analysis(names=["evil\x1b[2J\rname", "b", "c"])
     text = report.render(a, "text")
-    assert "\x1b" not in text and "\r" not in text and "evil\\x1b[2J\\x0dname" in text
+    assert "\x1b" not in text and "\r" not in text and "evil\\x1b[2J\\rname" in text
 
 
 @pytest.mark.parametrize("fmt", ["html", "md", "json", "text"])

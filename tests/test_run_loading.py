@@ -5,7 +5,8 @@ import math
 
 import pyarrow as pa
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
 
 from health_helpers import regression_batches, relu_mlp, train
 from tracemortem import format as fmt

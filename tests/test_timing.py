@@ -12,13 +12,14 @@ from tracemortem.timing import summarize
 
 def cpu_event(name, ts, dur, tid="1", cat="cpu_op", step=None, **extra):
     row = {c: None for c in EVENTS_SCHEMA}
-    row.update(rank=0, name=name, cat=cat, ts=ts, dur=dur, pid="1", tid=tid, step=step, **extra)
+    row.update(rank=0, session=0, name=name, cat=cat, ts=ts, dur=dur, pid="1", tid=tid, step=step, **extra)
     return row
 
 
 def gpu_event(name, ts, dur, kind="kernel", step=1, launch_ts=None, launch_dur=None, correlation=None):
     return {
         "rank": 0,
+        "session": 0,
         "name": name,
         "kind": kind,
         "ts": ts,
@@ -58,7 +59,7 @@ def test_self_time_subtracts_direct_children_only_and_absorbs_ns_bleed():
         cpu_event("aten::t", 549_700, 100_000, step=1),
         cpu_event("aten::relu", 100_000, 50_000, tid="2", step=1),  # other thread: not nested in linear
     ]
-    ops = {r["name"]: r for r in summarize(trace_set(events, [(0, 1, 0, 1000_000)])).ops.iter_rows(named=True)}
+    ops = {r["name"]: r for r in summarize(trace_set(events, [(0, 0, 1, 0, 1000_000)])).ops.iter_rows(named=True)}
     assert ops["aten::linear"]["self_ns"] == 600_000 - 400_000 - 100_000
     assert ops["aten::addmm"]["self_ns"] == 400_000 - 100_000
     assert ops["aten::copy_"]["self_ns"] == 100_000
@@ -68,7 +69,7 @@ def test_self_time_subtracts_direct_children_only_and_absorbs_ns_bleed():
 
 
 def test_step_waterfall_parts_sum_to_the_step_and_follow_priority():
-    steps = [(0, 1, 0, 1000_000), (0, 2, 1000_000, 1000_000)]
+    steps = [(0, 0, 1, 0, 1000_000), (0, 0, 2, 1000_000, 1000_000)]
     events = [
         cpu_event("ProfilerStep#1", 0, 1000_000, cat="user_annotation", step=1),
         cpu_event("ProfilerStep#2", 1000_000, 1000_000, cat="user_annotation", step=2),
@@ -138,3 +139,22 @@ def test_real_cpu_trace_ops_and_steps(cpu_timing):
     assert cpu_timing.ranks == [
         {"rank": 0, "steps": ACTIVE, "step_time_s": pytest.approx(steps["duration_ns"].median() / 1e9)}
     ]
+
+
+def test_htas_rounding_never_makes_a_negative_time_in_the_output():
+    """A 0.4 µs memcpy inside no whole µs: HTA's view gives it −1 µs, and the breakdown a
+    negative non-compute time; the exact view stands in for that session."""
+    gpu = [
+        gpu_event("gemm", 1_000_000, 5_000_000, launch_ts=990_000, launch_dur=5_000, correlation=1),
+        gpu_event("Memcpy HtoD (Pageable -> Device)", 10_200, 400, kind="memcpy", correlation=2),
+    ]
+    gpu[1]["ts"] = 10_200_200  # 10200.2 µs: rounds up to 10201, its end down to 10200
+    timing = summarize(trace_set([], [], gpu))
+    [entry] = timing.ranks
+    [session] = entry["gpu"]["sessions"]
+    assert session["view"] == "exact"
+    assert min(entry["gpu"][k] for k in ("idle_us", "compute_us", "non_compute_us")) >= 0
+    assert entry["gpu"]["non_compute_us"] == pytest.approx(0.4)
+    assert entry["gpu"]["span_us"] == pytest.approx(10_200.6 - 1_000)
+    kernels = {r["name"]: r for r in timing.kernels.iter_rows(named=True)}
+    assert kernels["Memcpy HtoD (Pageable -> Device)"]["hta_sum_us"] == 0  # exact 0.4 µs, not HTA's −1

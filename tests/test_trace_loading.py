@@ -383,7 +383,7 @@ def test_unescaped_quote_damages_only_that_event(tmp_path):
 
 
 def test_gzip_bomb_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(chrome, "MAX_TRACE_BYTES", 10 * 2**20)
+    monkeypatch.setenv("TRACEMORTEM_MAX_TRACE_BYTES", str(10 * 2**20))
     z = zlib.compressobj(9, zlib.DEFLATED, 31)
     bomb = z.compress(b'{"traceEvents": [' + b" " * (50 * 2**20)) + z.flush()
     path = tmp_path / "bomb.json.gz"
@@ -497,5 +497,5 @@ def test_workers_that_cannot_start_fall_back_to_in_process(cpu_trace, monkeypatc
     expected = _frames({cpu_trace: None})
     monkeypatch.setattr(chrome, "CHUNK_BYTES", 8192)
     monkeypatch.setattr(chrome, "PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr("sys.executable", "/nonexistent/python")
+    monkeypatch.setattr("multiprocessing.spawn._python_exe", "/nonexistent/python")  # what spawn starts
     assert _same(_frames({cpu_trace: None}), expected)

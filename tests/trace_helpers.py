@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 REAL_TRACES = Path(__file__).resolve().parents[2] / "shared" / "real_traces"
 
 
 def record_cpu_trace(path: Path, steps: int = 6, record_shapes: bool = True) -> Path:
     """A small MLP training loop under torch.profiler with a schedule (so ProfilerStep#N spans)."""
-    import torch
+    torch = pytest.importorskip("torch")
     from torch import nn
     from torch.profiler import ProfilerActivity, profile, schedule
 

@@ -17,16 +17,21 @@ import click
 
 from . import __version__
 from .config import Config
-from .errors import ConfigError, TracemortemError
+from .errors import ConfigError, InputError, TracemortemError
 from .findings import SEVERITIES, at_or_above
+from .limits import MAX_REPORT_BYTES
 from .progress import finish, terminal_progress
+from .sanitize import terminal_text
 
-FORMATS = ("html", "md", "json")
-DEFAULT_SUFFIX = {"html": ".html", "md": ".md", "json": ".json"}
+FORMATS = ("html", "md", "json")  # the documents `report` writes (see report.REPORTERS)
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+def _one_line(text: object) -> str:
+    """A message for stderr: it quotes paths and names from the input, so secrets are redacted
+    and control, escape and bidi characters shown escaped (docs/robustness.md)."""
+    from .report.redact import redact_secrets
+
+    return terminal_text(redact_secrets(str(text).strip()))
 
 
 def _run(debug: bool, body: Callable[[], int]) -> None:
@@ -71,11 +76,12 @@ def _load_config(sets: tuple[str, ...]) -> Config:
 
 def _analyze(path: str, config: Config, redact: bool):
     from .analysis import analyze
-    from .redact import redact_analysis
+    from .report.redact import redact_analysis
 
     progress = terminal_progress()
     try:
-        analysis = analyze(path, config, progress=progress)
+        # Status lines name input files: shown like every other stderr line.
+        analysis = analyze(path, config, progress=lambda message: progress(_one_line(message)))
     finally:
         finish(progress)
     return redact_analysis(analysis, pseudonymize=redact)
@@ -123,7 +129,8 @@ def main() -> None:
     """Post-mortem analysis of PyTorch training runs.
 
     PATH is a run directory written by tracemortem.Recorder, one rank directory, one
-    torch.profiler chrome trace (.json / .json.gz), or a directory of traces.
+    torch.profiler chrome trace (.json / .json.gz), a directory of traces, or a TensorBoard,
+    Hugging Face Trainer or Lightning CSV log (docs/inputs.md).
     """
 
 
@@ -156,7 +163,7 @@ def report(
     """Render the report (HTML, Markdown or JSON) for PATH."""
 
     def body() -> int:
-        from .report import render
+        from .report import REPORTERS
 
         config = _load_config(sets)
         chosen = fmt or _format_from_name(output) or _option(config, "format", None, "html")
@@ -165,18 +172,48 @@ def report(
         threshold = _option(config, "fail-on", fail_on, "error")
         if threshold not in ("error", "warning", "never"):
             raise ConfigError(f"fail-on must be error, warning or never, not {threshold!r}")
+        reporter = REPORTERS[chosen]
+        target = output or f"tracemortem-report{reporter.suffix}"
+        if target != "-":
+            _refuse_overwriting_input(Path(target), Path(path))
         analysis = _analyze(path, config, redact)
-        document = render(analysis, chosen)
-        target = output or f"tracemortem-report{DEFAULT_SUFFIX[chosen]}"
+        document = reporter.render(analysis).encode("utf-8")
+        if len(document) > MAX_REPORT_BYTES.value():
+            raise InputError(
+                f"the {chosen} report would be {len(document)} bytes, over the {MAX_REPORT_BYTES.value()}-byte "
+                f"limit ({MAX_REPORT_BYTES.env}); try --format md"
+            )
         if target == "-":
             click.echo(document, nl=False)
         else:
-            Path(target).write_text(document, encoding="utf-8")
+            _write_report(Path(target), document)
             counts = _counts(analysis)
-            click.echo(f"tracemortem: wrote {target} ({counts})", err=True)
+            click.echo(f"tracemortem: wrote {_one_line(target)} ({counts})", err=True)
         return _fail_code(analysis, threshold)
 
     _run(debug, body)
+
+
+def _refuse_overwriting_input(target: Path, source: Path) -> None:
+    """-o must not name the input, or an existing file inside an input directory."""
+    try:
+        target, source = target.resolve(), source.resolve()
+    except (OSError, RuntimeError):  # a link loop: the write below reports it
+        return
+    if target == source or (target.exists() and source.is_dir() and source in target.parents):
+        raise ConfigError(f"{target}: refusing to overwrite the input with the report; choose another -o")
+
+
+def _write_report(target: Path, document: bytes) -> None:
+    """Atomically: a failed write leaves no partial file (nor a half-replaced earlier report)."""
+    from .format import write_bytes_atomic
+
+    if not target.parent.is_dir():  # a typo in the folder is a usage error, not a folder to create
+        raise ConfigError(f"{target}: cannot write the report (no such folder: {target.parent})")
+    try:
+        write_bytes_atomic(target, document)
+    except OSError as exc:  # no such folder, no permission, a read-only or full disk
+        raise ConfigError(f"{target}: cannot write the report ({exc.strerror or exc})") from None
 
 
 def _format_from_name(output: str | None) -> str | None:
@@ -245,13 +282,53 @@ def diff(baseline: str, candidate: str, fmt: str, top: int, sets, redact: bool, 
     """Compare two runs or traces: what got slower, which findings are new."""
 
     def body() -> int:
-        from .diff import compare
-        from .report.diff import render_diff
+        from .compare import compare
+        from .report.comparison import render_diff
 
         config = _load_config(sets)
         result = compare(_analyze(baseline, config, redact), _analyze(candidate, config, redact), top)
         click.echo(render_diff(result, fmt), nl=False)
         return 0
+
+    _run(debug, body)
+
+
+@main.command()
+@click.argument("run", type=click.Path(path_type=str))
+@click.option(
+    "--model",
+    "model_spec",
+    required=True,
+    metavar="MODULE:FACTORY",
+    help="Builds the model: a .py path or a module name on sys.path, then a function taking no arguments.",
+)
+@click.option(
+    "--loss",
+    "loss_spec",
+    default=None,
+    metavar="MODULE:FUNCTION",
+    help="fn(model, batch) -> loss. Default: the model's output if scalar, else its .loss.",
+)
+@click.option("--rank", type=click.IntRange(min=0), default=None, help="Rank whose snapshot to replay.")
+@click.option("--device", type=click.Choice(("cpu", "cuda")), default=None, help="Default: where it was recorded.")
+@click.option("-o", "--output", default=None, help="Write origin.json here instead of into the snapshot folder.")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+def replay(
+    run: str,
+    model_spec: str,
+    loss_spec: str | None,
+    rank: int | None,
+    device: str | None,
+    output: str | None,
+    debug: bool,
+) -> None:
+    """Re-run RUN's failing step from its snapshot and name the module and op where the first
+    NaN/Inf was born (runs the code named by --model and --loss; see docs/replay.md)."""
+
+    def body() -> int:
+        from .replay.command import run_replay
+
+        return run_replay(run, model_spec, loss_spec, rank, device, output)
 
     _run(debug, body)
 

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import importlib
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-if sys.version_info >= (3, 11):
+try:
     import tomllib
-else:  # Python 3.10: the same parser, published as tomli
+except ModuleNotFoundError:  # Python 3.10: the same parser, published as tomli
     import tomli as tomllib
 
 from .errors import ConfigError
+
+# Tables of the config file that hold settings rather than a rule's thresholds (docs/inputs.md).
+OPTION_TABLES = ("tags",)
 
 # Modules that declare thresholds; imported before any lookup so the registry is complete.
 RULE_MODULES = (
@@ -29,12 +31,19 @@ RULE_MODULES = (
 )
 
 
+# The valid range of a number threshold unless it declares its own: no negative counts, times or
+# factors, and nothing so large that arithmetic on it overflows or is meaningless.
+NUMBER_RANGE = (0, 10**12)
+
+
 @dataclass(frozen=True)
 class Threshold:
     name: str  # "rule.param"
     default: float | int | str | bool
     doc: str
     source: str  # where the default comes from
+    low: float = NUMBER_RANGE[0]  # valid range of a number threshold, both ends included
+    high: float = NUMBER_RANGE[1]
 
     @property
     def rule(self) -> str:
@@ -44,14 +53,21 @@ class Threshold:
 _REGISTRY: dict[str, Threshold] = {}
 
 
-def threshold(name: str, default: Any, doc: str, source: str) -> Threshold:
-    """Declare a threshold (module level, once)."""
+def threshold(
+    name: str,
+    default: Any,
+    doc: str,
+    source: str,
+    low: float = NUMBER_RANGE[0],
+    high: float = NUMBER_RANGE[1],
+) -> Threshold:
+    """Declare a threshold (module level, once); a number threshold accepts values in [low, high]."""
     if "." not in name:
         raise ValueError(f"threshold name {name!r} must be 'rule.param'")
     known = _REGISTRY.get(name)
     if known is not None and known.default != default:
         raise ValueError(f"threshold {name!r} declared twice with different defaults")
-    _REGISTRY[name] = Threshold(name, default, doc, source)
+    _REGISTRY[name] = Threshold(name, default, doc, source, low, high)
     return _REGISTRY[name]
 
 
@@ -87,6 +103,8 @@ def _coerce(spec: Threshold, value: Any) -> Any:
         raise ConfigError(f"{spec.name}: expected a finite number, got {value!r}")
     if kind is int and isinstance(value, float) and not value.is_integer():
         raise ConfigError(f"{spec.name}: expected an integer, got {value!r}")
+    if kind in (int, float) and not spec.low <= value <= spec.high:
+        raise ConfigError(f"{spec.name}: {value!r} is out of range (from {spec.low:g} to {spec.high:g})")
     return kind(value)
 
 
@@ -128,7 +146,11 @@ class Config:
             name, sep, value = pair.partition("=")
             if not sep or not name.strip():
                 raise ConfigError(f"--set expects rule.param=value, got {pair!r}")
-            file_values[name.strip()] = value.strip()
+            table, dot, key = name.strip().partition(".")
+            if table in OPTION_TABLES and dot:  # --set tags.loss=objective
+                options[table] = {**(options.get(table) or {}), key: value.strip()}
+            else:
+                file_values[name.strip()] = value.strip()
         return cls(file_values, options)
 
 
@@ -157,7 +179,7 @@ def _read_config_file(path: Path | None) -> tuple[dict[str, Any], dict[str, Any]
     values: dict[str, Any] = {}
     options: dict[str, Any] = {}
     for key, value in data.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and key not in OPTION_TABLES:
             for param, v in value.items():
                 values[f"{key}.{param}"] = v
         else:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +19,12 @@ HEALTH_RULES = (
     "loss-spike",
     "amp-overflow",
     "run-resumed",
+    "zero-gradient",
+    "grad-clipping",
+    "nonfinite-origin",
+    "dead-activation",
+    "saturated-activation",
+    "activation-growth",
 )
 PERF_RULES = (
     "slow-op",
@@ -31,14 +36,13 @@ PERF_RULES = (
     "straggler-rank",
     "memory-growth",
 )
-INPUT_RULES = ("trace-truncated", "input-error")
+INPUT_RULES = ("trace-truncated", "input-error", "trace-sessions", "trace-unsupported")
 RULES = HEALTH_RULES + PERF_RULES + INPUT_RULES
 
 
 def _plain(value: Any) -> Any:
-    """Evidence values as JSON-safe plain Python (no NaN/Inf, which JSON cannot hold)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # "nan", "inf", "-inf": kept visible, still valid JSON
+    """Evidence values as plain Python (NaN and infinities stay floats: the JSON writer turns
+    them into `null` and names them, see report/strict_json.py)."""
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -98,3 +102,33 @@ def sort_findings(findings: list[Finding]) -> list[Finding]:
 def at_or_above(findings: list[Finding], severity: str) -> list[Finding]:
     limit = SEVERITY_RANK[severity]
     return [f for f in findings if SEVERITY_RANK[f.severity] <= limit]
+
+
+def cap_per_rule(findings: list[Finding], most: int) -> list[Finding]:
+    """At most `most` findings of each rule, keeping the order (the first are the most severe and
+    earliest when `findings` is sorted); the rest of a rule become one finding that counts them."""
+    kept: list[Finding] = []
+    left_out: dict[str, list[Finding]] = {}
+    seen: dict[str, int] = {}
+    for finding in findings:
+        seen[finding.rule] = seen.get(finding.rule, 0) + 1
+        if seen[finding.rule] <= most:
+            kept.append(finding)
+        else:
+            left_out.setdefault(finding.rule, []).append(finding)
+    for rule, rest in left_out.items():
+        kept.append(
+            Finding(
+                rule,
+                min((f.severity for f in rest), key=SEVERITY_RANK.__getitem__),
+                f"{len(rest)} more {rule} findings not listed",
+                f"{len(rest)} further {rule} findings, after the {most} listed, are counted here and not listed "
+                f"one by one (TRACEMORTEM_MAX_FINDINGS_PER_RULE).",
+                evidence={
+                    "not_listed": len(rest),
+                    "by_severity": {s: sum(f.severity == s for f in rest) for s in SEVERITIES},
+                },
+                suggestion="Fix the listed ones first: many findings of one rule usually share one cause.",
+            )
+        )
+    return kept

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import InputError
+from .limits import MAX_CHUNK_ROWS, MAX_JSON_BYTES, Limit
 
 FORMAT_VERSION = 1
 TOOL = "tracemortem"
@@ -35,15 +36,18 @@ HEALTH = "health.parquet"  # inside checkpoints/
 SNAPSHOT = "snapshot"
 SNAPSHOT_INFO = "info.json"
 ATTEMPTS = "attempts"  # rank{R}/attempts/{K}/: the K-th restart on this rank (docs/format.md, "Attempts")
+SNAPSHOT_ORIGIN = "origin.json"  # written by a replay (docs/replay.md)
+ACTS = "acts"  # activation statistics, with Recorder(activations=N)
+ACTS_MODULES = "modules.json"  # inside acts/: module_id -> name, class
 
 STATUS_RUNNING = "running"
 STATUS_CLOSED = "closed"
 STATUS_CRASHED = "crashed"
 
-# JSON documents from a run directory are small; anything bigger is refused, not parsed.
-MAX_JSON_BYTES = 64 * 1024 * 1024
 
 _RANK_DIR = re.compile(r"^rank(\d+)$")
+# Ranks are Int32 in every frame; a folder or file name with a larger number is not a rank.
+MAX_RANK = 2**31 - 1
 _CHUNK = re.compile(r"^part-(\d{6})\.parquet$")
 _ATTEMPT_DIR = re.compile(r"^[1-9]\d{0,8}$")
 
@@ -62,6 +66,8 @@ STEPS_SCHEMA = pa.schema(
         ("mem_allocated", pa.int64()),
         ("mem_reserved", pa.int64()),
         ("max_mem_allocated", pa.int64()),
+        ("preclip_norm", pa.float32()),  # the norm clip_grad_norm_ measured, when it ran
+        ("clip_max", pa.float32()),  # its max_norm
     ]
 )
 GRADS_SCHEMA = pa.schema(
@@ -84,6 +90,18 @@ HEALTH_SCHEMA = pa.schema(
         ("weight_norm", pa.float32()),
         ("weight_absmax", pa.float32()),
         ("nonfinite", pa.int64()),
+    ]
+)
+# One row per (recorded step, module): statistics of the module's output (Recorder(activations=N)).
+ACTS_SCHEMA = pa.schema(
+    [
+        ("step", pa.int64()),
+        ("module_id", pa.int32()),
+        ("rms", pa.float32()),
+        ("absmax", pa.float32()),
+        ("zero_fraction", pa.float32()),
+        ("nonfinite", pa.int64()),
+        ("saturation", pa.float32()),
     ]
 )
 # Float columns whose bytes compress better split by byte position (Parquet BYTE_STREAM_SPLIT).
@@ -109,7 +127,7 @@ class RunPaths:
         if self.root.is_dir():
             for child in self.root.iterdir():
                 match = _RANK_DIR.match(child.name)
-                if match and child.is_dir():
+                if match and int(match.group(1)) <= MAX_RANK and child.is_dir():
                     found.append(int(match.group(1)))
         return sorted(found)
 
@@ -169,6 +187,10 @@ class RankPaths:
     def snapshot(self) -> Path:
         return self.root / SNAPSHOT
 
+    @property
+    def acts(self) -> Path:
+        return self.root / ACTS
+
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"step-{int(step):08d}.pt"
 
@@ -178,7 +200,10 @@ def is_run_dir(path: Path) -> bool:
 
 
 def is_rank_dir(path: Path) -> bool:
-    return bool(_RANK_DIR.match(path.name)) and ((path / META).is_file() or (path / STEPS).is_dir())
+    match = _RANK_DIR.match(path.name)
+    if match is None or int(match.group(1)) > MAX_RANK:
+        return False
+    return (path / META).is_file() or (path / STEPS).is_dir()
 
 
 # --- writing ----------------------------------------------------------------------------
@@ -264,6 +289,10 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         fh.write(data)
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
 def chunk_path(folder: Path, index: int) -> Path:
     return folder / f"part-{int(index):06d}.parquet"
 
@@ -312,55 +341,93 @@ class ChunkSet:
 
     paths: list[Path]
     skipped: list[tuple[Path, str]]
+    rows: int = 0  # rows of the readable chunks, from their footers
 
 
-def readable_chunks(folder: Path, schema: pa.Schema, root: Path | None = None) -> ChunkSet:
-    """Check each chunk's footer, schema and data; corrupt or foreign chunks are skipped, not
-    fatal. With `root`, a chunk that is a link to a file outside `root` is skipped unread.
+def _listed_chunks(folder: Path) -> tuple[list[Path], str]:
+    """The folder's chunk names, or why it cannot be listed (a missing folder holds none)."""
+    try:
+        return sorted((p for p in folder.iterdir() if _CHUNK.match(p.name)), key=lambda p: p.name), ""
+    except FileNotFoundError:
+        return [], ""
+    except OSError as exc:
+        return [], f"cannot list this folder ({exc.strerror or exc})"
 
-    Every page is decoded once here (bounded memory, ~5 % of an analysis): a chunk damaged
-    behind an intact footer would otherwise fail a lazy scan deep inside the detectors."""
+
+def chunk_problem(
+    path: Path, schema: pa.Schema, root: Path | None = None, rows_left: int = 0, table_limit: Limit | None = None
+) -> str:
+    """Why the Parquet file at `path` cannot be read with the format's `schema`, or "" when it can.
+    The footer is read first: a FIFO or device is never opened, a chunk over a row limit never
+    decoded; then every page is decoded once (bounded memory, ~5 % of an analysis), since a
+    chunk damaged behind an intact footer would otherwise fail a lazy scan inside the detectors."""
+    required = {f.name: f.type for f in schema}
+    if not path.is_file():  # also False for a broken link or a link loop
+        return "not a regular file (a FIFO, device, socket, folder or broken link); not read"
+    if root is not None and not is_inside(root, path):
+        return "links outside the run directory; not read"
+    try:
+        metadata = pq.read_metadata(path)
+    except Exception as exc:  # pyarrow raises several types for corrupt footers
+        return f"unreadable Parquet ({type(exc).__name__})"
+    file_schema = metadata.schema.to_arrow_schema()
+    if "step" in required and "step" not in file_schema.names:
+        return "missing column(s) step"
+    if len(set(file_schema.names)) != len(file_schema.names):
+        twice = sorted({n for n in file_schema.names if file_schema.names.count(n) > 1})
+        return f"duplicate column(s) {', '.join(twice)}"
+    # The readers scan with the format's types; a column of another type cannot be read with them.
+    wrong = [
+        f"{f.name} is {f.type}, not {required[f.name]}"
+        for f in file_schema
+        if f.name in required and f.type != required[f.name]
+    ]
+    if wrong:
+        return f"foreign column type(s): {'; '.join(wrong)}"
+    chunk_rows = MAX_CHUNK_ROWS.value()
+    if metadata.num_rows > chunk_rows:
+        return f"{metadata.num_rows} rows, over the {chunk_rows}-row limit of one chunk ({MAX_CHUNK_ROWS.env})"
+    if table_limit is not None and metadata.num_rows > rows_left:
+        return (
+            f"{metadata.num_rows} more rows would pass the table's {table_limit.value()}-row limit ({table_limit.env})"
+        )
+    try:
+        for _ in pq.ParquetFile(path).iter_batches(batch_size=2**20):
+            pass
+    except Exception as exc:
+        return f"damaged Parquet data ({type(exc).__name__})"
+    return ""
+
+
+def readable_chunks(
+    folder: Path, schema: pa.Schema, root: Path | None = None, table_limit: Limit | None = None, rows_before: int = 0
+) -> ChunkSet:
+    """Check each chunk (`chunk_problem`); corrupt, foreign or oversized chunks are skipped, not
+    fatal. With `root`, a chunk that is a link to a file outside `root` is skipped unread; with
+    `table_limit`, chunks are taken in order while the table (`rows_before` rows from other
+    folders, plus these) stays within it."""
     good: list[Path] = []
     bad: list[tuple[Path, str]] = []
-    required = {f.name: f.type for f in schema}
-    for path in list_chunks(folder):
-        if root is not None and not is_inside(root, path):
-            bad.append((path, "links outside the run directory; not read"))
-            continue
-        try:
-            file_schema = pq.read_schema(path)
-        except Exception as exc:  # pyarrow raises several types for corrupt footers
-            bad.append((path, f"unreadable Parquet ({type(exc).__name__})"))
-            continue
-        missing = [n for n in ("step",) if n in required and n not in file_schema.names]
-        if missing:
-            bad.append((path, f"missing column(s) {', '.join(missing)}"))
-            continue
-        # The readers scan with the format's types; a column of another type cannot be read with them.
-        wrong = [
-            f"{f.name} is {f.type}, not {required[f.name]}"
-            for f in file_schema
-            if f.name in required and f.type != required[f.name]
-        ]
-        if wrong:
-            bad.append((path, f"foreign column type(s): {'; '.join(wrong)}"))
-            continue
-        try:
-            for _ in pq.ParquetFile(path).iter_batches(batch_size=2**20):
-                pass
-        except Exception as exc:
-            bad.append((path, f"damaged Parquet data ({type(exc).__name__})"))
+    paths, unlisted = _listed_chunks(folder)
+    if unlisted:
+        return ChunkSet([], [(folder, unlisted)])
+    rows, most = 0, table_limit.value() if table_limit is not None else 0
+    for path in paths:
+        problem = chunk_problem(path, schema, root, most - rows_before - rows, table_limit)
+        if problem:
+            bad.append((path, problem))
             continue
         good.append(path)
-    return ChunkSet(good, bad)
+        rows += pq.read_metadata(path).num_rows
+    return ChunkSet(good, bad, rows)
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:
     """Read a small JSON object from a run directory, with a one-line InputError on failure."""
     try:
-        size = path.stat().st_size
-        if size > MAX_JSON_BYTES:
-            raise InputError(f"{path}: {what} is {size} bytes, over the {MAX_JSON_BYTES}-byte limit")
+        size, most = path.stat().st_size, MAX_JSON_BYTES.value()
+        if size > most:
+            raise InputError(f"{path}: {what} is {size} bytes, over the {most}-byte limit ({MAX_JSON_BYTES.env})")
         data = json.loads(path.read_bytes())
     except InputError:
         raise
@@ -382,6 +449,9 @@ def inside(root: Path, relative: str) -> Path:
 def is_inside(root: Path, path: Path) -> bool:
     """Whether `path`, symlinks resolved, lies inside `root`. A run directory from someone else
     (a tarball keeps symlinks) must not make the analyzer copy local files into a report."""
-    base = root.resolve()
-    target = path.resolve()
+    try:
+        base = root.resolve()
+        target = path.resolve()
+    except (OSError, RuntimeError):  # a link loop (RuntimeError before Python 3.13) leads nowhere inside
+        return False
     return target == base or base in target.parents

@@ -2,7 +2,9 @@
 
 `detect(run, config)` is the entry point. The rules live in `health_numeric` (non-finite
 values, AMP overflows) and `health_magnitude` (exploding/vanishing gradients, dead/unused
-parameters, update ratios, loss spikes); importing them here declares their thresholds.
+parameters, update ratios, loss spikes, with the early-divergence tests of `health_growth`),
+`health_zero` (all-zero gradients) and `health_clipping` (gradient clipping); importing them
+here declares their thresholds.
 """
 
 from __future__ import annotations
@@ -11,9 +13,13 @@ from ..config import Config
 from ..findings import Finding
 from ..load.run import RunData
 from . import attempts
+from . import health_activations as activations
+from . import health_clipping as clipping
 from . import health_magnitude as magnitude
 from . import health_numeric as numeric
+from .health_origin import nonfinite_origin
 from .health_series import compute
+from .health_zero import zero_gradient
 
 RULES = (
     numeric.nonfinite_gradient,
@@ -25,6 +31,12 @@ RULES = (
     magnitude.update_ratio,
     magnitude.loss_spike,
     attempts.run_resumed,
+    zero_gradient,
+    clipping.grad_clipping,
+    nonfinite_origin,
+    activations.dead_activation,
+    activations.saturated_activation,
+    activations.activation_growth,
 )
 
 

@@ -12,6 +12,8 @@ import polars as pl
 from ..config import Config, threshold
 from ..findings import Finding
 from ..load.run import RunData
+from ..scalars import as_float, as_int, optional_float, optional_int
+from .health_growth import GrowthLimits, divergence, positive_ratio
 from .health_series import STREAMING, HealthSeries, finite, ratio_expr
 
 # --- thresholds -----------------------------------------------------------------------------
@@ -21,6 +23,7 @@ SPIKE_WINDOW = threshold(
     128,
     "Previous finite steps whose mean and std the grad norm is compared with.",
     "OLMo-core SkipStepOptimizer (rolling_interval_length=128)",
+    low=1,
 )
 SPIKE_SIGMA = threshold(
     "exploding-gradient.sigma",
@@ -46,6 +49,7 @@ EARLY_STEPS = threshold(
     100,
     "Steps whose maximum grad norm is the baseline of the early-max test.",
     "Megatron-LM is_unexpectedly_large (first 100 steps)",
+    low=1,
 )
 EARLY_FACTOR = threshold(
     "exploding-gradient.early_factor",
@@ -53,13 +57,36 @@ EARLY_FACTOR = threshold(
     "Error when the grad norm reaches this many times the early maximum.",
     "Megatron-LM is_unexpectedly_large (10x)",
 )
+BASELINE_STEPS = threshold(
+    "exploding-gradient.baseline_steps",
+    3,
+    "First healthy steps whose median grad norm is the baseline of the surge and growth tests.",
+    "tracemortem",
+    low=1,
+)
+SURGE_FACTOR = threshold(
+    "exploding-gradient.surge_factor",
+    100.0,
+    "Surge when the grad norm reaches this many times the baseline (no history needed).",
+    "tracemortem (Megatron-LM's 10x early maximum, with a larger factor against fewer steps)",
+)
 GROWTH_WINDOW = threshold(
-    "exploding-gradient.growth_window", 10, "Steps over which sustained exponential growth is measured.", "tracemortem"
+    "exploding-gradient.growth_window",
+    5,
+    "Steps over which sustained geometric growth is measured.",
+    "tracemortem",
+    low=1,
 )
 GROWTH_FACTOR = threshold(
     "exploding-gradient.growth_factor",
-    100.0,
-    "Growth over growth_window steps (rising on most of them) that counts as exponential blow-up.",
+    4.0,
+    "Growth when the grad norm rose this many times over growth_window steps ...",
+    "tracemortem",
+)
+GROWTH_FLOOR = threshold(
+    "exploding-gradient.growth_floor",
+    10.0,
+    "... staying at least this many times the baseline on every one of them.",
     "tracemortem",
 )
 HORIZON = threshold(
@@ -89,6 +116,7 @@ VANISH_WINDOW = threshold(
     50,
     "Consecutive recorded steps (the last healthy ones) on all of which both must hold.",
     "research §6(a) B8 (50 consecutive steps)",
+    low=1,
 )
 
 DEAD_MIN_STEPS = threshold(
@@ -127,7 +155,7 @@ RATIO_MIN_STEPS = threshold(
 )
 
 LOSS_WINDOW = threshold(
-    "loss-spike.window", 128, "Previous finite steps the log loss is compared with.", "research §6(a) D17"
+    "loss-spike.window", 128, "Previous finite steps the log loss is compared with.", "research §6(a) D17", low=1
 )
 LOSS_Z = threshold("loss-spike.z", 6.0, "Spike when the robust z of log loss exceeds this.", "research §6(a) D17")
 LOSS_MIN_HISTORY = threshold(
@@ -141,6 +169,38 @@ LOSS_EARLY_FACTOR = threshold(
     10.0,
     "Error when the loss reaches this many times the max over the first early_steps.",
     "Megatron-LM (10x the early maximum)",
+)
+LOSS_BASELINE_STEPS = threshold(
+    "loss-spike.baseline_steps",
+    3,
+    "First healthy steps whose median loss is the baseline of the surge and growth tests.",
+    "tracemortem",
+    low=1,
+)
+LOSS_SURGE = threshold(
+    "loss-spike.surge_factor",
+    10.0,
+    "Surge when the loss reaches this many times the baseline (no history needed).",
+    "Megatron-LM (10x the early maximum)",
+)
+LOSS_GROWTH_WINDOW = threshold(
+    "loss-spike.growth_window",
+    5,
+    "Steps over which sustained geometric growth of the loss is measured.",
+    "tracemortem",
+    low=1,
+)
+LOSS_GROWTH = threshold(
+    "loss-spike.growth_factor",
+    4.0,
+    "Growth when the loss rose this many times over growth_window steps ...",
+    "tracemortem",
+)
+LOSS_GROWTH_FLOOR = threshold(
+    "loss-spike.growth_floor",
+    3.0,
+    "... staying at least this many times the baseline on every one of them.",
+    "tracemortem",
 )
 LOSS_CO_SPIKE = threshold(
     "loss-spike.co_spike_steps",
@@ -172,33 +232,70 @@ def _num(value: float | None, digits: int = 4) -> float | None:
 
 
 def grad_spikes(series: HealthSeries, config: Config) -> pl.DataFrame:
-    """Healthy steps with their spike tests: `sigma` (OLMo), `early` (Megatron), `growth`."""
+    """Healthy steps with their spike tests: `sigma` (OLMo), `early` (Megatron), and the early
+    divergence tests `surge` and `growth` against the run's first steps. Where clip_grad_norm_
+    ran, its pre-clip norm is the one tested: a clipped explosion is a flat line at the cap."""
     window, history = int(config[SPIKE_WINDOW]), int(config[SPIKE_MIN_HISTORY])
-    early_n, gw = int(config[EARLY_STEPS]), int(config[GROWTH_WINDOW])
+    history = min(history, window)  # more history than one window holds: the whole window
+    early_n = int(config[EARLY_STEPS])
     g = pl.col("grad_norm")
-    frame = series.healthy.select("step", "grad_norm").with_row_index("i")
+    frame = series.healthy.select(
+        "step",
+        pl.coalesce("preclip_norm", "grad_norm").cast(pl.Float64).alias("grad_norm"),
+        pl.col("preclip_norm").is_not_null().alias("preclip"),
+    ).with_row_index("i")
+    tests = ("sigma", "early", "surge", "growth", "spike")
     if frame.height == 0:
-        return frame.with_columns(pl.lit(False).alias(c) for c in ("sigma", "early", "growth", "spike"))
-    early_max = frame.head(early_n)["grad_norm"].max()
+        return frame.with_columns(pl.lit(False).alias(c) for c in tests)
+    early_max = as_float(frame.head(early_n)["grad_norm"].max())
+    limits = GrowthLimits(
+        baseline_steps=int(config[BASELINE_STEPS]),
+        surge=config[SURGE_FACTOR],
+        window=int(config[GROWTH_WINDOW]),
+        floor=config[GROWTH_FLOOR],
+        growth=config[GROWTH_FACTOR],
+    )
     return (
-        frame.with_columns(
+        divergence(frame, "grad_norm", limits)
+        .with_columns(
             g.rolling_mean(window, min_samples=history).shift(1).alias("mean"),
             g.rolling_std(window, min_samples=history).shift(1).alias("std"),
-            (g / g.shift(gw)).alias("growth_ratio"),
-            (g.log().diff() > 0).cast(pl.Float64).rolling_mean(gw).alias("rising"),
+            pl.lit(early_max).alias("early_max"),
         )
         .with_columns(
             ((g > pl.col("mean") + config[SPIKE_SIGMA] * pl.col("std")) & (g > config[SPIKE_MIN_JUMP] * pl.col("mean")))
             .fill_null(False)
             .alias("sigma"),
-            ((pl.col("i") >= early_n) & (g >= config[EARLY_FACTOR] * early_max) & (early_max > 0)).alias("early"),
-            ((pl.col("growth_ratio") >= config[GROWTH_FACTOR]) & (pl.col("rising") >= 0.8))
+            ((pl.col("i") >= early_n) & (positive_ratio(g, pl.col("early_max")) >= config[EARLY_FACTOR]))
             .fill_null(False)
-            .alias("growth"),
-            pl.lit(early_max).alias("early_max"),
+            .alias("early"),
         )
-        .with_columns((pl.col("sigma") | pl.col("early") | pl.col("growth")).alias("spike"))
+        .with_columns(pl.any_horizontal("sigma", "early", "surge", "growth").alias("spike"))
     )
+
+
+def onset_before(series: HealthSeries, config: Config, before: int) -> int | None:
+    """Where the divergence that ran into the non-finite step `before` began: the earliest flagged
+    gradient or loss step within `horizon` steps before it (a growth window from its first step).
+    Conservative on purpose: a run that blew up and seemed to recover inside the horizon was not
+    healthy in between."""
+    near = (pl.col("step") < before) & (pl.col("step") >= before - int(config[HORIZON]))
+    starts = [
+        divergence_onset(frame.filter(near)) for frame in (grad_spikes(series, config), loss_spikes(series, config))
+    ]
+    found = [s for s in starts if s is not None]
+    return min(found) if found else None
+
+
+def divergence_onset(spikes: pl.DataFrame) -> int | None:
+    """First step of the first flagged episode (rows of `grad_spikes` or `loss_spikes`): a growth
+    window's first step, else the spike's."""
+    flagged = spikes.filter("spike")
+    if flagged.is_empty():
+        return None
+    row = flagged.row(0, named=True)
+    start = row["growth_from"] if row["growth"] and row["growth_from"] is not None else row["step"]
+    return int(start)
 
 
 def _leaders(run: RunData, step: int, n: int) -> list[dict[str, Any]]:
@@ -224,7 +321,7 @@ def _leaders(run: RunData, step: int, n: int) -> list[dict[str, Any]]:
     ]
 
 
-def _spike_reason(row: dict, config: Config) -> str:
+def _spike_reason(row: dict[str, Any], config: Config) -> str:
     """Say which test flagged the first spike, with the numbers that test used."""
     if row["sigma"]:
         return (
@@ -233,7 +330,15 @@ def _spike_reason(row: dict, config: Config) -> str:
         )
     if row["early"]:
         return f"{_num(row['grad_norm'] / row['early_max'])}x the maximum {_num(row['early_max'])} of the first {int(config[EARLY_STEPS])} steps"
-    return f"{_num(row['growth_ratio'])}x in {int(config[GROWTH_WINDOW])} steps, rising on most of them"
+    if row["surge"]:
+        return (
+            f"{_num(row['to_baseline'])}x the median {_num(row['baseline'])} of the first "
+            f"{int(config[BASELINE_STEPS])} steps"
+        )
+    return (
+        f"{_num(row['growth_ratio'])}x in {int(config[GROWTH_WINDOW])} steps since step {row['growth_from']}, "
+        f"each at least {_num(config[GROWTH_FLOOR])}x the median of the first {int(config[BASELINE_STEPS])} steps"
+    )
 
 
 def exploding_gradient(run: RunData, series: HealthSeries, config: Config) -> list[Finding]:
@@ -244,15 +349,17 @@ def exploding_gradient(run: RunData, series: HealthSeries, config: Config) -> li
     step = first["step"]
     episodes = spikes.select((pl.col("i").diff().fill_null(2) > 1).sum()).item()
     bad = series.per_step.filter(~pl.col("skipped") & (pl.col("grad_bad") | ~pl.col("loss_finite")))
-    nonfinite_after = bad.filter(pl.col("step") >= step)["step"].min() if bad.height else None
+    nonfinite_after = optional_int(bad.filter(pl.col("step") >= step)["step"].min()) if bad.height else None
     leads_to_nan = nonfinite_after is not None and nonfinite_after - step <= config[HORIZON]
-    severe = bool(spikes["early"].any() or spikes["growth"].any() or leads_to_nan)
+    severe = bool(spikes["early"].any() or spikes["surge"].any() or spikes["growth"].any() or leads_to_nan)
     peak = spikes.sort("grad_norm", descending=True).row(0, named=True)
-    kinds = [k for k in ("sigma", "early", "growth") if spikes[k].any()]
+    kinds = [k for k in ("sigma", "early", "surge", "growth") if spikes[k].any()]
     leaders = _leaders(run, step, int(config[LEADERS]))
     evidence = {
         "first_spike_step": step,
+        "onset_step": divergence_onset(spikes),
         "grad_norm": _num(first["grad_norm"]),
+        "baseline": _num(first["baseline"]),
         "window_mean": _num(first["mean"]),
         "window_std": _num(first["std"]),
         "early_max": _num(first["early_max"]),
@@ -261,6 +368,7 @@ def exploding_gradient(run: RunData, series: HealthSeries, config: Config) -> li
         "peak_step": peak["step"],
         "peak_grad_norm": _num(peak["grad_norm"]),
         "tests": kinds,
+        "before_clipping": bool(spikes["preclip"].any()),
         "first_nonfinite_step": nonfinite_after,
         "leaders": leaders,
     }
@@ -271,7 +379,8 @@ def exploding_gradient(run: RunData, series: HealthSeries, config: Config) -> li
             "exploding-gradient",
             "error" if severe else "warning",
             "exploding gradient norm",
-            f"the global gradient norm spiked at step {step} to {_num(first['grad_norm'])} "
+            f"the global gradient norm{' (before clipping)' if first['preclip'] else ''} spiked at step {step} "
+            f"to {_num(first['grad_norm'])} "
             f"({_spike_reason(first, config)}){led}; "
             f"{spikes.height} spike step(s) in {episodes} episode(s), peak {_num(peak['grad_norm'])} at step "
             f"{peak['step']}{tail}.",
@@ -290,8 +399,9 @@ def exploding_gradient(run: RunData, series: HealthSeries, config: Config) -> li
 def _grad_every(run: RunData) -> int:
     for meta in run.metas.values():
         for holder in (meta, meta.get("recorder") or {}, meta.get("settings") or {}):
-            if isinstance(holder, dict) and isinstance(holder.get("grad_every"), int) and holder["grad_every"] > 0:
-                return holder["grad_every"]
+            every = holder.get("grad_every") if isinstance(holder, dict) else None
+            if isinstance(every, int) and every > 0:
+                return every
     return 1
 
 
@@ -300,8 +410,8 @@ def vanishing_gradient(run: RunData, series: HealthSeries, config: Config) -> li
     healthy = series.healthy["step"]
     if healthy.len() < window:
         return []
-    lo = healthy.tail(window * _grad_every(run)).min()
-    hi = healthy.max()
+    lo = optional_int(healthy.tail(window * _grad_every(run)).min())
+    hi = optional_int(healthy.max())
     params = run.params.filter(pl.col("numel") > 0).select("param_id", "name", "order", "numel")
     rms = pl.col("norm").cast(pl.Float64) / pl.col("numel").cast(pl.Float64).sqrt()
     per = (
@@ -316,8 +426,8 @@ def vanishing_gradient(run: RunData, series: HealthSeries, config: Config) -> li
     )
     if per.height < 2:
         return []
-    need = min(window, per["n"].max())
-    median = per["rms"].median()
+    need = min(window, as_int(per["n"].max()))
+    median = optional_float(per["rms"].median())
     low = per.filter(
         (pl.col("n") >= need)
         & (pl.col("max_rms") < config[VANISH_FLOOR])
@@ -327,8 +437,8 @@ def vanishing_gradient(run: RunData, series: HealthSeries, config: Config) -> li
         return []
     third = max(1, per.height // 3)
     depth = {
-        "rms_input_side": _num(per.head(third)["rms"].median()),
-        "rms_output_side": _num(per.tail(third)["rms"].median()),
+        "rms_input_side": _num(optional_float(per.head(third)["rms"].median())),
+        "rms_output_side": _num(optional_float(per.tail(third)["rms"].median())),
         "rms_by_depth": [
             [r["name"], _num(r["rms"], 3)] for r in per.gather_every(max(1, per.height // 12)).iter_rows(named=True)
         ],
@@ -350,7 +460,7 @@ def vanishing_gradient(run: RunData, series: HealthSeries, config: Config) -> li
                 "params": names[:20],
                 "params_count": len(names),
                 "median_rms": _num(median),
-                "worst_rms": _num(low["rms"].min()),
+                "worst_rms": _num(optional_float(low["rms"].min())),
                 "steps": [lo, hi],
                 **depth,
             },
@@ -387,7 +497,7 @@ def dead_and_unused(run: RunData, series: HealthSeries, config: Config) -> list[
     per = series.per_param
     if "grad_steps" not in per.columns or not (per["max_norm"].fill_null(0) > 0).any():
         return []  # no gradient recorded at all: nothing to compare with
-    recorded = int(per["grad_steps"].max())
+    recorded = as_int(per["grad_steps"].max())
     # Non-finite steps (a later divergence) say nothing about whether the path is connected.
     dead = per.filter(
         (pl.col("finite_steps") >= config[DEAD_MIN_STEPS]) & (pl.col("zero_steps") == pl.col("finite_steps"))
@@ -430,7 +540,9 @@ def update_ratio(run: RunData, series: HealthSeries, config: Config) -> list[Fin
     if high.height:
         worst = high.sort("max_update_ratio", descending=True).row(0, named=True)
         worst["max_update_step"] = (  # few rows pass the filter, so this pass stays small
-            run.grads.filter((pl.col("param_id") == worst["param_id"]) & (ratio_expr() > config[RATIO_MAX]))
+            run.grads.filter(
+                (pl.col("param_id") == worst["param_id"]) & finite(ratio_expr()) & (ratio_expr() > config[RATIO_MAX])
+            )
             .select(pl.col("step").sort_by(ratio_expr()).last())
             .collect(engine=STREAMING)
             .item()
@@ -498,55 +610,88 @@ def update_ratio(run: RunData, series: HealthSeries, config: Config) -> list[Fin
 # --- loss spikes ----------------------------------------------------------------------------
 
 
-def loss_spike(run: RunData, series: HealthSeries, config: Config) -> list[Finding]:
-    rows = series.healthy.filter(pl.col("loss").is_not_null())
-    if rows.height <= config[LOSS_MIN_HISTORY]:
-        return []
+def loss_spikes(series: HealthSeries, config: Config) -> pl.DataFrame:
+    """Healthy steps with a loss, and their tests: `robust` (z of log loss over the window),
+    `early` (the early maximum), `surge` and `growth` (against the first steps); `spike` = any."""
+    rows = series.healthy.filter(pl.col("loss").is_not_null()).select("step", "loss")
     positive = bool((rows["loss"] > 0).all())  # log needs positive losses; else raw values
     x = pl.col("loss").log() if positive else pl.col("loss")
     window, history = int(config[LOSS_WINDOW]), int(config[LOSS_MIN_HISTORY])
+    history = min(history, window)  # more history than one window holds: the whole window
     early_n = int(config[EARLY_STEPS])
-    early_max = rows.head(early_n)["loss"].max()
+    early_max = optional_float(rows.head(early_n)["loss"].max()) if rows.height else None
+    limits = GrowthLimits(
+        baseline_steps=int(config[LOSS_BASELINE_STEPS]),
+        surge=config[LOSS_SURGE],
+        window=int(config[LOSS_GROWTH_WINDOW]),
+        floor=config[LOSS_GROWTH_FLOOR],
+        growth=config[LOSS_GROWTH],
+    )
     # Robust sigma from the window's interquartile range (IQR / 1.349 = sigma for a normal).
     q = {p: x.rolling_quantile(p, "linear", window, min_samples=history).shift(1) for p in (0.25, 0.5, 0.75)}
-    spikes = (
-        rows.with_row_index("i")
+    median_loss = pl.col("median").exp() if positive else pl.col("median")
+    early = (pl.col("i") >= early_n) & (positive_ratio(pl.col("loss"), pl.lit(early_max)) >= config[LOSS_EARLY_FACTOR])
+    return (
+        divergence(rows.with_row_index("i"), "loss", limits)
         .with_columns(q[0.5].alias("median"), ((q[0.75] - q[0.25]) / 1.349).alias("sigma"))
         .with_columns(
-            ((x - pl.col("median")) / pl.col("sigma")).alias("z"),
-            (pl.col("loss") / (pl.col("median").exp() if positive else pl.col("median"))).alias("ratio"),
+            positive_ratio(x - pl.col("median"), pl.col("sigma")).alias("z"),
+            positive_ratio(pl.col("loss"), median_loss).alias("ratio"),
+            pl.lit(early_max, pl.Float64).alias("early_max"),
         )
-        .filter(
-            (((pl.col("z") > config[LOSS_Z]) & (pl.col("ratio") >= config[LOSS_MIN_RATIO])).fill_null(False))
-            | ((pl.col("i") >= early_n) & (pl.col("loss") >= config[LOSS_EARLY_FACTOR] * early_max) & (early_max > 0))
+        .with_columns(
+            ((pl.col("z") > config[LOSS_Z]) & (pl.col("ratio") >= config[LOSS_MIN_RATIO]))
+            .fill_null(False)
+            .alias("robust"),
+            early.fill_null(False).alias("early"),
         )
+        .with_columns(pl.any_horizontal("robust", "early", "surge", "growth").alias("spike"))
     )
+
+
+def _loss_reason(row: dict[str, Any], config: Config) -> str:
+    if row["robust"]:
+        return f"{_num(row['ratio'], 3)}x the window median, robust z {_num(row['z'], 3)}"
+    if row["early"]:
+        return f"{_num(row['loss'] / row['early_max'], 3)}x the maximum of the first {int(config[EARLY_STEPS])} steps"
+    if row["surge"]:
+        return f"{_num(row['to_baseline'], 3)}x the median {_num(row['baseline'])} of the first steps"
+    return (
+        f"{_num(row['growth_ratio'], 3)}x in {int(config[LOSS_GROWTH_WINDOW])} steps since step {row['growth_from']}, "
+        f"each at least {_num(config[LOSS_GROWTH_FLOOR])}x the median of the first steps"
+    )
+
+
+def loss_spike(run: RunData, series: HealthSeries, config: Config) -> list[Finding]:
+    spikes = loss_spikes(series, config).filter("spike")
     if spikes.is_empty():
         return []
     grad = grad_spikes(series, config).filter("spike")["step"]
     near = int(config[LOSS_CO_SPIKE])
     co = [s for s in spikes["step"].to_list() if ((grad - s).abs() <= near).any()]
     first = spikes.row(0, named=True)
-    severe = bool(first["i"] >= early_n and first["loss"] >= config[LOSS_EARLY_FACTOR] * early_max) or bool(
-        (spikes["loss"] >= config[LOSS_EARLY_FACTOR] * early_max).any() and spikes["i"].max() >= early_n
-    )
+    severe = bool(spikes["early"].any() or spikes["surge"].any() or spikes["growth"].any())
     with_grad = f"; {len(co)} coincide with a gradient-norm spike (within {near} steps)" if co else ""
+    tests = [k for k in ("robust", "early", "surge", "growth") if spikes[k].any()]
     return [
         Finding(
             "loss-spike",
             "error" if severe else "warning",
             "loss spike",
-            f"the loss jumped to {_num(first['loss'])} at step {first['step']} ({_num(first['ratio'], 3)}x the "
-            f"window median, robust z {_num(first['z'], 3)}); {spikes.height} spike step(s){with_grad}.",
+            f"the loss jumped to {_num(first['loss'])} at step {first['step']} ({_loss_reason(first, config)}); "
+            f"{spikes.height} spike step(s){with_grad}.",
             step=first["step"],
             evidence={
                 "loss": _num(first["loss"]),
                 "z": _num(first["z"]),
                 "ratio_to_median": _num(first["ratio"]),
+                "baseline": _num(first["baseline"]),
+                "tests": tests,
+                "onset_step": divergence_onset(spikes),
                 "spike_steps": spikes["step"].to_list()[:50],
                 "spike_count": spikes.height,
                 "with_grad_spike": co[:50],
-                "early_max": _num(early_max),
+                "early_max": _num(first["early_max"]),
             },
             suggestion="Inspect the batches at those steps (bad or duplicated data); if gradient spikes come with "
             "them, lower the learning rate or clip gradients.",

@@ -9,7 +9,9 @@ import polars as pl
 from ..config import Config, threshold
 from ..findings import Finding
 from ..load.run import RunData
+from ..scalars import optional_int
 from .attempts import blame
+from .health_magnitude import onset_before
 from .health_series import HealthSeries, bad_element
 
 NAMES_SHOWN = threshold(
@@ -17,12 +19,14 @@ NAMES_SHOWN = threshold(
     10,
     "How many non-finite parameters the finding names (nearest the output first).",
     "tracemortem (report size)",
+    low=1,
 )
 AMP_WINDOW = threshold(
     "amp-overflow.window",
     1000,
     "Steps per sliding window in which the share of skipped (overflow) steps is measured.",
     "Megatron-LM DynamicGradScaler / research §6(a) A3",
+    low=1,
 )
 AMP_MAX_FRACTION = threshold(
     "amp-overflow.max_fraction",
@@ -30,6 +34,7 @@ AMP_MAX_FRACTION = threshold(
     "Warning when more than this share of the steps of any window were skipped; fewer skips are "
     "reported as info (a GradScaler calibrating its scale).",
     "research §6(a) A3 (1% in a 1,000-step window)",
+    high=1,
 )
 AMP_MIN_SCALE = threshold(
     "amp-overflow.min_scale",
@@ -39,12 +44,15 @@ AMP_MIN_SCALE = threshold(
 )
 
 
-def _last_healthy(series: HealthSeries, before: int) -> int | None:
-    """The last step before `before` whose values were all finite (its update was sane)."""
+def _last_healthy(series: HealthSeries, config: Config, before: int) -> int | None:
+    """The last step before `before` whose values were all finite and that came before the
+    divergence leading to it (a finite step whose loss had already blown up was not healthy)."""
+    onset = onset_before(series, config, before)
+    limit = before if onset is None else min(before, onset)
     rows = series.per_step.filter(
-        (pl.col("step") < before) & ~pl.col("skipped") & pl.col("loss_finite") & ~pl.col("grad_bad")
+        (pl.col("step") < limit) & ~pl.col("skipped") & pl.col("loss_finite") & ~pl.col("grad_bad")
     )
-    return rows["step"].max() if rows.height else None
+    return optional_int(rows["step"].max()) if rows.height else None
 
 
 def _checkpoint_before(run: RunData, step: int | None) -> dict[str, Any] | None:
@@ -68,7 +76,17 @@ def _recovery_hint(run: RunData, last_ok: int | None) -> tuple[dict[str, Any], s
         parts.append(f"resume from {ckpt['path']} (step {ckpt['step']})")
     if snap:
         evidence["snapshot"] = snap["path"]
-        parts.append(f"replay the failing step from the snapshot in {snap['path']}")
+        pre_update = (snap.get("info") or {}).get("pre_update") is True
+        evidence["snapshot_pre_update"] = pre_update
+        if pre_update:
+            parts.append(
+                f"replay the failing step from the snapshot in {snap['path']} "
+                "(tracemortem replay RUN --model MODULE:FACTORY names the module where the NaN was born)"
+            )
+        else:  # written after the loop's own update: replaying it would start from the bad weights
+            parts.append(
+                f"the snapshot in {snap['path']} is not the state before the bad update, so do not replay from it"
+            )
     return evidence, ("; ".join(parts) + ". ") if parts else ""
 
 
@@ -89,7 +107,7 @@ def nonfinite_gradient(run: RunData, series: HealthSeries, config: Config) -> li
     )
     names = [n if n is not None else f"param{p}" for n, p in zip(offenders["name"], offenders["param_id"])]
     shown = names[: config[NAMES_SHOWN]]
-    last_ok = _last_healthy(series, step)
+    last_ok = _last_healthy(series, config, step)
     evidence, hint = _recovery_hint(run, last_ok)
     evidence.update(
         first_step=step,
@@ -113,7 +131,8 @@ def nonfinite_gradient(run: RunData, series: HealthSeries, config: Config) -> li
             evidence=evidence,
             suggestion=hint + "The parameter nearest the output is where the NaN/Inf first appears in backward: "
             "check the loss and the layer feeding it (log/exp/div of unbounded values), lower the learning "
-            "rate, add gradient clipping, or run with torch.autograd.detect_anomaly() from the snapshot.",
+            "rate, add gradient clipping, or run with torch.autograd.detect_anomaly()"
+            + (" from the snapshot." if evidence.get("snapshot_pre_update") else "."),
         )
     ]
 
@@ -125,8 +144,8 @@ def nonfinite_loss(run: RunData, series: HealthSeries, config: Config) -> list[F
     first = bad.row(0, named=True)
     step = first["step"]
     grad_bad = series.per_step.filter(~pl.col("skipped") & pl.col("grad_bad"))
-    grads_first = grad_bad["step"].min() if grad_bad.height else None
-    last_ok = _last_healthy(series, step)
+    grads_first = optional_int(grad_bad["step"].min()) if grad_bad.height else None
+    last_ok = _last_healthy(series, config, step)
     evidence, hint = _recovery_hint(run, last_ok)
     evidence.update(
         first_step=step,

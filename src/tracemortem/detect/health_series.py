@@ -9,12 +9,13 @@ filter the lazy frame down to those steps first.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 import polars as pl
 
 from ..load.run import RunData
 
-STREAMING = "streaming"
+STREAMING: Final = "streaming"
 
 
 def finite(col: str | pl.Expr) -> pl.Expr:
@@ -24,16 +25,17 @@ def finite(col: str | pl.Expr) -> pl.Expr:
 
 @dataclass
 class HealthSeries:
-    # step, loss, loss_finite, grad_norm, nonfinite, grad_bad, skipped, scale, first_bad_rank, first_bad_loss_rank
+    # step, loss, loss_finite, grad_norm, nonfinite, grad_bad, skipped, scale, preclip_norm, clip_max,
+    # first_bad_rank, first_bad_loss_rank
     per_step: pl.DataFrame
     per_param: pl.DataFrame  # params joined with their whole-run gradient and update aggregates
 
     @property
     def healthy(self) -> pl.DataFrame:
-        """Steps usable as history for the magnitude rules: applied, everything finite."""
-        return self.per_step.filter(
-            ~pl.col("skipped") & pl.col("loss_finite") & finite("grad_norm") & ~pl.col("grad_bad")
-        )
+        """Steps usable as history for the magnitude rules: applied, everything finite (a grad
+        norm that was not logged, as in a loss-only TensorBoard log, is no sign of trouble)."""
+        grad_ok = finite("grad_norm") | pl.col("grad_norm").is_null()
+        return self.per_step.filter(~pl.col("skipped") & pl.col("loss_finite") & grad_ok & ~pl.col("grad_bad"))
 
 
 def _per_step_from_steps(steps: pl.DataFrame, sharded: bool) -> pl.DataFrame:
@@ -47,9 +49,17 @@ def _per_step_from_steps(steps: pl.DataFrame, sharded: bool) -> pl.DataFrame:
         if sharded
         else pl.col("grad_norm").cast(pl.Float64).sort_by("rank").first()
     )
+    # The norm clip_grad_norm_ returned (before clipping), where the recorder saw one.
+    clip = pl.col("preclip_norm").cast(pl.Float64)
+    preclip = (
+        [(clip.pow(2).sum().sqrt() if sharded else clip.sort_by("rank").drop_nulls().first()).alias("preclip_norm")]
+        if "preclip_norm" in steps.columns
+        else []
+    )
     return (
         steps.group_by("step")
         .agg(
+            *preclip,
             pl.col("loss").cast(pl.Float64).mean().alias("loss"),
             finite("loss").all().alias("loss_finite"),
             pl.col("loss").is_not_null().any().alias("has_loss"),
@@ -57,6 +67,9 @@ def _per_step_from_steps(steps: pl.DataFrame, sharded: bool) -> pl.DataFrame:
             pl.col("nonfinite").fill_null(0).max().alias("nonfinite"),
             pl.col("skipped").fill_null(False).any().alias("skipped"),
             pl.col("scale").cast(pl.Float64).min().alias("scale"),
+            # clip_grad_norm_ returns the norm over all ranks' shards already: any rank's will do
+            pl.col("preclip_norm").cast(pl.Float64).sort_by("rank").first().alias("preclip_norm"),
+            pl.col("clip_max").cast(pl.Float64).sort_by("rank").first().alias("clip_max"),
             pl.col("rank").filter(bad_grad).sort_by(pl.col("time").filter(bad_grad)).first().alias("first_bad_rank"),
             pl.col("rank").filter(~finite("loss") & pl.col("loss").is_not_null()).min().alias("first_bad_loss_rank"),
         )
@@ -80,6 +93,8 @@ def _per_step_from_grads(grads: pl.LazyFrame) -> pl.DataFrame:
             pl.lit(True).alias("loss_finite"),
             pl.lit(False).alias("skipped"),
             pl.lit(None, pl.Float64).alias("scale"),
+            pl.lit(None, pl.Float64).alias("preclip_norm"),
+            pl.lit(None, pl.Float64).alias("clip_max"),
             pl.lit(None, pl.Int32).alias("first_bad_rank"),
             pl.lit(None, pl.Int32).alias("first_bad_loss_rank"),
         )
@@ -112,7 +127,12 @@ def _per_param(run: RunData) -> pl.DataFrame:
         )
         .collect(engine=STREAMING)
     )
-    return run.params.join(aggs, on="param_id", how="full", coalesce=True).sort("order", nulls_last=True)
+    # Ids that meta.json does not name (it is missing, damaged or truncated) are `param<id>`.
+    return (
+        run.params.join(aggs, on="param_id", how="full", coalesce=True)
+        .with_columns(pl.coalesce("name", pl.format("param{}", "param_id")).alias("name"))
+        .sort("order", nulls_last=True)
+    )
 
 
 def bad_element() -> pl.Expr:
@@ -145,6 +165,9 @@ def _confirm_nonfinite(per_step: pl.DataFrame, grads: pl.LazyFrame) -> pl.DataFr
 
 def compute(run: RunData) -> HealthSeries:
     sharded = any(bool(m.get("grads_sharded")) for m in run.metas.values())
-    steps = run.steps
+    # inputs other than a run directory (and older runs) may lack the clipping columns
+    steps = run.steps.with_columns(
+        pl.lit(None, pl.Float32).alias(c) for c in ("preclip_norm", "clip_max") if c not in run.steps.columns
+    )
     per_step = _per_step_from_grads(run.grads) if steps.is_empty() else _per_step_from_steps(steps, sharded)
     return HealthSeries(_confirm_nonfinite(per_step, run.grads), _per_param(run))

@@ -16,6 +16,7 @@ import polars as pl
 from ..config import Config, threshold
 from ..findings import Finding
 from ..load.run import RunData
+from ..scalars import as_float, as_int, optional_float
 from ..timing import Timing
 from ..timing.steps import SYNC_CALLS, SYNC_OPS
 
@@ -55,6 +56,13 @@ SLOW_STEP_MAX = threshold(
     "At most this many slow steps are reported per rank (largest first).",
     "tracemortem default",
 )
+SLOW_STEP_EXPLAINED = threshold(
+    "slow-step.explained_share",
+    0.5,
+    "A slow step gets its own warning when one op or step category took at least this share of its extra "
+    "time; the others are one info finding about step-time jitter.",
+    "tracemortem default",
+)
 SLOW_OP_RATIO = threshold(
     "slow-op.step_ratio",
     3.0,
@@ -66,6 +74,7 @@ SLOW_OP_SHARE = threshold(
     0.05,
     "…and its time above that bound is at least this share of the rank's profiled step time.",
     "tracemortem default",
+    high=1,
 )
 SLOW_OP_RECUR = threshold(
     "slow-op.min_slow_steps",
@@ -84,41 +93,48 @@ TOP_OP_SHARE = threshold(
     "slow-op.top_share",
     0.25,
     "The top op by self time (GPU self time on GPU traces) is reported (info) "
-    "when it takes at least this share of profiled step time.",
+    "when it takes at least this share of all ops' self time (GPU: kernel time) and as much of "
+    "profiled step time.",
     "tracemortem default",
+    high=1,
 )
 LOADER_WARN = threshold(
     "dataloader-bound.min_share",
     0.2,
     "Warning when DataLoader time is at least this share of step time.",
     "research/gradient-debuggers.md §6(a) G36 (data loading > 20% of step time)",
+    high=1,
 )
 LOADER_INFO = threshold(
     "dataloader-bound.info_share",
     0.05,
     "Info when DataLoader time is at least this share of step time.",
     "tb_plugin recommendation rule 1 (DataLoader > 5% of step time)",
+    high=1,
 )
 SYNC_SHARE = threshold(
     "host-sync.min_share",
     0.05,
     "Warning when host-synchronising calls take at least this share of step time on a GPU rank.",
     "research/gradient-debuggers.md §6(a) G34 (sync ops > 5% of step time)",
+    high=1,
 )
 IDLE_SHARE = threshold(
     "gpu-idle.min_share",
     0.5,
     "Warning when the GPU is idle for at least this share of its active span (HTA temporal breakdown).",
     "tb_plugin recommendation rule 5 (GPU utilization < 50%)",
+    high=1,
 )
 LAUNCH_SHORT = threshold(
     "launch-bound.short_share",
     0.5,
     "Share of GPU ops that run shorter than their CPU launch call.",
     "HTA get_cuda_kernel_launch_stats 'short kernels' (gpu_duration < cpu_duration); share is ours",
+    high=1,
 )
 LAUNCH_IDLE = threshold(
-    "launch-bound.min_idle_share", 0.3, "…together with at least this GPU idle share.", "tracemortem default"
+    "launch-bound.min_idle_share", 0.3, "…together with at least this GPU idle share.", "tracemortem default", high=1
 )
 STRAGGLER_SKEW = threshold(
     "straggler-rank.skew",
@@ -165,36 +181,57 @@ def detect(timing: Timing | None, run: RunData | None, config: Config | None = N
 
 
 def _step_durations(timing: Timing | None, run: RunData | None, config: Config) -> pl.DataFrame:
-    """`rank, step, seconds` from profiled steps, else from the recorder's `duration_s`."""
+    """`rank, session, step, seconds, profiled` from profiled steps, else from the recorder's
+    `duration_s` (session 0, not profiled)."""
     if timing is not None and not timing.steps.is_empty():
-        return timing.steps.select("rank", "step", (pl.col("duration_ns") / 1e9).alias("seconds"))
+        return timing.steps.select(
+            "rank", "session", "step", (pl.col("duration_ns") / 1e9).alias("seconds"), pl.lit(True).alias("profiled")
+        )
     if run is not None and {"rank", "step", "duration_s"} <= set(run.steps.columns):
         # The first recorded steps of a rank include one-off start-up work (allocator warm-up,
         # lazy initialisation, the recorder's own set-up): expected, not an outlier.
         warmup = int(config[SLOW_STEP_WARMUP])
         return (
-            run.steps.select("rank", "step", pl.col("duration_s").alias("seconds"))
+            run.steps.select(
+                "rank",
+                pl.lit(0, pl.Int32).alias("session"),
+                "step",
+                pl.col("duration_s").alias("seconds"),
+                pl.lit(False).alias("profiled"),
+            )
             .drop_nulls("seconds")
             .filter(pl.col("step").rank("ordinal").over("rank") > warmup)
         )
-    return pl.DataFrame(schema={"rank": pl.Int32, "step": pl.Int64, "seconds": pl.Float64})
+    return pl.DataFrame(
+        schema={"rank": pl.Int32, "session": pl.Int32, "step": pl.Int64, "seconds": pl.Float64, "profiled": pl.Boolean}
+    )
 
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1e3, 3)
 
 
+def _times(row: dict[str, Any]) -> float:
+    """How many times its rank's median step a step took (inf for a zero median)."""
+    return row["seconds"] / row["median"] if row["median"] > 0 else float("inf")
+
+
 # ---------------------------------------------------------------- slow-step
 
 
-def slow_steps(durations: pl.DataFrame, timing: Timing | None, config: Config) -> list[Finding]:
+def _scored_steps(durations: pl.DataFrame, config: Config) -> pl.DataFrame:
+    """Every step of the ranks with enough steps, with its rank's median, MAD, bound and `slow`."""
     k, ratio = config[SLOW_STEP_K], config[SLOW_STEP_RATIO]
+    if "session" not in durations.columns:
+        durations = durations.with_columns(pl.lit(0, pl.Int32).alias("session"))
+    if "profiled" not in durations.columns:
+        durations = durations.with_columns(pl.lit(False).alias("profiled"))
     stats = (
         durations.group_by("rank")
         .agg(pl.len().alias("n"), pl.col("seconds").median().alias("median"))
         .filter(pl.col("n") >= config[SLOW_STEP_MIN])
     )
-    scored = (
+    return (
         durations.join(stats, on="rank")
         .with_columns((pl.col("seconds") - pl.col("median")).abs().median().over("rank").alias("mad"))
         .with_columns(
@@ -206,26 +243,42 @@ def slow_steps(durations: pl.DataFrame, timing: Timing | None, config: Config) -
         )
         .with_columns((pl.col("seconds") > pl.col("bound")).alias("slow"))
     )
-    findings = []
+
+
+def slow_steps(durations: pl.DataFrame, timing: Timing | None, config: Config) -> list[Finding]:
+    """A warning per slow step whose extra time one op or step category explains; the slow steps
+    nothing recorded explains (host contention looks like this: every op a little slower) are
+    one info finding about step-time jitter."""
+    scored = _scored_steps(durations, config)
+    explained: list[Finding] = []
+    unexplained: list[dict[str, Any]] = []
     for rank in scored.filter(pl.col("slow"))["rank"].unique().sort().to_list():
         mine = scored.filter(pl.col("rank") == rank)
-        normal = mine.filter(~pl.col("slow"))["step"].to_list()
-        worst = mine.filter(pl.col("slow")).sort("seconds", descending=True).head(config[SLOW_STEP_MAX])
+        normal = mine.filter(~pl.col("slow")).select("session", "step")
+        worst = mine.filter(pl.col("slow")).sort("seconds", descending=True)
         for row in worst.iter_rows(named=True):
             excess = row["seconds"] - row["median"]
-            causes = _explain(timing, rank, row["step"], normal, excess) if timing is not None else []
-            findings.append(_slow_step_finding(row, excess, causes, timing is not None))
-    return findings
+            causes = _explain(timing, row, normal, excess) if timing is not None and row["profiled"] else []
+            if any(c["share_of_excess"] >= config[SLOW_STEP_EXPLAINED] for c in causes):
+                if sum(f.rank == rank for f in explained) < config[SLOW_STEP_MAX]:
+                    explained.append(_slow_step_finding(row, excess, causes))
+            else:
+                unexplained.append(row)
+    return explained + _jitter_finding(unexplained)
 
 
-def _explain(timing: Timing, rank: int, step: int, normal: list[int], excess_s: float) -> list[dict[str, Any]]:
-    """Ops (by self time) and step categories whose time in `step` most exceeds a median normal step."""
+def _explain(timing: Timing, row: dict[str, Any], normal: pl.DataFrame, excess_s: float) -> list[dict[str, Any]]:
+    """Ops (by self time) and step categories whose time in the step most exceeds a median normal
+    step. A share of the excess is capped at 1: an op can gain more than the step did when others
+    ran faster."""
+    rank, session, step = row["rank"], row["session"], row["step"]
     ops = timing.step_ops.filter(pl.col("rank") == rank)
-    slow = ops.filter(pl.col("step") == step).select("name", pl.col("self_ns").alias("slow_ns"))
-    base_steps = pl.DataFrame({"step": normal}, schema={"step": pl.Int64})
+    slow = ops.filter((pl.col("session") == session) & (pl.col("step") == step)).select(
+        "name", pl.col("self_ns").alias("slow_ns")
+    )
     baseline = (
-        base_steps.join(slow.select("name"), how="cross")
-        .join(ops.select("step", "name", "self_ns"), on=["step", "name"], how="left")
+        normal.join(slow.select("name"), how="cross")
+        .join(ops.select("session", "step", "name", "self_ns"), on=["session", "step", "name"], how="left")
         .group_by("name")
         .agg(pl.col("self_ns").fill_null(0).median().alias("base_ns"))
     )
@@ -237,26 +290,26 @@ def _explain(timing: Timing, rank: int, step: int, normal: list[int], excess_s: 
         .head(3)
     )
     causes = [
-        {"op": r["name"], "extra_ms": _ms(r["extra_s"]), "share_of_excess": round(r["extra_s"] / excess_s, 3)}
+        {"op": r["name"], "extra_ms": _ms(r["extra_s"]), "share_of_excess": round(min(r["extra_s"] / excess_s, 1.0), 3)}
         for r in deltas.iter_rows(named=True)
     ]
     steps = timing.steps.filter(pl.col("rank") == rank)
+    normal_steps = steps.join(normal, on=["session", "step"], how="semi")
+    this_step = steps.filter((pl.col("session") == session) & (pl.col("step") == step))
     for column, label in (("total_data_loading_ns", "data loading"), ("total_host_sync_ns", "host sync")):
-        slow_v = steps.filter(pl.col("step") == step)[column].sum()
-        base_v = steps.filter(pl.col("step").is_in(normal))[column].median() or 0
-        extra = (slow_v - base_v) / 1e9
+        base = optional_float(normal_steps[column].median()) or 0.0
+        extra = (as_float(this_step[column].sum()) - base) / 1e9
         if extra > 0.25 * excess_s:
-            causes.append({"category": label, "extra_ms": _ms(extra), "share_of_excess": round(extra / excess_s, 3)})
+            causes.append(
+                {"category": label, "extra_ms": _ms(extra), "share_of_excess": round(min(extra / excess_s, 1.0), 3)}
+            )
     return causes
 
 
-def _slow_step_finding(row: dict[str, Any], excess: float, causes: list[dict[str, Any]], traced: bool) -> Finding:
+def _slow_step_finding(row: dict[str, Any], excess: float, causes: list[dict[str, Any]]) -> Finding:
     step, rank = row["step"], row["rank"]
-    lead = next((c for c in causes if "category" in c), None) or (causes[0] if causes else None)
-    if lead is None:
-        why = " Profile this step (torch.profiler) to see which ops took the extra time." if not traced else ""
-        subject = None
-    elif "category" in lead:
+    lead = next((c for c in causes if "category" in c), None) or causes[0]
+    if "category" in lead:
         why = f" {lead['category'].capitalize()} took {lead['extra_ms']} ms more than in a median step."
         subject = lead["category"]
     else:
@@ -266,7 +319,7 @@ def _slow_step_finding(row: dict[str, Any], excess: float, causes: list[dict[str
     return Finding(
         "slow-step",
         "warning",
-        f"Step {step} was {row['seconds'] / row['median']:.1f}× slower than the median step",
+        f"Step {step} was {_times(row):.1f}× slower than the median step",
         f"Step {step} on rank {rank} took {_ms(row['seconds'])} ms against a median of {_ms(row['median'])} ms "
         f"(outlier bound {_ms(row['bound'])} ms).{why}",
         step=step,
@@ -280,13 +333,64 @@ def _slow_step_finding(row: dict[str, Any], excess: float, causes: list[dict[str
             "excess_ms": _ms(excess),
             "causes": causes,
         },
-        suggestion=(
-            f"Look at what {subject} does on step {step} (input size, a periodic checkpoint, logging or eval, "
-            "garbage collection, another process on the host)."
-            if subject
-            else "Check for periodic work on that step: checkpointing, evaluation, logging, garbage collection."
-        ),
+        suggestion=f"Look at what {subject} does on step {step}: its input size, or work that runs only on "
+        "some steps (a periodic checkpoint, logging or evaluation).",
     )
+
+
+def _jitter_finding(rows: list[dict[str, Any]]) -> list[Finding]:
+    """One info finding for every slow step that nothing recorded explains."""
+    if not rows:
+        return []
+    worst = max(rows, key=_times)
+    ranks = sorted({r["rank"] for r in rows})
+    profiled = sum(bool(r["profiled"]) for r in rows)
+    listed = sorted(rows, key=lambda r: (r["rank"], r["step"]))
+    if profiled == len(rows):
+        seen = (
+            "The profiler covered them and no op or step category accounts for most of the extra time: "
+            "everything ran a little slower, as when the host is busy with other work."
+        )
+        hint = (
+            "Nothing to fix in the training code. If steady step times matter, give the job the host to "
+            "itself (no other processes on its cores, fixed CPU frequency)."
+        )
+    else:
+        seen = (
+            f"{len(rows) - profiled} of them were not profiled, so nothing recorded says where the time went."
+            if profiled
+            else "They were not profiled, so nothing recorded says where the time went."
+        )
+        hint = (
+            "If they matter, profile a window of steps that includes them (torch.profiler schedule, or the "
+            "Recorder's profile=...); one-off outliers on a shared host need no fix."
+        )
+    single = len(rows) == 1
+    return [
+        Finding(
+            "slow-step",
+            "info",
+            f"Step {worst['step']} was {_times(worst):.1f}× slower than the median step"
+            if single
+            else f"Step time jitter: {len(rows)} steps up to {_times(worst):.1f}× the median",
+            f"{len(rows)} step(s) took longer than their rank's outlier bound (worst: step {worst['step']} on "
+            f"rank {worst['rank']}, {_ms(worst['seconds'])} ms against a median of {_ms(worst['median'])} ms). " + seen,
+            step=worst["step"] if single else None,
+            rank=ranks[0] if len(ranks) == 1 else None,
+            evidence={
+                "slow_steps": len(rows),
+                "ranks": ranks,
+                "profiled_steps": profiled,
+                "worst_step": worst["step"],
+                "worst_rank": worst["rank"],
+                "worst_ms": _ms(worst["seconds"]),
+                "median_ms": _ms(worst["median"]),
+                "worst_ratio": round(_times(worst), 3) if worst["median"] > 0 else None,
+                "steps": [[r["rank"], r["step"], _ms(r["seconds"])] for r in listed[:50]],
+            },
+            suggestion=hint,
+        )
+    ]
 
 
 # ---------------------------------------------------------------- slow-op
@@ -298,19 +402,25 @@ def slow_ops(timing: Timing, config: Config) -> list[Finding]:
     if steps.is_empty():
         return findings
     ratio = config[SLOW_OP_RATIO]
+    keys = ["rank", "session", "step"]
     profiled = steps.group_by("rank").agg(pl.col("duration_ns").sum().alias("profiled_ns"), pl.len().alias("n_steps"))
-    grid = steps.select("rank", "step").join(timing.step_ops.select("rank", "name").unique(), on="rank")
+    grid = steps.select(keys).join(timing.step_ops.select("rank", "name").unique(), on="rank")
+    # An op's time in a step counts at most the step's wall time (ops on several threads overlap).
+    share = (pl.col("total_ns") / pl.col("duration_ns").clip(lower_bound=1)).clip(0.0, 0.999)
     per_step = (
-        grid.join(timing.step_ops.select("rank", "step", "name", "total_ns"), on=["rank", "step", "name"], how="left")
-        .join(steps.select("rank", "step", "duration_ns"), on=["rank", "step"])
-        .with_columns(pl.col("total_ns").fill_null(0))
-        .with_columns((pl.col("total_ns") / pl.col("duration_ns").clip(lower_bound=1)).alias("share"))
+        grid.join(timing.step_ops.select(*keys, "name", "total_ns"), on=[*keys, "name"], how="left")
+        .join(steps.select(*keys, "duration_ns"), on=keys)
+        .with_columns(pl.min_horizontal(pl.col("total_ns").fill_null(0), "duration_ns").alias("total_ns"))
+        .with_columns((share / (1 - share)).alias("odds"))
     )
-    # A step that is slow as a whole (a busy host, a slower node) makes every op slow with it;
-    # an op is intermittently slow only when its share of the step jumps too.
-    slow = (pl.col("total_ns") > ratio * pl.col("total_ns").median()) & (
-        pl.col("share") > ratio * pl.col("share").median()
-    )
+    # A step that is slow as a whole (a busy host, a slower node) makes every op slow with it; an
+    # op is intermittently slow only when its part of the step grows too. Compared as odds
+    # (share / (1 − share)), so an op that already fills half of a normal step can still be found
+    # (50 % → 75 % is 3× the odds), where a 3× share could never exceed 100 %.
+    # The odds are compared with those of the steps where the op's time was normal, so the slow
+    # steps themselves (and a host that slowed other steps down) do not raise the bar.
+    slow_time = pl.col("total_ns") > ratio * pl.col("total_ns").median()
+    slow = slow_time & (pl.col("odds") > ratio * pl.col("odds").filter(~slow_time).median())
     # Only outermost time counts once: nested ops repeat their parent's delay, so report each
     # (rank, step-set) through the op with the most excess and list the rest as related.
     stats = (
@@ -378,9 +488,14 @@ def _top_op(timing: Timing, config: Config) -> list[Finding]:
     on_gpu = bool(timing.gpu_ranks()) and ops["gpu_ns"].sum() > 0
     column = "gpu_ns" if on_gpu else "self_ns"
     top = ops.sort(column, descending=True).row(0, named=True)
+    # A share of all ops' time of that kind, which cannot pass 100 % (kernels on several streams
+    # and ops on several threads overlap, so a share of wall-clock step time could).
+    total = ops[column].sum()
+    share = top[column] / total if total else 0.0
+    # ... and it must matter for the steps: that much of profiled step time too (one tiny op in a
+    # trace of idle steps is 100 % of all ops and nothing to optimise).
     profiled = timing.steps["duration_ns"].sum()
-    share = top[column] / profiled if profiled else 0.0
-    if share < config[TOP_OP_SHARE]:
+    if share < config[TOP_OP_SHARE] or top[column] < config[TOP_OP_SHARE] * profiled:
         return []
     where = "GPU kernel time" if on_gpu else "CPU self time"
     shapes = f" (inputs {top['input_dims']})" if top["input_dims"] else ""
@@ -389,7 +504,7 @@ def _top_op(timing: Timing, config: Config) -> list[Finding]:
             "slow-op",
             "info",
             f"{top['name']} dominates {where}",
-            f"{top['name']}{shapes} accounts for {share:.0%} of profiled step time as {where} "
+            f"{top['name']}{shapes} accounts for {share:.0%} of all ops' {where} "
             f"({top['calls']} calls, {_ms(top[column] / 1e9)} ms).",
             subject=top["name"],
             evidence={
@@ -412,6 +527,7 @@ def _shares(timing: Timing, column: str) -> pl.DataFrame:
         timing.steps.filter(pl.col(column).is_not_null())
         .group_by("rank")
         .agg(pl.len().alias("steps"), pl.col(column).sum().alias("part"), pl.col("duration_ns").sum().alias("total"))
+        .filter(pl.col("total") > 0)  # 0/0 is no share
         .with_columns((pl.col("part") / pl.col("total")).alias("share"))
         .sort("rank")
     )
@@ -543,9 +659,11 @@ def _idle_cause(timing: Timing, rank: int) -> tuple[str, str]:
             "",
             "Profile with ProfilerStep markers (torch.profiler schedule + prof.step()) to see what the idle time overlaps.",
         )
-    parts = {c: steps[c].sum() for c in ("data_loading_ns", "host_sync_ns", "other_ns")}
+    parts = {c: as_float(steps[c].sum()) for c in ("data_loading_ns", "host_sync_ns", "other_ns")}
     worst = max(parts, key=lambda c: parts[c])
-    total = steps["duration_ns"].sum()
+    total = as_float(steps["duration_ns"].sum())
+    if not total:
+        return "", "Profile steps that do some work to see what the idle time overlaps."
     text = {
         "data_loading_ns": (
             "waiting for data loading",
@@ -576,8 +694,9 @@ def straggler_ranks(durations: pl.DataFrame, config: Config) -> list[Finding]:
     if shared.is_empty():
         return []
     skew = config[STRAGGLER_SKEW]
+    # Null where the median is 0: 0/0 must not count as behind (polars orders NaN above every number).
     scored = shared.with_columns(pl.col("seconds").median().over("step").alias("median")).with_columns(
-        ((pl.col("seconds") - pl.col("median")) / pl.col("median")).alias("skew")
+        pl.when(pl.col("median") > 0).then((pl.col("seconds") - pl.col("median")) / pl.col("median")).alias("skew")
     )
     per_rank = (
         scored.group_by("rank")
@@ -654,7 +773,7 @@ def memory_growth(steps: pl.DataFrame, config: Config) -> list[Finding]:
             "fifths_bytes": [int(m) for m in mem],
         }
         if "peak" in fifths.columns and fifths["peak"].null_count() < fifths.height:
-            evidence["peak_bytes"] = int(fifths["peak"].max())
+            evidence["peak_bytes"] = as_int(fifths["peak"].max())
         findings.append(
             Finding(
                 "memory-growth",

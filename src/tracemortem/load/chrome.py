@@ -9,12 +9,13 @@ decoded separately. A file cut off mid-write is read up to its last complete eve
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import os
 import re
-import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
@@ -23,13 +24,11 @@ from typing import Any
 import msgspec
 import polars as pl
 
-from ..errors import ConfigError, InputError
-from .workers import WorkerFailed, Workers
+from ..errors import InputError
+from ..limits import MAX_GZIP_RATIO, MAX_TRACE_BYTES
+from ..pool import process_pool
+from .gzip_stream import GzipStream
 
-# Refuse a trace that decompresses (or is) larger than this: the biggest real traces reported
-# are ~10 GB per rank, so 16 GiB leaves room while stopping a gzip bomb. Read at call time so
-# tests can lower it.
-MAX_TRACE_BYTES = 16 * 2**30
 # Events are decoded in chunks of about this many bytes: large enough that per-chunk overhead
 # vanishes, small enough that the chunk's Python objects stay a small fraction of the columns.
 # 8 MiB loaded a 300 MB trace ~10 % faster than 32 MiB: the chunk's buffer and Structs stay
@@ -40,6 +39,13 @@ _READ_BYTES = 4 * 2**20
 # Traces larger than this (uncompressed) are decoded by worker processes when the caller passes
 # them: below it, starting the workers (~0.3 s) costs more than they save. Tests set it to 0.
 PARALLEL_MIN_BYTES = 64 * 2**20
+# A gzip's inflation ratio is judged once this much is inflated (a small bomb costs little).
+_RATIO_CHECKED_FROM = 32 * 2**20
+# No Kineto event comes near this, nor the metadata before the event list near the head limit:
+# text without an event boundary (or without a traceEvents key) for this long is damage or an
+# attack, and is not read further.
+_MAX_UNBROKEN_BYTES = 64 * 2**20
+_MAX_HEAD_BYTES = 16 * 2**20
 # How many candidate boundaries to try before treating a chunk as damaged.
 _SPLIT_TRIES = 4
 # Absolute µs beyond this cannot be an epoch time in int64 ns (year 2096); relative times are
@@ -108,77 +114,125 @@ class _Source:
         self.file = open(path, "rb")  # noqa: SIM115 — closed by close()
         self.gzip = self.file.read(2) == b"\x1f\x8b"
         self.file.seek(0)
-        self._z = zlib.decompressobj(31) if self.gzip else None
-        # Uncompressed size, to decide on parallel decoding up front: gzip's trailer has it modulo
-        # 4 GiB (so reading past PARALLEL_MIN_BYTES decides too).
-        self.expected = os.fstat(self.file.fileno()).st_size
-        if self.gzip and self.expected >= 18:
-            self.file.seek(-4, os.SEEK_END)
-            # Deflate inflates at most ~1032:1; a cut-off file's last 4 bytes are not its size.
-            self.expected = min(int.from_bytes(self.file.read(4), "little"), 1032 * self.expected)
-            self.file.seek(0)
+        self._gz = GzipStream(self.file, _READ_BYTES) if self.gzip else None
+        # Uncompressed size, to decide on parallel decoding up front. A gzip trailer's size is
+        # the sender's claim (300 KB can claim 4 GiB), so a gzip decides on the bytes it inflates.
+        self.expected = 0 if self.gzip else os.fstat(self.file.fileno()).st_size
         self.produced = 0
-        self.damaged = ""  # why the gzip stream ended early, if it did
+
+    @property
+    def damaged(self) -> str:
+        """Why the gzip stream ended early or failed its checksum, if it did."""
+        return self._gz.problem if self._gz is not None else ""
 
     def position(self) -> int:
         return self.file.tell()
 
     def read(self) -> bytes:
-        data = self._read_gzip() if self.gzip else self.file.read(_READ_BYTES)
+        data = self._gz.read() if self._gz is not None else self.file.read(_READ_BYTES)
         self.produced += len(data)
         if self.produced > self.limit:
             raise InputError(
                 f"{self.path}: trace is larger than {self.limit} bytes uncompressed; refusing to read it "
-                f"(tracemortem.load.chrome.MAX_TRACE_BYTES)"
+                f"({MAX_TRACE_BYTES.env})"
             )
+        if self._gz is not None and self.produced > _RATIO_CHECKED_FROM:
+            ratio = MAX_GZIP_RATIO.value()
+            if self.produced > ratio * max(self._gz.consumed, 1):
+                raise InputError(
+                    f"{self.path}: gzip inflates more than {ratio}:1 (real traces: 9-30:1); refusing to read a "
+                    f"decompression bomb ({MAX_GZIP_RATIO.env})"
+                )
         return data
-
-    def _read_gzip(self) -> bytes:
-        z = self._z
-        while z is not None:
-            if z.eof:  # one member done; another may follow (concatenated gzip)
-                rest = z.unused_data or self.file.read(_READ_BYTES)
-                if not rest.startswith(b"\x1f\x8b"):
-                    return b""  # end, or trailing padding that is not a gzip member
-                z = self._z = zlib.decompressobj(31)
-                data = rest
-            else:
-                data = z.unconsumed_tail or self.file.read(_READ_BYTES)
-                if not data:
-                    self.damaged = "gzip stream ends before its end marker"
-                    self._z = None
-                    return z.flush()
-            try:
-                out = z.decompress(data, _READ_BYTES)
-            except zlib.error as exc:
-                self.damaged = f"gzip stream is corrupt ({exc})"
-                self._z = None
-                return b""
-            if out:
-                return out
-        return b""
 
     def close(self) -> None:
         self.file.close()
 
 
-def _max_trace_bytes() -> int:
-    """MAX_TRACE_BYTES, or TRACEMORTEM_MAX_TRACE_BYTES from the environment (a stricter limit for a
-    service that opens strangers' files; tests of the CLI, a subprocess, lower it this way)."""
-    value = os.environ.get("TRACEMORTEM_MAX_TRACE_BYTES", "").strip()
-    if not value:
-        return MAX_TRACE_BYTES
-    if not value.isdigit():
-        raise ConfigError(f"TRACEMORTEM_MAX_TRACE_BYTES must be a number of bytes, not {value!r}")
-    return int(value)
+class WorkerFailed(Exception):
+    """A worker could not be started, died, or raised: decode in-process instead."""
+
+
+class Decoders:
+    """Worker processes (`pool.process_pool`) that decode chunks for the parent, started on the
+    first big trace and shared by the files of one load; answers are read in submission order."""
+
+    def __init__(self, count: int = 2, untrusted: Iterable[Path] = ()):
+        self.count = count
+        self.untrusted = tuple(untrusted)
+        self.failed = False
+        self._pool: ProcessPoolExecutor | None = None
+        self._sent: list[Future[tuple[bytes, int | None, int, list[str]]]] = []
+
+    def start(self) -> bool:
+        if self._pool is None and not self.failed:
+            try:
+                self._pool = process_pool(self.count, self.untrusted)
+            except Exception:  # no processes or threads allowed here, no interpreter to start: in-process
+                self.failed = True
+        return not self.failed
+
+    def submit(self, data: bytes) -> None:
+        assert self._pool is not None
+        try:
+            sent = self._pool.submit(_decode_chunk_ipc, data)
+        except Exception as exc:  # no worker could start, or one died: `result` reports it in turn
+            sent = Future()
+            sent.set_exception(exc)
+        self._sent.append(sent)
+
+    def result(self) -> tuple[pl.DataFrame | None, int | None, int, list[str]]:
+        """The answer to the oldest chunk not yet read: (frame, cut, skipped, problems); frame and
+        cut are None when the worker found no verified boundary or its decode raised."""
+        try:
+            ipc, cut, skipped, problems = self._sent.pop(0).result()
+        except Exception as exc:  # BrokenProcessPool, a worker that could not start
+            self.fail()
+            raise WorkerFailed(str(exc)) from None
+        return (pl.read_ipc(io.BytesIO(ipc)) if ipc else None), cut, skipped, problems
+
+    def pending(self) -> int:
+        return len(self._sent)
+
+    def drain(self) -> None:
+        """Drop every outstanding answer (their chunks are being decoded again)."""
+        for sent in self._sent:
+            sent.cancel()
+        self._sent.clear()
+
+    def fail(self) -> None:
+        self.close()
+        self.failed = True
+
+    def close(self) -> None:
+        self.drain()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> Decoders:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _decode_chunk_ipc(data: bytes) -> tuple[bytes, int | None, int, list[str]]:
+    """In a worker: `decode_chunk`, with the columns as Arrow IPC (categories dictionary-encoded)."""
+    try:
+        frame, cut, skipped, problems = decode_chunk(data)
+    except Exception:  # the parent decodes this chunk itself
+        return b"", None, 0, []
+    ipc = frame.write_ipc(None, compression="uncompressed").getvalue() if frame is not None else b""
+    return ipc, cut, skipped, problems
 
 
 def read_trace(
-    path: Path, progress: Callable[[int, int], None] | None = None, workers: Workers | None = None
+    path: Path, progress: Callable[[int, int], None] | None = None, workers: Decoders | None = None
 ) -> RawTrace:
     """Decode one trace file. Raises InputError when nothing usable can be read. With `workers`,
     a trace over PARALLEL_MIN_BYTES (uncompressed) has its chunks decoded by them."""
-    source = _Source(path, _max_trace_bytes())
+    source = _Source(path, MAX_TRACE_BYTES.value())
     total = path.stat().st_size
     try:
         return _read(source, path, total, progress, workers)
@@ -192,37 +246,48 @@ def read_trace(
             workers.drain()  # answers left by an error must not be read as the next file's
 
 
-def _read(source: _Source, path: Path, total: int, progress, workers: Workers | None) -> RawTrace:
-    buf = b""
+def _read(
+    source: _Source, path: Path, total: int, progress: Callable[[int, int], None] | None, workers: Decoders | None
+) -> RawTrace:
+    opening = b""
     # 1. The head: everything up to the opening "[" of traceEvents (or of a bare array).
     start = -1
     head = b""
     while True:
         data = source.read()
-        buf += data
-        stripped = buf.lstrip(b"\xef\xbb\xbf \t\r\n")
+        opening += data
+        stripped = opening.lstrip(b"\xef\xbb\xbf \t\r\n")
+        if stripped[:1] == b"[" and stripped[1:].lstrip()[:1] == b"[":
+            # An array of arrays: torch.profiler's export_memory_timeline (times and sizes, or raw
+            # allocation records), not events.
+            raise InputError(
+                f"{path}: a memory timeline (torch.profiler export_memory_timeline), not a chrome trace; "
+                "tracemortem reads the profiler's chrome trace (export_chrome_trace / tensorboard_trace_handler)"
+            )
         if stripped[:1] == b"[":  # legacy autograd profiler: a bare array of events
-            start = len(buf) - len(stripped) + 1
+            start = len(opening) - len(stripped) + 1
             head = b""
             break
         if stripped and stripped[:1] != b"{":
             raise InputError(f"{path}: not a chrome trace (expected a JSON object or array)")
-        match = _TRACE_EVENTS_KEY.search(buf)
+        match = _TRACE_EVENTS_KEY.search(opening, max(0, len(opening) - len(data) - 64))  # the new text only
         if match:
-            after = buf[match.end() : match.end() + 1]
+            after = opening[match.end() : match.end() + 1]
             if after == b"[":
                 start = match.end() + 1
-                head = buf[: match.end()].removeprefix(b"\xef\xbb\xbf")  # a BOM is not JSON
+                head = opening[: match.end()].removeprefix(b"\xef\xbb\xbf")  # a BOM is not JSON
                 break
             if after:
                 raise InputError(f"{path}: traceEvents is not a list")
+        if len(opening) > _MAX_HEAD_BYTES:
+            raise InputError(f"{path}: no traceEvents list in the first {_MAX_HEAD_BYTES} bytes; not a chrome trace")
         if not data:
             break
     if start < 0:
-        if not buf.strip():
+        if not opening.strip():
             raise InputError(f"{path}: empty file" + (f" ({source.damaged})" if source.damaged else ""))
         try:
-            doc = _ANY.decode(buf)
+            doc = _ANY.decode(opening)
         except (msgspec.DecodeError, RecursionError):
             doc = None
         if isinstance(doc, dict):
@@ -233,10 +298,10 @@ def _read(source: _Source, path: Path, total: int, progress, workers: Workers | 
 
     # A bytearray, so chunks are cut and bracketed in place instead of copied; buf[0] is always
     # the separator byte before the next event (the "[" at first), overwritten with "[".
-    buf = bytearray(buf[start - 1 :])
+    buf = bytearray(opening[start - 1 :])
     frames: list[pl.DataFrame] = []
     trace = RawTrace(path, pl.DataFrame(), {})
-    eof = False
+    eof = gave_up = False
     pool = None
     inflight: list[tuple[bytes, int]] = []  # chunks at the workers: (bytes, predicted cut)
     serial = False  # decode the next chunk here: a worker's cut differed from the predicted one
@@ -245,7 +310,8 @@ def _read(source: _Source, path: Path, total: int, progress, workers: Workers | 
     while True:
         # Joined once per chunk: appending each read to the bytearray reallocated and copied
         # the whole chunk again and again.
-        pieces, size = [buf], len(buf)
+        pieces: list[bytes | bytearray] = [buf]
+        size = len(buf)
         while not eof and size < CHUNK_BYTES:
             data = source.read()
             if not data:
@@ -262,6 +328,7 @@ def _read(source: _Source, path: Path, total: int, progress, workers: Workers | 
             scratch = RawTrace(path, pl.DataFrame(), {})
             tail_frames: list[pl.DataFrame] = []
             tail = _decode_last(buf, scratch, tail_frames)
+            assert pool is not None  # chunks are in flight only while the pool works
             while inflight and not serial:
                 buf, serial = _collect(pool, inflight, buf, trace, frames)
             if not serial:
@@ -286,7 +353,8 @@ def _read(source: _Source, path: Path, total: int, progress, workers: Workers | 
         else:
             cut = _decode_prefix(buf, trace, frames)
             if cut is None:  # no boundary in this chunk (one huge event, or damage): read more
-                data = b"" if eof else source.read()
+                gave_up = len(buf) > _MAX_UNBROKEN_BYTES
+                data = b"" if eof or gave_up else source.read()
                 if not data:
                     eof = True
                     tail = _decode_last(buf, trace, frames)
@@ -301,9 +369,11 @@ def _read(source: _Source, path: Path, total: int, progress, workers: Workers | 
     # 3. The rest (decoded above by _decode_last): the last events, the closing "]" and the
     # envelope tail, or None for a cut-off file.
     trace.bytes_read = source.produced
-    if tail is None:
+    if gave_up:
+        trace.truncated_detail = f"no event boundary in {len(buf)} bytes; the rest of the file is not read"
+    if tail is None or gave_up:
         trace.truncated = True
-        trace.truncated_detail = source.damaged or "file ends inside the traceEvents list"
+        trace.truncated_detail = source.damaged or trace.truncated_detail or "file ends inside the traceEvents list"
         envelope_text = head + b"[]}" if head else b"[]"
     else:
         envelope_text = head + b"[]" + tail if head else b"[]" + tail
@@ -326,7 +396,7 @@ def _read(source: _Source, path: Path, total: int, progress, workers: Workers | 
 
 
 def _collect(
-    pool: Workers, inflight: list[tuple[bytes, int]], buf: bytearray, trace: RawTrace, frames: list[pl.DataFrame]
+    pool: Decoders, inflight: list[tuple[bytes, int]], buf: bytearray, trace: RawTrace, frames: list[pl.DataFrame]
 ) -> tuple[bytearray, bool]:
     """Take the oldest chunk's columns from the workers. When the worker cut it elsewhere than
     predicted (a boundary inside a string, damage) or failed, the chunks sent after it start at the
@@ -391,10 +461,10 @@ def _decode_prefix(buf: bytearray, trace: RawTrace, frames: list[pl.DataFrame]) 
     return None
 
 
-def _candidates(buf: bytearray) -> list[re.Match]:
+def _candidates(buf: bytearray) -> list[re.Match[bytes]]:
     """Candidate event boundaries near the end of `buf`, in order."""
     window = max(1, len(buf) - 2**18)  # hundreds of boundaries in real traces; widened when none
-    candidates: list[re.Match] = []
+    candidates: list[re.Match[bytes]] = []
     while not candidates:
         candidates = list(_BOUNDARY.finditer(buf, window))
         if window == 1:
@@ -415,6 +485,7 @@ def _decode_view(buf: bytearray, end: int, trace: RawTrace) -> pl.DataFrame | No
     """Decode buf[:end] in place. Raw fields point into the buffer, so the columns are built and
     the Structs dropped before the view is released."""
     with memoryview(buf) as view, view[:end] as text:
+        events: list[Event] | None
         try:
             events = _EVENTS.decode(text)
         except msgspec.ValidationError:
@@ -456,29 +527,29 @@ def _decode_last_events(buf: bytearray, trace: RawTrace, frames: list[pl.DataFra
         if frame is not None:
             frames.append(frame)
             return bytes(buf[match.end() :])
-    buf = bytes(buf[1:])
+    text = bytes(buf[1:])
     # Damaged text before a closing bracket whose remainder is valid: salvage up to it.
-    for n, match in enumerate(_ARRAY_CLOSE.finditer(buf)):
+    for n, match in enumerate(_ARRAY_CLOSE.finditer(text)):
         if n >= 64:
             break
-        rest = buf[match.end() :]
+        rest = text[match.end() :]
         try:
             whole = isinstance(_ANY.decode(b'{"x":[]' + rest), dict)
         except (msgspec.DecodeError, RecursionError):
             whole = False
         if whole:
-            frames.append(_columns(_salvage(buf[: match.start() + 1], trace), trace))
+            frames.append(_columns(_salvage(text[: match.start() + 1], trace), trace))
             return rest
     # No closing bracket that works: the file was cut off. Keep every complete event.
-    ends = [len(buf.rstrip())] + [
-        m.start() + 1 for m in reversed(list(_LAST_COMMA.finditer(buf, max(0, len(buf) - 2**20))))
+    ends = [len(text.rstrip())] + [
+        m.start() + 1 for m in reversed(list(_LAST_COMMA.finditer(text, max(0, len(text) - 2**20))))
     ]
     for end in ends[: _SPLIT_TRIES + 1]:
-        events = _try_decode(buf[:end], trace)
+        events = _try_decode(text[:end], trace)
         if events is not None:
             frames.append(_columns(events, trace))
             return None
-    frames.append(_columns(_salvage(buf, trace), trace))
+    frames.append(_columns(_salvage(text, trace), trace))
     return None
 
 
@@ -533,7 +604,7 @@ def _salvage(body: bytes, trace: RawTrace) -> list[Event]:
     return events
 
 
-def _strings(values: list) -> pl.Series:
+def _strings(values: list[int | str | None]) -> pl.Series:
     """pid/tid/stream: ints almost always, strings sometimes ("Spans", "stream 7"); as text.
     A trace has few distinct values, so convert those once and gather by code: per-value
     conversion of mixed int/str lists in polars costs several times more."""
@@ -542,7 +613,7 @@ def _strings(values: list) -> pl.Series:
     return text.gather(pl.Series(list(map(codes.__getitem__, values)), dtype=pl.UInt32))
 
 
-def _ints(values: list) -> pl.Series:
+def _ints(values: list[int | str | None]) -> pl.Series:
     try:
         return pl.Series(values, dtype=pl.Int64)
     except (TypeError, OverflowError, pl.exceptions.PolarsError):  # beyond int64: unusable as an id
@@ -562,7 +633,7 @@ _BATCH = 1024
 def _columns(events: list[Event], trace: RawTrace) -> pl.DataFrame:
     """One chunk of Structs → columns (all phases; the caller filters)."""
     n = len(events)
-    cols: dict[str, list] = {name: [] for name in (*_GET, *_GET_ARG)}
+    cols: dict[str, list[Any]] = {name: [] for name in (*_GET, *_GET_ARG)}
     fields = [(cols[name].extend, getter) for name, getter in _GET.items()]
     arg_fields = [(cols[name].extend, getter) for name, getter in _GET_ARG.items()]
     get_args = _GET["args"]
@@ -580,7 +651,10 @@ def _columns(events: list[Event], trace: RawTrace) -> pl.DataFrame:
     # polars, which costs a fraction of one bytes object per event (JSON text never holds a NUL).
     dims = cols["input_dims"]
     if any(dims):
-        text = pl.Series([b"\x00".join(dims)], dtype=pl.Binary).cast(pl.String).str.split("\x00").explode()
+        # Decoded here, not cast in polars: msgspec keeps Raw bytes as they are, and invalid
+        # UTF-8 inside a string must become U+FFFD, not fail the chunk.
+        joined = b"\x00".join(dims).decode("utf-8", "replace")
+        text = pl.Series([joined], dtype=pl.String).str.split("\x00").explode()
         dims_col = pl.select(pl.when(text != "").then(text)).to_series()
     else:
         dims_col = pl.Series([None] * n, dtype=pl.String)

@@ -18,13 +18,17 @@ import pyarrow as pa
 from .. import format as fmt
 from ..errors import InputError
 from ..findings import Finding
+from ..limits import MAX_GRADS_ROWS, MAX_PARAMETERS, MAX_STEPS_ROWS
 from ..progress import Progress, silent
+from ..scalars import optional_int
 from . import attempts as tries
+from .acts import empty_acts, read_acts
 from .discover import Inputs
+from .origin import MalformedOrigin, clean_origin
 
 
 def _polars_schema(schema: pa.Schema) -> dict[str, pl.DataType]:
-    return dict(pl.from_arrow(schema.empty_table()).schema)
+    return dict(pl.DataFrame(schema.empty_table()).schema)
 
 
 GRADS_COLUMNS = _polars_schema(fmt.GRADS_SCHEMA)
@@ -55,6 +59,7 @@ class RunData:
     grad_ranks: list[int] = field(default_factory=list)  # ranks whose grads were read
     # One row per (rank, attempt) on disk and what a later attempt superseded (load/attempts.py)
     attempts: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=tries.LISTING_COLUMNS))
+    acts: pl.DataFrame = field(default_factory=empty_acts)  # activation statistics (load/acts.py)
 
     def rank_summary(self) -> list[dict[str, Any]]:
         """Per rank: how many steps it recorded and its median step time."""
@@ -90,6 +95,8 @@ def _read_optional_json(
     path: Path, what: str, notes: list[Finding], rank: int | None, root: Path
 ) -> dict[str, Any] | None:
     if not path.is_file():
+        if path.exists():  # a FIFO, device or socket named like the document: never opened
+            notes.append(_note("warning", f"unreadable {what}", f"{path}: not a regular file; not read", rank=rank))
         return None
     if not fmt.is_inside(root, path):
         notes.append(
@@ -118,13 +125,32 @@ def _as_int(value: Any, bits: int = 64) -> int | None:
     return number if number is not None and -(2 ** (bits - 1)) <= number < 2 ** (bits - 1) else None
 
 
+def _param_table(meta: dict[str, Any]) -> list[Any]:
+    table = meta.get("params") or meta.get("parameters") or []
+    return table if isinstance(table, list) else []
+
+
+def _too_many_params(metas: dict[int, dict[str, Any]]) -> list[Finding]:
+    most = MAX_PARAMETERS.value()
+    return [
+        _note(
+            "warning",
+            "too many parameters",
+            f"meta.json names {len(_param_table(meta))} parameters, over the limit of {most} "
+            f"({MAX_PARAMETERS.env}); only the first {most} are named in the analysis",
+            rank=rank,
+            parameters=len(_param_table(meta)),
+        )
+        for rank, meta in sorted(metas.items())
+        if len(_param_table(meta)) > most
+    ]
+
+
 def _param_rows(meta: dict[str, Any]) -> list[dict[str, Any]]:
     """The meta's parameter table, tolerant of missing keys; `order` from backward order if known."""
-    table = meta.get("params") or meta.get("parameters") or []
-    if not isinstance(table, list):
-        return []
+    table = _param_table(meta)[: MAX_PARAMETERS.value()]
     backward = meta.get("backward_order")
-    rows = []
+    rows: list[dict[str, Any]] = []
     for i, entry in enumerate(table):
         if not isinstance(entry, dict):
             continue
@@ -175,9 +201,16 @@ def _params_frame(metas: dict[int, dict[str, Any]]) -> pl.DataFrame:
 
 # --- chunk tables ---------------------------------------------------------------------------
 
+_TABLE_LIMITS = {"steps": MAX_STEPS_ROWS, "grads": MAX_GRADS_ROWS}
 
-def _chunks(folder: Path, schema: pa.Schema, what: str, rank: int, notes: list[Finding], root: Path) -> list[Path]:
-    chunks = fmt.readable_chunks(folder, schema, root)
+
+def _chunks(
+    folder: Path, schema: pa.Schema, what: str, rank: int, notes: list[Finding], root: Path, rows: dict[str, int]
+) -> list[Path]:
+    """The readable chunks of one table of one rank; `rows` counts each table's rows across
+    ranks, against the table's row limit."""
+    chunks = fmt.readable_chunks(folder, schema, root, _TABLE_LIMITS[what], rows_before=rows.get(what, 0))
+    rows[what] = rows.get(what, 0) + chunks.rows
     for path, why in chunks.skipped:
         notes.append(
             _note(
@@ -260,7 +293,32 @@ def _snapshot(rank_dir: Path, rank: int, notes: list[Finding], root: Path) -> di
     if not folder.is_dir():
         return None
     info = _read_optional_json(folder / fmt.SNAPSHOT_INFO, "snapshot info.json", notes, rank, root) or {}
-    return {"rank": rank, "path": str(folder), "step": _as_int(info.get("step")), "info": info}
+    snapshot = {"rank": rank, "path": str(folder), "step": _as_int(info.get("step")), "info": info}
+    raw_origin = _read_optional_json(folder / fmt.SNAPSHOT_ORIGIN, "replay origin.json", notes, rank, root)
+    if raw_origin is not None:
+        try:
+            snapshot["origin"] = clean_origin(raw_origin)
+        except MalformedOrigin as exc:
+            notes.append(
+                _note("warning", "malformed replay origin.json", f"{folder / fmt.SNAPSHOT_ORIGIN}: {exc}", rank=rank)
+            )
+    return snapshot
+
+
+def _read_health(path: Path, rank: int, notes: list[Finding], root: Path) -> pl.DataFrame | None:
+    """The checkpoint health sidecar, checked like a chunk (file type, footer, column types)."""
+    if not path.exists() and not path.is_symlink():
+        return None
+    problem = fmt.chunk_problem(path, fmt.HEALTH_SCHEMA, root)
+    if problem:
+        title = "refused checkpoint health" if "outside the run" in problem else "unreadable checkpoint health"
+        notes.append(_note("warning", title, f"{path}: {problem}", rank=rank))
+        return None
+    health = pl.read_parquet(path)
+    return health.select(
+        *[(pl.col(c) if c in health.columns else pl.lit(None)).cast(t).alias(c) for c, t in HEALTH_COLUMNS.items()],
+        rank=pl.lit(rank, pl.Int32),
+    )
 
 
 def _first(values: list[Any]) -> Any:
@@ -273,11 +331,29 @@ def load_run(inputs: Inputs, progress: Progress = silent) -> RunData:
     manifest = _read_optional_json(root / fmt.MANIFEST, "manifest.json", notes, None, root)
     for path in inputs.refused:
         notes.append(_note("warning", "refused a trace", f"{path}: links outside the run directory; not read"))
+    for path, why in inputs.unlisted:
+        notes.append(_note("warning", "unreadable folder", f"{path}: cannot list ({why}); its traces are not read"))
 
     recorded: list[_Attempt] = []
+    rows: dict[str, int] = {}
+    unreadable: list[int] = []
     for rank, rank_dir in sorted(inputs.rank_dirs.items()):
         progress(f"reading rank {rank}")
-        recorded += [_read_attempt(rank, n, paths, notes, root) for n, paths in fmt.RankPaths(rank_dir).attempts()]
+        try:
+            for number, paths in fmt.RankPaths(rank_dir).attempts():
+                attempt = _Attempt(rank, number)
+                recorded.append(attempt)
+                _read_attempt(attempt, paths, notes, root, rows)
+        except OSError as exc:  # a rank folder (or a file in it) without permission: the other ranks count
+            unreadable.append(rank)
+            notes.append(
+                _note(
+                    "warning",
+                    "unreadable rank folder",
+                    f"{exc.filename or rank_dir}: cannot read ({exc.strerror or exc}); the rest of rank {rank} is skipped",
+                    rank=rank,
+                )
+            )
     table = tries.attempt_table(
         pl.DataFrame([a.listing for a in recorded], schema=tries.LISTING_COLUMNS, orient="row"),
         pl.concat([a.steps.select("rank", "attempt", "step", "nonfinite", "loss") for a in recorded if a.has_steps])
@@ -292,6 +368,7 @@ def load_run(inputs: Inputs, progress: Progress = silent) -> RunData:
     health_frames: list[pl.DataFrame] = []
     checkpoints: list[dict[str, Any]] = []
     snapshots: list[dict[str, Any]] = []
+    acts_frames: list[pl.DataFrame] = []
     for attempt in recorded:  # the latest attempt's meta describes the rank
         rank, cutoff = attempt.rank, tries.cutoff_of(table, attempt.rank, attempt.number)
         if attempt.meta is not None or rank not in metas:
@@ -307,6 +384,10 @@ def load_run(inputs: Inputs, progress: Progress = silent) -> RunData:
         checkpoints += [c for c in attempt.checkpoints if cutoff is None or c["step"] < cutoff]
         if attempt.snapshot is not None and (cutoff is None or (attempt.snapshot["step"] or 0) < cutoff):
             snapshots.append(attempt.snapshot)
+        if attempt.acts is not None:
+            acts_frames.append(attempt.acts if cutoff is None else attempt.acts.filter(pl.col("step") < cutoff))
+    for rank in unreadable:
+        metas.setdefault(rank, {})
 
     if not steps_frames and not grad_frames and not any(metas.values()) and manifest is None:
         raise InputError(f"{root}: run directory has no readable manifest, meta.json, steps or grads")
@@ -327,8 +408,12 @@ def load_run(inputs: Inputs, progress: Progress = silent) -> RunData:
         else pl.DataFrame(schema={**HEALTH_COLUMNS, "rank": pl.Int32})
     )
     params = _params_frame(metas)
+    notes += _too_many_params(metas)
 
-    run = RunData(root, manifest, metas, steps, grads, params, health, notes, grad_ranks=grad_ranks, attempts=table)
+    acts = pl.concat(acts_frames) if acts_frames else empty_acts()
+    run = RunData(
+        root, manifest, metas, steps, grads, params, health, notes, grad_ranks=grad_ranks, attempts=table, acts=acts
+    )
     run.facts = _facts(run, inputs, checkpoints, snapshots, bool(grad_frames))
     run.notes.extend(_recorder_losses([(a.rank, a.number, a.meta) for a in recorded], manifest))
     return run
@@ -336,76 +421,70 @@ def load_run(inputs: Inputs, progress: Progress = silent) -> RunData:
 
 @dataclass
 class _Attempt:
-    """What one attempt of one rank holds on disk (its steps carry `rank` and `attempt`)."""
+    """What one attempt of one rank holds on disk (its steps carry `rank` and `attempt`). Filled
+    in by `_read_attempt` as far as it got: a file that cannot be read leaves the rest empty."""
 
     rank: int
     number: int
-    meta: dict[str, Any] | None
-    steps: pl.DataFrame
-    grad_paths: list[Path]
-    health: pl.DataFrame | None
-    checkpoints: list[dict[str, Any]]
-    snapshot: dict[str, Any] | None
-    listing: dict[str, Any]
+    meta: dict[str, Any] | None = None
+    steps: pl.DataFrame = field(default_factory=pl.DataFrame)
+    grad_paths: list[Path] = field(default_factory=list)
+    health: pl.DataFrame | None = None
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)
+    snapshot: dict[str, Any] | None = None
+    acts: pl.DataFrame | None = None
+    listing: dict[str, Any] = field(default_factory=dict)
 
     @property
     def has_steps(self) -> bool:
         return not self.steps.is_empty()
 
 
-def _read_attempt(rank: int, number: int, paths: fmt.RankPaths, notes: list[Finding], root: Path) -> _Attempt:
+def _read_attempt(
+    attempt: _Attempt, paths: fmt.RankPaths, notes: list[Finding], root: Path, rows: dict[str, int]
+) -> None:
+    """Read one attempt's folder into `attempt`; `rows` counts each table's rows against its limit.
+    An OSError is left to the caller, with what was read so far kept in `attempt`."""
+    rank, number = attempt.rank, attempt.number
+    attempt.listing = {
+        "rank": rank,
+        "attempt": number,
+        "path": _relative(paths.root, root),
+        "status": None,
+        "started": None,
+        "ended": None,
+        "pid": None,
+        "hostname": None,
+        "snapshot_step": None,
+    }
     meta = _read_optional_json(paths.meta, "meta.json", notes, rank, root)
     if meta is None and not paths.meta.exists():
         notes.append(
             _note("info", "missing meta.json", f"{paths.meta}: not found; parameter names are unknown", rank=rank)
         )
-    steps = _read_steps(_chunks(paths.steps, fmt.STEPS_SCHEMA, "steps", rank, notes, root), rank, notes)
-    if not steps.is_empty():
-        steps = steps.with_columns(pl.lit(number, pl.Int32).alias("attempt"))
-    health = None
-    if paths.health.is_file() and not fmt.is_inside(root, paths.health):
-        notes.append(
-            _note(
-                "warning",
-                "refused checkpoint health",
-                f"{paths.health}: links outside the run directory; not read",
-                rank=rank,
-            )
-        )
-    elif paths.health.is_file():
-        try:
-            health = pl.read_parquet(paths.health).with_columns(pl.lit(rank, pl.Int32).alias("rank"))
-        except Exception as exc:
-            notes.append(
-                _note("warning", "unreadable checkpoint health", f"{paths.health}: {type(exc).__name__}", rank=rank)
-            )
-    snapshot = _snapshot(paths.root, rank, notes, root)
-    checkpoints = [{**c, "attempt": number} for c in _checkpoints(paths.root, rank)]
+    attempt.meta = meta
     info = meta or {}
-    listing = {
-        "rank": rank,
-        "attempt": number,
-        "path": _relative(paths.root, root),
-        "status": _as_text(info.get("status")),
-        "started": _as_text(info.get("started")),
-        "ended": _as_text(info.get("ended")),
-        "pid": _as_int(info.get("pid")),
-        "hostname": _as_text(info.get("hostname")),
-        "snapshot_step": None if snapshot is None else snapshot["step"],
-    }
+    attempt.listing.update(
+        status=_as_text(info.get("status")),
+        started=_as_text(info.get("started")),
+        ended=_as_text(info.get("ended")),
+        pid=_as_int(info.get("pid")),
+        hostname=_as_text(info.get("hostname")),
+    )
+    steps = _read_steps(_chunks(paths.steps, fmt.STEPS_SCHEMA, "steps", rank, notes, root, rows), rank, notes)
+    if not steps.is_empty():
+        attempt.steps = steps.with_columns(pl.lit(number, pl.Int32).alias("attempt"))
+    attempt.grad_paths = _chunks(paths.grads, fmt.GRADS_SCHEMA, "grads", rank, notes, root, rows)
+    attempt.health = _read_health(paths.health, rank, notes, root)
+    attempt.checkpoints = [{**c, "attempt": number} for c in _checkpoints(paths.root, rank)]
+    if acts_paths := _chunks(paths.acts, fmt.ACTS_SCHEMA, "acts", rank, notes, root, rows):
+        modules = _read_optional_json(paths.acts / fmt.ACTS_MODULES, "acts modules.json", notes, rank, root)
+        attempt.acts = read_acts(acts_paths, modules, rank)
+    snapshot = _snapshot(paths.root, rank, notes, root)
     if snapshot is not None:
         snapshot["attempt"] = number
-    return _Attempt(
-        rank,
-        number,
-        meta,
-        steps,
-        _chunks(paths.grads, fmt.GRADS_SCHEMA, "grads", rank, notes, root),
-        health,
-        checkpoints,
-        snapshot,
-        listing,
-    )
+        attempt.listing["snapshot_step"] = snapshot["step"]
+    attempt.snapshot = snapshot
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -457,10 +536,12 @@ def _facts(
     manifest = run.manifest or {}
     metas = [run.metas[r] for r in sorted(run.metas)]
     steps = run.steps
+    span: dict[str, int | None]
     if steps.is_empty():
         span = {"first": None, "last": None, "count": 0}
     else:
-        span = {"first": steps["step"].min(), "last": steps["step"].max(), "count": steps["step"].n_unique()}
+        numbers = steps["step"]
+        span = {"first": optional_int(numbers.min()), "last": optional_int(numbers.max()), "count": numbers.n_unique()}
     world = (
         _as_int(manifest.get("world_size"))
         or _as_int(_first([m.get("world_size") for m in metas]))

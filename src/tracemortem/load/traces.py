@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import polars as pl
@@ -20,6 +20,8 @@ from ..findings import Finding
 from ..progress import Progress, silent
 from . import chrome
 from .chrome import RawTrace
+from .coverage import unread_activity
+from .sessions import SESSIONS_SCHEMA, session_notes, session_table
 
 # Categories across Kineto versions (research/trace-analyzers.md §4.3, §4.8).
 GPU_KINDS = {
@@ -48,8 +50,10 @@ FLOW_CATS = frozenset({"ac2g", "async", "async_cpu_to_gpu", "async_gpu"})
 _SYNC_TID_OFFSET = 1_000_000  # Kineto moves cuda_sync events to tid = stream + 1,000,000
 _STEP_PREFIX = "ProfilerStep#"
 
-EVENTS_SCHEMA = {
+ColumnTypes: TypeAlias = "dict[str, pl.DataType | type[pl.DataType]]"  # a dtype class or instance per column
+EVENTS_SCHEMA: ColumnTypes = {
     "rank": pl.Int32,
+    "session": pl.Int32,
     "name": pl.Categorical,
     "cat": pl.Categorical,
     "ts": pl.Int64,
@@ -62,9 +66,10 @@ EVENTS_SCHEMA = {
     "step": pl.Int64,
     "input_dims": pl.String,
 }
-STEPS_SCHEMA = {"rank": pl.Int32, "step": pl.Int64, "ts": pl.Int64, "dur": pl.Int64}
-GPU_SCHEMA = {
+STEPS_SCHEMA: ColumnTypes = {"rank": pl.Int32, "session": pl.Int32, "step": pl.Int64, "ts": pl.Int64, "dur": pl.Int64}
+GPU_SCHEMA: ColumnTypes = {
     "rank": pl.Int32,
+    "session": pl.Int32,
     "name": pl.Categorical,
     "kind": pl.Enum(["kernel", "memcpy", "memset"]),
     "ts": pl.Int64,
@@ -86,21 +91,28 @@ class TraceSet:
     gpu: pl.DataFrame
     ranks: dict[int, dict[str, Any]] = field(default_factory=dict)
     notes: list[Finding] = field(default_factory=list)
+    # one row per (rank, session): each trace file is a session with its own timeline
+    sessions: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=SESSIONS_SCHEMA))
 
 
 def load_traces(files: dict[Path, int | None], progress: Progress = silent) -> TraceSet:
     """Read every trace; `files` maps each path to the rank guessed from its path (None: unknown).
 
     The trace's own `distributedInfo.rank` wins over the guess; with neither, rank 0. Several
-    files of one rank (profiling cycles) are concatenated. Raises InputError only when no file
+    files of one rank are sessions (profiling cycles, or unrelated traces): their events are
+    concatenated, each row keeping its `session`, and nothing is linked across sessions. Raises InputError only when no file
     could be read at all; a bad file among good ones becomes an `input-error` note.
     """
     notes: list[Finding] = []
     parts: list[pl.DataFrame] = []
     ranks: dict[int, dict[str, Any]] = {}
     errors: list[str] = []
-    # Worker processes for big traces, started on the first one and shared by all the files.
-    with chrome.Workers() as workers:
+    paths: dict[int, Path] = {}
+    hosts: dict[int, str | None] = {}
+    bases: dict[int, int | None] = {}
+    # Worker processes for big traces, started on the first one and shared by all the files; they
+    # import nothing from the traces' folders.
+    with chrome.Decoders(untrusted={Path(p).parent for p in files}) as workers:
         for index, (path, guess) in enumerate(sorted(files.items(), key=lambda kv: str(kv[0]))):
             path = Path(path)
             mb_total = max(path.stat().st_size, 1) / 2**20 if path.exists() else 0.0
@@ -122,6 +134,7 @@ def load_traces(files: dict[Path, int | None], progress: Progress = silent) -> T
             del raw  # its frame is the un-normalised copy: peak memory is the point of this loop
             notes += file_notes
             parts.append(frame)
+            paths[index], hosts[index], bases[index] = path, meta["hostname"], meta["base_time_ns"]
             entry = ranks.setdefault(rank, {"rank": rank, "files": []})
             entry["files"].append(str(path))
             for key, value in meta.items():
@@ -143,7 +156,10 @@ def load_traces(files: dict[Path, int | None], progress: Progress = silent) -> T
             )
         )
     progress("linking trace events")
-    return _link(parts, ranks, notes)
+    traces = _link(parts, ranks, notes)
+    traces.sessions = session_table(traces.events, traces.profiler_steps, paths, hosts, bases)
+    traces.notes += session_notes(traces.sessions) + unread_activity(traces.events)
+    return traces
 
 
 def _rank_of(envelope: dict[str, Any], guess: int | None) -> int:
@@ -166,7 +182,7 @@ def _normalise(raw: RawTrace, rank: int, index: int) -> tuple[pl.DataFrame, dict
     base = _int_or_none(env.get("baseTimeNanoseconds"))
     if base is not None and not 0 <= base < 2**62:
         base = None
-    meta = {
+    meta: dict[str, Any] = {
         "hostname": env.get("host_name") if isinstance(env.get("host_name"), str) else None,
         "distributedInfo": env.get("distributedInfo") if isinstance(env.get("distributedInfo"), dict) else None,
         "deviceProperties": env.get("deviceProperties") if isinstance(env.get("deviceProperties"), list) else [],
@@ -285,14 +301,14 @@ def _link(parts: list[pl.DataFrame], ranks: dict[int, dict[str, Any]], notes: li
         x.filter(~pl.col("is_gpu") & pl.col("name").is_in(step_names.to_list()))
         .with_columns(step=pl.col("name").cast(pl.String).str.slice(len(_STEP_PREFIX)).str.to_integer(strict=False))
         .drop_nulls("step")
-        .select("rank", "step", "ts", "dur", step_end=pl.col("ts") + pl.col("dur"))
-        .unique(["rank", "step", "ts"], keep="first")
-        .sort("rank", "ts")
+        .select("rank", "file", "step", "ts", "dur", step_end=pl.col("ts") + pl.col("dur"))
+        .unique(["rank", "file", "step", "ts"], keep="first")
+        .sort("rank", "file", "ts")
     )
 
-    # CPU events: the step whose span contains the event's start, on any thread of the rank —
-    # backward ops run on autograd threads, outside the ProfilerStep's own thread.
-    cpu = _with_step(x.filter(~pl.col("is_gpu")).select("_row", "rank", "ts"), steps).select("_row", "step")
+    # CPU events: the step whose span contains the event's start, on any thread of the rank's
+    # session (file) — backward ops run on autograd threads, outside the ProfilerStep's own thread.
+    cpu = _with_step(x.filter(~pl.col("is_gpu")).select("_row", "rank", "file", "ts"), steps).select("_row", "step")
 
     # GPU events: the launch with the same correlation in the same file, then its step and op.
     launches = (
@@ -362,19 +378,22 @@ def _link(parts: list[pl.DataFrame], ranks: dict[int, dict[str, Any]], notes: li
         ]
     ).sort("_row")
     del cpu
-    events = x.with_columns(by_row.get_column("step"), by_row.get_column("stream")).select(
-        *[pl.col(c).cast(t) for c, t in EVENTS_SCHEMA.items()]
+    events = (
+        x.with_columns(by_row.get_column("step"), by_row.get_column("stream"))
+        .rename({"file": "session"})
+        .select(*[pl.col(c).cast(t) for c, t in EVENTS_SCHEMA.items()])
     )
     del x, by_row
     gpu = (
         gpu_side.filter(cat.is_in(list(GPU_KINDS)))
+        .rename({"file": "session"})
         .with_columns(
             step=pl.col("launch_step"),
             kind=pl.col("cat").cast(pl.String).replace_strict(GPU_KINDS, return_dtype=GPU_SCHEMA["kind"]),
         )
         .select(*[pl.col(c).cast(t) for c, t in GPU_SCHEMA.items()])
     )
-    profiler_steps = steps.select(*[pl.col(c).cast(t) for c, t in STEPS_SCHEMA.items()])
+    profiler_steps = steps.rename({"file": "session"}).select(*[pl.col(c).cast(t) for c, t in STEPS_SCHEMA.items()])
     counts = dict(events.group_by("rank").len().iter_rows())
     for rank, entry in ranks.items():
         entry["events"] = int(counts.get(rank, 0))
@@ -382,16 +401,16 @@ def _link(parts: list[pl.DataFrame], ranks: dict[int, dict[str, Any]], notes: li
 
 
 def _with_step(frame: pl.DataFrame, steps: pl.DataFrame) -> pl.DataFrame:
-    """`frame` (with rank and ts) plus `step`: the ProfilerStep of its rank whose span contains ts,
-    null outside every step. The result is sorted by rank and ts."""
+    """`frame` (with rank, file and ts) plus `step`: the ProfilerStep of its rank and file whose span
+    contains ts, null outside every step. The result is sorted by rank and ts."""
     if not steps.height:
         return frame.with_columns(step=pl.lit(None, dtype=pl.Int64))
     return (
         frame.sort("rank", "ts")
         .join_asof(
-            steps.select("rank", "ts", "step", "step_end"),
+            steps.select("rank", "file", "ts", "step", "step_end"),
             on="ts",
-            by="rank",
+            by=["rank", "file"],
             strategy="backward",
             check_sortedness=False,
         )

@@ -8,13 +8,16 @@ non-finite guard `guard` is the exception, and the recorder calls it only when a
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, field
+from typing import Any, TypeAlias
 
 import torch
+from torch.nn.parameter import is_lazy
 
 _INF = float("inf")
+# What torch's multi-tensor (_foreach_*) ops take, and return as a tuple.
+Tensors: TypeAlias = "list[torch.Tensor] | tuple[torch.Tensor, ...]"
 # CPU tensors up to this size are reduced stacked by shape: a few ops for thousands of biases and
 # norm weights, where one op per tensor costs ~10 us of dispatch each (docs/recorder.md, "Overhead").
 # Above it, stacking's extra copy costs more than the dispatch it saves.
@@ -28,37 +31,58 @@ class ParamTable:
 
     names: list[str]
     params: list[torch.Tensor]
+    index: dict[int, int] = field(default_factory=dict)  # id(param) -> param_id
+    _rows: list[dict[str, Any]] = field(default_factory=list, repr=False)  # rows() so far
+    _lazy_rows: list[int] = field(default_factory=list, repr=False)  # rows of parameters still lazy
 
     @classmethod
     def from_model(cls, model: torch.nn.Module) -> ParamTable:
-        names, params, seen = [], [], set()
+        table = cls([], [])
         for name, param in model.named_parameters():
-            if id(param) in seen:
-                continue
-            seen.add(id(param))
-            names.append(name)
-            params.append(param)
-        return cls(names, params)
+            table.add(name, param)
+        return table
 
-    @functools.cached_property
-    def _rows(self) -> list[dict]:
-        return [
-            {
-                "param_id": i,
-                "name": name,
-                "shape": list(p.shape),
-                "numel": p.numel(),
-                "dtype": str(p.dtype).removeprefix("torch."),
-                "requires_grad": p.requires_grad,
-            }
-            for i, (name, p) in enumerate(zip(self.names, self.params))
-        ]
+    def add(self, name: str, param: torch.Tensor) -> int:
+        """The param_id of `param`, appended if new (ids of known parameters never change)."""
+        pid = self.index.get(id(param))
+        if pid is None:
+            pid = self.index[id(param)] = len(self.params)
+            # a module inserted later can take an old parameter's name: names stay unique
+            self.names.append(name if name not in self.names else f"{name}#{pid}")
+            self.params.append(param)
+        return pid
 
-    def rows(self) -> list[dict]:
-        """The table for meta.json. Built once: reading shape and dtype of 20,000 tensors takes
-        a second of the GIL, and the status files are rewritten after every flush and at close.
-        A table whose parameters change must be rebuilt (a new ParamTable)."""
-        return self._rows
+    def rows(self) -> list[dict[str, Any]]:
+        """The table for meta.json. Each parameter's row is built once: reading shape and dtype of
+        20,000 tensors takes a second of the GIL, and the status files are rewritten after every
+        flush and at close. Rows of parameters added since, and of lazy parameters (until they are
+        materialised), are built anew; `requires_grad` is read afresh (freezing, unfreezing)."""
+        rows, params = self._rows, self.params
+        for pid in range(len(rows), len(params)):
+            rows.append(_row(pid, self.names[pid], params[pid]))
+            if rows[pid].get("lazy"):
+                self._lazy_rows.append(pid)
+        if self._lazy_rows:
+            for pid in self._lazy_rows:
+                rows[pid] = _row(pid, self.names[pid], params[pid])
+            self._lazy_rows = [pid for pid in self._lazy_rows if rows[pid].get("lazy")]
+        for row, p in zip(rows, params):
+            if row["requires_grad"] is not p.requires_grad:
+                row["requires_grad"] = p.requires_grad
+        return list(rows)
+
+
+def _row(pid: int, name: str, p: torch.Tensor) -> dict[str, Any]:
+    lazy = is_lazy(p)  # shape and numel exist only once the module has seen its first input
+    return {
+        "param_id": pid,
+        "name": name,
+        "shape": None if lazy else list(p.shape),
+        "numel": 0 if lazy else p.numel(),
+        "dtype": str(p.dtype).removeprefix("torch."),
+        "requires_grad": p.requires_grad,
+        **({"lazy": True} if lazy else {}),
+    }
 
 
 @dataclass
@@ -72,29 +96,59 @@ class GradBatch:
     ids: list[int]
     matrix: torch.Tensor
     groups: list[tuple[list[int], list[torch.Tensor]]] = field(repr=False)
-    before: list[list[torch.Tensor]] | None = field(default=None, repr=False)  # one [stacked] copy for a stacked group
+    before: list[Tensors] | None = field(default=None, repr=False)  # one [stacked] copy for a stacked group
     update: torch.Tensor | None = None
     counts: dict[int, int] | None = None  # exact NaN/Inf counts; None = not computed
     stacked: list[bool] = field(default_factory=list, repr=False)  # per group: reduced stacked
 
 
 class GradStats:
-    def __init__(self, table: ParamTable):
+    """Statistics of the parameters `ids` of `table` (all of them by default), gathered on `device`.
+
+    Parameters are grouped by (device, dtype) once; a lazy parameter (`nn.LazyLinear` before its
+    first input) joins its group when it has been materialised, a frozen one when it is unfrozen. A group whose fast path fails
+    (sparse or complex gradients, an exotic dtype) is measured tensor by tensor; a tensor that
+    cannot be measured even then is left out and listed in `unmeasured`. Small CPU tensors of
+    one shape are reduced stacked (`_split_small`), unless their gradients are sparse.
+    """
+
+    def __init__(self, table: ParamTable, device: torch.device, ids: list[int] | None = None):
+        self._owners = table.params
+        self._ids = list(range(len(table.params))) if ids is None else list(ids)
+        self._buffers: dict[tuple[int, ...], list[torch.Tensor]] = {}
+        self.device = device
+        self.unmeasured: dict[int, str] = {}  # param_id -> why its statistics are missing
+        self._build()
+
+    def _build(self) -> None:
         groups: dict[tuple[torch.device, torch.dtype], tuple[list[int], list[torch.Tensor]]] = {}
-        for i, p in enumerate(table.params):
-            if not p.requires_grad or p.numel() == 0:  # nothing to measure
+        self._lazy: list[int] = []
+        self._frozen: list[int] = []  # joins its group if it is unfrozen (requires_grad set) later
+        for i in self._ids:
+            p = self._owners[i]
+            if is_lazy(p):
+                self._lazy.append(i)
+                continue
+            if not p.requires_grad:
+                self._frozen.append(i)
+                continue
+            if p.numel() == 0:  # nothing to measure
                 continue
             ids, params = groups.setdefault((p.device, p.dtype), ([], []))
             ids.append(i)
             params.append(p.detach())
         self._groups = [part for ids, params in groups.values() for part in _split_small(ids, params)]
-        self._owners = list(table.params)
-        self._buffers: dict[tuple[int, ...], list[torch.Tensor]] = {}
-        self.device = table.params[0].device if table.params else torch.device("cpu")
+
+    def _refresh(self) -> None:
+        owners = self._owners
+        if any(not is_lazy(owners[i]) for i in self._lazy) or any(owners[i].requires_grad for i in self._frozen):
+            self._build()
 
     @torch.no_grad()
     def collect(self, keep_before: bool) -> GradBatch | None:
         """Grad norm/absmax and weight norm of every parameter that has a grad, on the device."""
+        if self._lazy or self._frozen:
+            self._refresh()
         owners = self._owners
         used: list[tuple[list[int], list[torch.Tensor]]] = []
         stacked: list[bool] = []
@@ -109,14 +163,15 @@ class GradStats:
                 ids = [ids[k] for k in keep]
                 params = [params[k] for k in keep]
                 grads = [grads[k] for k in keep]
-            if is_stacked:
-                block = _stacked_block(params, grads)
+            if is_stacked and (block := _try_stacked(params, grads)) is not None:  # type: ignore[arg-type]
+                parts = [(ids, params, block, True)]
             else:
-                block = (_cpu_block if params[0].device.type == "cpu" else _fused_block)(params, grads)
-            blocks.append(block.to(self.device, non_blocking=True))
-            used.append((ids, params))
-            stacked.append(is_stacked)
-            all_ids.extend(ids)
+                parts = [(i, p, b, False) for i, p, b in self._measure(ids, params, grads)]  # type: ignore[arg-type]
+            for part_ids, part_params, block, part_stacked in parts:
+                blocks.append(block.to(self.device, non_blocking=True))
+                used.append((part_ids, part_params))
+                stacked.append(part_stacked)
+                all_ids.extend(part_ids)
         if not blocks:
             return None
         matrix = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
@@ -124,7 +179,55 @@ class GradStats:
         # No reference to the grads is kept: zero_grad frees them as usual.
         return GradBatch(all_ids, matrix, used, before, stacked=stacked)
 
-    def _copy(self, params: list[torch.Tensor], stacked: bool) -> list[torch.Tensor]:
+    def _measure(
+        self, ids: list[int], params: list[torch.Tensor], grads: list[torch.Tensor]
+    ) -> list[tuple[list[int], list[torch.Tensor], torch.Tensor]]:
+        """[3, n] blocks of one group: the fused path, else its dense gradients fused and the
+        rest (sparse, or what the fused kernels refuse) one by one."""
+        fast = _cpu_block if params[0].device.type == "cpu" else _fused_block
+        try:
+            return [(ids, params, fast(params, grads))]
+        except Exception:
+            pass
+        out = []
+        dense = [k for k, g in enumerate(grads) if not g.is_sparse]
+        rest = list(range(len(grads)))
+        if dense and len(dense) < len(grads):
+            try:
+                out.append(([ids[k] for k in dense], [params[k] for k in dense], fast(*_pick(dense, params, grads))))
+                rest = [k for k in rest if grads[k].is_sparse]
+            except Exception:
+                pass
+        slow_ids, slow_params, block = self._one_by_one([ids[k] for k in rest], *_pick(rest, params, grads))
+        if slow_ids:
+            out.append((slow_ids, slow_params, block))
+        return out
+
+    def _one_by_one(
+        self, ids: list[int], params: list[torch.Tensor], grads: list[torch.Tensor]
+    ) -> tuple[list[int], list[torch.Tensor], torch.Tensor]:
+        """The slow path: one tensor at a time, for what the foreach kernels refuse."""
+        kept_ids, kept_params, columns = [], [], []
+        for pid, p, g in zip(ids, params, grads):
+            try:
+                values = _dense_values(g)
+                columns.append(
+                    torch.stack(
+                        [
+                            torch.linalg.vector_norm(values, 2).float(),
+                            values.abs().max().float() if values.numel() else torch.zeros((), device=values.device),
+                            torch.linalg.vector_norm(p, 2).float(),
+                        ]
+                    )
+                )
+                kept_ids.append(pid)
+                kept_params.append(p)
+            except Exception as exc:
+                self.unmeasured.setdefault(pid, f"{type(exc).__name__}: {exc}"[:200])
+        block = torch.stack(columns, dim=1) if columns else torch.empty(3, 0)
+        return kept_ids, kept_params, block
+
+    def _copy(self, params: list[torch.Tensor], stacked: bool = False) -> Tensors:
         """Pre-update weights. On CUDA a fresh copy each sampled step (the caching allocator
         makes it cheap and the memory is free between samples); on CPU a buffer kept per
         group, because fresh large host allocations page-fault on every sampled step. A
@@ -154,9 +257,9 @@ class GradStats:
         flags = (~torch.isfinite(absmax)).tolist()
         owners = self._owners
         batch.counts = {
-            pid: int((~torch.isfinite(owners[pid].grad)).sum())
+            pid: int((~torch.isfinite(_dense_values(grad))).sum())
             for pid, bad in zip(batch.ids, flags)
-            if bad and owners[pid].grad is not None
+            if bad and (grad := owners[pid].grad) is not None
         }
         return True
 
@@ -166,21 +269,45 @@ class GradStats:
         if batch.before is None:
             return
         parts = []
-        for (_, params), before, stacked in zip(batch.groups, batch.before, batch.stacked):
-            if stacked:
-                diff = before[0].sub_(torch.stack(params)).flatten(1)
-                parts.append(torch.linalg.vector_norm(diff, 2, dim=1, dtype=torch.float32).to(self.device))
+        stacked = batch.stacked or [False] * len(batch.groups)
+        for (_, params), before, is_stacked in zip(batch.groups, batch.before, stacked):
+            acc = _accumulation(params[0].dtype)
+            if is_stacked:
+                diff = before[0].sub_(torch.stack(params)).reshape(len(params), -1)
+                parts.append(torch.linalg.vector_norm(diff, 2, dim=1, dtype=acc).float().to(self.device))
                 continue
             torch._foreach_sub_(before, params)
-            parts.append(torch.stack(torch._foreach_norm(before, 2, dtype=torch.float32)).to(self.device))
+            try:
+                norms = list(torch._foreach_norm(before, 2, dtype=acc))
+            except Exception:  # complex weights and other dtypes the fused norm refuses
+                norms = [torch.linalg.vector_norm(b, 2) for b in before]
+            parts.append(torch.stack([n.float() for n in norms]).to(self.device))
         batch.update = parts[0] if len(parts) == 1 else torch.cat(parts)
         batch.before = None
 
 
+def merge(batches: list[GradBatch]) -> GradBatch | None:
+    """One step's batches from several optimizers as one (each parameter belongs to one). Update
+    norms are kept only when every batch has them (a step some optimizer skipped has none)."""
+    if len(batches) <= 1:
+        return batches[0] if batches else None
+    updates = [b.update for b in batches if b.update is not None]
+    counts = [b.counts for b in batches if b.counts is not None]
+    return GradBatch(
+        ids=[i for b in batches for i in b.ids],
+        matrix=torch.cat([b.matrix for b in batches], dim=1),
+        groups=[g for b in batches for g in b.groups],
+        stacked=[s for b in batches for s in (b.stacked or [False] * len(b.groups))],
+        update=torch.cat(updates) if len(updates) == len(batches) else None,
+        counts={k: v for c in counts for k, v in c.items()} if len(counts) == len(batches) else None,
+    )
+
+
 def _split_small(ids: list[int], params: list[torch.Tensor]) -> list[tuple[list[int], list[torch.Tensor], bool]]:
-    """Split one (device, dtype) group: small CPU tensors of one shape go together in chunks
-    (reduced stacked: True), everything else stays in one group reduced tensor by tensor."""
-    if params[0].device.type != "cpu":
+    """Split one (device, dtype) group: small real floating-point CPU tensors of one shape go
+    together in chunks (reduced stacked: True), everything else stays in one group reduced
+    tensor by tensor."""
+    if params[0].device.type != "cpu" or not params[0].dtype.is_floating_point:
         return [(ids, params, False)]
     by_shape: dict[tuple[int, ...], list[int]] = {}
     rest: list[int] = []
@@ -201,18 +328,43 @@ def _split_small(ids: list[int], params: list[torch.Tensor]) -> list[tuple[list[
     return parts
 
 
+def _try_stacked(params: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.Tensor | None:
+    """`_stacked_block`, or None where the gradients cannot be stacked (sparse, or a gradient
+    whose shape or dtype is not its parameter's): those go through `_measure`."""
+    shape, dtype = params[0].shape, params[0].dtype
+    if any(g.is_sparse or g.shape != shape or g.dtype != dtype for g in grads):
+        return None
+    try:
+        return _stacked_block(params, grads)
+    except Exception:
+        return None
+
+
 def _stacked_block(params: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.Tensor:
     """float32 [3, n] (grad L2, grad absmax, weight L2) of same-shape small CPU tensors: the
     tensors are stacked (one copy each of grads and weights) and reduced row by row."""
     acc = _accumulation(params[0].dtype)
-    g = torch.stack(grads).flatten(1)
-    w = torch.stack(params).flatten(1)
+    n = len(grads)
+    g = torch.stack(grads).reshape(n, -1)  # reshape, not flatten(1): 0-d parameters stack to [n]
+    w = torch.stack(params).reshape(n, -1)
     rows = [
         torch.linalg.vector_norm(g, 2, dim=1, dtype=acc),
         g.abs().amax(dim=1),
         torch.linalg.vector_norm(w, 2, dim=1, dtype=acc),
     ]
     return torch.stack([r.to(torch.float32) for r in rows])
+
+
+def _pick(
+    keep: list[int], params: list[torch.Tensor], grads: list[torch.Tensor]
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    return [params[k] for k in keep], [grads[k] for k in keep]
+
+
+def _dense_values(grad: torch.Tensor) -> torch.Tensor:
+    """The stored values of a gradient: a sparse gradient's implicit zeros change neither its
+    L2 norm nor its absmax, nor its NaN/Inf count."""
+    return grad.coalesce().values() if grad.is_sparse else grad
 
 
 def _cpu_block(params: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.Tensor:

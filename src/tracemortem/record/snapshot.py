@@ -21,6 +21,10 @@ MODEL = "model.pt"
 OPTIMIZER = "optimizer.pt"
 RNG = "rng.pt"
 BATCH = "batch.pt"
+NOT_PRE_UPDATE = (
+    "written after the loop had updated the weights (no optimizer step or end of backward pass "
+    "was seen before the update): this is not the state before the bad update; do not replay from it"
+)
 
 
 def plain(obj: Any, depth: int = 0) -> Any:
@@ -48,14 +52,16 @@ def rng_states() -> dict[str, Any]:
     try:
         import numpy as np
 
-        name, keys, pos, has_gauss, cached = np.random.get_state()
-        states["numpy"] = {
-            "bit_generator": str(name),
-            "keys": torch.from_numpy(keys.astype("int64")),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        }
+        state = np.random.get_state(legacy=True)
+        if isinstance(state, tuple):  # the legacy global generator is MT19937, whose state is a tuple
+            name, keys, pos, has_gauss, cached = state
+            states["numpy"] = {
+                "bit_generator": str(name),
+                "keys": torch.from_numpy(keys.astype("int64")),
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "cached_gaussian": float(cached),
+            }
     except ImportError:
         pass
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -73,9 +79,9 @@ def write_snapshot(
     step: int,
     rank: int,
     reason: str,
-    pre_update: bool,
+    pre_update: bool | None,  # None: not known (docs/format.md, snapshot)
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer | None,
+    optimizers: list[Any],
     batch: Any,
     nonfinite_params: list[str],
     nonfinite_counts: dict[str, int],
@@ -89,8 +95,9 @@ def write_snapshot(
     try:
         files = [MODEL, RNG]
         torch.save(plain(model.state_dict()), tmp / MODEL)
-        if optimizer is not None:
-            torch.save(plain(optimizer.state_dict()), tmp / OPTIMIZER)
+        if optimizers:  # one state_dict, or a list of them for several optimizers
+            states = [plain(o.state_dict()) for o in optimizers]
+            torch.save(states[0] if len(states) == 1 else states, tmp / OPTIMIZER)
             files.append(OPTIMIZER)
         torch.save(rng_states(), tmp / RNG)
         if batch is not None:
@@ -101,6 +108,7 @@ def write_snapshot(
             "rank": rank,
             "reason": reason,
             "pre_update": pre_update,
+            **({} if pre_update else {"note": NOT_PRE_UPDATE}),
             "nonfinite_params": nonfinite_params,
             "nonfinite_counts": nonfinite_counts,
             "loss": finite_or_none(loss),

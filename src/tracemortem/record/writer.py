@@ -33,7 +33,8 @@ class StepItem:
 
     step: int
     values: dict[str, Any]  # steps columns already known on the host
-    tensor_cols: dict[str, int] = field(default_factory=dict)  # column -> index into the vector
+    # column -> index into the vector of the two float32 words that hold its float64 bits
+    tensor_cols: dict[str, int] = field(default_factory=dict)
     ids: list[int] | None = None  # grads rows (param ids), None when grads were not recorded
     has_update: bool = False
     counts: dict[int, int] | None = None
@@ -157,8 +158,11 @@ class ChunkWriter(threading.Thread):
                 except Exception as exc:  # one bad step must not end the writer
                     self._error(f"step {item.step} could not be converted: {exc!r}")
                     self.lost_steps += 1
+                # Chunks of exactly `flush_every` steps, however many steps one wake-up drained.
+                if len(self._steps_rows) >= self.flush_every:
+                    self.flush()
             due = time.monotonic() - self._last_flush >= self.flush_seconds
-            if stopping or due or len(self._steps_rows) >= self.flush_every:
+            if stopping or due:
                 self.flush(status=not stopping)  # the closing recorder writes the final status itself
             if self._status_due:
                 self._write_status()
@@ -179,7 +183,7 @@ class ChunkWriter(threading.Thread):
             vec = np.empty(0, np.float32)
         row = dict(item.values)
         for col, index in item.tensor_cols.items():
-            row[col] = float(vec[index])
+            row[col] = float(vec[index : index + 2].view(np.float64)[0])
         if item.ids is not None:
             n = len(item.ids)
             matrix = vec[: 3 * n].reshape(3, n)

@@ -1,35 +1,41 @@
-"""Reports: `render(analysis, fmt)` for fmt html, md, json or text, and `render_ops_table`
-for `tracemortem ops`. One small module per format, each rendering a jinja2 template from the
-top-level templates/ package."""
+"""Reports: one small class per document format, each rendering a jinja2 template from the
+top-level templates/ package, all behind the `Reporter` protocol and chosen from `REPORTERS`.
+`render(analysis, fmt)` is the short way in; `tracemortem ops` uses `render_ops_table`."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
-FORMATS = ("html", "md", "json", "text")
+from .html import HtmlReport
+from .jsonout import JsonReport
+from .markdown import MarkdownReport
+from .terminal import TextSummary, render_ops_table
 
+if TYPE_CHECKING:
+    from ..analysis import Analysis
 
-def render(analysis: Any, fmt: str) -> str:
-    if fmt == "html":
-        from .html import render as html
-
-        return html(analysis)
-    if fmt == "md":
-        from .markdown import render as md
-
-        return md(analysis)
-    if fmt == "json":
-        from .jsonout import render as js
-
-        return js(analysis)
-    if fmt == "text":
-        from .terminal import render as text
-
-        return text(analysis)
-    raise ValueError(f"unknown report format {fmt!r} (choose from {', '.join(FORMATS)})")
+__all__ = ["REPORTERS", "Reporter", "render", "render_ops_table"]
 
 
-def render_ops_table(analysis: Any, top: int = 20) -> str:
-    from .terminal import render_ops_table as table
+class Reporter(Protocol):
+    """A document made from an `Analysis`: `suffix` names the file it is saved as by default."""
 
-    return table(analysis, top)
+    suffix: str
+
+    def render(self, analysis: Analysis) -> str: ...
+
+
+REPORTERS: dict[str, Reporter] = {
+    "html": HtmlReport(),
+    "md": MarkdownReport(),
+    "json": JsonReport(),
+    "text": TextSummary(),
+}
+FORMATS = tuple(REPORTERS)
+
+
+def render(analysis: Analysis, fmt: str) -> str:
+    reporter = REPORTERS.get(fmt)
+    if reporter is None:
+        raise ValueError(f"unknown report format {fmt!r} (choose from {', '.join(FORMATS)})")
+    return reporter.render(analysis)

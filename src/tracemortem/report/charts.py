@@ -10,12 +10,16 @@ from __future__ import annotations
 import base64
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from ..findings import Finding
+from ..scalars import as_float
 from .common import column_label, key_time_column, plotly_text, round_sig, time_unit
+
+if TYPE_CHECKING:
+    from ..analysis import Analysis
 
 MAX_STEP_COLUMNS = 1000  # heatmap columns (DESIGN §7)
 MAX_HEATMAP_ROWS = 2000  # parameters drawn; beyond this the most telling ones are kept
@@ -43,8 +47,10 @@ class Chart:
 # Which chart shows the evidence of each rule.
 RULE_CHART = {
     "nonfinite-gradient": "chart-grad-norm",
+    "nonfinite-origin": "chart-grad-heatmap",
     "exploding-gradient": "chart-grad-norm",
     "amp-overflow": "chart-grad-norm",
+    "zero-gradient": "chart-grad-norm",
     "vanishing-gradient": "chart-grad-heatmap",
     "dead-parameter": "chart-grad-heatmap",
     "unused-parameter": "chart-grad-heatmap",
@@ -62,7 +68,7 @@ RULE_CHART = {
 }
 
 
-def build(analysis: Any) -> list[Chart]:
+def build(analysis: Analysis) -> list[Chart]:
     steps = analysis.steps
     findings = analysis.findings
     buckets = _StepBuckets.of(analysis.grads)
@@ -76,7 +82,7 @@ def build(analysis: Any) -> list[Chart]:
         top_chart("chart-ops", "Slowest ops", analysis.ops, "op"),
         top_chart("chart-kernels", "Slowest GPU kernels", analysis.kernels, "kernel"),
         memory_chart(steps),
-        rank_chart(analysis.run.get("ranks") or []),
+        rank_chart([r.to_dict() for r in analysis.run.ranks]),
     ]
 
 
@@ -116,12 +122,12 @@ def thin(frame: pl.DataFrame, x: str, y: str) -> tuple[list[int], list[float | N
     return frame[x].to_list(), [round_sig(v) for v in frame[y].to_list()]
 
 
-def _line(x: list, y: list, name: str, **extra: Any) -> dict[str, Any]:
+def _line(x: list[Any], y: list[Any], name: str, **extra: Any) -> dict[str, Any]:
     return {"type": "scatter", "mode": "lines", "x": x, "y": y, "name": plotly_text(name), **extra}
 
 
 def _marks(
-    x: list, y: list, name: str, color: str, symbol: str, text: list[str], escaped: bool = False
+    x: list[Any], y: list[Any], name: str, color: str, symbol: str, text: list[str], escaped: bool = False
 ) -> dict[str, Any]:
     """Marker trace; `text` is plain text, or plotly markup already built with plotly_text (`escaped`)."""
     return {
@@ -299,8 +305,8 @@ def grad_heatmap(
         pl.col("param_id").replace_strict(row_of, return_dtype=pl.Int64).alias("row")
     )
     positive = cells.filter(pl.col("norm") > 0)["norm"].log10()
-    lo = math.floor(positive.min() * 100) / 100 if positive.len() else 0.0
-    hi = math.ceil(positive.max() * 100) / 100 if positive.len() else 1.0
+    lo = math.floor(as_float(positive.min()) * 100) / 100 if positive.len() else 0.0
+    hi = math.ceil(as_float(positive.max()) * 100) / 100 if positive.len() else 1.0
     hi = max(hi, lo + 0.01)
     level = (
         pl.when(pl.col("bad") & pl.col("norm").is_null())
@@ -318,7 +324,7 @@ def grad_heatmap(
     )
     cells = cells.with_columns(level.alias("level"), (pl.col("row") * n_cols + pl.col("col")).alias("at"))
     grid = pl.zeros(len(rows) * n_cols, dtype=pl.UInt8, eager=True).scatter(cells["at"], cells["level"])
-    bad = cells.filter(pl.col("bad")).sort("row", "col").head(MAX_MARKS)
+    bad_cells = cells.filter(pl.col("bad")).sort("row", "col").head(MAX_MARKS)
     names = [plotly_text(name) for _, name in rows]
     heat = {
         "type": "heatmap",
@@ -339,15 +345,18 @@ def grad_heatmap(
         + "<br>log10 grad norm %{z:.2f}<extra></extra>",
     }
     data: list[dict[str, Any]] = [heat]
-    if bad.height:
+    if bad_cells.height:
         data.append(
             _marks(
-                [buckets.labels[c] for c in bad["col"]],
-                [names[r] for r in bad["row"]],
+                [buckets.labels[c] for c in bad_cells["col"]],
+                [names[r] for r in bad_cells["row"]],
                 "non-finite",
                 BAD,
                 "x",
-                [f"{names[r]}<br>step {buckets.labels[c]}: NaN/Inf gradient" for r, c in zip(bad["row"], bad["col"])],
+                [
+                    f"{names[r]}<br>step {buckets.labels[c]}: NaN/Inf gradient"
+                    for r, c in zip(bad_cells["row"], bad_cells["col"])
+                ],
                 escaped=True,
             )
         )

@@ -16,6 +16,7 @@ import jinja2
 import polars as pl
 
 from .. import templates
+from ..sanitize import terminal_text
 
 TEMPLATE_DIR = Path(templates.__file__).parent
 
@@ -34,7 +35,7 @@ def environment(autoescape: bool) -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(num=fmt_number, dur=fmt_seconds, md=md_escape, term=term_clean)
+    env.filters.update(num=fmt_number, dur=fmt_seconds, md=md_escape, term=terminal_text)
     return env
 
 
@@ -132,21 +133,22 @@ def plotly_text(text: Any) -> str:
 
 # Inside a table cell only these can start markup; `-`, `#`, `+` matter only at a line start.
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
+# What a renderer such as GitHub's turns into a live link, a ping or a cross-reference even when
+# escaped: URLs, `www.` hosts, e-mail addresses and `@mentions`, `#123` references. Such text is
+# shown inside a code span, where none of them applies.
+_MD_LINKISH = re.compile(r"@|://|\bwww\.|#\d|\b(?i:mailto|javascript|data|vbscript):")
 
 
 def md_escape(text: Any) -> str:
-    """One Markdown table cell: no line breaks, no `|`, no markup, no raw HTML."""
-    flat = " ".join(str(text).split())
+    """One Markdown table cell: no line breaks, no `|`, no markup, no raw HTML, no links, no
+    mentions, no control or bidi characters."""
+    flat = terminal_text(" ".join(str(text).split()))
+    if _MD_LINKISH.search(flat):
+        fence = "`" * (max(map(len, re.findall("`+", flat)), default=0) + 1)
+        cell = flat.replace("|", "\\|")  # a GFM table cell ends at `|` even inside a code span
+        return f"{fence} {cell} {fence}"
     flat = flat.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return _MD_SPECIAL.sub(r"\\\1", flat)
-
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def term_clean(text: Any) -> str:
-    """Names from traces must not drive the terminal (escape sequences, carriage returns)."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
 
 
 # --- tables ------------------------------------------------------------------------------

@@ -8,11 +8,12 @@ from typing import Any
 import polars as pl
 
 from ..findings import SEVERITIES, Finding
+from ..run_facts import RunFacts
 from .common import Table, fmt_number, fmt_seconds, frame_table, key_time_column
 
 TOP_OPS = 15
 
-# DESIGN §6 `run` keys worth a line in the header, in reading order.
+# `run` facts worth a line in the header, in reading order.
 _FACT_LABELS = (
     ("path", "Path"),
     ("status", "Status"),
@@ -24,12 +25,22 @@ _FACT_LABELS = (
     ("parameters", "Parameters"),
     ("hostnames", "Hosts"),
     ("recorded", "Recorded"),
+    ("tags", "Tags used"),
+    ("charts_run", "Charts show run"),
     ("snapshot", "Anomaly snapshot"),
     ("checkpoints", "Checkpoints"),
     ("started", "Started"),
     ("ended", "Ended"),
 )
-_INPUT_KIND = {"run": "run directory", "rank": "rank directory", "trace": "profiler trace", "traces": "profiler traces"}
+_INPUT_KIND = {
+    "run": "run directory",
+    "rank": "rank directory",
+    "trace": "profiler trace",
+    "traces": "profiler traces",
+    "tensorboard": "TensorBoard log",
+    "hf-trainer": "Hugging Face Trainer state",
+    "lightning-csv": "Lightning CSV log",
+}
 
 
 def _text(value: Any) -> str:
@@ -40,10 +51,11 @@ def _text(value: Any) -> str:
     return fmt_number(value)
 
 
-def run_facts(run: dict[str, Any]) -> list[tuple[str, str]]:
+def run_facts(run: RunFacts) -> list[tuple[str, str]]:
     facts = []
+    shown = run.to_dict()
     for key, label in _FACT_LABELS:
-        value = run.get(key)
+        value = shown.get(key)
         if value is None or value == [] or value == {}:
             continue
         if key == "steps":
@@ -51,25 +63,23 @@ def run_facts(run: dict[str, Any]) -> list[tuple[str, str]]:
                 continue
             text = f"{fmt_number(value.get('first'))} – {fmt_number(value.get('last'))} ({fmt_number(value.get('count'))} steps)"
         elif key == "checkpoints" and isinstance(value, list):
-            last = max(
-                (c.get("step") for c in value if isinstance(c, dict) and isinstance(c.get("step"), int)), default=None
-            )
+            steps = [c.get("step") for c in value if isinstance(c, dict)]
+            last = max((step for step in steps if isinstance(step, int)), default=None)
             text = f"{len(value)}" + (f" (last at step {fmt_number(last)})" if last is not None else "")
         elif key == "snapshot" and isinstance(value, dict) and value.get("step") is not None:
             text = f"taken at step {fmt_number(value['step'])}" + (f" ({value['path']})" if value.get("path") else "")
         else:
             text = _text(value)
         facts.append((label, text))
-    if run.get("kind") in _INPUT_KIND:
-        facts.insert(1, ("Input", _INPUT_KIND[run["kind"]]))
-    ranks = run.get("ranks") or []
-    if ranks:
-        facts.insert(2, ("Ranks", ", ".join(str(r.get("rank")) for r in ranks)))
+    if run.kind in _INPUT_KIND:
+        facts.insert(1, ("Input", _INPUT_KIND[run.kind]))
+    if run.ranks:
+        facts.insert(2, ("Ranks", ", ".join(str(r.rank) for r in run.ranks)))
     return facts
 
 
-def recorder_settings(run: dict[str, Any]) -> list[tuple[str, str]]:
-    settings = run.get("recorder")
+def recorder_settings(run: RunFacts) -> list[tuple[str, str]]:
+    settings = run.extra.get("recorder")
     if not isinstance(settings, dict):
         return []
     return [(str(k), _text(v)) for k, v in sorted(settings.items(), key=lambda kv: str(kv[0]))]
@@ -83,17 +93,15 @@ def evidence(finding: Finding) -> list[tuple[str, str]]:
     return [(key, _text(value)) for key, value in sorted(finding.evidence.items())]
 
 
-def rank_table(run: dict[str, Any]) -> Table:
-    ranks = run.get("ranks") or []
-    gpu_keys = [k for k in ("compute_us", "non_compute_us", "idle_us") if any(k in (r.get("gpu") or {}) for r in ranks)]
+def rank_table(run: RunFacts) -> Table:
+    ranks = run.ranks
+    gpu_keys = [k for k in ("compute_us", "non_compute_us", "idle_us") if any(k in (r.gpu or {}) for r in ranks)]
     headers = ["rank", "steps", "median step"] + [f"GPU {k[:-3].replace('_', '-')}" for k in gpu_keys]
     rows = []
     for r in ranks:
-        steps = r.get("steps")
-        count = steps.get("count") if isinstance(steps, dict) else steps
-        gpu = r.get("gpu") or {}
+        gpu = r.gpu or {}
         rows.append(
-            [fmt_number(r.get("rank")), fmt_number(count), fmt_seconds(r.get("step_time_s"))]
+            [fmt_number(r.rank), fmt_number(r.steps), fmt_seconds(r.step_time_s)]
             + [fmt_seconds(gpu[k] / 1e6) if isinstance(gpu.get(k), (int, float)) else "—" for k in gpu_keys]
         )
     return Table(headers, rows, [True] * len(headers))

@@ -1,22 +1,18 @@
-"""The JSON document of DESIGN §6: `analysis.to_dict()`, sorted, indented, and valid JSON even
-when a number is NaN or infinite (written as the strings "nan", "inf", "-inf")."""
+"""The JSON document of DESIGN §6: `analysis.to_dict()`, sorted, indented, strict JSON (a NaN or
+infinite number is `null`, named in the top-level `non_finite`)."""
 
 from __future__ import annotations
 
-import json
-import math
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..analysis import Analysis
+
+from .strict_json import dumps
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
+class JsonReport:
+    suffix = ".json"
 
-
-def render(analysis: Any) -> str:
-    return json.dumps(_finite(analysis.to_dict()), sort_keys=True, indent=2, allow_nan=False, default=str) + "\n"
+    def render(self, analysis: Analysis) -> str:
+        return dumps(analysis.to_dict(), indent=2)

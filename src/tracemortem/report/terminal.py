@@ -1,19 +1,23 @@
 """Plain-text output for `tracemortem summary` and `tracemortem ops`: aligned columns, no
-colour codes (click strips nothing we do not emit), control characters from names neutralised."""
+colour codes (click strips nothing we do not emit); every name goes through `sanitize.terminal_text`."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
-from .common import SEVERITY_LABEL, Table, environment, term_clean
+from ..sanitize import terminal_text
+from .common import SEVERITY_LABEL, Table, environment
 from .facts import evidence, ops_table, run_facts, severity_counts
+
+if TYPE_CHECKING:
+    from ..analysis import Analysis
 
 NAME_WIDTH = 70
 
 
 def columns(table: Table) -> list[str]:
     """The table as aligned text lines; long names cut to NAME_WIDTH."""
-    cells = [[term_clean(c) for c in row] for row in table.rows]
+    cells = [[terminal_text(c) for c in row] for row in table.rows]
     cells = [[c if len(c) <= NAME_WIDTH else c[: NAME_WIDTH - 1] + "…" for c in row] for row in cells]
     widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(table.headers)]
 
@@ -24,20 +28,22 @@ def columns(table: Table) -> list[str]:
     return [line(table.headers), "  ".join("-" * w for w in widths)] + [line(row) for row in cells]
 
 
-def render(analysis: Any) -> str:
-    return (
-        environment(autoescape=False)
-        .get_template("summary.txt.j2")
-        .render(
+class TextSummary:
+    """The findings for a terminal (`tracemortem summary`)."""
+
+    suffix = ".txt"
+
+    def render(self, analysis: Analysis) -> str:
+        template = environment(autoescape=False).get_template("summary.txt.j2")
+        return template.render(
             facts=run_facts(analysis.run),
             counts=severity_counts(analysis.findings),
             label=SEVERITY_LABEL,
             findings=[(f, evidence(f)) for f in analysis.findings],
         )
-    )
 
 
-def render_ops_table(analysis: Any, top: int) -> str:
+def render_ops_table(analysis: Analysis, top: int = 20) -> str:
     sections = []
     for title, frame in (("Top ops", analysis.ops), ("Top GPU kernels", analysis.kernels)):
         table = ops_table(frame, top)

@@ -40,8 +40,8 @@ def union_length(frame: pl.DataFrame, keys: list[str], name: str) -> pl.DataFram
 
 
 def clip_to_windows(intervals: pl.DataFrame, windows: pl.DataFrame) -> pl.DataFrame:
-    """Cut intervals (`rank, ts, end`, plus any columns) into the windows (`rank, step, w_ts, w_end`)
-    they overlap; each piece carries its window's `step`.
+    """Cut intervals (`rank, session, ts, end`, plus any columns) into the windows (`rank, session,
+    step, w_ts, w_end`) they overlap; each piece carries its window's `step`.
 
     A piece is found for the window holding the interval's start and for the window holding its
     end, so an interval crossing one window boundary is split in two; an interval spanning three
@@ -53,12 +53,14 @@ def clip_to_windows(intervals: pl.DataFrame, windows: pl.DataFrame) -> pl.DataFr
     cols = intervals.columns
     indexed = intervals.with_row_index("_i")
     at_start = indexed.sort("ts").join_asof(
-        win, left_on="ts", right_on="w_ts", by="rank", strategy="backward", check_sortedness=False
+        win, left_on="ts", right_on="w_ts", by=["rank", "session"], strategy="backward", check_sortedness=False
     )
     at_end = (
         indexed.with_columns((pl.col("end") - 1).alias("_last"))
         .sort("_last")
-        .join_asof(win, left_on="_last", right_on="w_ts", by="rank", strategy="backward", check_sortedness=False)
+        .join_asof(
+            win, left_on="_last", right_on="w_ts", by=["rank", "session"], strategy="backward", check_sortedness=False
+        )
         .drop("_last")
     )
     return (

@@ -15,7 +15,7 @@ OVERLAP_TOLERANCE_NS = 1_000  # TraceLens' 1 µs "bleed" rule; Kineto rounds tim
 GPU_SIDE = pl.col("stream").is_not_null()
 STEP_MARK = "ProfilerStep#"
 
-_THREAD = ["rank", "pid", "tid"]
+_THREAD = ["rank", "session", "pid", "tid"]  # a session's pids and tids say nothing about another's
 
 
 def with_self_time(events: pl.DataFrame) -> pl.DataFrame:
@@ -23,8 +23,8 @@ def with_self_time(events: pl.DataFrame) -> pl.DataFrame:
     cpu = (
         # "Trace" is the profiler's own whole-trace span, not work (HTA drops it too).
         events.filter(~GPU_SIDE & (pl.col("cat").cast(pl.String) != "Trace"))
-        .select("rank", "name", "cat", "ts", "dur", "pid", "tid", "external_id", "step", "input_dims")
-        .sort([*_THREAD, "ts", "dur"], descending=[False, False, False, False, True])
+        .select("rank", "session", "name", "cat", "ts", "dur", "pid", "tid", "external_id", "step", "input_dims")
+        .sort([*_THREAD, "ts", "dur"], descending=[False, False, False, False, False, True])
         .with_row_index("_order")
     )
     # Effective end: at least 1 ns after the start, so an event never closes before it opens.
@@ -82,23 +82,24 @@ def op_table(cpu: pl.DataFrame, gpu: pl.DataFrame, events: pl.DataFrame) -> pl.D
         return table.with_columns(pl.lit(0, pl.Int64).alias("gpu_ns")).sort("self_ns", descending=True)
     launch_ext = (
         events.filter(~GPU_SIDE & pl.col("correlation").is_not_null() & pl.col("external_id").is_not_null())
-        .select("rank", "correlation", pl.col("external_id").alias("_ext"))
-        .unique(subset=["rank", "correlation"])
+        .select("rank", "session", "correlation", pl.col("external_id").alias("_ext"))
+        .unique(subset=["rank", "session", "correlation"])
     )
     op_of_ext = (
         ops.filter(pl.col("external_id").is_not_null() & (pl.col("cat").cast(pl.String).is_in(["cpu_op", "Operator"])))
         .select(
             "rank",
+            "session",
             pl.col("external_id").alias("_ext"),
             pl.col("name").alias("_name"),
             pl.col("input_dims").alias("_dims"),
         )
-        .unique(subset=["rank", "_ext"])
+        .unique(subset=["rank", "session", "_ext"])
     )
     attributed = (
-        gpu.select("rank", "correlation", "op", "dur")
-        .join(launch_ext, on=["rank", "correlation"], how="left")
-        .join(op_of_ext, on=["rank", "_ext"], how="left")
+        gpu.select("rank", "session", "correlation", "op", "dur")
+        .join(launch_ext, on=["rank", "session", "correlation"], how="left")
+        .join(op_of_ext, on=["rank", "session", "_ext"], how="left")
         .with_columns(
             pl.coalesce(pl.col("_name").cast(pl.String), pl.col("op").cast(pl.String)).alias("_key"),
             pl.when(pl.col("_name").is_not_null()).then(pl.col("_dims")).alias("_dims"),
@@ -117,10 +118,10 @@ def op_table(cpu: pl.DataFrame, gpu: pl.DataFrame, events: pl.DataFrame) -> pl.D
 
 
 def step_op_table(cpu: pl.DataFrame) -> pl.DataFrame:
-    """Per (rank, step, op name): calls, total and self ns — what a slow step spent more on."""
+    """Per (rank, session, step, op name): calls, total and self ns — what a slow step spent more on."""
     return (
         cpu.filter(pl.col("step").is_not_null() & ~pl.col("name").cast(pl.String).str.starts_with(STEP_MARK))
-        .group_by("rank", "step", pl.col("name").cast(pl.String))
+        .group_by("rank", "session", "step", pl.col("name").cast(pl.String))
         .agg(pl.len().alias("calls"), pl.col("dur").sum().alias("total_ns"), pl.col("self").sum().alias("self_ns"))
-        .sort("rank", "step", "self_ns", descending=[False, False, True])
+        .sort("rank", "session", "step", "self_ns", descending=[False, False, False, True])
     )

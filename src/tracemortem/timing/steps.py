@@ -43,7 +43,7 @@ def _gpu_intervals(gpu: pl.DataFrame) -> pl.DataFrame:
         .then(pl.lit("comm"))
         .otherwise(pl.lit("compute"))
     )
-    return gpu.select("rank", "ts", (pl.col("ts") + pl.col("dur")).alias("end"), kind_level.alias("level"))
+    return gpu.select("rank", "session", "ts", (pl.col("ts") + pl.col("dur")).alias("end"), kind_level.alias("level"))
 
 
 def _cpu_intervals(events: pl.DataFrame, gpu: pl.DataFrame, gpu_ranks: list[int]) -> pl.DataFrame:
@@ -60,10 +60,11 @@ def _cpu_intervals(events: pl.DataFrame, gpu: pl.DataFrame, gpu_ranks: list[int]
     span = [pl.col("ts"), (pl.col("ts") + pl.col("dur")).alias("end")]
     return pl.concat(
         [
-            loading.select("rank", *span, pl.lit("data_loading").alias("level")),
-            sync.select("rank", *span, pl.lit("host_sync").alias("level")),
+            loading.select("rank", "session", *span, pl.lit("data_loading").alias("level")),
+            sync.select("rank", "session", *span, pl.lit("host_sync").alias("level")),
             dtoh.select(
                 "rank",
+                "session",
                 pl.col("launch_ts").alias("ts"),
                 (pl.col("launch_ts") + pl.col("launch_dur")).alias("end"),
                 pl.lit("host_sync").alias("level"),
@@ -73,16 +74,12 @@ def _cpu_intervals(events: pl.DataFrame, gpu: pl.DataFrame, gpu_ranks: list[int]
 
 
 def step_breakdown(events: pl.DataFrame, profiler_steps: pl.DataFrame, gpu: pl.DataFrame) -> pl.DataFrame:
-    keys = ["rank", "step"]
-    steps = profiler_steps.select("rank", "step", pl.col("ts").alias("ts_ns"), pl.col("dur").alias("duration_ns")).sort(
-        keys
-    )
+    keys = ["rank", "session", "step"]
+    steps = profiler_steps.select(*keys, pl.col("ts").alias("ts_ns"), pl.col("dur").alias("duration_ns")).sort(keys)
     if steps.is_empty():
         return steps
     gpu_ranks = gpu["rank"].unique().to_list()
-    windows = profiler_steps.select(
-        "rank", "step", pl.col("ts").alias("w_ts"), (pl.col("ts") + pl.col("dur")).alias("w_end")
-    )
+    windows = profiler_steps.select(*keys, pl.col("ts").alias("w_ts"), (pl.col("ts") + pl.col("dur")).alias("w_end"))
     spans = pl.concat([_gpu_intervals(gpu), _cpu_intervals(events, gpu, gpu_ranks)])
     pieces = intervals.clip_to_windows(spans.with_columns(pl.col("level").cast(pl.String)), windows)
 

@@ -18,11 +18,11 @@ from .findings import SEVERITY_RANK
 def _step_count(analysis: Analysis) -> int:
     if not analysis.step_times.is_empty():
         return max(analysis.step_times.select(pl.struct("rank", "step").n_unique()).item(), 1)
-    return max(int(analysis.run.get("steps", {}).get("count") or 0), 1)
+    return max(analysis.run.steps.count, 1)
 
 
 def _median_step_s(analysis: Analysis) -> float | None:
-    values = [r["step_time_s"] for r in analysis.run.get("ranks", []) if r.get("step_time_s")]
+    values = [r.step_time_s for r in analysis.run.ranks if r.step_time_s]
     return statistics.median(values) if values else None
 
 

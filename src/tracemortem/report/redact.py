@@ -13,7 +13,6 @@ that actually holds a changed value.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import getpass
 import re
@@ -24,9 +23,10 @@ from typing import Any
 
 import polars as pl
 
-from .analysis import Analysis
-from .findings import Finding
-from .format import STEPS_SCHEMA
+from ..analysis import Analysis
+from ..findings import Finding
+from ..format import STEPS_SCHEMA
+from ..run_facts import RunFacts
 
 REDACTED = "[redacted]"
 
@@ -58,10 +58,32 @@ ASSIGNMENT = (
     r"(?P<k>\b" + SECRET_NAME + r"""\\?["']?\s*[:=]\s*)"""
     r"""(?:(?i:basic|bearer|digest|token)\s+[^\s,;"'}\]]+|"[^"]*"|'[^']*'|\\"(?:[^"\\]|\\[^"])*\\"|[^\s:,;&"'}\]][^\s,;&"'}\]]*)"""
 )
-# scheme://user:password@host keeps the scheme and the host.
-URL_CREDENTIALS = r"(?P<s>\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s/@:]+:[^\s/@]+@"
+# scheme://user:password@host and scheme://:password@host keep the scheme and the host. The
+# password runs to the last `@` of the authority (a password may hold an unescaped `@`).
+# One slash is enough: a URL passed as a path is normalised (`redis:/:pw@host`).
+URL_CREDENTIALS = r"""(?P<s>\b[A-Za-z][A-Za-z0-9+.-]*:/{1,2})[^\s/?#@:"'<>]*:[^\s/?#"'<>]*@"""
+# Signed-URL and session parameters whose names are not secret words: `?sig=` (Azure SAS),
+# `X-Amz-Signature=`, `X-Goog-Signature=`, `&key=`, `?code=` (OAuth), `;jsessionid=`.
+QUERY_SECRET = (
+    r"""(?P<q>[?&;](?i:sig|signature|x-amz-signature|x-goog-signature|key|code|session|sessionid|jsessionid|sid|jwt|pwd|pass)=)"""
+    r"""[^&#;\s"'<>]+"""
+)
 
-SECRET_ANY = "|".join(f"(?:{p})" for p in (ASSIGNMENT, URL_CREDENTIALS, TOKENS))
+# Each pattern with what replaces it, in the order applied: `(pattern, kept group)`.
+SECRET_REPLACEMENTS = ((ASSIGNMENT, "k", ""), (QUERY_SECRET, "q", ""), (URL_CREDENTIALS, "s", "@"), (TOKENS, "", ""))
+SECRET_ANY = "|".join(f"(?:{p})" for p, _, _ in SECRET_REPLACEMENTS)
+_SECRET_STEPS = tuple(
+    (re.compile(p), (rf"\g<{group}>" if group else "") + REDACTED + tail) for p, group, tail in SECRET_REPLACEMENTS
+)
+
+
+def redact_secrets(text: str) -> str:
+    """One string with its secrets replaced, as `redact_analysis` does in bulk (for the CLI's
+    error and warning lines, which quote paths and names from the input)."""
+    for pattern, replacement in _SECRET_STEPS:
+        text = pattern.sub(replacement, text)
+    return text
+
 
 # Dict keys judged by their components (`apiKey` → api, key; `HF_TOKEN` → hf, token).
 _KEY_PARTS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|[0-9]+")
@@ -178,10 +200,6 @@ class Pseudonyms:
 # --- walking Python structures ------------------------------------------------------------
 
 _FRAMES = ("steps", "params", "ops", "kernels", "step_times")
-# In `extras` a longer list is bulk data (meta.json's parameter table, 50,000 rows and more):
-# walking it in Python would cost more than the whole report, and no reporter reads it; its
-# names reach reports only through `analysis.params`, which is cleaned.
-EXTRAS_LIST_LIMIT = 1000
 
 
 @dataclasses.dataclass
@@ -192,7 +210,7 @@ class _Scan:
     hosts: list[tuple[float, int, str]] = dataclasses.field(default_factory=list)  # (rank, seen, name)
     users: set[str] = dataclasses.field(default_factory=set)
 
-    def walk(self, value: Any, key: str | None = None, rank: float = float("inf"), limit: float = float("inf")) -> None:
+    def walk(self, value: Any, key: str | None = None, rank: float = float("inf")) -> None:
         if isinstance(value, str):
             self.texts.add(value)
             if key in HOST_KEYS:
@@ -208,17 +226,15 @@ class _Scan:
             for k, v in value.items():
                 if isinstance(k, str):
                     self.texts.add(k)
-                self.walk(v, k.lower() if isinstance(k, str) else None, rank, limit)
+                self.walk(v, k.lower() if isinstance(k, str) else None, rank)
         elif isinstance(value, (list, tuple)):
-            if len(value) > limit:
-                return
             for v in value:
-                self.walk(v, key, rank, limit)
+                self.walk(v, key, rank)
         elif isinstance(value, Finding):
             self.walk([value.title, value.message, value.subject, value.suggestion, value.evidence], None, rank)
 
 
-def _rebuild(value: Any, table: dict[str, str], limit: float = float("inf")) -> Any:
+def _rebuild(value: Any, table: dict[str, str]) -> Any:
     if isinstance(value, str):
         return table.get(value, value)
     if isinstance(value, Path):
@@ -227,14 +243,12 @@ def _rebuild(value: Any, table: dict[str, str], limit: float = float("inf")) -> 
         out: dict[Any, Any] = {}
         for k, v in value.items():
             new_key = _unique(table.get(k, k), out) if isinstance(k, str) else k
-            out[new_key] = _blank(v, table) if isinstance(k, str) and is_secret_key(k) else _rebuild(v, table, limit)
+            out[new_key] = _blank(v, table) if isinstance(k, str) and is_secret_key(k) else _rebuild(v, table)
         return out
-    if isinstance(value, (list, tuple)) and len(value) > limit:
-        return value
     if isinstance(value, list):
-        return [_rebuild(v, table, limit) for v in value]
+        return [_rebuild(v, table) for v in value]
     if isinstance(value, tuple):
-        return tuple(_rebuild(v, table, limit) for v in value)
+        return tuple(_rebuild(v, table) for v in value)
     if isinstance(value, Finding):
         return dataclasses.replace(
             value,
@@ -258,14 +272,6 @@ def _unique(name: str, taken: Iterable[str]) -> str:
     return f"{name} #{n}"
 
 
-def _small_fields(obj: Any) -> dict[str, Any]:
-    """The metadata fields of an extras object (dicts, lists, strings, findings, paths); frames
-    and other heavy values are left to the caller."""
-    if not hasattr(obj, "__dict__"):
-        return {}
-    return {k: v for k, v in vars(obj).items() if isinstance(v, (dict, list, tuple, str, Path, Finding))}
-
-
 # --- strings in bulk ----------------------------------------------------------------------
 
 
@@ -274,7 +280,8 @@ def _string_columns(frame: pl.DataFrame) -> list[str]:
 
 
 def _distinct(frame: pl.DataFrame, column: str) -> pl.Series:
-    return frame.get_column(column).cast(pl.String).unique().drop_nulls()
+    values: pl.Series = frame.get_column(column).cast(pl.String).unique().drop_nulls()
+    return values
 
 
 def _clean_pool(pool: pl.Series, names: Pseudonyms | None) -> dict[str, str]:
@@ -283,12 +290,10 @@ def _clean_pool(pool: pl.Series, names: Pseudonyms | None) -> dict[str, str]:
     suspect = pl.col("old").str.contains(SECRET_ANY)
     if names is not None:
         suspect = suspect | pl.col("old").str.contains_any(names.literals, ascii_case_insensitive=True)
-    hits = frame.filter(suspect).with_columns(
-        new=pl.col("old")
-        .str.replace_all(ASSIGNMENT, "${k}" + REDACTED)
-        .str.replace_all(URL_CREDENTIALS, "${s}" + REDACTED + "@")
-        .str.replace_all(TOKENS, REDACTED)
-    )
+    new = pl.col("old")
+    for pattern, group, tail in SECRET_REPLACEMENTS:
+        new = new.str.replace_all(pattern, ("${" + group + "}" if group else "") + REDACTED + tail)
+    hits = frame.filter(suspect).with_columns(new=new)
     olds, news = hits["old"].to_list(), hits["new"].to_list()
     if names is not None:
         news = [names.sub(text) for text in news]  # only the screened strings, not every row
@@ -319,24 +324,15 @@ def redact_analysis(analysis: Analysis, pseudonymize: bool) -> Analysis:
     """A copy of `analysis` whose reportable strings are cleaned; the input is not modified.
 
     Cleaned: findings, run facts (keys and values), `path`, the string columns of the frames and
-    the user-scalar column names of `steps`, and the metadata (dicts, lists, strings, findings) of
-    the objects in `extras`; a frame inside an extras object that is one of the analysis frames is
-    swapped for its cleaned version, other frames there (raw trace events) are left as they are.
+    the user-scalar column names of `steps`: everything a reporter can show.
     """
     frames: dict[str, pl.DataFrame] = {name: getattr(analysis, name) for name in _FRAMES}
-    extras_small = {
-        name: _small_fields(obj)
-        for name, obj in analysis.extras.items()
-        if not isinstance(obj, (dict, list, tuple, str))
-    }
-    extras_plain = {name: obj for name, obj in analysis.extras.items() if isinstance(obj, (dict, list, tuple, str))}
+    run = analysis.run.to_dict()
 
     scan = _Scan()
-    scan.walk(analysis.run)
+    scan.walk(run)
     scan.walk(analysis.findings)
     scan.walk(str(analysis.path))
-    scan.walk(extras_plain, limit=EXTRAS_LIST_LIMIT)
-    scan.walk(list(extras_small.values()), limit=EXTRAS_LIST_LIMIT)
     user_scalars = [c for c in frames["steps"].columns if c not in STEPS_SCHEMA.names and c != "rank"]
     scan.texts.update(user_scalars)
 
@@ -362,27 +358,14 @@ def redact_analysis(analysis: Analysis, pseudonymize: bool) -> Analysis:
             frame = frame.rename(renames) if renames else frame
         cleaned[name] = frame
 
-    swap = {id(old): cleaned[name] for name, old in frames.items()}
-    extras: dict[str, Any] = {}
-    for name, obj in analysis.extras.items():
-        if name in extras_plain:
-            extras[name] = _rebuild(obj, table, EXTRAS_LIST_LIMIT)
-        elif hasattr(obj, "__dict__"):
-            new = copy.copy(obj)
-            for field_name, value in vars(obj).items():
-                if field_name in extras_small[name]:
-                    vars(new)[field_name] = _rebuild(value, table, EXTRAS_LIST_LIMIT)
-                elif id(value) in swap:
-                    vars(new)[field_name] = swap[id(value)]
-            extras[name] = new
-        else:
-            extras[name] = obj
-
     return dataclasses.replace(
         analysis,
         path=Path(table.get(str(analysis.path), str(analysis.path))),
         findings=[_rebuild(f, table) for f in analysis.findings],
-        run=_rebuild(analysis.run, table),
-        extras=extras,
-        **cleaned,
+        run=RunFacts.from_dict(_rebuild(run, table)),
+        steps=cleaned["steps"],
+        params=cleaned["params"],
+        ops=cleaned["ops"],
+        kernels=cleaned["kernels"],
+        step_times=cleaned["step_times"],
     )

@@ -1,11 +1,12 @@
-"""Text, Markdown and JSON for `tracemortem diff` (the comparison dict from `tracemortem.diff`)."""
+"""Text, Markdown and JSON for `tracemortem diff` (the comparison dict from `tracemortem.compare`)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from ..sanitize import terminal_text
 from .common import Table, fmt_seconds, md_escape
+from .strict_json import dumps
 from .terminal import columns
 
 _CHANGE_HEADERS = ["name", "baseline / step", "candidate / step", "change", "ratio"]
@@ -37,7 +38,11 @@ def _finding_line(finding: dict[str, Any]) -> tuple[str, str, str, str]:
 
 
 def render_text(result: dict[str, Any]) -> str:
-    lines = [f"Baseline:  {result['baseline']}", f"Candidate: {result['candidate']}", _step_line(result["step_time_s"])]
+    lines = [
+        f"Baseline:  {terminal_text(result['baseline'])}",
+        f"Candidate: {terminal_text(result['candidate'])}",
+        _step_line(result["step_time_s"]),
+    ]
     for title, key in (("Ops (self CPU time per step)", "ops"), ("GPU kernels (time per step)", "kernels")):
         if result[key]:
             lines += ["", title] + columns(_change_table(result[key]))
@@ -59,8 +64,8 @@ def render_markdown(result: dict[str, Any]) -> str:
     lines = [
         "## tracemortem diff",
         "",
-        f"- Baseline: `{md_escape(result['baseline'])}`",
-        f"- Candidate: `{md_escape(result['candidate'])}`",
+        f"- Baseline: {md_escape(result['baseline'])}",
+        f"- Candidate: {md_escape(result['candidate'])}",
         f"- {_step_line(result['step_time_s'])}",
     ]
     for title, key in (("Ops (self CPU time per step)", "ops"), ("GPU kernels (time per step)", "kernels")):
@@ -77,7 +82,7 @@ def render_markdown(result: dict[str, Any]) -> str:
 
 def render_diff(result: dict[str, Any], fmt: str) -> str:
     if fmt == "json":
-        return json.dumps(result, indent=1, sort_keys=True) + "\n"
+        return dumps(result, indent=1)
     if fmt == "md":
         return render_markdown(result)
     return render_text(result)

@@ -1,0 +1,73 @@
+"""Trace activity the analyzer does not read, named instead of silently skipped.
+
+Kineto writes device activity of other kinds than CUDA/ROCm kernels, copies and memsets: MTIA
+accelerator events (`mtia_ccp_events`), CUPTI range-profiler spans (`cuda_profiler_range`), and
+categories newer than this analyzer. They are left out of GPU time, the kernel table and the HTA
+breakdown; a `trace-unsupported` note says so, per rank, with the categories and their counts
+(docs/traces.md "What is not read").
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from ..findings import Finding
+
+# Categories of complete events that the loader or timing reads, or that carry no work of their
+# own (the profiler's whole-trace span, instant markers, Python frames under the ops).
+READ_CATS = frozenset(
+    {
+        "cpu_op",
+        "Operator",
+        "user_annotation",
+        "gpu_user_annotation",
+        "python_function",
+        "Trace",
+        "cpu_instant_event",
+        "overhead",
+        "fwdbwd",
+        "kernel",
+        "Kernel",
+        "gpu_memcpy",
+        "Memcpy",
+        "gpu_memset",
+        "Memset",
+        "cuda_sync",
+        "xpu_sync",
+        "cuda_runtime",
+        "cuda_driver",
+        "Runtime",
+        "xpu_runtime",
+        "xpu_driver",
+        "privateuse1_runtime",
+        "privateuse1_driver",
+        "mtia_runtime",
+    }
+)
+
+
+def unread_activity(events: pl.DataFrame) -> list[Finding]:
+    unread = (
+        events.filter(~pl.col("cat").is_in(list(READ_CATS)))
+        .group_by("rank", pl.col("cat").cast(pl.String))
+        .agg(pl.len().alias("events"))
+        .sort("rank", "events", descending=[False, True])
+        .group_by("rank", maintain_order=True)
+        .agg(pl.col("cat"), pl.col("events"), pl.col("events").sum().alias("total"))
+    )
+    return [
+        Finding(
+            "trace-unsupported",
+            "warning",
+            "Trace activity not analysed",
+            f"Rank {row['rank']}: {row['total']:,} events of kinds tracemortem does not read ("
+            + ", ".join(f"{cat}: {n:,}" for cat, n in zip(row["cat"], row["events"]))
+            + "). They are left out of GPU time, the kernel table and the idle/compute breakdown, so those "
+            "describe only the CPU side and any CUDA/ROCm activity.",
+            rank=row["rank"],
+            subject=row["cat"][0],
+            evidence={"events": row["total"], "categories": dict(zip(row["cat"], row["events"]))},
+            suggestion="Use the accelerator vendor's own trace tools for this activity.",
+        )
+        for row in unread.iter_rows(named=True)
+    ]
