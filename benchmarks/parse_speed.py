@@ -1,4 +1,4 @@
-"""Trace → polars parse benchmark (issue 3 §2). One command, prints a table:
+"""Trace → polars parse benchmark. One command, prints a table:
 
     python benchmarks/parse_speed.py                 # 50 MB, 300 MB, 1 GB
     python benchmarks/parse_speed.py --sizes 50 300  # quicker
@@ -30,6 +30,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from proctree import status_mb  # benchmarks/ is on sys.path: this script runs as a file
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / ".data"
@@ -136,7 +138,7 @@ def run_method(method: str, path: str) -> None:
         workers_peak = _watch_workers()
     elif method == "hta":
         from hta.trace_analysis import TraceAnalysis
-    base = _status_mb("VmRSS")
+    base = status_mb("VmRSS")
     start, cpu_start = time.perf_counter(), _cpu()
     if method == "msgspec_typed":
         import msgspec
@@ -171,14 +173,9 @@ def run_method(method: str, path: str) -> None:
         raise SystemExit(f"unknown method {method}")
     wall, cpu = time.perf_counter() - start, _cpu() - cpu_start
     # VmHWM belongs to this process image; ru_maxrss would include the forking parent's.
-    own = _status_mb("VmHWM")
+    own = status_mb("VmHWM")
     tree = max(own, workers_peak[0]) if method.startswith("tracemortem") else own
     print(n, wall, own, cpu, tree, base)
-
-
-def _status_mb(field: str, pid: int | str = "self") -> int:
-    """A memory field of /proc/PID/status (VmRSS: now, VmHWM: peak), in MB."""
-    return int(re.search(rf"{field}:\s+(\d+)", Path(f"/proc/{pid}/status").read_text()).group(1)) // 1024
 
 
 def _watch_workers() -> list[int]:
@@ -193,7 +190,7 @@ def _watch_workers() -> list[int]:
 
     def measured_close(self: Workers) -> None:
         if self._procs:
-            peak[0] = max(peak[0], _status_mb("VmHWM") + sum(_status_mb("VmHWM", proc.pid) for proc in self._procs))
+            peak[0] = max(peak[0], status_mb("VmHWM") + sum(status_mb("VmHWM", proc.pid) for proc in self._procs))
         close(self)
 
     Workers.close = measured_close

@@ -299,8 +299,12 @@ class Visit:
     """A page load in the `browser` fixture's Chromium with every request other than the report
     file itself refused and counted; console messages, page errors and dialogs are collected."""
 
-    def __init__(self, browser, path: Path, javascript: bool = True):
-        self.context = browser.new_context(java_script_enabled=javascript, viewport={"width": 1360, "height": 900})
+    def __init__(
+        self, browser, path: Path, javascript: bool = True, width: int = 1360, color_scheme: str = "light"
+    ) -> None:
+        self.context = browser.new_context(
+            java_script_enabled=javascript, viewport={"width": width, "height": 900}, color_scheme=color_scheme
+        )
         self.url = path.resolve().as_uri()
         self.blocked: list[str] = []
         self.console: list[tuple[str, str]] = []
@@ -314,7 +318,7 @@ class Visit:
         self.page.goto(self.url, wait_until="load")
         if javascript:
             self.page.wait_for_function(
-                "[...document.querySelectorAll('[data-figure]')].every(d => d.querySelector('.main-svg'))"
+                "[...document.querySelectorAll('[data-figure]')].every(d => d.querySelector('svg.tm-chart'))"
             )
 
     def _route(self, route):

@@ -1,4 +1,4 @@
-"""The analyzer under bad input, through the CLI (DESIGN §4, issue 6 points 2 and 3): every case
+"""The analyzer under bad input, through the CLI (docs/robustness.md): every case
 ends with a documented exit code and at most a few stderr lines, never a traceback or an internal
 error (exit 4). Sweeps run the CLI in-process; exit-code cases run `python -m tracemortem.cli` as
 a user would. Outcomes are tabulated in docs/robustness.md."""

@@ -36,7 +36,7 @@ def test_eight_leaking_ranks_are_one_memory_growth_finding():
     n, mib = 200, 2**20
     ranks = {r: [0.1] * n for r in range(8)}
     memory = {r: [2000 * mib + step * (2 + r % 2) * mib for step in range(n)] for r in range(8)}
-    findings = perf.memory_growth(recorder_steps(ranks, memory), Config())
+    findings = perf.memory_growth(perf.PerfInputs(None, pl.DataFrame(), recorder_steps(ranks, memory)), Config())
     assert len(findings) == 8
     [merged] = merge_across_ranks(findings)
     assert merged.rank is None and merged.evidence["ranks"] == list(range(8))
@@ -49,5 +49,5 @@ def test_eight_leaking_ranks_are_one_memory_growth_finding():
 def test_findings_of_different_causes_are_kept_apart():
     steps = recorder_steps({0: [0.10] * 40, 1: [0.101] * 40, 2: [0.13] * 40, 3: [0.099] * 40})
     durations = steps.select("rank", "step", pl.col("duration_s").alias("seconds"))
-    stragglers = perf.straggler_ranks(durations, Config())
+    stragglers = perf.straggler_ranks(perf.PerfInputs(None, durations, pl.DataFrame()), Config())
     assert merge_across_ranks(stragglers) == stragglers  # one rank: nothing to merge

@@ -1,4 +1,4 @@
-"""The analyzer side must import and run without torch (DESIGN §1, §4)."""
+"""The analyzer side must import and run without torch (docs/architecture.md)."""
 
 import subprocess
 import sys

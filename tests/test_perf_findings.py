@@ -79,8 +79,11 @@ def test_unexplained_slow_steps_are_one_jitter_note_not_warnings():
     for i in (13, 31, 47, 66, 90, 104, 128, 150, 171, 188):
         durations[i] = 0.2 + 0.001 * i
     findings = perf.slow_steps(
-        recorder_steps({0: durations, 1: durations}).select("rank", "step", pl.col("duration_s").alias("seconds")),
-        None,
+        perf.PerfInputs(
+            None,
+            recorder_steps({0: durations, 1: durations}).select("rank", "step", pl.col("duration_s").alias("seconds")),
+            pl.DataFrame(),
+        ),
         Config(),
     )
     [jitter] = findings
@@ -141,10 +144,19 @@ def test_gpu_idle_and_launch_bound_on_real_gpu_traces(gpu_timing):
 
 def test_straggler_rank_from_recorder_step_times():
     steps = recorder_steps({0: [0.10] * 40, 1: [0.101] * 40, 2: [0.13] * 40, 3: [0.099] * 40})
-    findings = perf.straggler_ranks(steps.select("rank", "step", pl.col("duration_s").alias("seconds")), Config())
+    findings = perf.straggler_ranks(
+        perf.PerfInputs(None, steps.select("rank", "step", pl.col("duration_s").alias("seconds")), pl.DataFrame()),
+        Config(),
+    )
     assert [f.rank for f in findings] == [2]
     even = recorder_steps({0: [0.10] * 40, 1: [0.104] * 40})
-    assert perf.straggler_ranks(even.select("rank", "step", pl.col("duration_s").alias("seconds")), Config()) == []
+    assert (
+        perf.straggler_ranks(
+            perf.PerfInputs(None, even.select("rank", "step", pl.col("duration_s").alias("seconds")), pl.DataFrame()),
+            Config(),
+        )
+        == []
+    )
 
 
 def test_memory_growth_from_recorder_memory_columns():
@@ -152,7 +164,7 @@ def test_memory_growth_from_recorder_memory_columns():
     leaking = [2000 * mib + step * 2 * mib for step in range(n)]  # +2 MiB per step, never freed
     steady = [2000 * mib + (step % 7) * mib for step in range(n)]  # sawtooth within one step's working set
     steps = recorder_steps({0: [0.1] * n, 1: [0.1] * n}, {0: leaking, 1: steady})
-    findings = perf.memory_growth(steps, Config())
+    findings = perf.memory_growth(perf.PerfInputs(None, pl.DataFrame(), steps), Config())
     assert [f.rank for f in findings] == [0]
     assert findings[0].evidence["bytes_per_step"] == pytest.approx(2 * mib, rel=0.05)
 
@@ -161,13 +173,23 @@ def test_slow_step_from_recorder_durations_without_trace():
     durations = [0.1 + 0.001 * (i % 3) for i in range(30)]
     durations[17] = 0.45
     findings = perf.slow_steps(
-        recorder_steps({0: durations}).select("rank", "step", pl.col("duration_s").alias("seconds")), None, Config()
+        perf.PerfInputs(
+            None,
+            recorder_steps({0: durations}).select("rank", "step", pl.col("duration_s").alias("seconds")),
+            pl.DataFrame(),
+        ),
+        Config(),
     )
     assert [(f.step, f.rank) for f in findings] == [(17, 0)]
     override = Config({"slow-step.min_ratio": 5.0})
     assert (
         perf.slow_steps(
-            recorder_steps({0: durations}).select("rank", "step", pl.col("duration_s").alias("seconds")), None, override
+            perf.PerfInputs(
+                None,
+                recorder_steps({0: durations}).select("rank", "step", pl.col("duration_s").alias("seconds")),
+                pl.DataFrame(),
+            ),
+            override,
         )
         == []
     )
@@ -177,5 +199,5 @@ def test_zero_step_times_are_no_outlier_and_no_straggler():
     """0/0 is NaN, which polars orders above every number: no rule may read it as large."""
     steps = recorder_steps({0: [0.0] * 30, 1: [0.0] * 30})
     durations = steps.select("rank", "step", pl.col("duration_s").alias("seconds"))
-    assert perf.straggler_ranks(durations, Config()) == []
-    assert perf.slow_steps(durations, None, Config()) == []
+    assert perf.straggler_ranks(perf.PerfInputs(None, durations, pl.DataFrame()), Config()) == []
+    assert perf.slow_steps(perf.PerfInputs(None, durations, pl.DataFrame()), Config()) == []

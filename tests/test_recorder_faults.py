@@ -1,4 +1,4 @@
-"""The Recorder's promises (DESIGN §3) under real faults, each in a real training process
+"""The Recorder's promises (docs/recorder.md) under real faults, each in a real training process
 (tests/recorder_fault_child.py): disk full (injected at the write boundary, and a real full
 tmpfs), a stalling disk, SIGTERM, SIGKILL, an exception from the loop, and 2-rank gloo DDP.
 Faults already covered in-process by test_recorder.py (run folder replaced by a file, one

@@ -1,4 +1,4 @@
-"""XSS corpus in a real run, rendered by the CLI and opened in Chromium (issue 6 point 3): payloads
+"""XSS corpus in a real run, rendered by the CLI and opened in Chromium: payloads
 planted in op names, parameter names, user scalar names, hostnames and manifest fields never run
 as script, never fetch anything, and read back as the same text."""
 
@@ -118,7 +118,7 @@ def test_no_payload_runs_and_each_reads_as_text(browser, hostile_report):
         assert any(f"{p}.weight" in findings for p in PAYLOADS), findings[:500]
         assert f"{PAYLOADS[1]}#" in page.locator("#ops").inner_text()
         assert PAYLOADS[6] in shown and PAYLOADS[0] in shown and PAYLOADS[3] in shown
-        # Chart labels (plotly shows a subset of ticks) are parameter names verbatim, not escaped twice.
+        # Chart labels are parameter names verbatim, not escaped twice.
         labels = page.locator("#chart-grad-heatmap .ytick text").all_text_contents()
         assert labels and set(labels) <= NAMES, labels
     finally:
@@ -141,17 +141,27 @@ def test_payloads_read_the_same_with_javascript_off(browser, hostile_report):
 
 
 def test_hover_labels_show_names_once_escaped(browser, hostile_report):
-    """The heatmap's non-finite marks: hovering shows the parameter name as written and a line
-    break, not entity text (`&lt;img ...`) or a literal `<br>`."""
+    """Hovering the heatmap's NaN/Inf cells shows the parameter name as written, then the step,
+    as separate lines of text: not entity text (`&lt;img ...`) and not a literal `<br>`."""
     visit = Visit(browser, hostile_report)
     try:
         hovers = visit.page.evaluate("""(() => {
-            const gd = document.querySelector('[data-figure=chart-grad-heatmap]');
-            const marks = gd.data.findIndex(t => t.type === 'scatter');
-            return gd.data[marks].y.map((_, i) => {
-                Plotly.Fx.hover(gd, [{curveNumber: marks, pointNumber: i}]);
-                return [...gd.querySelectorAll('.hovertext .nums tspan.line')].map(n => n.textContent);
-            });
+            const fig = JSON.parse(document.getElementById('tm-figures').textContent)['chart-grad-heatmap'];
+            const raw = atob(fig.bytes), cols = fig.x.length, rows = fig.y.length;
+            const overlay = document.querySelector('[data-figure=chart-grad-heatmap] .overlay');
+            const box = overlay.getBoundingClientRect();
+            const out = [];
+            for (let i = 0; i < raw.length; i++) {
+                if (raw.charCodeAt(i) !== fig.levels[4]) continue;
+                const r = Math.floor(i / cols), c = i % cols;
+                overlay.dispatchEvent(new MouseEvent('mousemove', {
+                    bubbles: true,
+                    clientX: box.left + (c + 0.5) * box.width / cols,
+                    clientY: box.top + (r + 0.5) * box.height / rows,
+                }));
+                out.push([...document.querySelectorAll('.tm-tip div')].map(n => n.textContent));
+            }
+            return out;
         })()""")
         assert hovers and all(
             len(lines) == 2 and lines[0] in NAMES and lines[1].endswith(": NaN/Inf gradient") for lines in hovers

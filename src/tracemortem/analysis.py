@@ -3,13 +3,12 @@ this module only wires them together and assembles the run facts (docs/architect
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from . import __version__
 from .config import Config
 from .detect import health, perf
 from .detect.ranks import merge_across_ranks
@@ -18,12 +17,15 @@ from .findings import Finding, cap_per_rule, sort_findings
 from .format import FORMAT_VERSION, TOOL
 from .ingest import load_logs
 from .limits import MAX_FINDINGS_PER_RULE
+from .load.devices import gpu_devices
 from .load.discover import Inputs, discover
 from .load.run import RunData, load_run
 from .load.traces import TraceSet, load_traces
 from .progress import Progress, silent
 from .run_facts import RunFacts
 from .timing import Timing, summarize
+from .timing.step_events import StepTimeline, TraceOrigin, origins, timelines
+from .version import __version__
 
 
 @dataclass
@@ -38,6 +40,8 @@ class Analysis:
     ops: pl.DataFrame  # per op: calls, cpu total/self time, attributed GPU time
     kernels: pl.DataFrame  # per GPU kernel: calls, total, mean, max
     step_times: pl.DataFrame  # per (rank, step) from profiler traces, with the time breakdown
+    timelines: list[StepTimeline] = field(default_factory=list)  # the slowest and first anomalous step
+    trace_origins: dict[int, TraceOrigin] = field(default_factory=dict)  # rank → its trace files
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -67,18 +71,21 @@ def analyze(path: str | Path, config: Config | None = None, progress: Progress =
         findings += traces.notes
     findings += perf.detect(timing, run, config)
     findings = merge_across_ranks(findings)  # one finding per cause, not per rank
+    findings = sort_findings(cap_per_rule(sort_findings(findings), MAX_FINDINGS_PER_RULE.value()))
 
     return Analysis(
         path=inputs.path,
         kind=inputs.kind,
-        findings=sort_findings(cap_per_rule(sort_findings(findings), MAX_FINDINGS_PER_RULE.value())),
-        run=run_facts(inputs, run, timing),
+        findings=findings,
+        run=run_facts(inputs, run, timing, traces),
         steps=run.steps if run is not None else pl.DataFrame(),
         grads=run.grads if run is not None else pl.LazyFrame(),
         params=run.params if run is not None else pl.DataFrame(),
         ops=timing.ops if timing is not None else pl.DataFrame(),
         kernels=timing.kernels if timing is not None else pl.DataFrame(),
         step_times=timing.steps if timing is not None else pl.DataFrame(),
+        timelines=timelines(traces, timing.steps, findings) if traces is not None and timing is not None else [],
+        trace_origins=origins(traces) if traces is not None else {},
     )
 
 
@@ -104,7 +111,7 @@ def _traces_or_note(inputs: Inputs, run: RunData | None, progress: Progress) -> 
         return None
 
 
-def run_facts(inputs: Inputs, run: RunData | None, timing: Timing | None) -> RunFacts:
+def run_facts(inputs: Inputs, run: RunData | None, timing: Timing | None, traces: TraceSet | None = None) -> RunFacts:
     """The `run` section: path, world_size, steps {first, last, count}, ranks [...], plus what
     the report header shows (torch version, devices, status, what was recorded); docs/report.md."""
     facts: dict[str, Any] = {"path": str(inputs.path), "kind": inputs.kind}
@@ -125,6 +132,8 @@ def run_facts(inputs: Inputs, run: RunData | None, timing: Timing | None) -> Run
     if timing is not None and timing.world_size is not None:
         facts.setdefault("world_size", timing.world_size)  # the traces' distributedInfo
     facts.setdefault("world_size", max(len(ranks), 1))
+    if traces is not None and (gpus := gpu_devices(traces)):
+        facts["gpus"] = gpus  # input-specific: kept in RunFacts.extra
     if "steps" not in facts:
         facts["steps"] = timing.step_span() if timing is not None else {"first": None, "last": None, "count": 0}
     return RunFacts.from_dict(facts)

@@ -1,12 +1,13 @@
 """The `tracemortem` command: a thin click layer over `analyze()` and the reporters.
 
-Exit codes (DESIGN §4): 0 fine; 1 findings at or above --fail-on; 2 bad usage; 3 unreadable
+Exit codes (README, docs/robustness.md): 0 fine; 1 findings at or above --fail-on; 2 bad usage; 3 unreadable
 input; 4 internal error. Only the requested document goes to stdout; warnings and progress go
 to stderr, one line per problem, and `--debug` shows tracebacks.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -15,13 +16,13 @@ from typing import Any
 
 import click
 
-from . import __version__
 from .config import Config
 from .errors import ConfigError, InputError, TracemortemError
 from .findings import SEVERITIES, at_or_above
 from .limits import MAX_REPORT_BYTES
-from .progress import finish, terminal_progress
+from .progress import Progress, finish, silent, terminal_progress
 from .sanitize import terminal_text
+from .version import __version__
 
 FORMATS = ("html", "md", "json")  # the documents `report` writes (see report.REPORTERS)
 
@@ -34,13 +35,28 @@ def _one_line(text: object) -> str:
     return terminal_text(redact_secrets(str(text).strip()))
 
 
+def _verbosity() -> int:
+    """-1 with `-q` (errors only), 1 with `-v` (progress lines even when stderr is not a terminal), else 0."""
+    ctx = click.get_current_context(silent=True)
+    params = ctx.find_root().params if ctx is not None else {}
+    return -1 if params.get("quiet") else 1 if params.get("verbose") else 0
+
+
+def _progress() -> Progress:
+    if _verbosity() < 0:
+        return silent
+    if _verbosity() > 0 and not sys.stderr.isatty():
+        return lambda message: click.echo(f"tracemortem: {message}", err=True)
+    return terminal_progress()
+
+
 def _run(debug: bool, body: Callable[[], int]) -> None:
     """Run a command body, mapping every failure to one stderr line and an exit code."""
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             code = body()
-        for warning in caught:
+        for warning in caught if _verbosity() >= 0 else ():
             click.echo(f"tracemortem: warning: {_one_line(warning.message)}", err=True)
     except click.exceptions.Exit:
         raise
@@ -71,14 +87,23 @@ def _run(debug: bool, body: Callable[[], int]) -> None:
 
 
 def _load_config(sets: tuple[str, ...]) -> Config:
-    return Config.load(Path.cwd(), sets)
+    from .config import OPTIONS
+
+    config = Config.load(Path.cwd(), sets)
+    for key in config.unknown_options() if _verbosity() >= 0 else ():
+        click.echo(
+            f"tracemortem: warning: unknown config key '{_one_line(key)}' ignored (known: {', '.join(OPTIONS)}, "
+            "and [rule] tables of thresholds)",
+            err=True,
+        )
+    return config
 
 
 def _analyze(path: str, config: Config, redact: bool):
     from .analysis import analyze
     from .report.redact import redact_analysis
 
-    progress = terminal_progress()
+    progress = _progress()
     try:
         # Status lines name input files: shown like every other stderr line.
         analysis = analyze(path, config, progress=lambda message: progress(_one_line(message)))
@@ -125,7 +150,11 @@ def with_common(func):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="tracemortem")
-def main() -> None:
+@click.option(
+    "-q", "--quiet", is_flag=True, help="Print only errors on stderr (no progress, warnings or summary line)."
+)
+@click.option("-v", "--verbose", is_flag=True, help="Print progress on stderr even when it is not a terminal.")
+def main(quiet: bool, verbose: bool) -> None:
     """Post-mortem analysis of PyTorch training runs.
 
     PATH is a run directory written by tracemortem.Recorder, one rank directory, one
@@ -187,8 +216,8 @@ def report(
             click.echo(document, nl=False)
         else:
             _write_report(Path(target), document)
-            counts = _counts(analysis)
-            click.echo(f"tracemortem: wrote {_one_line(target)} ({counts})", err=True)
+            if _verbosity() >= 0:
+                click.echo(f"tracemortem: wrote {_one_line(target)} ({_counts(analysis)})", err=True)
         return _fail_code(analysis, threshold)
 
     _run(debug, body)
@@ -236,16 +265,21 @@ def _counts(analysis) -> str:
     default=None,
     help="Exit 1 when a finding at or above this severity exists (default: never).",
 )
+@click.option("--format", "fmt", type=click.Choice(("text", "md", "json")), default="text", show_default=True)
 @with_common
-def summary(path: str, fail_on: str | None, sets, redact: bool, debug: bool) -> None:
+def summary(path: str, fail_on: str | None, fmt: str, sets, redact: bool, debug: bool) -> None:
     """Print the findings for PATH in the terminal."""
 
     def body() -> int:
         from .report import render
+        from .report.terminal import colourize, use_colour
 
         config = _load_config(sets)
         analysis = _analyze(path, config, redact)
-        click.echo(render(analysis, "text"), nl=False)
+        document = render(analysis, fmt)
+        if fmt == "text" and use_colour(sys.stdout.isatty(), os.environ):
+            document = colourize(document)
+        click.echo(document, nl=False)
         return _fail_code(analysis, _option(config, "fail-on", fail_on, "never"))
 
     _run(debug, body)
@@ -256,15 +290,16 @@ def summary(path: str, fail_on: str | None, sets, redact: bool, debug: bool) -> 
 @click.option(
     "--top", type=click.IntRange(min=1), default=20, show_default=True, help="How many ops and kernels to list."
 )
+@click.option("--format", "fmt", type=click.Choice(("text", "md", "json")), default="text", show_default=True)
 @with_common
-def ops(path: str, top: int, sets, redact: bool, debug: bool) -> None:
+def ops(path: str, top: int, fmt: str, sets, redact: bool, debug: bool) -> None:
     """Print the top ops and GPU kernels of PATH's profiler traces."""
 
     def body() -> int:
-        from .report import render_ops_table
+        from .report import render_ops
 
         analysis = _analyze(path, _load_config(sets), redact)
-        click.echo(render_ops_table(analysis, top), nl=False)
+        click.echo(render_ops(analysis, top, fmt), nl=False)
         return 0
 
     _run(debug, body)
@@ -273,22 +308,33 @@ def ops(path: str, top: int, sets, redact: bool, debug: bool) -> None:
 @main.command()
 @click.argument("baseline", type=click.Path(path_type=str))
 @click.argument("candidate", type=click.Path(path_type=str))
-@click.option("--format", "fmt", type=click.Choice(("text", "md", "json")), default="text", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(("text", "md", "json", "html")), default="text", show_default=True)
 @click.option(
     "--top", type=click.IntRange(min=1), default=10, show_default=True, help="How many ops and kernels to list."
 )
+@click.option(
+    "--fail-on",
+    type=click.Choice(SEVERITIES[:2] + ("never",)),
+    default="never",
+    show_default=True,
+    help="Exit 1 when the candidate has a new finding at or above this severity.",
+)
 @with_common
-def diff(baseline: str, candidate: str, fmt: str, top: int, sets, redact: bool, debug: bool) -> None:
+def diff(baseline: str, candidate: str, fmt: str, top: int, fail_on: str, sets, redact: bool, debug: bool) -> None:
     """Compare two runs or traces: what got slower, which findings are new."""
 
     def body() -> int:
         from .compare import compare
+        from .findings import SEVERITY_RANK
         from .report.comparison import render_diff
 
         config = _load_config(sets)
         result = compare(_analyze(baseline, config, redact), _analyze(candidate, config, redact), top)
         click.echo(render_diff(result, fmt), nl=False)
-        return 0
+        if fail_on == "never":
+            return 0
+        worst = SEVERITY_RANK[fail_on]
+        return 1 if any(SEVERITY_RANK[f["severity"]] <= worst for f in result["new_findings"]) else 0
 
     _run(debug, body)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, published as tomli
     import tomli as tomllib
 
 from .errors import ConfigError
+from .thresholds import Threshold, declared
 
 # Tables of the config file that hold settings rather than a rule's thresholds (docs/inputs.md).
 OPTION_TABLES = ("tags",)
@@ -31,46 +31,6 @@ RULE_MODULES = (
 )
 
 
-# The valid range of a number threshold unless it declares its own: no negative counts, times or
-# factors, and nothing so large that arithmetic on it overflows or is meaningless.
-NUMBER_RANGE = (0, 10**12)
-
-
-@dataclass(frozen=True)
-class Threshold:
-    name: str  # "rule.param"
-    default: float | int | str | bool
-    doc: str
-    source: str  # where the default comes from
-    low: float = NUMBER_RANGE[0]  # valid range of a number threshold, both ends included
-    high: float = NUMBER_RANGE[1]
-
-    @property
-    def rule(self) -> str:
-        return self.name.split(".", 1)[0]
-
-
-_REGISTRY: dict[str, Threshold] = {}
-
-
-def threshold(
-    name: str,
-    default: Any,
-    doc: str,
-    source: str,
-    low: float = NUMBER_RANGE[0],
-    high: float = NUMBER_RANGE[1],
-) -> Threshold:
-    """Declare a threshold (module level, once); a number threshold accepts values in [low, high]."""
-    if "." not in name:
-        raise ValueError(f"threshold name {name!r} must be 'rule.param'")
-    known = _REGISTRY.get(name)
-    if known is not None and known.default != default:
-        raise ValueError(f"threshold {name!r} declared twice with different defaults")
-    _REGISTRY[name] = Threshold(name, default, doc, source, low, high)
-    return _REGISTRY[name]
-
-
 def all_thresholds() -> dict[str, Threshold]:
     for module in RULE_MODULES:
         try:
@@ -78,7 +38,7 @@ def all_thresholds() -> dict[str, Threshold]:
         except ModuleNotFoundError as exc:  # a rule family not built yet
             if exc.name != module:
                 raise
-    return dict(sorted(_REGISTRY.items()))
+    return dict(sorted(declared().items()))
 
 
 def _coerce(spec: Threshold, value: Any) -> Any:
@@ -108,6 +68,10 @@ def _coerce(spec: Threshold, value: Any) -> Any:
     return kind(value)
 
 
+# Top-level keys a config file may set besides the `[rule]` threshold tables (the CLI's defaults).
+OPTIONS = ("fail-on", "format")
+
+
 class Config:
     """Threshold values (defaults + overrides) and the CLI-level options from config files."""
 
@@ -130,13 +94,17 @@ class Config:
         name = spec if isinstance(spec, str) else spec.name
         if name in self._values:
             return self._values[name]
-        known = _REGISTRY.get(name) or all_thresholds().get(name)
+        known = declared().get(name) or all_thresholds().get(name)
         if known is None:
             raise KeyError(name)
         return known.default
 
     def overridden(self) -> dict[str, Any]:
         return dict(self._values)
+
+    def unknown_options(self) -> list[str]:
+        """Top-level config keys that mean nothing here (a typo, say): the CLI warns about them."""
+        return sorted(k for k in self.options if k not in OPTIONS)
 
     @classmethod
     def load(cls, start: Path | None = None, sets: list[str] | tuple[str, ...] = ()) -> Config:

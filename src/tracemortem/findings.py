@@ -1,4 +1,4 @@
-"""What the analyzer reports: `Finding` records with stable rule ids (DESIGN §6)."""
+"""What the analyzer reports: `Finding` records with stable rule ids (docs/findings-health.md, docs/findings-performance.md)."""
 
 from __future__ import annotations
 

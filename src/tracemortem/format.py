@@ -1,4 +1,4 @@
-"""Run-directory format v1, shared by the recorder and the analyzer (DESIGN §2).
+"""Run-directory format v1, shared by the recorder and the analyzer (docs/format.md).
 
 One module owns every path, schema and version of the on-disk format, the atomic chunk
 writer and the chunk reader, so the two halves cannot drift apart. No torch here.

@@ -73,6 +73,12 @@ MAX_GRADS_ROWS = limit(
     25_000_000,
     "rows of the gradient table over all ranks (2,500 parameters × 10,000 steps); later chunks are skipped",
 )
+# Activation statistics: one row per (recorded step, module), read whole like the steps table.
+MAX_ACTS_ROWS = limit(
+    "TRACEMORTEM_MAX_ACTS_ROWS",
+    10_000_000,
+    "rows of the activation-statistics table over all ranks; later chunks are skipped",
+)
 MAX_PARAMETERS = limit(
     "TRACEMORTEM_MAX_PARAMETERS",
     200_000,

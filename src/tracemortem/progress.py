@@ -1,4 +1,4 @@
-"""Progress on stderr for long work, only when stderr is a terminal (DESIGN §4)."""
+"""Progress on stderr for long work, only when stderr is a terminal (docs/report.md)."""
 
 from __future__ import annotations
 

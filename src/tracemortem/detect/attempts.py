@@ -7,10 +7,10 @@ from typing import Any
 
 import polars as pl
 
-from ..config import Config, threshold
 from ..findings import Finding
 from ..load.attempts import attempt_at
 from ..load.run import RunData
+from ..thresholds import Thresholds, threshold
 from .health_series import HealthSeries
 
 RANKS_NAMED = threshold(
@@ -85,7 +85,7 @@ def _describe(rows: list[dict[str, Any]]) -> str:
     return "; ".join(parts)
 
 
-def run_resumed(run: RunData, _series: HealthSeries, config: Config) -> list[Finding]:
+def run_resumed(run: RunData, _series: HealthSeries, config: Thresholds) -> list[Finding]:
     restarted = _restarted(run)
     if restarted.is_empty():
         return []

@@ -1,4 +1,4 @@
-"""Training-health findings from the recorder's steps and grads tables (DESIGN §6).
+"""Training-health findings from the recorder's steps and grads tables (docs/findings-health.md).
 
 `detect(run, config)` is the entry point. The rules live in `health_numeric` (non-finite
 values, AMP overflows) and `health_magnitude` (exploding/vanishing gradients, dead/unused
@@ -9,9 +9,9 @@ here declares their thresholds.
 
 from __future__ import annotations
 
-from ..config import Config
 from ..findings import Finding
 from ..load.run import RunData
+from ..thresholds import Thresholds
 from . import attempts
 from . import health_activations as activations
 from . import health_clipping as clipping
@@ -40,7 +40,7 @@ RULES = (
 )
 
 
-def detect(run: RunData, config: Config) -> list[Finding]:
+def detect(run: RunData, config: Thresholds) -> list[Finding]:
     if run.steps.is_empty() and not run.grads.collect_schema().names():
         return []
     series = compute(run)

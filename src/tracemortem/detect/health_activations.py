@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import polars as pl
 
-from ..config import Config, threshold
 from ..findings import Finding
 from ..load.run import RunData
+from ..thresholds import Thresholds, threshold
 from .health_series import HealthSeries
 
 DEAD_CLASSES = ("ReLU", "ReLU6")
@@ -67,7 +67,7 @@ def _per_module_median(rows: pl.DataFrame, column: str) -> pl.DataFrame:
     )
 
 
-def dead_activation(run: RunData, _series: HealthSeries, config: Config) -> list[Finding]:
+def dead_activation(run: RunData, _series: HealthSeries, config: Thresholds) -> list[Finding]:
     relu = run.acts.filter(pl.col("module_class").is_in(DEAD_CLASSES) & pl.col("zero_fraction").is_not_nan())
     dead = _per_module_median(_last_window(relu, config[DEAD_WINDOW]), "zero_fraction").filter(
         pl.col("median") >= config[DEAD_FRACTION]
@@ -91,7 +91,7 @@ def dead_activation(run: RunData, _series: HealthSeries, config: Config) -> list
     ]
 
 
-def saturated_activation(run: RunData, _series: HealthSeries, config: Config) -> list[Finding]:
+def saturated_activation(run: RunData, _series: HealthSeries, config: Thresholds) -> list[Finding]:
     bounded = run.acts.filter(pl.col("saturation").is_not_null() & pl.col("saturation").is_not_nan())
     saturated = _per_module_median(_last_window(bounded, config[SATURATED_WINDOW]), "saturation").filter(
         pl.col("median") >= config[SATURATED_FRACTION]
@@ -119,7 +119,7 @@ def _divergence_step(series: HealthSeries) -> int | None:
     return bad["step"].min() if bad.height else None  # type: ignore[return-value]
 
 
-def activation_growth(run: RunData, series: HealthSeries, config: Config) -> list[Finding]:
+def activation_growth(run: RunData, series: HealthSeries, config: Thresholds) -> list[Finding]:
     if run.acts.is_empty() or series.per_step.is_empty():
         return []
     diverged = _divergence_step(series)

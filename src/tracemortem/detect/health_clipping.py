@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import polars as pl
 
-from ..config import Config, threshold
 from ..findings import Finding
 from ..load.run import RunData
+from ..thresholds import Thresholds, threshold
 from .health_series import HealthSeries, finite
 
 MOST_STEPS = threshold(
@@ -30,7 +30,7 @@ def _num(value: float | None) -> float | None:
     return None if value is None else float(f"{value:.4g}")
 
 
-def grad_clipping(run: RunData, series: HealthSeries, config: Config) -> list[Finding]:
+def grad_clipping(run: RunData, series: HealthSeries, config: Thresholds) -> list[Finding]:
     clipped = series.per_step.filter(finite("preclip_norm") & finite("clip_max") & (pl.col("clip_max") > 0))
     if clipped.is_empty():
         return []

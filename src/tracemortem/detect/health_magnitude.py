@@ -9,10 +9,10 @@ from typing import Any
 
 import polars as pl
 
-from ..config import Config, threshold
 from ..findings import Finding
 from ..load.run import RunData
 from ..scalars import as_float, as_int, optional_float, optional_int
+from ..thresholds import Thresholds, threshold
 from .health_growth import GrowthLimits, divergence, positive_ratio
 from .health_series import STREAMING, HealthSeries, finite, ratio_expr
 
@@ -35,7 +35,7 @@ SPIKE_MIN_HISTORY = threshold(
     "exploding-gradient.min_history",
     64,
     "Finite steps of history needed before the sigma test applies.",
-    "research §6(a) B6",
+    "OLMo-core SkipStepOptimizer (64 prior finite values)",
 )
 SPIKE_MIN_JUMP = threshold(
     "exploding-gradient.min_jump",
@@ -109,13 +109,16 @@ VANISH_FLOOR = threshold(
     "smdebug VanishingGradient (mean |g| < 1e-7; RMS >= mean|g|)",
 )
 VANISH_RATIO = threshold(
-    "vanishing-gradient.ratio", 1e-3, "...and below this fraction of the median parameter's RMS.", "research §6(a) B8"
+    "vanishing-gradient.ratio",
+    1e-3,
+    "...and below this fraction of the median parameter's RMS.",
+    "smdebug VanishingGradient, relative form",
 )
 VANISH_WINDOW = threshold(
     "vanishing-gradient.window",
     50,
     "Consecutive recorded steps (the last healthy ones) on all of which both must hold.",
-    "research §6(a) B8 (50 consecutive steps)",
+    "smdebug VanishingGradient, relative form (50 consecutive steps)",
     low=1,
 )
 
@@ -142,22 +145,34 @@ BAND_LOW = threshold(
     "update-ratio.band_low",
     1e-4,
     "Info when the typical ratio of a weight matrix is below this.",
-    "common 1e-3 heuristic, research §6(a) C12",
+    "the common 1e-3 update/weight heuristic (informational band)",
 )
 BAND_HIGH = threshold(
     "update-ratio.band_high",
     1e-1,
     "Info when the typical ratio of a weight matrix is above this.",
-    "common 1e-3 heuristic, research §6(a) C12",
+    "the common 1e-3 update/weight heuristic (informational band)",
 )
 RATIO_MIN_STEPS = threshold(
-    "update-ratio.min_steps", 100, "Steps with an update needed for the band test.", "research §6(a) C12"
+    "update-ratio.min_steps",
+    100,
+    "Steps with an update needed for the band test.",
+    "the common 1e-3 update/weight heuristic (over 100 steps)",
 )
 
 LOSS_WINDOW = threshold(
-    "loss-spike.window", 128, "Previous finite steps the log loss is compared with.", "research §6(a) D17", low=1
+    "loss-spike.window",
+    128,
+    "Previous finite steps the log loss is compared with.",
+    "robust z of the log loss over 128 steps (OLMo-style), z > 6",
+    low=1,
 )
-LOSS_Z = threshold("loss-spike.z", 6.0, "Spike when the robust z of log loss exceeds this.", "research §6(a) D17")
+LOSS_Z = threshold(
+    "loss-spike.z",
+    6.0,
+    "Spike when the robust z of log loss exceeds this.",
+    "robust z of the log loss over 128 steps (OLMo-style), z > 6",
+)
 LOSS_MIN_HISTORY = threshold(
     "loss-spike.min_history", 32, "Finite steps of history before the test applies.", "tracemortem"
 )
@@ -206,7 +221,7 @@ LOSS_CO_SPIKE = threshold(
     "loss-spike.co_spike_steps",
     2,
     "A gradient spike within this many steps of a loss spike is reported with it.",
-    "research §6(a) D17",
+    "robust z of the log loss over 128 steps (OLMo-style), z > 6",
 )
 
 
@@ -231,7 +246,7 @@ def _num(value: float | None, digits: int = 4) -> float | None:
 # --- exploding gradients --------------------------------------------------------------------
 
 
-def grad_spikes(series: HealthSeries, config: Config) -> pl.DataFrame:
+def grad_spikes(series: HealthSeries, config: Thresholds) -> pl.DataFrame:
     """Healthy steps with their spike tests: `sigma` (OLMo), `early` (Megatron), and the early
     divergence tests `surge` and `growth` against the run's first steps. Where clip_grad_norm_
     ran, its pre-clip norm is the one tested: a clipped explosion is a flat line at the cap."""
@@ -274,7 +289,7 @@ def grad_spikes(series: HealthSeries, config: Config) -> pl.DataFrame:
     )
 
 
-def onset_before(series: HealthSeries, config: Config, before: int) -> int | None:
+def onset_before(series: HealthSeries, config: Thresholds, before: int) -> int | None:
     """Where the divergence that ran into the non-finite step `before` began: the earliest flagged
     gradient or loss step within `horizon` steps before it (a growth window from its first step).
     Conservative on purpose: a run that blew up and seemed to recover inside the horizon was not
@@ -321,7 +336,7 @@ def _leaders(run: RunData, step: int, n: int) -> list[dict[str, Any]]:
     ]
 
 
-def _spike_reason(row: dict[str, Any], config: Config) -> str:
+def _spike_reason(row: dict[str, Any], config: Thresholds) -> str:
     """Say which test flagged the first spike, with the numbers that test used."""
     if row["sigma"]:
         return (
@@ -341,7 +356,7 @@ def _spike_reason(row: dict[str, Any], config: Config) -> str:
     )
 
 
-def exploding_gradient(run: RunData, series: HealthSeries, config: Config) -> list[Finding]:
+def exploding_gradient(run: RunData, series: HealthSeries, config: Thresholds) -> list[Finding]:
     spikes = grad_spikes(series, config).filter("spike")
     if spikes.is_empty():
         return []
@@ -405,7 +420,7 @@ def _grad_every(run: RunData) -> int:
     return 1
 
 
-def vanishing_gradient(run: RunData, series: HealthSeries, config: Config) -> list[Finding]:
+def vanishing_gradient(run: RunData, series: HealthSeries, config: Thresholds) -> list[Finding]:
     window = int(config[VANISH_WINDOW])
     healthy = series.healthy["step"]
     if healthy.len() < window:
@@ -493,7 +508,7 @@ def _param_findings(
     return out
 
 
-def dead_and_unused(run: RunData, series: HealthSeries, config: Config) -> list[Finding]:
+def dead_and_unused(run: RunData, series: HealthSeries, config: Thresholds) -> list[Finding]:
     per = series.per_param
     if "grad_steps" not in per.columns or not (per["max_norm"].fill_null(0) > 0).any():
         return []  # no gradient recorded at all: nothing to compare with
@@ -529,7 +544,7 @@ def dead_and_unused(run: RunData, series: HealthSeries, config: Config) -> list[
 # --- update ratio ---------------------------------------------------------------------------
 
 
-def update_ratio(run: RunData, series: HealthSeries, config: Config) -> list[Finding]:
+def update_ratio(run: RunData, series: HealthSeries, config: Thresholds) -> list[Finding]:
     per = series.per_param
     if "update_steps" not in per.columns:
         return []
@@ -610,7 +625,7 @@ def update_ratio(run: RunData, series: HealthSeries, config: Config) -> list[Fin
 # --- loss spikes ----------------------------------------------------------------------------
 
 
-def loss_spikes(series: HealthSeries, config: Config) -> pl.DataFrame:
+def loss_spikes(series: HealthSeries, config: Thresholds) -> pl.DataFrame:
     """Healthy steps with a loss, and their tests: `robust` (z of log loss over the window),
     `early` (the early maximum), `surge` and `growth` (against the first steps); `spike` = any."""
     rows = series.healthy.filter(pl.col("loss").is_not_null()).select("step", "loss")
@@ -649,7 +664,7 @@ def loss_spikes(series: HealthSeries, config: Config) -> pl.DataFrame:
     )
 
 
-def _loss_reason(row: dict[str, Any], config: Config) -> str:
+def _loss_reason(row: dict[str, Any], config: Thresholds) -> str:
     if row["robust"]:
         return f"{_num(row['ratio'], 3)}x the window median, robust z {_num(row['z'], 3)}"
     if row["early"]:
@@ -662,7 +677,7 @@ def _loss_reason(row: dict[str, Any], config: Config) -> str:
     )
 
 
-def loss_spike(run: RunData, series: HealthSeries, config: Config) -> list[Finding]:
+def loss_spike(run: RunData, series: HealthSeries, config: Thresholds) -> list[Finding]:
     spikes = loss_spikes(series, config).filter("spike")
     if spikes.is_empty():
         return []

@@ -6,10 +6,10 @@ from typing import Any
 
 import polars as pl
 
-from ..config import Config, threshold
 from ..findings import Finding
 from ..load.run import RunData
 from ..scalars import optional_int
+from ..thresholds import Thresholds, threshold
 from .attempts import blame
 from .health_magnitude import onset_before
 from .health_series import HealthSeries, bad_element
@@ -25,7 +25,7 @@ AMP_WINDOW = threshold(
     "amp-overflow.window",
     1000,
     "Steps per sliding window in which the share of skipped (overflow) steps is measured.",
-    "Megatron-LM DynamicGradScaler / research §6(a) A3",
+    "Megatron-LM DynamicGradScaler (1,000-step window)",
     low=1,
 )
 AMP_MAX_FRACTION = threshold(
@@ -33,7 +33,7 @@ AMP_MAX_FRACTION = threshold(
     0.01,
     "Warning when more than this share of the steps of any window were skipped; fewer skips are "
     "reported as info (a GradScaler calibrating its scale).",
-    "research §6(a) A3 (1% in a 1,000-step window)",
+    "Megatron-LM DynamicGradScaler (1% in a 1,000-step window)",
     high=1,
 )
 AMP_MIN_SCALE = threshold(
@@ -44,7 +44,7 @@ AMP_MIN_SCALE = threshold(
 )
 
 
-def _last_healthy(series: HealthSeries, config: Config, before: int) -> int | None:
+def _last_healthy(series: HealthSeries, config: Thresholds, before: int) -> int | None:
     """The last step before `before` whose values were all finite and that came before the
     divergence leading to it (a finite step whose loss had already blown up was not healthy)."""
     onset = onset_before(series, config, before)
@@ -90,7 +90,7 @@ def _recovery_hint(run: RunData, last_ok: int | None) -> tuple[dict[str, Any], s
     return evidence, ("; ".join(parts) + ". ") if parts else ""
 
 
-def nonfinite_gradient(run: RunData, series: HealthSeries, config: Config) -> list[Finding]:
+def nonfinite_gradient(run: RunData, series: HealthSeries, config: Thresholds) -> list[Finding]:
     # Skipped steps are the loss scaler doing its job (amp-overflow), not a divergence.
     bad = series.per_step.filter(~pl.col("skipped") & pl.col("grad_bad"))
     if bad.is_empty():
@@ -137,7 +137,7 @@ def nonfinite_gradient(run: RunData, series: HealthSeries, config: Config) -> li
     ]
 
 
-def nonfinite_loss(run: RunData, series: HealthSeries, config: Config) -> list[Finding]:
+def nonfinite_loss(run: RunData, series: HealthSeries, config: Thresholds) -> list[Finding]:
     bad = series.per_step.filter(~pl.col("loss_finite"))
     if bad.is_empty():
         return []
@@ -175,7 +175,7 @@ def nonfinite_loss(run: RunData, series: HealthSeries, config: Config) -> list[F
     ]
 
 
-def amp_overflow(run: RunData, series: HealthSeries, config: Config) -> list[Finding]:
+def amp_overflow(run: RunData, series: HealthSeries, config: Thresholds) -> list[Finding]:
     steps = series.per_step
     if steps.is_empty() or not steps["skipped"].any():
         return []

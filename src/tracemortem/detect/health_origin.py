@@ -7,9 +7,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ..config import Config
 from ..findings import Finding
 from ..load.run import RunData
+from ..thresholds import Thresholds
 from .health_series import HealthSeries
 
 INPUTS_SHOWN = 3
@@ -176,7 +176,7 @@ def origin_finding(origin: dict[str, Any], rank: int | None) -> Finding:
     )
 
 
-def nonfinite_origin(run: RunData, _series: HealthSeries, _config: Config) -> list[Finding]:
+def nonfinite_origin(run: RunData, _series: HealthSeries, _config: Thresholds) -> list[Finding]:
     snapshot = run.facts.get("snapshot") or {}
     origin = snapshot.get("origin")
     if not origin:

@@ -49,17 +49,9 @@ def _per_step_from_steps(steps: pl.DataFrame, sharded: bool) -> pl.DataFrame:
         if sharded
         else pl.col("grad_norm").cast(pl.Float64).sort_by("rank").first()
     )
-    # The norm clip_grad_norm_ returned (before clipping), where the recorder saw one.
-    clip = pl.col("preclip_norm").cast(pl.Float64)
-    preclip = (
-        [(clip.pow(2).sum().sqrt() if sharded else clip.sort_by("rank").drop_nulls().first()).alias("preclip_norm")]
-        if "preclip_norm" in steps.columns
-        else []
-    )
     return (
         steps.group_by("step")
         .agg(
-            *preclip,
             pl.col("loss").cast(pl.Float64).mean().alias("loss"),
             finite("loss").all().alias("loss_finite"),
             pl.col("loss").is_not_null().any().alias("has_loss"),
@@ -68,8 +60,8 @@ def _per_step_from_steps(steps: pl.DataFrame, sharded: bool) -> pl.DataFrame:
             pl.col("skipped").fill_null(False).any().alias("skipped"),
             pl.col("scale").cast(pl.Float64).min().alias("scale"),
             # clip_grad_norm_ returns the norm over all ranks' shards already: any rank's will do
-            pl.col("preclip_norm").cast(pl.Float64).sort_by("rank").first().alias("preclip_norm"),
-            pl.col("clip_max").cast(pl.Float64).sort_by("rank").first().alias("clip_max"),
+            pl.col("preclip_norm").cast(pl.Float64).sort_by("rank").drop_nulls().first().alias("preclip_norm"),
+            pl.col("clip_max").cast(pl.Float64).sort_by("rank").drop_nulls().first().alias("clip_max"),
             pl.col("rank").filter(bad_grad).sort_by(pl.col("time").filter(bad_grad)).first().alias("first_bad_rank"),
             pl.col("rank").filter(~finite("loss") & pl.col("loss").is_not_null()).min().alias("first_bad_loss_rank"),
         )

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import polars as pl
 
-from ..config import Config, threshold
 from ..findings import Finding
 from ..load.run import RunData
+from ..thresholds import Thresholds, threshold
 from .health_series import HealthSeries
 
 ZERO_MIN_STEPS = threshold(
@@ -42,7 +42,7 @@ def zero_spans(per_step: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def zero_gradient(run: RunData, series: HealthSeries, config: Config) -> list[Finding]:
+def zero_gradient(run: RunData, series: HealthSeries, config: Thresholds) -> list[Finding]:
     spans = zero_spans(series.per_step).filter(pl.col("steps") >= config[ZERO_MIN_STEPS])
     if spans.is_empty():
         return []

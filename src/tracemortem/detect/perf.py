@@ -1,4 +1,4 @@
-"""Performance findings from `Timing` (profiler traces) and the recorder's steps (DESIGN §6).
+"""Performance findings from `Timing` (profiler traces) and the recorder's steps (docs/findings-performance.md).
 
 `detect(timing, run, config)`: either input may be None. Rules: slow-step, slow-op,
 dataloader-bound, host-sync, gpu-idle, launch-bound, straggler-rank, memory-growth
@@ -9,14 +9,16 @@ threshold; uniform training loops produce nothing at warning level.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
 
-from ..config import Config, threshold
 from ..findings import Finding
 from ..load.run import RunData
 from ..scalars import as_float, as_int, optional_float
+from ..thresholds import Thresholds, threshold
 from ..timing import Timing
 from ..timing.steps import SYNC_CALLS, SYNC_OPS
 
@@ -26,7 +28,7 @@ SLOW_STEP_K = threshold(
     "slow-step.mad_k",
     6.0,
     "A step is slow when it exceeds median + k·1.4826·MAD of its rank's steps.",
-    "research/gradient-debuggers.md §6(a) G33: robust version of smdebug StepOutlier (median + 6·MAD)",
+    "smdebug StepOutlier, made robust (median + 6·MAD)",
 )
 SLOW_STEP_RATIO = threshold(
     "slow-step.min_ratio",
@@ -67,7 +69,7 @@ SLOW_OP_RATIO = threshold(
     "slow-op.step_ratio",
     3.0,
     "An op is intermittently slow when its p95 time per step is this many times its median time per step.",
-    "research/gradient-debuggers.md §6(a) G34 (p95 > 3× median)",
+    "tracemortem (an intermittent slowdown: p95 > 3× median)",
 )
 SLOW_OP_SHARE = threshold(
     "slow-op.min_share",
@@ -102,7 +104,7 @@ LOADER_WARN = threshold(
     "dataloader-bound.min_share",
     0.2,
     "Warning when DataLoader time is at least this share of step time.",
-    "research/gradient-debuggers.md §6(a) G36 (data loading > 20% of step time)",
+    "tracemortem default, after smdebug DataloaderBottleneck (data loading > 20% of step time)",
     high=1,
 )
 LOADER_INFO = threshold(
@@ -116,7 +118,7 @@ SYNC_SHARE = threshold(
     "host-sync.min_share",
     0.05,
     "Warning when host-synchronising calls take at least this share of step time on a GPU rank.",
-    "research/gradient-debuggers.md §6(a) G34 (sync ops > 5% of step time)",
+    "tracemortem default (host-sync ops > 5% of step time)",
     high=1,
 )
 IDLE_SHARE = threshold(
@@ -140,13 +142,13 @@ STRAGGLER_SKEW = threshold(
     "straggler-rank.skew",
     0.1,
     "A rank is behind on a step when its step time exceeds the cross-rank median by this fraction.",
-    "research/gradient-debuggers.md §6(a) G38 ((max − median)/median > 10%)",
+    "tracemortem default (cross-rank skew (max − median)/median > 10%)",
 )
 STRAGGLER_STEPS = threshold(
     "straggler-rank.min_step_share",
     0.2,
     "…on at least this share of the steps all ranks recorded.",
-    "research/gradient-debuggers.md §6(a) G38 (on ≥ 20% of steps)",
+    "tracemortem default (skew on ≥ 20% of steps)",
 )
 MEM_GROWTH = threshold(
     "memory-growth.min_growth",
@@ -164,23 +166,30 @@ MEM_STEPS = threshold(
 )
 
 
-def detect(timing: Timing | None, run: RunData | None, config: Config | None = None) -> list[Finding]:
-    config = config or Config()
-    durations = _step_durations(timing, run, config)
-    findings: list[Finding] = []
-    findings += slow_steps(durations, timing, config)
-    findings += straggler_ranks(durations, config)
-    if timing is not None:
-        findings += slow_ops(timing, config)
-        findings += dataloader_bound(timing, config)
-        findings += host_sync(timing, config)
-        findings += gpu_idle(timing, config)
-    if run is not None:
-        findings += memory_growth(run.steps, config)
-    return findings
+@dataclass(frozen=True)
+class PerfInputs:
+    """What every performance rule reads: the profiler's timing (None without traces), the
+    per-step durations (profiled steps, else the recorder's), and the recorder's steps table."""
+
+    timing: Timing | None
+    durations: pl.DataFrame  # rank, session, step, seconds, profiled
+    recorder_steps: pl.DataFrame  # empty without a run directory
+
+    @classmethod
+    def of(cls, timing: Timing | None, run: RunData | None, config: Thresholds) -> PerfInputs:
+        steps = run.steps if run is not None else pl.DataFrame()
+        return cls(timing, _step_durations(timing, run, config), steps)
 
 
-def _step_durations(timing: Timing | None, run: RunData | None, config: Config) -> pl.DataFrame:
+PerfRule = Callable[[PerfInputs, Thresholds], list[Finding]]
+
+
+def detect(timing: Timing | None, run: RunData | None, config: Thresholds) -> list[Finding]:
+    inputs = PerfInputs.of(timing, run, config)
+    return [finding for rule in RULES for finding in rule(inputs, config)]
+
+
+def _step_durations(timing: Timing | None, run: RunData | None, config: Thresholds) -> pl.DataFrame:
     """`rank, session, step, seconds, profiled` from profiled steps, else from the recorder's
     `duration_s` (session 0, not profiled)."""
     if timing is not None and not timing.steps.is_empty():
@@ -219,7 +228,7 @@ def _times(row: dict[str, Any]) -> float:
 # ---------------------------------------------------------------- slow-step
 
 
-def _scored_steps(durations: pl.DataFrame, config: Config) -> pl.DataFrame:
+def _scored_steps(durations: pl.DataFrame, config: Thresholds) -> pl.DataFrame:
     """Every step of the ranks with enough steps, with its rank's median, MAD, bound and `slow`."""
     k, ratio = config[SLOW_STEP_K], config[SLOW_STEP_RATIO]
     if "session" not in durations.columns:
@@ -245,10 +254,11 @@ def _scored_steps(durations: pl.DataFrame, config: Config) -> pl.DataFrame:
     )
 
 
-def slow_steps(durations: pl.DataFrame, timing: Timing | None, config: Config) -> list[Finding]:
+def slow_steps(inputs: PerfInputs, config: Thresholds) -> list[Finding]:
     """A warning per slow step whose extra time one op or step category explains; the slow steps
     nothing recorded explains (host contention looks like this: every op a little slower) are
     one info finding about step-time jitter."""
+    durations, timing = inputs.durations, inputs.timing
     scored = _scored_steps(durations, config)
     explained: list[Finding] = []
     unexplained: list[dict[str, Any]] = []
@@ -396,7 +406,10 @@ def _jitter_finding(rows: list[dict[str, Any]]) -> list[Finding]:
 # ---------------------------------------------------------------- slow-op
 
 
-def slow_ops(timing: Timing, config: Config) -> list[Finding]:
+def slow_ops(inputs: PerfInputs, config: Thresholds) -> list[Finding]:
+    if inputs.timing is None:
+        return []
+    timing = inputs.timing
     findings = _top_op(timing, config)
     steps = timing.steps
     if steps.is_empty():
@@ -481,7 +494,7 @@ def _steps_text(steps: list[int]) -> str:
     return shown + (f" and {len(steps) - 8} more" if len(steps) > 8 else "")
 
 
-def _top_op(timing: Timing, config: Config) -> list[Finding]:
+def _top_op(timing: Timing, config: Thresholds) -> list[Finding]:
     ops = timing.ops.filter(pl.col("cat").cast(pl.String).is_in(["cpu_op", "Operator"]))
     if ops.is_empty() or timing.steps.is_empty():
         return []
@@ -533,7 +546,10 @@ def _shares(timing: Timing, column: str) -> pl.DataFrame:
     )
 
 
-def dataloader_bound(timing: Timing, config: Config) -> list[Finding]:
+def dataloader_bound(inputs: PerfInputs, config: Thresholds) -> list[Finding]:
+    if inputs.timing is None:
+        return []
+    timing = inputs.timing
     if timing.steps.is_empty():
         return []
     findings = []
@@ -564,7 +580,10 @@ def dataloader_bound(timing: Timing, config: Config) -> list[Finding]:
     return findings
 
 
-def host_sync(timing: Timing, config: Config) -> list[Finding]:
+def host_sync(inputs: PerfInputs, config: Thresholds) -> list[Finding]:
+    if inputs.timing is None:
+        return []
+    timing = inputs.timing
     gpu_ranks = timing.gpu_ranks()
     if timing.steps.is_empty() or not gpu_ranks:
         return []
@@ -605,7 +624,10 @@ def host_sync(timing: Timing, config: Config) -> list[Finding]:
     return findings
 
 
-def gpu_idle(timing: Timing, config: Config) -> list[Finding]:
+def gpu_idle(inputs: PerfInputs, config: Thresholds) -> list[Finding]:
+    if inputs.timing is None:
+        return []
+    timing = inputs.timing
     findings = []
     for entry in timing.ranks:
         gpu = entry.get("gpu")
@@ -685,7 +707,8 @@ def _idle_cause(timing: Timing, rank: int) -> tuple[str, str]:
 # ---------------------------------------------------------------- straggler-rank
 
 
-def straggler_ranks(durations: pl.DataFrame, config: Config) -> list[Finding]:
+def straggler_ranks(inputs: PerfInputs, config: Thresholds) -> list[Finding]:
+    durations = inputs.durations
     ranks = durations["rank"].n_unique()
     if ranks < 2:
         return []
@@ -737,7 +760,8 @@ def straggler_ranks(durations: pl.DataFrame, config: Config) -> list[Finding]:
 # ---------------------------------------------------------------- memory-growth
 
 
-def memory_growth(steps: pl.DataFrame, config: Config) -> list[Finding]:
+def memory_growth(inputs: PerfInputs, config: Thresholds) -> list[Finding]:
+    steps = inputs.recorder_steps
     if not {"rank", "step", "mem_allocated"} <= set(steps.columns):
         return []
     findings = []
@@ -791,3 +815,15 @@ def memory_growth(steps: pl.DataFrame, config: Config) -> list[Finding]:
             )
         )
     return findings
+
+
+# Every performance rule, in the order its findings are listed (docs/findings-performance.md).
+RULES: tuple[PerfRule, ...] = (
+    slow_steps,
+    straggler_ranks,
+    slow_ops,
+    dataloader_bound,
+    host_sync,
+    gpu_idle,
+    memory_growth,
+)

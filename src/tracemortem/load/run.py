@@ -1,4 +1,4 @@
-"""Read a run directory (DESIGN §2) into the frames the detectors work on (docs/architecture.md).
+"""Read a run directory (docs/format.md) into the frames the detectors work on (docs/architecture.md).
 
 Nothing here materialises the grads table: it stays a LazyFrame so that the detectors can
 aggregate it with polars' streaming engine. Damaged input degrades to `input-error` findings;
@@ -18,7 +18,7 @@ import pyarrow as pa
 from .. import format as fmt
 from ..errors import InputError
 from ..findings import Finding
-from ..limits import MAX_GRADS_ROWS, MAX_PARAMETERS, MAX_STEPS_ROWS
+from ..limits import MAX_ACTS_ROWS, MAX_GRADS_ROWS, MAX_PARAMETERS, MAX_STEPS_ROWS
 from ..progress import Progress, silent
 from ..scalars import optional_int
 from . import attempts as tries
@@ -201,7 +201,7 @@ def _params_frame(metas: dict[int, dict[str, Any]]) -> pl.DataFrame:
 
 # --- chunk tables ---------------------------------------------------------------------------
 
-_TABLE_LIMITS = {"steps": MAX_STEPS_ROWS, "grads": MAX_GRADS_ROWS}
+_TABLE_LIMITS = {"steps": MAX_STEPS_ROWS, "grads": MAX_GRADS_ROWS, "acts": MAX_ACTS_ROWS}
 
 
 def _chunks(
@@ -252,7 +252,7 @@ def _l2(col: str) -> pl.Expr:
 
 
 def merge_grads(frames: list[pl.LazyFrame]) -> pl.LazyFrame:
-    """Merge rows of one (step, param_id) from several shards or ranks (DESIGN §2 merge rule)."""
+    """Merge rows of one (step, param_id) from several shards or ranks (the merge rule of docs/format.md)."""
     if len(frames) == 1:
         return frames[0]  # one writer: rows are already unique, skip the costly group_by
     return (

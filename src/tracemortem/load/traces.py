@@ -23,7 +23,7 @@ from .chrome import RawTrace
 from .coverage import unread_activity
 from .sessions import SESSIONS_SCHEMA, session_notes, session_table
 
-# Categories across Kineto versions (research/trace-analyzers.md §4.3, §4.8).
+# Categories across Kineto versions (docs/traces.md).
 GPU_KINDS = {
     "kernel": "kernel",
     "Kernel": "kernel",

@@ -1,4 +1,4 @@
-"""Which rank this process is, and how many there are (DESIGN §3)."""
+"""Which rank this process is, and how many there are (docs/recorder.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Recorder (DESIGN §3): attach to a training loop, write a run directory (DESIGN §2).
+"""The Recorder (docs/recorder.md): attach to a training loop, write a run directory (docs/format.md).
 
 Training-thread cost is kept to a few foreach launches and one device->host copy per recorded
 step; conversion and Parquet writing happen on a background thread. Every entry point catches
@@ -21,9 +21,9 @@ from typing import Any, Literal
 
 import torch
 
-from .. import __version__
 from .. import format as fmt
 from ..replay.inprocess import replay_in_process
+from ..version import __version__
 from . import attempts, clipping, signals
 from .activations import ActivationStats
 from .backward_end import BackwardEnd
@@ -672,7 +672,7 @@ class Recorder:
             self._notes.append(message)
 
     def _warn(self, message: str) -> None:
-        """Warn about the first recorder problem only (DESIGN §3: warn once, then degrade); every
+        """Warn about the first recorder problem only (docs/recorder.md: warn once, then degrade); every
         problem is listed under `warnings` in meta.json / manifest.json. Called from both threads."""
         with self._warn_lock:
             if self._warned:

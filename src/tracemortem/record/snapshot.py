@@ -1,4 +1,4 @@
-"""The anomaly snapshot (DESIGN §5): state just before the first non-finite update.
+"""The anomaly snapshot (docs/format.md): state just before the first non-finite update.
 
 Everything is saved with plain containers and tensors so that `torch.load(weights_only=True)`
 can read it back; the folder appears whole or not at all (written under a temp name, renamed).

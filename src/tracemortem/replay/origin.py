@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
 from .. import format as fmt
+from ..version import __version__
 
 ORIGIN_FORMAT = 1
 

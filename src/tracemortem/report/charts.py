@@ -1,5 +1,6 @@
-"""Figure data for the HTML report: plain plotly `{data, layout}` dicts built from the analysis
-frames with polars, sized for the browser (lines thinned to their extremes, the gradient heatmap
+"""Figure data for the HTML report: small JSON specs (`kind` line, bars, heatmap, timeline,
+panels) that templates/report.js draws, built from the analysis frames with polars and sized
+for the browser (lines thinned to their extremes, the gradient heatmap
 binned to at most `MAX_STEP_COLUMNS` step columns and quantised to one byte per cell).
 
 Every chart explains itself in one sentence; a chart without data is kept as a one-line note
@@ -15,13 +16,16 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from ..findings import Finding
-from ..scalars import as_float
-from .common import column_label, key_time_column, plotly_text, round_sig, time_unit
+from .common import column_label, key_time_column, round_sig, time_unit
+from .facts import has_gpu
+from .names import short_names
+from .trace_links import TraceRange, step_range
 
 if TYPE_CHECKING:
     from ..analysis import Analysis
+    from ..timing.step_events import StepTimeline
 
-MAX_STEP_COLUMNS = 1000  # heatmap columns (DESIGN §7)
+MAX_STEP_COLUMNS = 1000  # heatmap columns (docs/report.md)
 MAX_HEATMAP_ROWS = 2000  # parameters drawn; beyond this the most telling ones are kept
 MAX_LINE_POINTS = 4000  # per line; longer series keep each bucket's min and max
 MAX_MARKS = 2000  # marked steps / cells per chart
@@ -42,6 +46,7 @@ class Chart:
     explain: str  # how to read it, for someone new to the tool
     figure: dict[str, Any] | None = None
     missing: str = ""  # why there is no figure
+    trace: TraceRange | None = None  # the trace range the chart shows, for Perfetto
 
 
 # Which chart shows the evidence of each rule.
@@ -81,8 +86,9 @@ def build(analysis: Analysis) -> list[Chart]:
         breakdown_chart(analysis.step_times),
         top_chart("chart-ops", "Slowest ops", analysis.ops, "op"),
         top_chart("chart-kernels", "Slowest GPU kernels", analysis.kernels, "kernel"),
-        memory_chart(steps),
+        memory_chart(steps, has_gpu(analysis.run)),
         rank_chart([r.to_dict() for r in analysis.run.ranks]),
+        *[timeline_chart(analysis, t) for t in analysis.timelines],
     ]
 
 
@@ -122,23 +128,21 @@ def thin(frame: pl.DataFrame, x: str, y: str) -> tuple[list[int], list[float | N
     return frame[x].to_list(), [round_sig(v) for v in frame[y].to_list()]
 
 
-def _line(x: list[Any], y: list[Any], name: str, **extra: Any) -> dict[str, Any]:
-    return {"type": "scatter", "mode": "lines", "x": x, "y": y, "name": plotly_text(name), **extra}
+def _line(x: list[int], y: list[float | None], name: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "x": x, "y": y, **extra}
 
 
 def _marks(
-    x: list[Any], y: list[Any], name: str, color: str, symbol: str, text: list[str], escaped: bool = False
+    x: list[int], y: list[float | None] | None, name: str, color: str, symbol: str, text: list[str]
 ) -> dict[str, Any]:
-    """Marker trace; `text` is plain text, or plotly markup already built with plotly_text (`escaped`)."""
+    """Marked points with a hover text each; `y` None draws them along the top of the plot."""
     return {
-        "type": "scatter",
-        "mode": "markers",
-        "x": x[:MAX_MARKS],
-        "y": y[:MAX_MARKS],
         "name": name,
-        "marker": {"color": color, "symbol": symbol, "size": 10, "line": {"width": 1, "color": "#fff"}},
-        "text": [t if escaped else plotly_text(t) for t in text[:MAX_MARKS]],
-        "hovertemplate": "%{text}<extra></extra>",
+        "color": color,
+        "symbol": symbol,
+        "x": x[:MAX_MARKS],
+        "y": y[:MAX_MARKS] if y is not None else None,
+        "text": text[:MAX_MARKS],
     }
 
 
@@ -151,47 +155,50 @@ def _finding_steps(findings: list[Finding], rules: set[str]) -> dict[int, str]:
     return marked
 
 
-def _layout(x_title: str, y_title: str, log_y: bool = False, **extra: Any) -> dict[str, Any]:
-    layout = {
-        "xaxis": {"title": {"text": x_title}},
-        "yaxis": {"title": {"text": y_title}, "type": "log" if log_y else "linear"},
-        **extra,
+def line_figure(
+    series: list[dict[str, Any]], marks: list[dict[str, Any]], x_title: str, y_title: str, log: bool, log_toggle: bool
+) -> dict[str, Any]:
+    """A line chart for report.js: steps along x (integer ticks), optional log y with a toggle."""
+    return {
+        "kind": "line",
+        "series": series,
+        "marks": marks,
+        "x_title": x_title,
+        "y_title": y_title,
+        "log": log,
+        "log_toggle": log_toggle,
+        "integer_x": True,
     }
-    return layout
 
 
 def _series_chart(
-    steps: pl.DataFrame, column: str, log_y: bool, color_marks: dict[int, str], bad_steps: set[int], y_title: str
+    steps: pl.DataFrame,
+    column: str,
+    log_y: bool,
+    color_marks: dict[int, str],
+    bad_steps: set[int],
+    y_title: str,
+    log_toggle: bool = True,
 ) -> dict[str, Any]:
     """One line per rank, plus markers at flagged steps and at steps whose value is non-finite
-    (drawn at the top of the axis, where a NaN would be off the chart)."""
+    (drawn along the top of the plot, where a NaN would be off the chart)."""
     many = len(_ranks(steps)) > 1
-    data = []
-    top = 0.0
-    for rank in _ranks(steps):
-        x, y = thin(_of_rank(steps, rank), "step", column)
-        data.append(_line(x, y, _rank_name(rank, many) or y_title))
-        top = max([top] + [v for v in y if v is not None])
-    first = _ranks(steps)[0]
-    series = dict(zip(*thin(_of_rank(steps, first), "step", column)))
+    series = [
+        _line(*thin(_of_rank(steps, rank), "step", column), _rank_name(rank, many) or y_title) for rank in _ranks(steps)
+    ]
+    first = dict(zip(series[0]["x"], series[0]["y"]))
+    marks = []
     if color_marks:
-        xs = sorted(s for s in color_marks if s in series)
-        data.append(
+        xs = sorted(s for s in color_marks if s in first)
+        marks.append(
             _marks(
-                xs,
-                [series[s] for s in xs],
-                "flagged step",
-                SPIKE,
-                "circle-open",
-                [f"step {s}: {color_marks[s]}" for s in xs],
+                xs, [first[s] for s in xs], "flagged step", SPIKE, "circle", [f"step {s}: {color_marks[s]}" for s in xs]
             )
         )
     if bad_steps:
         xs = sorted(bad_steps)
-        data.append(
-            _marks(xs, [top or 1.0] * len(xs), "non-finite", BAD, "x", [f"step {s}: non-finite {column}" for s in xs])
-        )
-    return {"data": data, "layout": _layout("step", y_title, log_y=log_y, showlegend=len(data) > 1)}
+        marks.append(_marks(xs, None, "non-finite", BAD, "x", [f"step {s}: non-finite {y_title}" for s in xs]))
+    return line_figure(series, marks, "step", y_title, log_y, log_toggle)
 
 
 def _nonfinite_steps(steps: pl.DataFrame, column: str, extra: pl.Expr | None = None) -> set[int]:
@@ -275,7 +282,7 @@ def grad_heatmap(
         "Gradient norm per parameter",
         "One row per parameter (in model order), one column per step; colour is the gradient norm on a log scale. "
         "Dark bands are parameters whose gradients vanish or are zero; bright columns are explosions; "
-        "red crosses are NaN/Inf gradients.",
+        "red cells are NaN/Inf gradients, and a red flag left of a row marks every parameter that had one.",
     )
     if buckets is None or "norm" not in grads.collect_schema().names():
         chart.missing = "no per-parameter gradient statistics were recorded."
@@ -304,12 +311,17 @@ def grad_heatmap(
     cells = cells.filter(pl.col("param_id").is_in(list(row_of))).with_columns(
         pl.col("param_id").replace_strict(row_of, return_dtype=pl.Int64).alias("row")
     )
-    positive = cells.filter(pl.col("norm") > 0)["norm"].log10()
-    lo = math.floor(as_float(positive.min()) * 100) / 100 if positive.len() else 0.0
-    hi = math.ceil(as_float(positive.max()) * 100) / 100 if positive.len() else 1.0
+    positive = cells.filter(pl.col("norm") > 0).select(
+        pl.col("norm").log10().min().alias("lo"), pl.col("norm").log10().max().alias("hi")
+    )
+    low, high = positive.row(0)
+    lo = math.floor(low * 100) / 100 if low is not None else 0.0
+    hi = math.ceil(high * 100) / 100 if high is not None else 1.0
     hi = max(hi, lo + 0.01)
+    # A non-finite gradient anywhere in a cell marks the whole cell: it must never hide behind a
+    # finite maximum of the other steps binned with it.
     level = (
-        pl.when(pl.col("bad") & pl.col("norm").is_null())
+        pl.when(pl.col("bad"))
         .then(LEVEL_BAD)
         .when(pl.col("norm") == 0)
         .then(LEVEL_ZERO)
@@ -324,48 +336,23 @@ def grad_heatmap(
     )
     cells = cells.with_columns(level.alias("level"), (pl.col("row") * n_cols + pl.col("col")).alias("at"))
     grid = pl.zeros(len(rows) * n_cols, dtype=pl.UInt8, eager=True).scatter(cells["at"], cells["level"])
-    bad_cells = cells.filter(pl.col("bad")).sort("row", "col").head(MAX_MARKS)
-    names = [plotly_text(name) for _, name in rows]
-    heat = {
-        "type": "heatmap",
+    bad_rows = cells.filter(pl.col("bad"))["row"].unique().sort().to_list()
+    chart.figure = {
+        "kind": "heatmap",
         "x": buckets.labels,
-        "y": names,
-        "bytes": base64.b64encode(grid.to_arrow().buffers()[1].to_pybytes()[: grid.len()]).decode("ascii"),
+        "y": [name for _, name in rows],
+        "width": buckets.width,
+        "bytes": base64.b64encode(grid.to_numpy().tobytes()).decode("ascii"),
         "levels": [LEVEL_NONE, LEVEL_ZERO, LEVEL_LO, LEVEL_HI, LEVEL_BAD],
         "zmin": lo,
         "zmax": hi,
-        "colorscale": "Viridis",
-        "colorbar": {
-            "title": {"text": "grad norm"},
-            "tickvals": list(range(math.ceil(lo), math.floor(hi) + 1)),
-            "ticktext": [f"1e{k}" for k in range(math.ceil(lo), math.floor(hi) + 1)],
-        },
-        "hovertemplate": "%{y}<br>step %{x}"
-        + (f"–+{buckets.width - 1}" if buckets.width > 1 else "")
-        + "<br>log10 grad norm %{z:.2f}<extra></extra>",
+        "bad_rows": bad_rows,
     }
-    data: list[dict[str, Any]] = [heat]
-    if bad_cells.height:
-        data.append(
-            _marks(
-                [buckets.labels[c] for c in bad_cells["col"]],
-                [names[r] for r in bad_cells["row"]],
-                "non-finite",
-                BAD,
-                "x",
-                [
-                    f"{names[r]}<br>step {buckets.labels[c]}: NaN/Inf gradient"
-                    for r, c in zip(bad_cells["row"], bad_cells["col"])
-                ],
-                escaped=True,
-            )
-        )
     notes = [row_note] if row_note else []
+    if bad_rows:
+        notes.append(f"{len(bad_rows):,} of {len(rows):,} parameters had NaN/Inf gradients (red cells, flagged rows)")
     if buckets.width > 1:
         notes.append(f"each column is {buckets.width} steps (largest norm shown)")
-    layout = _layout("step", "", showlegend=False, height=min(900, max(320, 60 + 14 * len(rows))))
-    layout["yaxis"].update(autorange="reversed", type="category", showticklabels=len(rows) <= 60, automargin=True)
-    chart.figure = {"data": data, "layout": layout}
     if notes:
         chart.explain += " Note: " + "; ".join(notes) + "."
     return chart
@@ -374,7 +361,7 @@ def grad_heatmap(
 def _heatmap_rows(
     cells: pl.DataFrame, params: pl.DataFrame, findings: list[Finding]
 ) -> tuple[list[tuple[int, str]], str]:
-    """(param_id, display name) in model order; names made unique so plotly keeps every row."""
+    """(param_id, display name) in model order; names made unique so every row can be told apart."""
     present = cells.group_by("param_id").agg(pl.col("norm").max().alias("peak"), pl.col("bad").any())
     if _has(params, "param_id", "name"):
         present = present.join(params.select("param_id", "name"), on="param_id", how="left")
@@ -427,15 +414,15 @@ def update_ratio_chart(grads: pl.LazyFrame, buckets: _StepBuckets | None) -> Cha
         chart.missing = "no optimizer updates were recorded."
         return chart
     x = [buckets.labels[c] for c in per_col["col"]]
-    data = [
-        _line(x, [round_sig(v) for v in per_col[name]], label, line={"color": color, "dash": dash})
+    series = [
+        _line(x, [round_sig(v) for v in per_col[name]], label, color=color, dash=dash)
         for name, label, color, dash in (
-            ("max", "largest parameter", SPIKE, "solid"),
-            ("median", "median parameter", "#1565c0", "solid"),
-            ("min", "smallest parameter", "#78909c", "dot"),
+            ("max", "largest parameter", SPIKE, False),
+            ("median", "median parameter", "#1565c0", False),
+            ("min", "smallest parameter", "#78909c", True),
         )
     ]
-    chart.figure = {"data": data, "layout": _layout("step", "update / weight", log_y=True)}
+    chart.figure = line_figure(series, [], "step", "update / weight", log=True, log_toggle=True)
     return chart
 
 
@@ -460,7 +447,7 @@ def step_time_chart(steps: pl.DataFrame, step_times: pl.DataFrame, findings: lis
     scale = time_unit(column) or 1.0
     source = source.with_columns((pl.col(column).cast(pl.Float64) * scale * 1e3).alias("ms"))
     marks = _finding_steps(findings, {"slow-step"})
-    chart.figure = _series_chart(source, "ms", False, marks, set(), "step time (ms)")
+    chart.figure = _series_chart(source, "ms", False, marks, set(), "step time (ms)", log_toggle=False)
     return chart
 
 
@@ -485,24 +472,40 @@ def breakdown_chart(step_times: pl.DataFrame) -> Chart:
         return chart
     ranks = _ranks(step_times)
     frame = _of_rank(step_times, ranks[0]).sort("step")
-    x = [str(s) for s in frame["step"].to_list()]
-    data = []
+    series = []
     for column in parts:
         values = frame[column].cast(pl.Float64) * ((time_unit(column) or 1.0) * 1e3)
         if values.fill_null(0).abs().sum() > 0:
-            label = column_label(column)
-            data.append(
-                {"type": "bar", "x": x, "y": [round_sig(v, 4) for v in values.to_list()], "name": plotly_text(label)}
-            )
-    if not data:
+            series.append({"name": column_label(column), "values": [round_sig(v, 4) for v in values.to_list()]})
+    if not series:
         chart.missing = "the profiled steps have no time breakdown."
         return chart
     title = "step" + (f" (rank {ranks[0]})" if ranks[0] is not None and len(ranks) > 1 else "")
-    chart.figure = {
-        "data": data,
-        "layout": _layout(title, "time (ms)", barmode="stack", xaxis={"type": "category", "title": {"text": title}}),
-    }
+    chart.figure = bars_figure([str(s) for s in frame["step"].to_list()], series, "time (ms)", title, unit="ms")
     return chart
+
+
+def bars_figure(
+    categories: list[str],
+    series: list[dict[str, Any]],
+    value_title: str,
+    category_title: str = "",
+    horizontal: bool = False,
+    full: list[str] | None = None,
+    unit: str = "",
+) -> dict[str, Any]:
+    """Stacked bars for report.js, one bar per category (its index, never its label, identifies
+    it, so two categories with the same short label stay two bars); `full` names show on hover."""
+    return {
+        "kind": "bars",
+        "categories": categories,
+        "full": full or categories,
+        "series": series,
+        "value_title": value_title,
+        "category_title": category_title,
+        "horizontal": horizontal,
+        "unit": unit,
+    }
 
 
 def top_chart(chart_id: str, title: str, frame: pl.DataFrame, what: str) -> Chart:
@@ -511,28 +514,23 @@ def top_chart(chart_id: str, title: str, frame: pl.DataFrame, what: str) -> Char
     if not _has(frame, "name") or column is None:
         chart.missing = f"no profiler trace with {what} timings was found."
         return chart
-    top = frame.sort(column, descending=True, nulls_last=True).head(TOP_BARS)
+    # One bar per full name: the frame may hold a name several times (one row per input shape).
+    top = (
+        frame.group_by(pl.col("name").cast(pl.String))
+        .agg(pl.col(column).sum())
+        .sort(column, "name", descending=[True, False], nulls_last=True)
+        .head(TOP_BARS)
+    )
     scale = (time_unit(column) or 1.0) * 1e3
-    names = [plotly_text(_short(n)) for n in top["name"].cast(pl.String).to_list()]
-    bar = {
-        "type": "bar",
-        "orientation": "h",
-        "x": [round_sig(v * scale, 4) if v is not None else None for v in top[column].to_list()],
-        "y": names,
-        "hovertemplate": "%{y}<br>%{x} ms<extra></extra>",
-        "marker": {"color": "#1565c0"},
-    }
-    layout = _layout(f"{column_label(column)} (ms)", "", height=max(260, 40 + 24 * len(names)))
-    layout["yaxis"].update(autorange="reversed", type="category", automargin=True)
-    chart.figure = {"data": [bar], "layout": layout}
+    full = top["name"].to_list()
+    series = [{"name": "", "values": [round_sig(v * scale, 4) if v is not None else None for v in top[column]]}]
+    chart.figure = bars_figure(
+        short_names(full), series, f"{column_label(column)} (ms)", horizontal=True, full=full, unit="ms"
+    )
     return chart
 
 
-def _short(name: str, limit: int = 60) -> str:
-    return name if len(name) <= limit else name[: limit - 1] + "…"
-
-
-def memory_chart(steps: pl.DataFrame) -> Chart:
+def memory_chart(steps: pl.DataFrame, gpu_run: bool) -> Chart:
     chart = Chart(
         "chart-memory",
         "GPU memory",
@@ -542,24 +540,21 @@ def memory_chart(steps: pl.DataFrame) -> Chart:
         c for c in ("mem_allocated", "max_mem_allocated") if c in steps.columns and steps[c].null_count() < steps.height
     ]
     if not _has(steps, "step") or not columns:
-        chart.missing = "no GPU memory was recorded (CPU run)."
+        chart.missing = (
+            "no GPU memory was recorded (the recorder logs torch.cuda memory per step; profiler traces alone do not)."
+            if gpu_run
+            else "no GPU memory was recorded (CPU run)."
+        )
         return chart
     many = len(_ranks(steps)) > 1
-    data = []
+    series = []
     for rank in _ranks(steps):
         frame = _of_rank(steps, rank).with_columns([(pl.col(c) / 2**20).alias(c) for c in columns])
         for column in columns:
             x, y = thin(frame, "step", column)
             label = "allocated" if column == "mem_allocated" else "peak allocated"
-            data.append(
-                _line(
-                    x,
-                    y,
-                    f"{_rank_name(rank, many)} {label}".strip(),
-                    line={"dash": "dot"} if column.startswith("max") else {},
-                )
-            )
-    chart.figure = {"data": data, "layout": _layout("step", "MiB")}
+            series.append(_line(x, y, f"{_rank_name(rank, many)} {label}".strip(), dash=column.startswith("max")))
+    chart.figure = line_figure(series, [], "step", "MiB", log=False, log_toggle=False)
     return chart
 
 
@@ -573,42 +568,59 @@ def rank_chart(ranks: list[dict[str, Any]]) -> Chart:
         chart.missing = "only one rank was recorded."
         return chart
     labels = [f"rank {r['rank']}" for r in ranks]
-    data = []
+    panels = []
     if any(r.get("step_time_s") is not None for r in ranks):
-        data.append(
-            {
-                "type": "bar",
-                "x": labels,
-                "y": [round_sig((r.get("step_time_s") or 0) * 1e3, 4) for r in ranks],
-                "name": "median step (ms)",
-                "marker": {"color": "#1565c0"},
-            }
-        )
+        values = [round_sig((r.get("step_time_s") or 0) * 1e3, 4) for r in ranks]
+        panels.append(bars_figure(labels, [{"name": "median step", "values": values}], "median step (ms)", unit="ms"))
+    gpu = []
     for key, color in (("compute_us", "#2e7d32"), ("non_compute_us", "#f9a825"), ("idle_us", "#9e9e9e")):
         values = [(r.get("gpu") or {}).get(key) for r in ranks]
         if any(v is not None for v in values):
-            data.append(
+            name = f"GPU {key[:-3].replace('_', '-')}"
+            gpu.append(
                 {
-                    "type": "bar",
-                    "x": labels,
-                    "y": [round_sig(v / 1e3, 4) if v is not None else None for v in values],
-                    "name": f"GPU {key[:-3].replace('_', '-')} (ms)",
-                    "marker": {"color": color},
-                    "yaxis": "y2",
-                    "xaxis": "x2",
+                    "name": name,
+                    "color": color,
+                    "values": [round_sig(v / 1e3, 4) if v is not None else None for v in values],
                 }
             )
-    if not data:
+    if gpu:
+        panels.append(bars_figure(labels, gpu, "GPU time (ms)", unit="ms"))
+    if not panels:
         chart.missing = "the ranks have no timings."
         return chart
-    layout = _layout("", "median step (ms)", xaxis={"type": "category", "domain": [0, 0.45]})
-    if any(t.get("yaxis") == "y2" for t in data):
-        layout.update(
-            barmode="stack",
-            xaxis2={"type": "category", "domain": [0.55, 1], "anchor": "y2"},
-            yaxis2={"title": {"text": "GPU time (ms)"}, "anchor": "x2"},
+    chart.figure = panels[0] if len(panels) == 1 else {"kind": "panels", "panels": panels}
+    return chart
+
+
+MAX_EVENT_NAME = 200
+
+
+def timeline_chart(analysis: Analysis, timeline: StepTimeline) -> Chart:
+    """CPU threads and GPU streams of one step as lanes of bars (report.js stacks nested ops)."""
+    slug = "slowest" if timeline.why.startswith("slowest") else "anomalous"
+    many = len(analysis.trace_origins) > 1
+    where = f"step {timeline.step}" + (f" of rank {timeline.rank}" if many else "")
+    chart = Chart(
+        f"chart-timeline-{slug}",
+        f"Timeline of the {timeline.why} ({where})",
+        "Each lane is a CPU thread or a GPU stream; each bar an op, runtime call or kernel, nested calls below "
+        "their caller. Hover a bar for its name; drag across the chart to zoom, double-click or Reset zoom to go back.",
+    )
+    events = timeline.events
+    names = events["name"].unique(maintain_order=True).to_list()
+    index = {name: i for i, name in enumerate(names)}
+    chart.figure = {
+        "kind": "timeline",
+        "step": timeline.step,
+        "span_ms": round((timeline.end_ns - timeline.start_ns) / 1e6, 4),
+        "lanes": timeline.lanes,
+        "names": [n[:MAX_EVENT_NAME] for n in names],
+        "events": [[lane, start, dur, index[name]] for lane, start, dur, name in events.iter_rows()],
+    }
+    if timeline.total_events > events.height:
+        chart.explain += (
+            f" Note: showing the {events.height:,} longest of {timeline.total_events:,} events of this step."
         )
-    else:
-        layout["xaxis"]["domain"] = [0, 1]
-    chart.figure = {"data": data, "layout": layout}
+    chart.trace = step_range(analysis, timeline.rank, timeline.step)
     return chart

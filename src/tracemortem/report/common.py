@@ -35,7 +35,7 @@ def environment(autoescape: bool) -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(num=fmt_number, dur=fmt_seconds, md=md_escape, term=terminal_text)
+    env.filters.update(num=fmt_number, dur=fmt_seconds, md=md_escape, term=terminal_text, pct=fmt_share)
     return env
 
 
@@ -63,6 +63,15 @@ def fmt_number(value: Any) -> str:
             return f"{int(value):,}"
         return f"{value:.4g}"
     return str(value)
+
+
+def fmt_share(share: Any) -> str:
+    """A fraction as a percentage: `12.3%`, `<0.01%` for a tiny but non-zero share, `—` for none."""
+    if not isinstance(share, (int, float)) or isinstance(share, bool) or not math.isfinite(share):
+        return "—"
+    if 0 < share < 1e-4:
+        return "<0.01%"
+    return f"{share * 100:.3g}%"
 
 
 def fmt_seconds(seconds: Any) -> str:
@@ -123,12 +132,6 @@ def script_json(data: Any) -> str:
     data gives the same bytes."""
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     return _JSON_UNSAFE_RE.sub(lambda m: _JSON_UNSAFE[m.group()], text)
-
-
-def plotly_text(text: Any) -> str:
-    """Plotly renders labels as a small HTML dialect (<b>, <a href>, <br>): entity-encode names
-    from the data so they are drawn as the literal characters."""
-    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 # Inside a table cell only these can start markup; `-`, `#`, `+` matter only at a line start.

@@ -1,11 +1,14 @@
-"""Text, Markdown and JSON for `tracemortem diff` (the comparison dict from `tracemortem.compare`)."""
+"""Text, Markdown, JSON and HTML for `tracemortem diff` (the comparison dict from `tracemortem.compare`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from markupsafe import Markup
+
 from ..sanitize import terminal_text
-from .common import Table, fmt_seconds, md_escape
+from ..version import __version__
+from .common import Table, asset, environment, fmt_seconds, md_escape
 from .strict_json import dumps
 from .terminal import columns
 
@@ -37,21 +40,27 @@ def _finding_line(finding: dict[str, Any]) -> tuple[str, str, str, str]:
     return (finding["severity"], finding["rule"], finding["subject"] or "", finding["title"])
 
 
+def _sections(result: dict[str, Any]) -> list[tuple[str, Table]]:
+    """(title, table) for each non-empty part of the comparison, in reading order."""
+    sections = []
+    for title, key in (("Ops (self CPU time per step)", "ops"), ("GPU kernels (time per step)", "kernels")):
+        if result[key]:
+            sections.append((title, _change_table(result[key])))
+    for title, key in (("New findings", "new_findings"), ("Resolved findings", "resolved_findings")):
+        if result[key]:
+            rows = [list(_finding_line(f)) for f in result[key]]
+            sections.append((title, Table(["severity", "rule", "subject", "title"], rows, [False] * 4)))
+    return sections
+
+
 def render_text(result: dict[str, Any]) -> str:
     lines = [
         f"Baseline:  {terminal_text(result['baseline'])}",
         f"Candidate: {terminal_text(result['candidate'])}",
         _step_line(result["step_time_s"]),
     ]
-    for title, key in (("Ops (self CPU time per step)", "ops"), ("GPU kernels (time per step)", "kernels")):
-        if result[key]:
-            lines += ["", title] + columns(_change_table(result[key]))
-    for title, key in (("New findings", "new_findings"), ("Resolved findings", "resolved_findings")):
-        if result[key]:
-            table = Table(
-                ["severity", "rule", "subject", "title"], [list(_finding_line(f)) for f in result[key]], [False] * 4
-            )
-            lines += ["", title] + columns(table)
+    for title, table in _sections(result):
+        lines += ["", title] + columns(table)
     return "\n".join(lines) + "\n"
 
 
@@ -68,16 +77,21 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"- Candidate: {md_escape(result['candidate'])}",
         f"- {_step_line(result['step_time_s'])}",
     ]
-    for title, key in (("Ops (self CPU time per step)", "ops"), ("GPU kernels (time per step)", "kernels")):
-        if result[key]:
-            lines += ["", f"### {title}", ""] + _md_table(_change_table(result[key]))
-    for title, key in (("New findings", "new_findings"), ("Resolved findings", "resolved_findings")):
-        if result[key]:
-            table = Table(
-                ["severity", "rule", "subject", "title"], [list(_finding_line(f)) for f in result[key]], [False] * 4
-            )
-            lines += ["", f"### {title}", ""] + _md_table(table)
+    for title, table in _sections(result):
+        lines += ["", f"### {title}", ""] + _md_table(table)
     return "\n".join(lines) + "\n"
+
+
+def render_html(result: dict[str, Any]) -> str:
+    """One self-contained page (the report's stylesheet, no script)."""
+    template = environment(autoescape=True).get_template("diff.html.j2")
+    return template.render(
+        version=__version__,
+        result=result,
+        step_line=_step_line(result["step_time_s"]),
+        sections=_sections(result),
+        css=Markup(asset("report.css")),
+    )
 
 
 def render_diff(result: dict[str, Any], fmt: str) -> str:
@@ -85,4 +99,6 @@ def render_diff(result: dict[str, Any], fmt: str) -> str:
         return dumps(result, indent=1)
     if fmt == "md":
         return render_markdown(result)
+    if fmt == "html":
+        return render_html(result)
     return render_text(result)

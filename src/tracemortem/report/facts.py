@@ -22,6 +22,7 @@ _FACT_LABELS = (
     ("torch_version", "PyTorch"),
     ("cuda_version", "CUDA"),
     ("devices", "Devices"),
+    ("gpus", "GPU"),
     ("parameters", "Parameters"),
     ("hostnames", "Hosts"),
     ("recorded", "Recorded"),
@@ -62,6 +63,8 @@ def run_facts(run: RunFacts) -> list[tuple[str, str]]:
             if not value.get("count"):
                 continue
             text = f"{fmt_number(value.get('first'))} – {fmt_number(value.get('last'))} ({fmt_number(value.get('count'))} steps)"
+        elif key == "gpus" and isinstance(value, list):
+            text = gpu_text(value)
         elif key == "checkpoints" and isinstance(value, list):
             steps = [c.get("step") for c in value if isinstance(c, dict)]
             last = max((step for step in steps if isinstance(step, int)), default=None)
@@ -78,6 +81,30 @@ def run_facts(run: RunFacts) -> list[tuple[str, str]]:
     return facts
 
 
+def gpu_text(gpus: list[Any]) -> str:
+    """`2 × NVIDIA A100-PG509-200 (39.4 GiB each)`, one model after another."""
+    parts = []
+    for gpu in gpus:
+        if not isinstance(gpu, dict):
+            continue
+        memory = gpu.get("memory_bytes")
+        count = gpu.get("count")
+        text = f"{count} × {gpu.get('name')}" if isinstance(count, int) and count > 1 else str(gpu.get("name"))
+        if isinstance(memory, int) and memory > 0:
+            text += f" ({memory / 2**30:.1f} GiB{' each' if isinstance(count, int) and count > 1 else ''})"
+        parts.append(text)
+    return "; ".join(parts) or "—"
+
+
+def has_gpu(run: RunFacts) -> bool:
+    """Did the run use a GPU: the traces show GPU activity or devices, or the recorder saw CUDA."""
+    return (
+        bool(run.extra.get("gpus"))
+        or any(r.gpu for r in run.ranks)
+        or any(not str(d).startswith("cpu") for d in run.devices)
+    )
+
+
 def recorder_settings(run: RunFacts) -> list[tuple[str, str]]:
     settings = run.extra.get("recorder")
     if not isinstance(settings, dict):
@@ -87,10 +114,6 @@ def recorder_settings(run: RunFacts) -> list[tuple[str, str]]:
 
 def severity_counts(findings: list[Finding]) -> dict[str, int]:
     return {s: sum(f.severity == s for f in findings) for s in SEVERITIES}
-
-
-def evidence(finding: Finding) -> list[tuple[str, str]]:
-    return [(key, _text(value)) for key, value in sorted(finding.evidence.items())]
 
 
 def rank_table(run: RunFacts) -> Table:
@@ -105,6 +128,13 @@ def rank_table(run: RunFacts) -> Table:
             + [fmt_seconds(gpu[k] / 1e6) if isinstance(gpu.get(k), (int, float)) else "—" for k in gpu_keys]
         )
     return Table(headers, rows, [True] * len(headers))
+
+
+def top_rows(frame: pl.DataFrame, top: int) -> list[dict[str, Any]]:
+    """The `top` rows of a statistics frame, longest first, as plain dicts (JSON output)."""
+    column = key_time_column(frame)
+    frame = frame.sort(column, descending=True, nulls_last=True) if column else frame
+    return frame.select(c for c in frame.columns if frame.schema[c] != pl.Null).head(top).to_dicts()
 
 
 def ops_table(frame: pl.DataFrame, top: int = TOP_OPS) -> Table:

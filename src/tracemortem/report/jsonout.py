@@ -1,4 +1,4 @@
-"""The JSON document of DESIGN §6: `analysis.to_dict()`, sorted, indented, strict JSON (a NaN or
+"""The JSON document (docs/report.md): `analysis.to_dict()`, sorted, indented, strict JSON (a NaN or
 infinite number is `null`, named in the top-level `non_finite`)."""
 
 from __future__ import annotations

@@ -1,18 +1,25 @@
-"""A Markdown summary short enough for a ticket body (under ~60 lines): run facts, the
-findings table, the top ops. Every name goes through the `md` filter (no `|`, no markup)."""
+"""A Markdown body for a ticket (at most `MAX_LINES` lines): the verdict, the run facts, each
+finding with its message, key evidence and what to try, then the top ops. Every name goes
+through the `md` filter (no `|`, no markup)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from .common import environment
+from .evidence import brief, evidence_items
 from .facts import ops_table, run_facts, severity_counts
+from .trace_links import finding_range, step_range
+from .verdict import report_verdict
 
 if TYPE_CHECKING:
     from ..analysis import Analysis
 
-MAX_FINDINGS = 25
-MAX_OPS = 10
+MAX_LINES = 80
+MAX_FINDINGS = 8
+MAX_OPS = 5
+# Facts a ticket needs; the rest are in the HTML report.
+_TICKET_FACTS = {"Path", "Input", "Status", "World size", "Steps", "PyTorch", "CUDA", "Devices", "GPU"}
 
 
 class MarkdownReport:
@@ -21,11 +28,14 @@ class MarkdownReport:
     def render(self, analysis: Analysis) -> str:
         findings = analysis.findings
         template = environment(autoescape=False).get_template("report.md.j2")
+        shown = findings[:MAX_FINDINGS]
         return template.render(
-            facts=run_facts(analysis.run),
+            verdict=report_verdict(analysis),
+            facts=[(k, v) for k, v in run_facts(analysis.run) if k in _TICKET_FACTS],
             counts=severity_counts(findings),
-            findings=findings[:MAX_FINDINGS],
-            more=max(0, len(findings) - MAX_FINDINGS),
+            timelines=[(t.why, t.step, step_range(analysis, t.rank, t.step)) for t in analysis.timelines],
+            findings=[(f, brief(evidence_items(f)), finding_range(analysis, f)) for f in shown],
+            more=len(findings) - len(shown),
             ops=ops_table(analysis.ops, MAX_OPS),
-            kernels=ops_table(analysis.kernels, 5),
+            kernels=ops_table(analysis.kernels, MAX_OPS) if len(shown) <= 6 else ops_table(analysis.kernels, 0),
         )

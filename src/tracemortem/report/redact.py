@@ -333,10 +333,14 @@ def redact_analysis(analysis: Analysis, pseudonymize: bool) -> Analysis:
     scan.walk(run)
     scan.walk(analysis.findings)
     scan.walk(str(analysis.path))
+    scan.walk([list(o.files) for o in analysis.trace_origins.values()] + [t.lanes for t in analysis.timelines])
+    timeline_frames = {f"timeline {i}": t.events for i, t in enumerate(analysis.timelines)}
     user_scalars = [c for c in frames["steps"].columns if c not in STEPS_SCHEMA.names and c != "rank"]
     scan.texts.update(user_scalars)
 
-    distinct = {(name, c): _distinct(f, c) for name, f in frames.items() for c in _string_columns(f)}
+    distinct = {
+        (name, c): _distinct(f, c) for name, f in {**frames, **timeline_frames}.items() for c in _string_columns(f)
+    }
     pool = pl.concat([pl.Series(sorted(scan.texts), dtype=pl.String), *distinct.values()]).unique()
     names = _discover(scan, pool) if pseudonymize else None
     table = _clean_pool(pool, names)
@@ -358,9 +362,24 @@ def redact_analysis(analysis: Analysis, pseudonymize: bool) -> Analysis:
             frame = frame.rename(renames) if renames else frame
         cleaned[name] = frame
 
+    # The report's timelines (op names, lanes) and the trace files they point into.
+    timelines = [
+        dataclasses.replace(
+            t,
+            lanes=[table.get(lane, lane) for lane in t.lanes],
+            events=t.events.with_columns(pl.col("name").replace(table)),
+        )
+        for t in analysis.timelines
+    ]
+    origins = {
+        rank: dataclasses.replace(o, files=tuple(table.get(f, f) for f in o.files))
+        for rank, o in analysis.trace_origins.items()
+    }
     return dataclasses.replace(
         analysis,
         path=Path(table.get(str(analysis.path), str(analysis.path))),
+        timelines=timelines,
+        trace_origins=origins,
         findings=[_rebuild(f, table) for f in analysis.findings],
         run=RunFacts.from_dict(_rebuild(run, table)),
         steps=cleaned["steps"],

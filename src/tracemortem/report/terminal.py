@@ -1,13 +1,17 @@
-"""Plain-text output for `tracemortem summary` and `tracemortem ops`: aligned columns, no
-colour codes (click strips nothing we do not emit); every name goes through `sanitize.terminal_text`."""
+"""Plain-text output for `tracemortem summary` and `tracemortem ops`: aligned columns, colour
+only when the CLI asks for it (a terminal without NO_COLOR); every name goes through
+`sanitize.terminal_text`."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from ..sanitize import terminal_text
 from .common import SEVERITY_LABEL, Table, environment
-from .facts import evidence, ops_table, run_facts, severity_counts
+from .evidence import brief, evidence_items
+from .facts import ops_table, run_facts, severity_counts
+from .verdict import report_verdict
 
 if TYPE_CHECKING:
     from ..analysis import Analysis
@@ -36,19 +40,45 @@ class TextSummary:
     def render(self, analysis: Analysis) -> str:
         template = environment(autoescape=False).get_template("summary.txt.j2")
         return template.render(
+            verdict=report_verdict(analysis),
             facts=run_facts(analysis.run),
             counts=severity_counts(analysis.findings),
             label=SEVERITY_LABEL,
-            findings=[(f, evidence(f)) for f in analysis.findings],
+            findings=[(f, brief(evidence_items(f), limit=8)) for f in analysis.findings],
         )
 
 
+_SEVERITY_COLOURS = {"ERROR": "red", "WARNING": "yellow", "INFO": "blue"}
+
+
+def colourize(text: str) -> str:
+    """The text summary with its severity words coloured and the verdict in bold, for a terminal
+    (the CLI decides: only on a TTY and never when NO_COLOR is set, see https://no-color.org)."""
+    import click
+
+    lines = text.split("\n")
+    if len(lines) > 1 and lines[1]:
+        lines[1] = click.style(lines[1], bold=True)
+    for i, line in enumerate(lines):
+        word = line.split(" ", 1)[0]
+        if word in _SEVERITY_COLOURS:
+            lines[i] = click.style(word, fg=_SEVERITY_COLOURS[word], bold=True) + line[len(word) :]
+    return "\n".join(lines)
+
+
+def use_colour(is_tty: bool, environ: Mapping[str, str]) -> bool:
+    return is_tty and not environ.get("NO_COLOR") and environ.get("TERM") != "dumb"
+
+
+NO_OPS = "No profiler trace with op timings was found."
+
+
+def ops_tables(analysis: Analysis, top: int) -> list[tuple[str, Table]]:
+    """The op and kernel tables `tracemortem ops` prints, whichever the trace has."""
+    found = [("Top ops", ops_table(analysis.ops, top)), ("Top GPU kernels", ops_table(analysis.kernels, top))]
+    return [(title, table) for title, table in found if table]
+
+
 def render_ops_table(analysis: Analysis, top: int = 20) -> str:
-    sections = []
-    for title, frame in (("Top ops", analysis.ops), ("Top GPU kernels", analysis.kernels)):
-        table = ops_table(frame, top)
-        if table:
-            sections.append("\n".join([title] + columns(table)))
-    if not sections:
-        return "No profiler trace with op timings was found.\n"
-    return "\n\n".join(sections) + "\n"
+    sections = ["\n".join([title] + columns(table)) for title, table in ops_tables(analysis, top)]
+    return "\n\n".join(sections) + "\n" if sections else NO_OPS + "\n"

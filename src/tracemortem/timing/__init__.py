@@ -13,10 +13,10 @@ from typing import Any
 
 import polars as pl
 
-from ..config import Config
 from ..load.traces import TraceSet
 from ..progress import Progress, silent
 from ..scalars import as_int, optional_float
+from ..thresholds import Thresholds
 from . import gpu as gpu_stats
 from .kernels import kernel_table
 from .ops import op_table, step_op_table, with_self_time
@@ -46,7 +46,7 @@ class Timing:
         return [entry["rank"] for entry in self.ranks if "gpu" in entry]
 
 
-def summarize(traces: TraceSet, config: Config | None = None, progress: Progress = silent) -> Timing:
+def summarize(traces: TraceSet, config: Thresholds | None = None, progress: Progress = silent) -> Timing:
     progress("timing: op nesting and self time")
     cpu = with_self_time(traces.events)
     ops = op_table(cpu, traces.gpu, traces.events)

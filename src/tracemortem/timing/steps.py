@@ -1,7 +1,7 @@
 """Per (rank, ProfilerStep) time breakdown.
 
 Each step's wall-clock window is split by priority, in the spirit of tb_plugin's waterfall
-(research/trace-analyzers.md §2.3), so the exclusive parts sum to the step's duration:
+(docs/traces.md), so the exclusive parts sum to the step's duration:
 GPU compute > communication (NCCL) > memcpy > memset > data loading > host sync > other.
 A lower part only gets window time no higher part covers: `data_loading_ns` is DataLoader time
 while the GPU was idle, `other_ns` is time with no GPU work, no data loading and no sync (on a
