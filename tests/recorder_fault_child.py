@@ -211,7 +211,7 @@ def forked_copy(run: str) -> dict:
         }
         for x, y in data[5:]:
             rec.step(loss=_train_step(model, opt, x, y))
-        state["pending_grads"] = rec._pending is not None
+        state["pending_grads"] = any(tap.pending is not None for tap in rec._taps)
         rec.close()
         os.write(write, json.dumps(state).encode())
         os.close(write)
