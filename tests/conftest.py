@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
+
+from trace_helpers import record_cpu_trace
 
 CHROMIUM = "/usr/bin/chromium"
 BROWSER_ARGS = [
@@ -39,3 +42,9 @@ def browser():
         b = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS, headless=True)
         yield b
         b.close()
+
+
+@pytest.fixture(scope="session")
+def cpu_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real torch.profiler trace of a small CPU training loop (skips without torch)."""
+    return record_cpu_trace(tmp_path_factory.mktemp("cpu") / "trace.json")

@@ -3,12 +3,12 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "real_traces"
-CONTROL, TEST = REAL / "diff_control_a100", REAL / "diff_test_v100"
+from trace_helpers import REAL_TRACES
+
+CONTROL, TEST = REAL_TRACES / "diff_control_a100", REAL_TRACES / "diff_test_v100"
 
 pytestmark = pytest.mark.skipif(not CONTROL.is_dir() or not TEST.is_dir(), reason="shared/real_traces not present")
 

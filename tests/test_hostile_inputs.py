@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cli_helpers import Outcome, cli, report
-from trace_helpers import REAL_TRACES, record_cpu_trace
+from trace_helpers import REAL_TRACES
 from tracemortem.errors import InputError
 
 REAL_GPU_TRACE = REAL_TRACES / "two_rank_sampled" / "rank-0.json.gz"
@@ -33,11 +33,6 @@ def _clean_cwd(tmp_path, monkeypatch):
 
 
 # --- inputs ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def cpu_trace(tmp_path_factory) -> Path:
-    return record_cpu_trace(tmp_path_factory.mktemp("cpu") / "trace.json")
 
 
 @pytest.fixture(scope="session")

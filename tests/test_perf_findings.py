@@ -10,13 +10,12 @@ import polars as pl
 import pytest
 
 from perf_helpers import profiled_loop, recorder_steps, timing_of
+from trace_helpers import REAL_TRACES
 from tracemortem.config import Config
 from tracemortem.detect import perf
 from tracemortem.findings import at_or_above
 from tracemortem.load.traces import load_traces
 from tracemortem.timing import summarize
-
-REAL = Path(__file__).resolve().parents[2] / "shared" / "real_traces"
 
 
 def by_rule(findings, rule):
@@ -119,9 +118,9 @@ def test_healthy_loop_is_quiet(tmp_path):
 @pytest.fixture(scope="module")
 def gpu_timing():
     def get(folder: str):
-        if not (REAL / folder).is_dir():
+        if not (REAL_TRACES / folder).is_dir():
             pytest.skip("shared/real_traces not present")
-        return summarize(load_traces({p: None for p in (REAL / folder).glob("*.json*")}))
+        return summarize(load_traces({p: None for p in (REAL_TRACES / folder).glob("*.json*")}))
 
     return get
 

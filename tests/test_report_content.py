@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from report_helpers import NAN_STEP, make_analysis
+from trace_helpers import REAL_TRACES
 from tracemortem import analyze, report
 from tracemortem.findings import Finding
 from tracemortem.report import charts
@@ -16,7 +17,6 @@ from tracemortem.report.evidence import brief, evidence_items, number
 from tracemortem.report.names import short_name, short_names
 from tracemortem.report.verdict import verdict
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "real_traces"
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_traces"
 
 
@@ -109,7 +109,7 @@ def test_the_exploding_sample_is_light_and_says_what_happened():
 
 
 def _gpu(trace: str):
-    path = REAL / trace
+    path = REAL_TRACES / trace
     if not path.exists():
         pytest.skip("shared/real_traces not present")
     return analyze(path)

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 
 from report_helpers import Visit, make_analysis
+from trace_helpers import REAL_TRACES
 from tracemortem import analyze, report
 
 pytestmark = pytest.mark.browser
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_traces"
-REAL_GPU = Path(__file__).resolve().parents[2] / "shared" / "real_traces" / "nccl_a100"
+REAL_GPU = REAL_TRACES / "nccl_a100"
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from trace_helpers import REAL_TRACES
 from tracemortem.load.traces import load_traces
 from tracemortem.timing import summarize
 from tracemortem.timing.gpu import hta_view
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "real_traces"
-REFERENCE = REAL / "hta_reference.json"
+REFERENCE = REAL_TRACES / "hta_reference.json"
 # HTA 0.5.0's launch statistics and temporal breakdown on more folders (scripts/hta_reference.py).
 MORE_REFERENCE = json.loads((Path(__file__).parent / "data" / "hta_launch_reference.json").read_text())["folders"]
 pytestmark = pytest.mark.skipif(not REFERENCE.is_file(), reason="shared/real_traces not present")
@@ -30,7 +30,7 @@ def timings():
 
     def get(folder: str):
         if folder not in cache:
-            path = REAL / folder if (REAL / folder).is_dir() else REAL / "more" / folder
+            path = REAL_TRACES / folder if (REAL_TRACES / folder).is_dir() else REAL_TRACES / "more" / folder
             files = {p: None for p in sorted(path.glob("*.json*"))}
             traces = load_traces(files)
             cache[folder] = (traces, summarize(traces))

@@ -14,15 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trace_helpers import REAL_TRACES, record_cpu_trace
+from trace_helpers import REAL_TRACES
 from tracemortem.errors import InputError
 from tracemortem.load import chrome
 from tracemortem.load.traces import load_traces
-
-
-@pytest.fixture(scope="session")
-def cpu_trace(tmp_path_factory) -> Path:
-    return record_cpu_trace(tmp_path_factory.mktemp("cpu") / "trace.json")
 
 
 @pytest.fixture(scope="session")
