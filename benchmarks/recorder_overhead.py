@@ -1,6 +1,7 @@
 """Recorder overhead on a small transformer training loop (one command, prints a table).
 
     python benchmarks/recorder_overhead.py [--device cpu|cuda] [--cycles 600] [--threads 1]
+                                          [--tensor-rows 2000,20000] [--deep-cycles 30]
 
 Variants, each with its own identically initialised model:
   (a) no recording
@@ -14,6 +15,10 @@ the variant's median step time over the (a)'s, minus one, with a 90 % bootstrap 
 (cycles resampled). For (b) it also times the Recorder's own work on the training thread
 (thread CPU time in its optimizer hooks and rec.step()): a direct figure that whole-step ratios
 on a shared machine blur. Then a longer recorded run measures the bytes on disk per grads row.
+
+The rows by parameter-tensor count scale the same model in depth (12 tensors per layer) at a
+small width, so that the step is mostly per-tensor work: the Recorder's per-tensor costs show
+at their largest. Only (a) and (b) run there, interleaved the same way, and `close()` is timed.
 """
 
 from __future__ import annotations
@@ -114,11 +119,16 @@ class Variant:
                 self.times.append(time.perf_counter() - t0)
                 self.cpu.append(time.process_time() - cpu0)
 
-    def close(self) -> None:
+    def close(self) -> float:
+        """Close the variant; the seconds the Recorder's close() took (0 without one)."""
+        took = 0.0
         if self.rec is not None:
+            t0 = time.perf_counter()
             self.rec.close()
+            took = time.perf_counter() - t0
         if self.tb is not None:
             self.tb.close()
+        return took
 
 
 def _ratio(times: list[float], base: list[float]) -> float:
@@ -136,6 +146,59 @@ def _interval(times: list[float], base: list[float], draws: int = 2000) -> tuple
         ratios.append(_ratio([times[i] for i in pick], [base[i] for i in pick]))
     ratios.sort()
     return ratios[int(0.05 * draws)], ratios[int(0.95 * draws)]
+
+
+def interleave(variants: dict[str, Variant], cycles: int, warmup: int) -> None:
+    """Warm every variant up, then run `cycles` cycles of one step each, in a fresh random order."""
+    for v in variants.values():
+        v.run(warmup, keep=False)
+    order = list(variants)
+    rng = random.Random(0)
+    for _ in range(cycles):
+        rng.shuffle(order)
+        for n in order:
+            variants[n].run(1, keep=True)
+
+
+def layers_for(tensors: int) -> int:
+    """Encoder layers giving about `tensors` parameter tensors (12 per layer, 6 outside)."""
+    return max(1, round((tensors - 6) / 12))
+
+
+def tensor_rows(args: argparse.Namespace, workdir: Path) -> list[dict]:
+    rows = []
+    for target in args.tensor_rows:
+        deep = argparse.Namespace(
+            **{
+                **vars(args),
+                "layers": layers_for(target),
+                "d_model": args.deep_d_model,
+                "batch": args.deep_batch,
+                "seq": args.deep_seq,
+                "vocab": 256,
+            }
+        )
+        variants = {n: Variant(n, deep, workdir / f"deep{target}") for n in ("none", "recorder")}
+        interleave(variants, args.deep_cycles, warmup=2)
+        close_s = variants["recorder"].close()
+        variants["none"].close()
+        base, rec = variants["none"], variants["recorder"]
+        low, high = _interval(rec.times, base.times)
+        rows.append(
+            {
+                "tensors": len(base.named),
+                "params": sum(p.numel() for p in base.model.parameters()),
+                "none_ms": statistics.median(base.times) * 1e3,
+                "rec_ms": statistics.median(rec.times) * 1e3,
+                "overhead": _ratio(rec.times, base.times),
+                "interval": (low, high),
+                "cpu_overhead": _ratio(rec.cpu, base.cpu),
+                "own_ms": statistics.median(rec.own[2:]) * 1e3,
+                "close_s": close_s,
+            }
+        )
+        del variants
+    return rows
 
 
 def bytes_per_grads_row(args: argparse.Namespace, workdir: Path) -> tuple[int, int, float]:
@@ -169,6 +232,16 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--vocab", type=int, default=2000)
     parser.add_argument("--bytes-steps", type=int, default=1500, help="steps of the run that measures bytes/row")
+    parser.add_argument(
+        "--tensor-rows",
+        type=lambda text: [int(n) for n in text.split(",") if n],
+        default=[2000, 20000],
+        help="parameter-tensor counts of the depth-scaled rows ('' for none)",
+    )
+    parser.add_argument("--deep-cycles", type=int, default=30, help="timed steps per variant in those rows")
+    parser.add_argument("--deep-d-model", type=int, default=32)
+    parser.add_argument("--deep-batch", type=int, default=4)
+    parser.add_argument("--deep-seq", type=int, default=32)
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but CUDA is not available")
@@ -179,17 +252,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         variants = {n: Variant(n, args, workdir) for n in names}
-        for v in variants.values():
-            v.run(args.warmup, keep=False)
-        order = list(names)
-        rng = random.Random(0)
-        for _ in range(args.cycles):
-            rng.shuffle(order)
-            for n in order:
-                variants[n].run(1, keep=True)
-        for v in variants.values():
-            v.close()
+        interleave(variants, args.cycles, args.warmup)
+        main_close_s = variants["recorder"].close()
+        for n in names[:1] + names[2:]:
+            variants[n].close()
         rows, size, per_row = bytes_per_grads_row(args, workdir)
+        deep = tensor_rows(args, workdir)
 
     params = sum(p.numel() for p in variants["none"].model.parameters())
     tensors = len(variants["none"].named)
@@ -237,6 +305,24 @@ def main() -> None:
         f"update norms on every 10th step)"
     )
     print(f"grads table: {rows} rows in {size} bytes on disk = {per_row:.2f} bytes/row ({args.bytes_steps} steps)")
+    print(f"(b) Recorder close(): {main_close_s:.3f} s")
+    if deep:
+        print()
+        print(
+            f"by parameter tensors: d_model={args.deep_d_model} batch={args.deep_batch} seq={args.deep_seq}, depth scaled; "
+            f"(a) and (b) only, {args.deep_cycles} cycles of one step each, shuffled"
+        )
+        print(
+            f"{'tensors':>8}{'params M':>10}{'(a) ms':>10}{'(b) ms':>10}{'overhead':>10}{'interval':>18}"
+            f"{'CPU overhead':>14}{'own ms':>9}{'close s':>9}"
+        )
+        for r in deep:
+            low, high = r["interval"]
+            print(
+                f"{r['tensors']:>8}{r['params'] / 1e6:>10.2f}{r['none_ms']:>10.1f}{r['rec_ms']:>10.1f}"
+                f"{r['overhead'] * 100:>9.1f}%{f'[{low * 100:.1f}, {high * 100:.1f}]%':>18}"
+                f"{r['cpu_overhead'] * 100:>13.1f}%{r['own_ms']:>9.1f}{r['close_s']:>9.3f}"
+            )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import contextlib
 import errno
 import json
 import os
+import signal
 import statistics
 import sys
 import time
@@ -156,6 +157,106 @@ def loop(run: str, raise_at: int | None) -> None:
                 print("ready", flush=True)
 
 
+class _Regression(torch.utils.data.Dataset):
+    """Sample i is the same in every process; each sample says which process made it."""
+
+    def __len__(self) -> int:
+        return 1 << 30
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        x = torch.randn(8, generator=torch.Generator().manual_seed(index))
+        return x, x.sum(dim=0, keepdim=True), os.getpid()
+
+
+def dataloader(run: str, context: str, marker: str, handed: str, marker_step: int, pause: bool) -> None:
+    """Train with a 2-worker DataLoader of the given multiprocessing context, at the recorder's
+    defaults (nothing is flushed before 1,000 steps), until a signal ends the process. Every
+    step whose `rec.step()` returned is appended to `handed` (one write syscall each, so it
+    survives the kill); after step `marker_step` the file `marker` appears, naming the worker
+    processes. With `pause`, the loop then waits for a signal instead of training on."""
+    model = mlp(seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    loader = torch.utils.data.DataLoader(_Regression(), batch_size=16, num_workers=2, multiprocessing_context=context)
+    fd = os.open(handed, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    workers: set[int] = set()
+    with Recorder(run, model, opt) as rec:
+        for step, (x, y, made_by) in enumerate(loader):
+            rec.step(loss=_train_step(model, opt, x, y))
+            os.write(fd, b"%d\n" % step)
+            workers.update(made_by.tolist())
+            if step == marker_step:
+                Path(marker + ".tmp").write_text(json.dumps({"workers": sorted(workers), "main": os.getpid()}))
+                os.replace(marker + ".tmp", marker)
+                if pause:
+                    signal.pause()
+
+
+def forked_copy(run: str) -> dict:
+    """Fork twice from a recording process: one child steps, trains and exits normally (its
+    atexit hooks run), the other is sent SIGTERM. Neither may touch the run directory."""
+    model = mlp(seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    data = batches(10)
+    rec = Recorder(run, model, opt)
+    ours = signal.getsignal(signal.SIGTERM)
+    for x, y in data[:5]:
+        rec.step(loss=_train_step(model, opt, x, y))
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the copy: train on, then leave through sys.exit (atexit runs)
+        os.close(read)
+        state = {
+            "sigterm_is_recorder": signal.getsignal(signal.SIGTERM) == ours,
+            "sigterm_is_default": signal.getsignal(signal.SIGTERM) == signal.SIG_DFL,
+        }
+        for x, y in data[5:]:
+            rec.step(loss=_train_step(model, opt, x, y))
+        state["pending_grads"] = any(tap.pending is not None for tap in rec._taps)
+        rec.close()
+        os.write(write, json.dumps(state).encode())
+        os.close(write)
+        sys.exit(0)
+    os.close(write)
+    with os.fdopen(read) as fh:
+        child_state = json.loads(fh.read())
+    _, exit_status = os.waitpid(pid, 0)
+    killed = os.fork()
+    if killed == 0:
+        signal.pause()  # parked until the parent's SIGTERM: the default action must end it
+        os._exit(3)
+    os.kill(killed, signal.SIGTERM)
+    _, killed_status = os.waitpid(killed, 0)
+    meta_between = json.loads((Path(run) / "rank0" / "meta.json").read_text())
+    for x, y in data[5:]:
+        rec.step(loss=_train_step(model, opt, x, y))
+    rec.close()
+    return {
+        "child": child_state,
+        "child_exit": os.waitstatus_to_exitcode(exit_status),
+        "killed_exit": os.waitstatus_to_exitcode(killed_status),
+        "meta_between": {k: meta_between[k] for k in ("pid", "status", "ended")},
+        "pid": os.getpid(),
+    }
+
+
+def shared_rank(run: str, marker: str, go: str, seed: int) -> dict:
+    """One of two processes recording the same rank at once (two jobs given one run directory,
+    or two nodes that both fell back to rank 0): 5 steps, the marker, wait for `go`, 5 more."""
+    model = mlp(seed=seed)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    data = batches(10, seed=seed)
+    with Recorder(run, model, opt) as rec:
+        for step, (x, y) in enumerate(data):
+            rec.step(loss=_train_step(model, opt, x, y))
+            if step == 4:
+                Path(marker).write_text(str(os.getpid()))
+                deadline = time.monotonic() + 120
+                while not Path(go).exists():  # the test says when both are running
+                    assert time.monotonic() < deadline, "never told to go on"
+                    time.sleep(0.02)
+    return {"pid": os.getpid(), "attempt": rec.attempt.number}
+
+
 def ddp(run: str) -> dict:
     """One rank of a 2-process gloo DDP job (RANK, WORLD_SIZE, MASTER_* in the environment)."""
     import torch.distributed as dist
@@ -175,5 +276,13 @@ def ddp(run: str) -> dict:
 
 if __name__ == "__main__":
     mode, args = sys.argv[1], json.loads(sys.argv[2])
-    result = {"disk_full": disk_full, "slow_disk": slow_disk, "loop": loop, "ddp": ddp}[mode](**args)
+    result = {
+        "disk_full": disk_full,
+        "slow_disk": slow_disk,
+        "loop": loop,
+        "ddp": ddp,
+        "dataloader": dataloader,
+        "forked_copy": forked_copy,
+        "shared_rank": shared_rank,
+    }[mode](**args)
     print(json.dumps(result), flush=True)

@@ -390,7 +390,7 @@ def test_sigkill_leaves_only_readable_files(tmp_path, kill_after):
 def test_sigterm_flushes_then_terminates(tmp_path):
     proc = _start_child(tmp_path)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == -signal.SIGTERM  # the default action still happens
+    assert proc.wait(timeout=120) == -signal.SIGTERM  # the default action still happens
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["status"] == "crashed" and manifest["ended"]
     assert "SIGTERM" in " ".join(manifest["warnings"])
@@ -413,7 +413,7 @@ rec.writer._queue = _TermOnAppend()
 
 def test_sigterm_inside_the_step_hand_over_still_flushes_and_terminates(tmp_path):
     proc = _start_child(tmp_path, setup=_TERM_INSIDE_PUT, ready=False)
-    assert proc.wait(timeout=30) == -signal.SIGTERM
+    assert proc.wait(timeout=120) == -signal.SIGTERM
     assert json.loads((tmp_path / "manifest.json").read_text())["status"] == "crashed"
     assert read_steps(tmp_path).height >= 25
     check_every_file_readable(tmp_path)
@@ -431,3 +431,126 @@ def test_norm_overflow_on_finite_grads_is_not_nonfinite(tmp_path):
     assert math.isinf(row["norm"]) and _close(row["absmax"], 1e20) and row["nonfinite"] == 0
     assert read_steps(tmp_path)["nonfinite"].to_list() == [0]
     assert not (tmp_path / "rank0" / "snapshot").exists()
+
+
+# --- attempts: a Recorder on a directory that already holds a recording -----------------------
+
+
+def _poisoned(step: int, x: torch.Tensor, bad_step: int | None) -> torch.Tensor:
+    """The batch of `step`, with an Inf in it at `bad_step`: that step's gradients are NaN."""
+    if step != bad_step:
+        return x
+    x = x.clone()
+    x[0, 0] = float("inf")
+    return x
+
+
+def _attempt(run: Path, model, opt, steps: range, bad_step: int | None = None, crash_at: int | None = None) -> dict:
+    """Record `steps` of a real loop; returns what each step's grads really were (norm per
+    param, computed here), the step the loop raised at (if `crash_at`), and its warnings."""
+    truth: dict[int, list[float]] = {}
+    data = batches(len(steps), seed=steps.start + 7)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with Recorder(run, model, opt, start_step=steps.start, checkpoint_every=10) as rec:
+                for step, (x, y) in zip(steps, data):
+                    if step == crash_at:
+                        raise RuntimeError("node lost")
+                    loss = torch.nn.functional.mse_loss(model(_poisoned(step, x, bad_step)), y)
+                    loss.backward()
+                    truth[step] = [p.grad.norm().item() for p in model.parameters()]
+                    opt.step()
+                    opt.zero_grad()
+                    rec.step(loss=loss)
+        except RuntimeError as exc:
+            assert str(exc) == "node lost"
+    return {"truth": truth, "warnings": [str(w.message) for w in caught if "tracemortem" in str(w.message)]}
+
+
+def _report_json(run: Path) -> dict:
+    from click.testing import CliRunner
+
+    from tracemortem.cli import main
+
+    result = CliRunner().invoke(main, ["report", str(run), "--format", "json", "-o", "-", "--fail-on", "never"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def _analysed_norms(run: Path) -> dict[int, list[float]]:
+    from tracemortem import analyze
+
+    grads = analyze(run).grads.collect().sort("step", "param_id")
+    return {s: g["norm"].to_list() for (s,), g in grads.group_by("step", maintain_order=True)}
+
+
+def test_resume_from_a_checkpoint_supersedes_the_crashed_attempt_from_its_first_step(tmp_path):
+    # Attempt 0: gradients go NaN at step 35 (an Inf in the batch), the job dies at step 38.
+    model = mlp(seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    first = _attempt(tmp_path, model, opt, range(60), bad_step=35, crash_at=38)
+    assert (tmp_path / "rank0" / "snapshot" / "info.json").exists()
+    # Attempt 1: resumed from the checkpoint after step 19, on clean data, to step 59.
+    state = torch.load(tmp_path / "rank0" / "checkpoints" / "step-00000019.pt", weights_only=True)
+    model = mlp(seed=0)
+    model.load_state_dict(state["model"])
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    opt.load_state_dict(state["optimizer"])
+    second = _attempt(tmp_path, model, opt, range(20, 60))
+    assert first["warnings"] == second["warnings"] == []  # a restart after a crash is not a conflict
+
+    # Nothing was overwritten: attempt 0's steps 0-37 are still on disk, attempt 1 has its own folder.
+    assert read_steps(tmp_path)["step"].to_list() == list(range(38))
+    resumed = pl.read_parquet(tmp_path / "rank0" / "attempts" / "1" / "steps" / "*.parquet").sort("step")
+    assert resumed["step"].to_list() == list(range(20, 60))
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert [(a["attempt"], a["status"], a["start_step"]) for a in manifest["attempts"]] == [
+        (0, "crashed", 0),
+        (1, "closed", 20),
+    ]
+    assert manifest["status"] == "closed"  # the run as a whole: its latest attempt
+
+    # The analysis: steps 0-19 of attempt 0, then attempt 1; its grads, not the NaN ones.
+    expected = {s: first["truth"][s] for s in range(20)} | second["truth"]
+    got = _analysed_norms(tmp_path)
+    assert sorted(got) == list(range(60))
+    for step, norms in expected.items():
+        assert all(_close(a, b) for a, b in zip(got[step], norms, strict=True)), step
+    report = _report_json(tmp_path)
+    assert report["run"]["steps"] == {"first": 0, "last": 59, "count": 60}
+    rules = [f["rule"] for f in report["findings"]]
+    assert "nonfinite-gradient" not in rules and "nonfinite-loss" not in rules
+    [finding] = [f for f in report["findings"] if f["rule"] == "run-resumed"]
+    assert (finding["severity"], finding["step"], finding["rank"]) == ("info", 20, 0)
+    old, new = finding["evidence"]["attempts"]
+    assert (old["superseded_first"], old["superseded_last"], old["superseded_steps"]) == (20, 37, 18)
+    assert (old["kept_steps"], old["first_nonfinite_step"], old["snapshot_step"]) == (20, 35, 35)
+    assert (new["first_step"], new["kept_steps"], new["superseded_steps"]) == (20, 40, 0)
+    assert "NaN/Inf at step 35" in finding["message"]
+    # A checkpoint taken after step 20 by the crashed attempt is not offered for recovery.
+    assert all(c["step"] < 20 or c["path"].count("attempts") for c in report["run"]["checkpoints"])
+
+
+def test_a_rerun_from_step_0_supersedes_it_all_and_its_own_nan_is_blamed_on_it(tmp_path):
+    model = mlp(seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    _attempt(tmp_path, model, opt, range(30))  # a clean first run
+    model = mlp(seed=1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    rerun = _attempt(tmp_path, model, opt, range(25), bad_step=12)  # the re-run cell goes NaN at 12
+
+    assert read_steps(tmp_path)["step"].to_list() == list(range(30))  # the first run, untouched
+    got = _analysed_norms(tmp_path)
+    assert sorted(got) == list(range(25))
+    assert all(_close(a, b) for a, b in zip(got[3], rerun["truth"][3], strict=True))
+    report = _report_json(tmp_path)
+    [nan] = [f for f in report["findings"] if f["rule"] == "nonfinite-gradient"]
+    assert nan["step"] == 12
+    assert (nan["evidence"]["attempt"], nan["evidence"]["attempt_path"]) == (1, "rank0/attempts/1")
+    # The snapshot offered for the replay is the re-run's own, taken at its step 12.
+    snapshot = Path(nan["evidence"]["snapshot"])
+    assert snapshot == tmp_path / "rank0" / "attempts" / "1" / "snapshot"
+    assert json.loads((snapshot / "info.json").read_text())["step"] == 12
+    [resumed] = [f for f in report["findings"] if f["rule"] == "run-resumed"]
+    assert resumed["evidence"]["superseded_steps"] == 30 and resumed["step"] == 0

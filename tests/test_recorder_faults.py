@@ -31,13 +31,16 @@ CHILD = Path(__file__).with_name("recorder_fault_child.py")
 WARNING_LINE = re.compile(r"^\S+:\d+: \w*Warning: tracemortem:", re.M)
 
 
-def _child(mode: str, env: dict | None = None, **args) -> subprocess.Popen:
+def _child(mode: str, env: dict | None = None, group: bool = False, **args) -> subprocess.Popen:
+    """The child process of MODE; with `group`, it leads a process group of its own (as a job
+    step under Slurm or a torchrun worker does), so that os.killpg reaches it and its children."""
     return subprocess.Popen(
         [sys.executable, str(CHILD), mode, json.dumps(args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, **(env or {})},
+        start_new_session=group,
     )
 
 
@@ -195,6 +198,94 @@ def test_sigkill_is_reported_as_a_crash_at_the_last_whole_chunk(loops):
     assert end["step"] == last and end["evidence"]["last_step"] == last
 
 
+# --- signals to the whole process group, with DataLoader workers -----------------------------
+
+
+def _wait_for_file(path: Path, proc: subprocess.Popen, limit: float = 180) -> str:
+    """The child writes `path` when it reaches a known step; its text."""
+    deadline = time.monotonic() + limit
+    while not path.exists() or not path.read_text():
+        if proc.poll() is not None:
+            raise AssertionError(f"child ended early: {proc.communicate()[1]}")
+        assert time.monotonic() < deadline, f"the child never wrote {path}"
+        time.sleep(0.05)
+    return path.read_text()
+
+
+def _signal_group_during_training(tmp_path: Path, context: str, signum: int, pause: bool) -> tuple[Path, dict, list]:
+    run, marker, handed = tmp_path / "run", tmp_path / "marker", tmp_path / "handed"
+    proc = _child(
+        "dataloader",
+        group=True,
+        run=str(run),
+        context=context,
+        marker=str(marker),
+        handed=str(handed),
+        marker_step=300,
+        pause=pause,
+    )
+    started = json.loads(_wait_for_file(marker, proc))
+    os.killpg(proc.pid, signum)  # what Slurm (scancel, time limit) and torchrun send
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == -signum, stderr  # the process still ends by the signal
+    # The samples really came from two worker processes, not the trainer.
+    assert len(started["workers"]) == 2 and started["main"] not in started["workers"]
+    return run, started, [int(line) for line in handed.read_text().split()]
+
+
+def _check_nothing_lost(run: Path, started: dict, handed: list[int], note: str) -> None:
+    on_disk = read_steps(run)["step"].to_list()
+    # Every step handed to the recorder before the signal is on disk (the one the signal cut
+    # may be there too); none of the ~300 buffered steps had been flushed before it.
+    assert on_disk == list(range(len(on_disk))) and len(on_disk) - len(handed) in (0, 1), (len(on_disk), len(handed))
+    assert on_disk[: len(handed)] == handed and len(handed) >= 301
+    assert read_grads(run)["step"].unique().sort().to_list() == on_disk
+    manifest, meta = _manifest(run), json.loads((run / "rank0" / "meta.json").read_text())
+    assert manifest["status"] == meta["status"] == "crashed" and manifest["ended"] and meta["ended"]
+    assert (manifest["lost_steps"], manifest["dropped_steps"], meta["disabled"]) == (0, 0, [])
+    assert note in manifest["warnings"], manifest["warnings"]
+    assert meta["pid"] == started["main"]  # written by the trainer, never by a worker
+    assert not list(run.rglob(".*"))  # no temp file of an interrupted write left behind
+    check_every_file_readable(run)
+    report = _report(run)
+    assert report["run"]["status"] == "crashed" and report["run"]["steps"]["last"] == on_disk[-1]
+
+
+@pytest.mark.parametrize(
+    "context, pause",
+    [
+        ("fork", False),
+        pytest.param("forkserver", False, marks=pytest.mark.slow),
+        pytest.param("spawn", True, marks=pytest.mark.slow),
+    ],
+)
+def test_sigterm_to_the_process_group_with_dataloader_workers_loses_nothing(tmp_path, context, pause):
+    run, started, handed = _signal_group_during_training(tmp_path, context, signal.SIGTERM, pause)
+    if pause:  # parked after step 300 when the signal came: exactly steps 0-300 exist
+        assert handed == list(range(301))
+    _check_nothing_lost(run, started, handed, "terminated by SIGTERM")
+
+
+def test_sigint_to_the_process_group_with_dataloader_workers_loses_nothing(tmp_path):
+    """Ctrl-C in a terminal: SIGINT to the foreground group; KeyboardInterrupt leaves the loop."""
+    run, started, handed = _signal_group_during_training(tmp_path, "fork", signal.SIGINT, pause=False)
+    _check_nothing_lost(run, started, handed, "interrupted by SIGINT (KeyboardInterrupt)")
+
+
+def test_forked_copies_never_write_or_handle_signals(tmp_path):
+    result, _ = _finish(_child("forked_copy", run=str(tmp_path)))
+    # The copy saw the handler from before the Recorder (the default), not the Recorder's.
+    assert result["child"] == {"sigterm_is_recorder": False, "sigterm_is_default": True, "pending_grads": False}
+    assert result["child_exit"] == 0  # it stepped, closed and ran its atexit hooks: all no-ops
+    assert result["killed_exit"] == -signal.SIGTERM  # SIGTERM's default action, nothing first
+    # While both copies were gone, the run directory still held the parent's running state.
+    assert result["meta_between"] == {"pid": result["pid"], "status": "running", "ended": None}
+    meta = json.loads((tmp_path / "rank0" / "meta.json").read_text())
+    assert (meta["pid"], meta["status"], meta["steps"]) == (result["pid"], "closed", 10)
+    assert read_steps(tmp_path)["step"].to_list() == list(range(10))
+    assert read_grads(tmp_path)["step"].unique().sort().to_list() == list(range(10))
+
+
 # --- exception from the loop ----------------------------------------------------------------
 
 
@@ -212,6 +303,47 @@ def test_exception_from_the_loop_propagates_unchanged(loops):
     manifest = _manifest(tmp_path)
     assert manifest["status"] == "crashed" and manifest["ended"] and manifest["lost_steps"] == 0
     assert _report(tmp_path)["run"]["status"] == "crashed"
+
+
+# --- two live processes on one rank directory ------------------------------------------------
+
+
+def test_two_live_processes_on_one_rank_each_keep_their_data_and_the_second_warns(tmp_path):
+    markers = [tmp_path / "a.ready", tmp_path / "b.ready"]
+    go = tmp_path / "go"
+    run = tmp_path / "run"
+    first = _child("shared_rank", run=str(run), marker=str(markers[0]), go=str(go), seed=1)
+    _wait_for_file(markers[0], first)
+    second = _child("shared_rank", run=str(run), marker=str(markers[1]), go=str(go), seed=2)
+    _wait_for_file(markers[1], second)
+    go.write_text("")  # both are alive and recording rank 0 now
+    (a, a_err), (b, b_err) = _finish(first), _finish(second)
+    assert (a["attempt"], b["attempt"]) == (0, 1)
+    assert not WARNING_LINE.findall(a_err)
+    [warning] = WARNING_LINE.finditer(b_err)
+    assert f"also being recorded by pid {a['pid']}" in b_err[warning.start() :]
+    # Each kept all ten of its steps, in its own folder; neither overwrote the other.
+    for folder, seed in ((run / "rank0", 1), (run / "rank0" / "attempts" / "1", 2)):
+        steps = pl.read_parquet(folder / "steps" / "*.parquet").sort("step")
+        assert steps["step"].to_list() == list(range(10))
+        assert steps["loss"][0] == pytest.approx(_first_loss(seed), rel=1e-6)
+    manifest = _manifest(run)
+    assert [(t["attempt"], t["pid"], t["status"]) for t in manifest["attempts"]] == [
+        (0, a["pid"], "closed"),
+        (1, b["pid"], "closed"),
+    ]
+    assert manifest["lost_steps"] == manifest["dropped_steps"] == 0
+    report = _report(run)
+    [resumed] = [f for f in report["findings"] if f["rule"] == "run-resumed"]
+    assert resumed["severity"] == "info" and resumed["rank"] == 0 and resumed["step"] == 0
+    assert resumed["evidence"]["superseded_steps"] == 10  # the second started at step 0 too
+    assert report["run"]["steps"]["count"] == 10
+
+
+def _first_loss(seed: int) -> float:
+    model = mlp(seed=seed)
+    x, y = batches(1, seed=seed)[0]
+    return torch.nn.functional.mse_loss(model(x), y).item()
 
 
 # --- two ranks ------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ HEALTH_RULES = (
     "update-ratio",
     "loss-spike",
     "amp-overflow",
+    "run-resumed",
     "zero-gradient",
     "grad-clipping",
     "nonfinite-origin",

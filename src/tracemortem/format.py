@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -34,6 +35,7 @@ CHECKPOINTS = "checkpoints"
 HEALTH = "health.parquet"  # inside checkpoints/
 SNAPSHOT = "snapshot"
 SNAPSHOT_INFO = "info.json"
+ATTEMPTS = "attempts"  # rank{R}/attempts/{K}/: the K-th restart on this rank (docs/format.md, "Attempts")
 SNAPSHOT_ORIGIN = "origin.json"  # written by a replay (docs/replay.md)
 ACTS = "acts"  # activation statistics, with Recorder(activations=N)
 ACTS_MODULES = "modules.json"  # inside acts/: module_id -> name, class
@@ -47,6 +49,7 @@ _RANK_DIR = re.compile(r"^rank(\d+)$")
 # Ranks are Int32 in every frame; a folder or file name with a larger number is not a rank.
 MAX_RANK = 2**31 - 1
 _CHUNK = re.compile(r"^part-(\d{6})\.parquet$")
+_ATTEMPT_DIR = re.compile(r"^[1-9]\d{0,8}$")
 
 # Column schemas. Nullable columns are those the recorder may not know (no CUDA, no AMP, …).
 STEPS_SCHEMA = pa.schema(
@@ -135,8 +138,26 @@ class RankPaths:
 
     @property
     def rank(self) -> int:
-        match = _RANK_DIR.match(self.root.name)
+        folder = self.root.parent.parent if self.root.parent.name == ATTEMPTS else self.root
+        match = _RANK_DIR.match(folder.name)
         return int(match.group(1)) if match else 0
+
+    def attempt(self, number: int) -> RankPaths:
+        """The folder of attempt `number` of this rank: the rank folder itself for attempt 0."""
+        return self if number == 0 else RankPaths(self.root / ATTEMPTS / str(int(number)))
+
+    def holds_data(self) -> bool:
+        """Whether a recording already lives here: its meta.json, or any chunk."""
+        return self.meta.exists() or bool(list_chunks(self.steps)) or bool(list_chunks(self.grads))
+
+    def attempts(self) -> list[tuple[int, RankPaths]]:
+        """The attempts recorded in this rank folder, in the order they were started. Attempt 0
+        (the rank folder itself) is listed when it holds data or when there is no other."""
+        numbers = sorted(
+            int(p.name) for p in _iter_dir(self.root / ATTEMPTS) if _ATTEMPT_DIR.match(p.name) and p.is_dir()
+        )
+        first = [0] if self.holds_data() or not numbers else []
+        return [(n, self.attempt(n)) for n in first + numbers]
 
     @property
     def meta(self) -> Path:
@@ -218,9 +239,49 @@ def atomic_file(path: Path) -> Iterator[str]:
         raise
 
 
+def json_bytes(obj: Any) -> bytes:
+    """`obj` as indented JSON with sorted keys. Encoded by json's C encoder (json.dump and any
+    indent use the pure-Python one: seconds for a meta.json of 20,000 parameters, on every
+    status write) and indented by msgspec; a document holding NaN/Inf, which is not JSON that
+    msgspec accepts, stays on one line."""
+    text = json.dumps(obj, sort_keys=True, default=str).encode()
+    try:
+        return msgspec.json.format(text, indent=1)
+    except msgspec.DecodeError:
+        return text
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
-    with atomic_file(path) as tmp, open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1, sort_keys=True, default=str)
+    write_bytes_atomic(path, json_bytes(obj))
+
+
+def write_json_exclusive(path: Path, obj: Any) -> bool:
+    """Create `path` holding `obj` unless it exists; False if it did. The whole file appears at
+    once (hard link of a complete temp file), so of two processes racing, one wins and no reader
+    sees a torn file. Where hard links are refused, an exclusive create, then the content."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = json_bytes(obj)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, _FILE_MODE)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links on this filesystem
+            try:
+                with open(path, "xb") as fh:
+                    fh.write(data)
+            except FileExistsError:
+                return False
+        return True
+    finally:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

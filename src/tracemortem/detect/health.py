@@ -12,6 +12,7 @@ from __future__ import annotations
 from ..findings import Finding
 from ..load.run import RunData
 from ..thresholds import Thresholds
+from . import attempts
 from . import health_activations as activations
 from . import health_clipping as clipping
 from . import health_magnitude as magnitude
@@ -29,6 +30,7 @@ RULES = (
     magnitude.dead_and_unused,
     magnitude.update_ratio,
     magnitude.loss_spike,
+    attempts.run_resumed,
     zero_gradient,
     clipping.grad_clipping,
     nonfinite_origin,

@@ -10,6 +10,7 @@ from ..findings import Finding
 from ..load.run import RunData
 from ..scalars import optional_int
 from ..thresholds import Thresholds, threshold
+from .attempts import blame
 from .health_magnitude import onset_before
 from .health_series import HealthSeries, bad_element
 
@@ -114,6 +115,7 @@ def nonfinite_gradient(run: RunData, series: HealthSeries, config: Thresholds) -
         nonfinite_params=len(names) or first["nonfinite"],
         params_nearest_output=shown,
         nonfinite_steps=bad.height,
+        **blame(run, first["first_bad_rank"], step),
     )
     where = f" in {shown[0]}" + (f" and {len(names) - 1} more" if len(names) > 1 else "") if names else ""
     return [
@@ -151,6 +153,7 @@ def nonfinite_loss(run: RunData, series: HealthSeries, config: Thresholds) -> li
         nonfinite_loss_steps=bad.height,
         first_nonfinite_grad_step=grads_first,
         grads_went_first=grads_first is not None and grads_first < step,
+        **blame(run, first["first_bad_loss_rank"], step),
     )
     cause = (
         f"gradients went non-finite first, at step {grads_first}, so the weights were already corrupt"

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
-from ..format import MAX_RANK, RunPaths, is_inside, is_rank_dir, is_run_dir
+from ..format import MAX_RANK, RankPaths, RunPaths, is_inside, is_rank_dir, is_run_dir
 from .find_logs import FoundLogs, find_logs
 
 TRACE_SUFFIXES = (".json", ".json.gz")
@@ -76,6 +76,16 @@ def _traces_under(folder: Path, unlisted: list[tuple[Path, str]]) -> list[Path]:
     return sorted(found)
 
 
+def _rank_traces(rank_dir: Path, unlisted: list[tuple[Path, str]]) -> list[Path]:
+    """The traces of every attempt recorded in a rank folder."""
+    try:
+        attempts = [attempt for _, attempt in RankPaths(rank_dir).attempts()]
+    except OSError as error:  # the rank folder cannot be looked into: its traces/ then cannot either
+        unlisted.append((Path(error.filename or rank_dir), error.strerror or str(error)))
+        return []
+    return [t for attempt in attempts for t in _traces_under(attempt.traces, unlisted)]
+
+
 def _refuse_outside(inputs: Inputs) -> Inputs:
     """A run directory's traces must lie inside it (a link out of it could pull any local file in)."""
     assert inputs.run_root is not None
@@ -126,12 +136,12 @@ def _discover(path: Path) -> Inputs:
     if is_run_dir(path):
         run = RunPaths(path)
         ranks = {r: run.rank(r).root for r in run.ranks()}
-        traces: dict[Path, int | None] = {t: r for r, d in ranks.items() for t in _traces_under(d / "traces", unlisted)}
+        traces: dict[Path, int | None] = {t: r for r, d in ranks.items() for t in _rank_traces(d, unlisted)}
         inputs = Inputs(path, "run", run_root=path, rank_dirs=ranks, trace_files=traces, unlisted=unlisted)
         return _refuse_outside(inputs)
     if is_rank_dir(path):
         rank = int(path.name[4:])
-        traces = {t: rank for t in _traces_under(path / "traces", unlisted)}
+        traces = {t: rank for t in _rank_traces(path, unlisted)}
         inputs = Inputs(path, "rank", run_root=path.parent, rank_dirs={rank: path}, trace_files=traces)
         inputs.unlisted = unlisted
         return _refuse_outside(inputs)

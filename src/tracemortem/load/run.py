@@ -21,6 +21,7 @@ from ..findings import Finding
 from ..limits import MAX_ACTS_ROWS, MAX_GRADS_ROWS, MAX_PARAMETERS, MAX_STEPS_ROWS
 from ..progress import Progress, silent
 from ..scalars import optional_int
+from . import attempts as tries
 from .acts import empty_acts, read_acts
 from .discover import Inputs
 from .origin import MalformedOrigin, clean_origin
@@ -56,6 +57,8 @@ class RunData:
     notes: list[Finding] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
     grad_ranks: list[int] = field(default_factory=list)  # ranks whose grads were read
+    # One row per (rank, attempt) on disk and what a later attempt superseded (load/attempts.py)
+    attempts: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=tries.LISTING_COLUMNS))
     acts: pl.DataFrame = field(default_factory=empty_acts)  # activation statistics (load/acts.py)
 
     def rank_summary(self) -> list[dict[str, Any]]:
@@ -331,42 +334,18 @@ def load_run(inputs: Inputs, progress: Progress = silent) -> RunData:
     for path, why in inputs.unlisted:
         notes.append(_note("warning", "unreadable folder", f"{path}: cannot list ({why}); its traces are not read"))
 
-    metas: dict[int, dict[str, Any]] = {}
-    steps_frames: list[pl.DataFrame] = []
-    grad_frames: dict[int, pl.LazyFrame] = {}
-    health_frames: list[pl.DataFrame] = []
-    checkpoints: list[dict[str, Any]] = []
-    snapshots: list[dict[str, Any]] = []
+    recorded: list[_Attempt] = []
     rows: dict[str, int] = {}
-    acts_frames: list[pl.DataFrame] = []
+    unreadable: list[int] = []
     for rank, rank_dir in sorted(inputs.rank_dirs.items()):
         progress(f"reading rank {rank}")
-        paths = fmt.RankPaths(rank_dir)
         try:
-            meta = _read_optional_json(paths.meta, "meta.json", notes, rank, root)
-            if meta is None and not paths.meta.exists():
-                notes.append(
-                    _note(
-                        "info", "missing meta.json", f"{paths.meta}: not found; parameter names are unknown", rank=rank
-                    )
-                )
-            metas[rank] = meta or {}
-            steps = _read_steps(_chunks(paths.steps, fmt.STEPS_SCHEMA, "steps", rank, notes, root, rows), rank, notes)
-            if not steps.is_empty():
-                steps_frames.append(steps)
-            grad_paths = _chunks(paths.grads, fmt.GRADS_SCHEMA, "grads", rank, notes, root, rows)
-            if grad_paths:
-                grad_frames[rank] = _scan_grads(grad_paths)
-            if (health := _read_health(paths.health, rank, notes, root)) is not None:
-                health_frames.append(health)
-            checkpoints += _checkpoints(rank_dir, rank)
-            if acts_paths := _chunks(paths.acts, fmt.ACTS_SCHEMA, "acts", rank, notes, root, rows):
-                modules = _read_optional_json(paths.acts / fmt.ACTS_MODULES, "acts modules.json", notes, rank, root)
-                acts_frames.append(read_acts(acts_paths, modules, rank))
-            if (snap := _snapshot(rank_dir, rank, notes, root)) is not None:
-                snapshots.append(snap)
+            for number, paths in fmt.RankPaths(rank_dir).attempts():
+                attempt = _Attempt(rank, number)
+                recorded.append(attempt)
+                _read_attempt(attempt, paths, notes, root, rows)
         except OSError as exc:  # a rank folder (or a file in it) without permission: the other ranks count
-            metas.setdefault(rank, {})
+            unreadable.append(rank)
             notes.append(
                 _note(
                     "warning",
@@ -375,6 +354,40 @@ def load_run(inputs: Inputs, progress: Progress = silent) -> RunData:
                     rank=rank,
                 )
             )
+    table = tries.attempt_table(
+        pl.DataFrame([a.listing for a in recorded], schema=tries.LISTING_COLUMNS, orient="row"),
+        pl.concat([a.steps.select("rank", "attempt", "step", "nonfinite", "loss") for a in recorded if a.has_steps])
+        if any(a.has_steps for a in recorded)
+        else pl.DataFrame(
+            schema={"rank": pl.Int32, "attempt": pl.Int32, "step": pl.Int64, "nonfinite": pl.Int64, "loss": pl.Float32}
+        ),
+    )
+    metas: dict[int, dict[str, Any]] = {}
+    steps_frames: list[pl.DataFrame] = []
+    grad_frames: dict[int, pl.LazyFrame] = {}
+    health_frames: list[pl.DataFrame] = []
+    checkpoints: list[dict[str, Any]] = []
+    snapshots: list[dict[str, Any]] = []
+    acts_frames: list[pl.DataFrame] = []
+    for attempt in recorded:  # the latest attempt's meta describes the rank
+        rank, cutoff = attempt.rank, tries.cutoff_of(table, attempt.rank, attempt.number)
+        if attempt.meta is not None or rank not in metas:
+            metas[rank] = attempt.meta or {}
+        if attempt.has_steps:
+            steps_frames.append(tries.keep(attempt.steps, table).drop("attempt"))
+        if attempt.grad_paths:
+            scan = _scan_grads(attempt.grad_paths)
+            scan = scan if cutoff is None else scan.filter(pl.col("step") < cutoff)
+            grad_frames[rank] = scan if rank not in grad_frames else pl.concat([grad_frames[rank], scan])
+        if attempt.health is not None:
+            health_frames.append(attempt.health if cutoff is None else attempt.health.filter(pl.col("step") < cutoff))
+        checkpoints += [c for c in attempt.checkpoints if cutoff is None or c["step"] < cutoff]
+        if attempt.snapshot is not None and (cutoff is None or (attempt.snapshot["step"] or 0) < cutoff):
+            snapshots.append(attempt.snapshot)
+        if attempt.acts is not None:
+            acts_frames.append(attempt.acts if cutoff is None else attempt.acts.filter(pl.col("step") < cutoff))
+    for rank in unreadable:
+        metas.setdefault(rank, {})
 
     if not steps_frames and not grad_frames and not any(metas.values()) and manifest is None:
         raise InputError(f"{root}: run directory has no readable manifest, meta.json, steps or grads")
@@ -398,18 +411,104 @@ def load_run(inputs: Inputs, progress: Progress = silent) -> RunData:
     notes += _too_many_params(metas)
 
     acts = pl.concat(acts_frames) if acts_frames else empty_acts()
-    run = RunData(root, manifest, metas, steps, grads, params, health, notes, grad_ranks=grad_ranks, acts=acts)
+    run = RunData(
+        root, manifest, metas, steps, grads, params, health, notes, grad_ranks=grad_ranks, attempts=table, acts=acts
+    )
     run.facts = _facts(run, inputs, checkpoints, snapshots, bool(grad_frames))
+    run.notes.extend(_recorder_losses([(a.rank, a.number, a.meta) for a in recorded], manifest))
     return run
 
 
-def _recorder_losses(run: RunData) -> list[Finding]:
+@dataclass
+class _Attempt:
+    """What one attempt of one rank holds on disk (its steps carry `rank` and `attempt`). Filled
+    in by `_read_attempt` as far as it got: a file that cannot be read leaves the rest empty."""
+
+    rank: int
+    number: int
+    meta: dict[str, Any] | None = None
+    steps: pl.DataFrame = field(default_factory=pl.DataFrame)
+    grad_paths: list[Path] = field(default_factory=list)
+    health: pl.DataFrame | None = None
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)
+    snapshot: dict[str, Any] | None = None
+    acts: pl.DataFrame | None = None
+    listing: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_steps(self) -> bool:
+        return not self.steps.is_empty()
+
+
+def _read_attempt(
+    attempt: _Attempt, paths: fmt.RankPaths, notes: list[Finding], root: Path, rows: dict[str, int]
+) -> None:
+    """Read one attempt's folder into `attempt`; `rows` counts each table's rows against its limit.
+    An OSError is left to the caller, with what was read so far kept in `attempt`."""
+    rank, number = attempt.rank, attempt.number
+    attempt.listing = {
+        "rank": rank,
+        "attempt": number,
+        "path": _relative(paths.root, root),
+        "status": None,
+        "started": None,
+        "ended": None,
+        "pid": None,
+        "hostname": None,
+        "snapshot_step": None,
+    }
+    meta = _read_optional_json(paths.meta, "meta.json", notes, rank, root)
+    if meta is None and not paths.meta.exists():
+        notes.append(
+            _note("info", "missing meta.json", f"{paths.meta}: not found; parameter names are unknown", rank=rank)
+        )
+    attempt.meta = meta
+    info = meta or {}
+    attempt.listing.update(
+        status=_as_text(info.get("status")),
+        started=_as_text(info.get("started")),
+        ended=_as_text(info.get("ended")),
+        pid=_as_int(info.get("pid")),
+        hostname=_as_text(info.get("hostname")),
+    )
+    steps = _read_steps(_chunks(paths.steps, fmt.STEPS_SCHEMA, "steps", rank, notes, root, rows), rank, notes)
+    if not steps.is_empty():
+        attempt.steps = steps.with_columns(pl.lit(number, pl.Int32).alias("attempt"))
+    attempt.grad_paths = _chunks(paths.grads, fmt.GRADS_SCHEMA, "grads", rank, notes, root, rows)
+    attempt.health = _read_health(paths.health, rank, notes, root)
+    attempt.checkpoints = [{**c, "attempt": number} for c in _checkpoints(paths.root, rank)]
+    if acts_paths := _chunks(paths.acts, fmt.ACTS_SCHEMA, "acts", rank, notes, root, rows):
+        modules = _read_optional_json(paths.acts / fmt.ACTS_MODULES, "acts modules.json", notes, rank, root)
+        attempt.acts = read_acts(acts_paths, modules, rank)
+    snapshot = _snapshot(paths.root, rank, notes, root)
+    if snapshot is not None:
+        snapshot["attempt"] = number
+        attempt.listing["snapshot_step"] = snapshot["step"]
+    attempt.snapshot = snapshot
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _as_text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _recorder_losses(
+    metas: list[tuple[int, int, dict[str, Any] | None]], manifest: dict[str, Any] | None
+) -> list[Finding]:
     """What the recorder itself says it could not keep (dropped or lost steps, its warnings), per
-    rank from meta.json, else from the manifest."""
-    sources: dict[int | None, dict[str, Any]] = {rank: meta for rank, meta in run.metas.items()}
-    sources = sources or {None: run.manifest or {}}
+    rank and attempt from meta.json, else from the manifest."""
+    sources: list[tuple[int | None, int, dict[str, Any]]] = [
+        (rank, attempt, meta or {}) for rank, attempt, meta in metas
+    ]
+    sources = sources or [(None, 0, manifest or {})]
     notes = []
-    for rank, source in sorted(sources.items(), key=lambda item: -1 if item[0] is None else item[0]):
+    for rank, attempt, source in sources:
         dropped, lost = _as_int(source.get("dropped_steps")) or 0, _as_int(source.get("lost_steps")) or 0
         problems = [str(w) for w in source.get("warnings") or [] if isinstance(w, (str, int, float))][:10]
         if not (dropped or lost or problems):
@@ -422,7 +521,8 @@ def _recorder_losses(run: RunData) -> list[Finding]:
                 f"{dropped} step(s) dropped (writer queue full) and {lost} step(s) lost (write errors)"
                 + (f"; its notes: {'; '.join(problems)}" if problems else ""),
                 rank=rank,
-                evidence={"dropped_steps": dropped, "lost_steps": lost, "notes": problems},
+                evidence={"dropped_steps": dropped, "lost_steps": lost, "notes": problems}
+                | ({"attempt": attempt} if attempt else {}),
                 suggestion="Dropped steps mean the disk could not keep up (raise max_queue or flush less often); "
                 "lost steps mean writes failed (disk full, permissions): the missing steps are absent from every chart.",
             )
@@ -478,7 +578,6 @@ def _facts(
                 "other input findings and in manifest.json.",
             )
         )
-    run.notes.extend(_recorder_losses(run))
     recorded = ["steps"] if not steps.is_empty() else []
     recorded += ["grads"] if has_grads else []
     recorded += ["traces"] if inputs.trace_files else []

@@ -122,6 +122,14 @@ class ActivationStats:
         self._host = []
         fmt.write_chunk(self.folder, fmt.next_chunk_index(self.folder), pa.table(columns, schema=fmt.ACTS_SCHEMA))
 
+    def detach(self) -> None:
+        """Remove the hooks and keep nothing: a forked child's copy, which must not write."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self.failed = True
+        self._rows, self._ids, self._pending, self._host = [], [], [], []
+
     def close(self) -> None:
         for handle in self._handles:
             handle.remove()

@@ -18,6 +18,11 @@ from torch.nn.parameter import is_lazy
 _INF = float("inf")
 # What torch's multi-tensor (_foreach_*) ops take, and return as a tuple.
 Tensors: TypeAlias = "list[torch.Tensor] | tuple[torch.Tensor, ...]"
+# CPU tensors up to this size are reduced stacked by shape: a few ops for thousands of biases and
+# norm weights, where one op per tensor costs ~10 us of dispatch each (docs/recorder.md, "Overhead").
+# Above it, stacking's extra copy costs more than the dispatch it saves.
+STACK_MAX_NUMEL = 1024
+STACK_MAX_ELEMENTS = 1 << 22  # per stacked chunk: bounds the temporary copy to 16 MB of float32
 
 
 @dataclass
@@ -27,6 +32,8 @@ class ParamTable:
     names: list[str]
     params: list[torch.Tensor]
     index: dict[int, int] = field(default_factory=dict)  # id(param) -> param_id
+    _rows: list[dict[str, Any]] = field(default_factory=list, repr=False)  # rows() so far
+    _lazy_rows: list[int] = field(default_factory=list, repr=False)  # rows of parameters still lazy
 
     @classmethod
     def from_model(cls, model: torch.nn.Module) -> ParamTable:
@@ -46,7 +53,23 @@ class ParamTable:
         return pid
 
     def rows(self) -> list[dict[str, Any]]:
-        return [_row(i, name, p) for i, (name, p) in enumerate(zip(self.names, self.params))]
+        """The table for meta.json. Each parameter's row is built once: reading shape and dtype of
+        20,000 tensors takes a second of the GIL, and the status files are rewritten after every
+        flush and at close. Rows of parameters added since, and of lazy parameters (until they are
+        materialised), are built anew; `requires_grad` is read afresh (freezing, unfreezing)."""
+        rows, params = self._rows, self.params
+        for pid in range(len(rows), len(params)):
+            rows.append(_row(pid, self.names[pid], params[pid]))
+            if rows[pid].get("lazy"):
+                self._lazy_rows.append(pid)
+        if self._lazy_rows:
+            for pid in self._lazy_rows:
+                rows[pid] = _row(pid, self.names[pid], params[pid])
+            self._lazy_rows = [pid for pid in self._lazy_rows if rows[pid].get("lazy")]
+        for row, p in zip(rows, params):
+            if row["requires_grad"] is not p.requires_grad:
+                row["requires_grad"] = p.requires_grad
+        return list(rows)
 
 
 def _row(pid: int, name: str, p: torch.Tensor) -> dict[str, Any]:
@@ -73,9 +96,10 @@ class GradBatch:
     ids: list[int]
     matrix: torch.Tensor
     groups: list[tuple[list[int], list[torch.Tensor]]] = field(repr=False)
-    before: list[Tensors] | None = field(default=None, repr=False)
+    before: list[Tensors] | None = field(default=None, repr=False)  # one [stacked] copy for a stacked group
     update: torch.Tensor | None = None
     counts: dict[int, int] | None = None  # exact NaN/Inf counts; None = not computed
+    stacked: list[bool] = field(default_factory=list, repr=False)  # per group: reduced stacked
 
 
 class GradStats:
@@ -84,7 +108,8 @@ class GradStats:
     Parameters are grouped by (device, dtype) once; a lazy parameter (`nn.LazyLinear` before its
     first input) joins its group when it has been materialised, a frozen one when it is unfrozen. A group whose fast path fails
     (sparse or complex gradients, an exotic dtype) is measured tensor by tensor; a tensor that
-    cannot be measured even then is left out and listed in `unmeasured`.
+    cannot be measured even then is left out and listed in `unmeasured`. Small CPU tensors of
+    one shape are reduced stacked (`_split_small`), unless their gradients are sparse.
     """
 
     def __init__(self, table: ParamTable, device: torch.device, ids: list[int] | None = None):
@@ -112,7 +137,7 @@ class GradStats:
             ids, params = groups.setdefault((p.device, p.dtype), ([], []))
             ids.append(i)
             params.append(p.detach())
-        self._groups = list(groups.values())
+        self._groups = [part for ids, params in groups.values() for part in _split_small(ids, params)]
 
     def _refresh(self) -> None:
         owners = self._owners
@@ -126,9 +151,10 @@ class GradStats:
             self._refresh()
         owners = self._owners
         used: list[tuple[list[int], list[torch.Tensor]]] = []
+        stacked: list[bool] = []
         blocks: list[torch.Tensor] = []
         all_ids: list[int] = []
-        for ids, params in self._groups:
+        for ids, params, is_stacked in self._groups:
             grads = [owners[i].grad for i in ids]
             if any(g is None for g in grads):
                 keep = [k for k, g in enumerate(grads) if g is not None]
@@ -137,16 +163,21 @@ class GradStats:
                 ids = [ids[k] for k in keep]
                 params = [params[k] for k in keep]
                 grads = [grads[k] for k in keep]
-            for part_ids, part_params, block in self._measure(ids, params, grads):  # type: ignore[arg-type]
+            if is_stacked and (block := _try_stacked(params, grads)) is not None:  # type: ignore[arg-type]
+                parts = [(ids, params, block, True)]
+            else:
+                parts = [(i, p, b, False) for i, p, b in self._measure(ids, params, grads)]  # type: ignore[arg-type]
+            for part_ids, part_params, block, part_stacked in parts:
                 blocks.append(block.to(self.device, non_blocking=True))
                 used.append((part_ids, part_params))
+                stacked.append(part_stacked)
                 all_ids.extend(part_ids)
         if not blocks:
             return None
         matrix = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
-        before = [self._copy(params) for _, params in used] if keep_before else None
+        before = [self._copy(params, s) for (_, params), s in zip(used, stacked)] if keep_before else None
         # No reference to the grads is kept: zero_grad frees them as usual.
-        return GradBatch(all_ids, matrix, used, before)
+        return GradBatch(all_ids, matrix, used, before, stacked=stacked)
 
     def _measure(
         self, ids: list[int], params: list[torch.Tensor], grads: list[torch.Tensor]
@@ -196,10 +227,13 @@ class GradStats:
         block = torch.stack(columns, dim=1) if columns else torch.empty(3, 0)
         return kept_ids, kept_params, block
 
-    def _copy(self, params: list[torch.Tensor]) -> Tensors:
+    def _copy(self, params: list[torch.Tensor], stacked: bool = False) -> Tensors:
         """Pre-update weights. On CUDA a fresh copy each sampled step (the caching allocator
         makes it cheap and the memory is free between samples); on CPU a buffer kept per
-        group, because fresh large host allocations page-fault on every sampled step."""
+        group, because fresh large host allocations page-fault on every sampled step. A
+        stacked group's copy is its stack."""
+        if stacked:
+            return [torch.stack(params)]
         if params[0].device.type != "cpu":
             return torch._foreach_mul(params, 1.0)
         key = tuple(id(p) for p in params)
@@ -235,10 +269,16 @@ class GradStats:
         if batch.before is None:
             return
         parts = []
-        for (_, params), before in zip(batch.groups, batch.before):
+        stacked = batch.stacked or [False] * len(batch.groups)
+        for (_, params), before, is_stacked in zip(batch.groups, batch.before, stacked):
+            acc = _accumulation(params[0].dtype)
+            if is_stacked:
+                diff = before[0].sub_(torch.stack(params)).reshape(len(params), -1)
+                parts.append(torch.linalg.vector_norm(diff, 2, dim=1, dtype=acc).float().to(self.device))
+                continue
             torch._foreach_sub_(before, params)
             try:
-                norms = list(torch._foreach_norm(before, 2, dtype=_accumulation(params[0].dtype)))
+                norms = list(torch._foreach_norm(before, 2, dtype=acc))
             except Exception:  # complex weights and other dtypes the fused norm refuses
                 norms = [torch.linalg.vector_norm(b, 2) for b in before]
             parts.append(torch.stack([n.float() for n in norms]).to(self.device))
@@ -257,9 +297,62 @@ def merge(batches: list[GradBatch]) -> GradBatch | None:
         ids=[i for b in batches for i in b.ids],
         matrix=torch.cat([b.matrix for b in batches], dim=1),
         groups=[g for b in batches for g in b.groups],
+        stacked=[s for b in batches for s in (b.stacked or [False] * len(b.groups))],
         update=torch.cat(updates) if len(updates) == len(batches) else None,
         counts={k: v for c in counts for k, v in c.items()} if len(counts) == len(batches) else None,
     )
+
+
+def _split_small(ids: list[int], params: list[torch.Tensor]) -> list[tuple[list[int], list[torch.Tensor], bool]]:
+    """Split one (device, dtype) group: small real floating-point CPU tensors of one shape go
+    together in chunks (reduced stacked: True), everything else stays in one group reduced
+    tensor by tensor."""
+    if params[0].device.type != "cpu" or not params[0].dtype.is_floating_point:
+        return [(ids, params, False)]
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    rest: list[int] = []
+    for k, p in enumerate(params):
+        (by_shape.setdefault(tuple(p.shape), []) if p.numel() <= STACK_MAX_NUMEL else rest).append(k)
+    parts = []
+    for shape, members in by_shape.items():
+        if len(members) < 2:
+            rest += members
+            continue
+        size = max(2, STACK_MAX_ELEMENTS // max(1, math.prod(shape)))
+        for start in range(0, len(members), size):
+            chunk = members[start : start + size]
+            parts.append(([ids[k] for k in chunk], [params[k] for k in chunk], True))
+    if rest:
+        rest.sort()
+        parts.append(([ids[k] for k in rest], [params[k] for k in rest], False))
+    return parts
+
+
+def _try_stacked(params: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.Tensor | None:
+    """`_stacked_block`, or None where the gradients cannot be stacked (sparse, or a gradient
+    whose shape or dtype is not its parameter's): those go through `_measure`."""
+    shape, dtype = params[0].shape, params[0].dtype
+    if any(g.is_sparse or g.shape != shape or g.dtype != dtype for g in grads):
+        return None
+    try:
+        return _stacked_block(params, grads)
+    except Exception:
+        return None
+
+
+def _stacked_block(params: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.Tensor:
+    """float32 [3, n] (grad L2, grad absmax, weight L2) of same-shape small CPU tensors: the
+    tensors are stacked (one copy each of grads and weights) and reduced row by row."""
+    acc = _accumulation(params[0].dtype)
+    n = len(grads)
+    g = torch.stack(grads).reshape(n, -1)  # reshape, not flatten(1): 0-d parameters stack to [n]
+    w = torch.stack(params).reshape(n, -1)
+    rows = [
+        torch.linalg.vector_norm(g, 2, dim=1, dtype=acc),
+        g.abs().amax(dim=1),
+        torch.linalg.vector_norm(w, 2, dim=1, dtype=acc),
+    ]
+    return torch.stack([r.to(torch.float32) for r in rows])
 
 
 def _pick(

@@ -11,7 +11,6 @@ import atexit
 import math
 import os
 import platform
-import signal
 import socket
 import threading
 import time
@@ -25,7 +24,7 @@ import torch
 from .. import format as fmt
 from ..replay.inprocess import replay_in_process
 from ..version import __version__
-from . import clipping
+from . import attempts, clipping, signals
 from .activations import ActivationStats
 from .backward_end import BackwardEnd
 from .checkpoints import Checkpointer
@@ -83,9 +82,11 @@ class Recorder:
         self.config = dict(config or {})
         self.rank, self.world_size = discover_rank()
         self.paths = fmt.RunPaths(Path(run_dir))
-        self.rank_paths = self.paths.rank(self.rank)
         self.started = _now()
         self.status = fmt.STATUS_RUNNING
+        # Never over an earlier recording of this rank: a restart gets an attempt of its own.
+        self.attempt = attempts.claim(self.paths.rank(self.rank), self._identity(int(start_step)))
+        self.rank_paths = self.attempt.paths
 
         self._closed = False
         # Reentrant: the SIGTERM handler runs close() in the training thread, possibly while the
@@ -105,6 +106,8 @@ class Recorder:
         self._order_hooks: list[Any] = []
         self._order_source = "reverse-registration"
         self._prof: torch.profiler.profile | None = None
+        self._pid = os.getpid()  # a forked copy of this object (another pid) must never write
+        self._sigterm_installed: bool = False
         self._prev_sigterm: Any = None
         self._stepped_rows = 0  # steps so far in which an optimizer step happened or was attempted
         self._plan: tuple[bool, bool] | None = None  # this step's (grads due, update sampled)
@@ -163,6 +166,7 @@ class Recorder:
                     model, activations, self.rank_paths.acts, self.start_step, lambda e: self._fail("activations", e)
                 ),
             )
+        self._note_earlier_attempts()
         self._write_status()
         self.writer.start()
         if self.schedule is not None:
@@ -170,17 +174,23 @@ class Recorder:
                 "profiler",
                 lambda: setattr(self, "_prof", start_profiler(self.schedule, self.rank_paths.traces, self.rank)),
             )
-        atexit.register(self.close)
-        self._install_sigterm()
+        atexit.register(self._close_at_exit)
+        signals.track(self)
+        self._sigterm_installed, self._prev_sigterm = signals.install_sigterm(self._on_sigterm)
 
     # --- public API --------------------------------------------------------------------------
 
     def __enter__(self) -> Recorder:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> Literal[False]:
-        self.close(status=fmt.STATUS_CRASHED if exc_type is not None else fmt.STATUS_CLOSED)
-        return False  # an exception from the training loop propagates unchanged
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
+        if exc_type is KeyboardInterrupt:
+            self._notes.append("interrupted by SIGINT (KeyboardInterrupt)")
+        held = self._finish(fmt.STATUS_CRASHED if exc_type is not None else fmt.STATUS_CLOSED)
+        # A signal held during the close is delivered now; an exception from the training loop
+        # propagates unchanged, so one raised by a held signal's handler is dropped then.
+        signals.release(held, drop_errors=exc_type is not None)
+        return False
 
     def observe_batch(self, batch: Any) -> None:
         """Keep a reference to the current batch; it is saved only if a snapshot is taken."""
@@ -204,11 +214,23 @@ class Recorder:
         return self._guarded("checkpoints", lambda: self._save_checkpoint(self._step - 1))
 
     def close(self, status: str | None = None) -> None:
-        """Flush and finish the run directory. Idempotent; also runs at exit and on SIGTERM."""
+        """Flush and finish the run directory. Idempotent; also runs at exit and on SIGTERM.
+        SIGCHLD, SIGTERM and SIGINT arriving meanwhile are delivered when it is done."""
+        signals.release(self._finish(status))
+
+    def _close_at_exit(self) -> None:
+        signals.release(self._finish(None), drop_errors=True)
+
+    def _finish(self, status: str | None, timeout: float = 60.0) -> signals.Held:
+        """Everything close() does, with the held signals still held; never raises."""
+        held = signals.Held()
+        if os.getpid() != self._pid:  # a forked copy: the parent owns the run directory
+            return held
         with self._close_lock:
             if self._closed:
-                return
+                return held
             self._closed = True
+        held = signals.hold()
         try:
             self.status = status or fmt.STATUS_CLOSED
             for handle in self._order_hooks:
@@ -219,12 +241,32 @@ class Recorder:
                 self._guarded("profiler", self._prof.stop)
             if self.acts is not None:
                 self._guarded("activations", self.acts.close)
-            self.writer.stop(timeout=60.0)
+            self.writer.stop(timeout=timeout)
             self._write_status(ended=_now())
-            atexit.unregister(self.close)
-            self._restore_sigterm()
+            atexit.unregister(self._close_at_exit)
+            signals.untrack(self)
+            if self._sigterm_installed:
+                signals.restore_sigterm(self._on_sigterm, self._prev_sigterm, held)
         except Exception as exc:
             self._fail("close", exc)
+        return held
+
+    def forget_in_child(self) -> None:
+        """Called in a forked child (signals.track): this copy records nothing, writes nothing,
+        and leaves the child's SIGTERM and exit to what they were before the Recorder."""
+        self._closed = True
+        for handle in self._order_hooks:
+            handle.remove()
+        self._order_hooks = []
+        try:
+            self._remove_taps()
+        except Exception:
+            pass
+        if self.acts is not None:
+            self.acts.detach()
+        atexit.unregister(self._close_at_exit)
+        if self._sigterm_installed:
+            signals.restore_sigterm(self._on_sigterm, self._prev_sigterm, None)
 
     @property
     def dropped_steps(self) -> int:
@@ -275,9 +317,8 @@ class Recorder:
         return hook
 
     def backward_order(self) -> list[int]:
-        seen = list(dict.fromkeys(self._order))
-        rest = [pid for pid in reversed(range(len(self.table.params))) if pid not in set(seen)]
-        return seen + rest
+        seen = dict.fromkeys(self._order)
+        return [*seen, *(pid for pid in reversed(range(len(self.table.params))) if pid not in seen)]
 
     def _assign_params(self) -> None:
         """Each parameter is measured at the step of the (first) optimizer that holds it; model
@@ -568,10 +609,41 @@ class Recorder:
         except Exception:
             pass
 
+    def _identity(self, start_step: int) -> dict[str, Any]:
+        """Who is recording here: enough to tell attempts apart before the full meta.json."""
+        return {
+            "format": fmt.FORMAT_VERSION,
+            "tool": fmt.TOOL,
+            "version": __version__,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": self.started,
+            "ended": None,
+            "status": fmt.STATUS_RUNNING,
+            "start_step": start_step,
+        }
+
+    def _note_earlier_attempts(self) -> None:
+        """Warn when another process may still be recording this rank: both keep their data,
+        and the analyzer lets the later attempt supersede the earlier one's steps."""
+        if self.attempt.note:
+            self._notes.append(self.attempt.note)
+        for other in self.attempt.live_earlier():
+            note = (
+                f"rank {self.rank} is also being recorded by pid {other.get('pid')} on {other.get('hostname')} "
+                f"(attempt {other['attempt']}, started {other.get('started')}); this Recorder writes attempt "
+                f"{self.attempt.number} in {self.rank_paths.root}, and the analyzer lets it supersede that "
+                f"attempt's steps from its own first step on"
+            )
+            self._notes.append(note)
+            self._warn(note)
+
     def _counters(self) -> dict[str, Any]:
         return {
             "status": self.status,
-            "steps": self._step,
+            "steps": self._step - self.start_step,  # rec.step() calls
             "dropped_steps": self.writer.dropped_steps,
             "lost_steps": self.writer.lost_steps,
             "warnings": self._notes + self.writer.errors,
@@ -614,21 +686,14 @@ class Recorder:
 
     def _meta(self, counters: dict[str, Any], ended: str | None) -> dict[str, Any]:
         return {
-            "format": fmt.FORMAT_VERSION,
-            "tool": fmt.TOOL,
-            "version": __version__,
-            "rank": self.rank,
-            "world_size": self.world_size,
-            "hostname": socket.gethostname(),
-            "pid": os.getpid(),
+            **self._identity(self.start_step),
+            "attempt": self.attempt.number,
             "device": str(self.device),
             "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None,
             "torch_version": torch.__version__,
             "cuda_version": torch.version.cuda,
             "python_version": platform.python_version(),
-            "started": self.started,
             "ended": ended,
-            "start_step": self.start_step,
             "recorder": self.settings,
             "params": self.table.rows(),
             "backward_order": self.backward_order(),
@@ -662,61 +727,52 @@ class Recorder:
         return {self.table.names[pid]: why for st in stats for pid, why in st.unmeasured.items()}
 
     def _manifest(self, counters: dict[str, Any], ended: str | None) -> dict[str, Any]:
+        """The run as a whole, from every attempt of every rank on disk (their meta.json) and this
+        one's own counters. Status and end are those of rank 0's latest attempt."""
+        own = attempts.summary(
+            self.rank,
+            self.attempt.number,
+            self.rank_paths,
+            self.paths.root,
+            {**self._identity(self.start_step), **counters, "ended": ended},
+        )
+        listing = [own]
         ranks = sorted(set(self.paths.ranks()) | {self.rank})
-        dropped, lost = counters["dropped_steps"], counters["lost_steps"]
-        for other in ranks:  # fold in the counters other ranks have written so far
-            if other == self.rank:
-                continue
-            try:
-                meta = fmt.read_json(self.paths.rank(other).meta, "meta")
-                dropped += int(meta.get("dropped_steps", 0))
-                lost += int(meta.get("lost_steps", 0))
-            except Exception:
-                continue
+        for rank in ranks:
+            listing += attempts.survey_rank(self.paths.rank(rank), skip=own["attempt"] if rank == self.rank else None)
+        listing.sort(key=lambda a: (a["rank"], a["attempt"]))
+        latest = max((a for a in listing if a["rank"] == self.rank), key=lambda a: a["attempt"])
+        started = [str(a["started"]) for a in listing if a.get("started")]
         return {
             "format": fmt.FORMAT_VERSION,
             "tool": fmt.TOOL,
             "version": __version__,
-            "started": self.started,
-            "ended": ended,
-            "status": counters["status"],
+            "started": min(started, default=self.started),
+            "ended": latest.get("ended"),
+            "status": latest.get("status") or counters["status"],
             "world_size": self.world_size,
             "ranks": ranks,
+            "attempts": listing,
             "config": self.config,
-            "dropped_steps": dropped,
-            "lost_steps": lost,
+            "dropped_steps": sum(_count(a.get("dropped_steps")) for a in listing),
+            "lost_steps": sum(_count(a.get("lost_steps")) for a in listing),
             "warnings": counters["warnings"],
         }
 
-    def _install_sigterm(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        try:
-            self._prev_sigterm = signal.getsignal(signal.SIGTERM)
-            signal.signal(signal.SIGTERM, self._on_sigterm)
-        except (ValueError, OSError):
-            self._prev_sigterm = None
-
-    def _restore_sigterm(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        try:
-            if signal.getsignal(signal.SIGTERM) == self._on_sigterm:
-                signal.signal(signal.SIGTERM, self._prev_sigterm if self._prev_sigterm is not None else signal.SIG_DFL)
-        except (ValueError, OSError, TypeError):
-            pass
-
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         previous = self._prev_sigterm
-        self._notes.append("terminated by SIGTERM")
-        self.close(status=fmt.STATUS_CRASHED)
-        if callable(previous):
-            previous(signum, frame)
-        elif previous == signal.SIG_IGN:
-            return
-        else:  # default action: terminate, as if we had never been here
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
+        if os.getpid() == self._pid and not self._closed:
+            self._notes.append("terminated by SIGTERM")
+            # Shorter than the usual 30 s grace period of Slurm and Kubernetes before SIGKILL.
+            held = self._finish(fmt.STATUS_CRASHED, timeout=20.0)
+        else:
+            held = signals.Held()
+        signals.forward(signum, frame, previous)  # the default action ends the process here
+        signals.release(held)
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _as_float(value: Any) -> float:

@@ -163,7 +163,7 @@ class ChunkWriter(threading.Thread):
                     self.flush()
             due = time.monotonic() - self._last_flush >= self.flush_seconds
             if stopping or due:
-                self.flush()
+                self.flush(status=not stopping)  # the closing recorder writes the final status itself
             if self._status_due:
                 self._write_status()
             if stopping:
@@ -216,7 +216,7 @@ class ChunkWriter(threading.Thread):
             row["nonfinite"] = int(bad.sum())
         self._steps_rows.append(row)
 
-    def flush(self) -> None:
+    def flush(self, status: bool = True) -> None:
         self._last_flush = time.monotonic()
         rows, parts = self._steps_rows, self._grads_parts
         self._steps_rows, self._grads_parts = [], []
@@ -239,7 +239,8 @@ class ChunkWriter(threading.Thread):
                 self._error(f"could not write a {name} chunk of {len(rows)} steps: {exc!r}")
         if incomplete:
             self.lost_steps += len(rows)
-        self._write_status()
+        if status:
+            self._write_status()
 
     def _write_status(self) -> None:
         self._status_due = False
