@@ -12,37 +12,15 @@ from __future__ import annotations
 import polars as pl
 
 from ..findings import Finding
+from .categories import GPU_CATS, OP_CATS, RUNTIME_CATS
 
 # Categories of complete events that the loader or timing reads, or that carry no work of their
 # own (the profiler's whole-trace span, instant markers, Python frames under the ops).
-READ_CATS = frozenset(
-    {
-        "cpu_op",
-        "Operator",
-        "user_annotation",
-        "gpu_user_annotation",
-        "python_function",
-        "Trace",
-        "cpu_instant_event",
-        "overhead",
-        "fwdbwd",
-        "kernel",
-        "Kernel",
-        "gpu_memcpy",
-        "Memcpy",
-        "gpu_memset",
-        "Memset",
-        "cuda_sync",
-        "xpu_sync",
-        "cuda_runtime",
-        "cuda_driver",
-        "Runtime",
-        "xpu_runtime",
-        "xpu_driver",
-        "privateuse1_runtime",
-        "privateuse1_driver",
-        "mtia_runtime",
-    }
+READ_CATS = (
+    GPU_CATS
+    | RUNTIME_CATS
+    | OP_CATS
+    | frozenset({"user_annotation", "python_function", "Trace", "cpu_instant_event", "overhead", "fwdbwd"})
 )
 
 

@@ -19,33 +19,11 @@ from ..errors import InputError
 from ..findings import Finding
 from ..progress import Progress, silent
 from . import chrome
+from .categories import GPU_CATS, GPU_KINDS, OP_CATS, RUNTIME_CATS
 from .chrome import RawTrace
 from .coverage import unread_activity
 from .sessions import SESSIONS_SCHEMA, session_notes, session_table
 
-# Categories across Kineto versions (docs/traces.md).
-GPU_KINDS = {
-    "kernel": "kernel",
-    "Kernel": "kernel",
-    "gpu_memcpy": "memcpy",
-    "Memcpy": "memcpy",
-    "gpu_memset": "memset",
-    "Memset": "memset",
-}
-GPU_CATS = frozenset(GPU_KINDS) | {"gpu_user_annotation", "cuda_sync", "xpu_sync"}
-RUNTIME_CATS = frozenset(
-    {
-        "cuda_runtime",
-        "cuda_driver",
-        "Runtime",
-        "xpu_runtime",
-        "xpu_driver",
-        "privateuse1_runtime",
-        "privateuse1_driver",
-        "mtia_runtime",
-    }
-)
-OP_CATS = frozenset({"cpu_op", "Operator"})
 FLOW_CATS = frozenset({"ac2g", "async", "async_cpu_to_gpu", "async_gpu"})
 _SYNC_TID_OFFSET = 1_000_000  # Kineto moves cuda_sync events to tid = stream + 1,000,000
 _STEP_PREFIX = "ProfilerStep#"
