@@ -254,11 +254,15 @@ def grad_spikes(series: HealthSeries, config: Thresholds) -> pl.DataFrame:
     history = min(history, window)  # more history than one window holds: the whole window
     early_n = int(config[EARLY_STEPS])
     g = pl.col("grad_norm")
-    frame = series.healthy.select(
-        "step",
-        pl.coalesce("preclip_norm", "grad_norm").cast(pl.Float64).alias("grad_norm"),
-        pl.col("preclip_norm").is_not_null().alias("preclip"),
-    ).with_row_index("i")
+    frame = (
+        series.healthy.select(
+            "step",
+            pl.coalesce("preclip_norm", "grad_norm").cast(pl.Float64).alias("grad_norm"),
+            pl.col("preclip_norm").is_not_null().alias("preclip"),
+        )
+        .filter(g.is_not_null())  # other tools' logs may hold the loss without a grad norm
+        .with_row_index("i")
+    )
     tests = ("sigma", "early", "surge", "growth", "spike")
     if frame.height == 0:
         return frame.with_columns(pl.lit(False).alias(c) for c in tests)
