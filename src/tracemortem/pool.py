@@ -7,8 +7,9 @@ the current directory first on `sys.path` before multiprocessing imports `pickle
 the parent's `sys.path` (with the current directory in place of `''`) is then copied into the
 child; and the parent's `__main__` script is re-run there. The resource tracker multiprocessing
 starts for the pool's locks is a `python -c` process too. So each of them is started with
-`PYTHONSAFEPATH=1` (no directory is prepended), with the parent's `sys.path` minus the current
-directory and the given input folders, and without re-running `__main__`.
+`PYTHONSAFEPATH=1` and in isolated mode (`-I`: no directory is prepended; Python 3.10 has no
+PYTHONSAFEPATH), with the parent's `sys.path` minus the current directory and the given input
+folders, and without re-running `__main__`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import types
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from multiprocessing import resource_tracker
+from multiprocessing import resource_tracker, util
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,12 @@ _STARTING = threading.Lock()
 # re-runs nothing (a caller's script without an `if __name__ == "__main__"` guard stays safe).
 _NO_MAIN = types.ModuleType("__main__")
 _CHILD_ENV = {"PYTHONSAFEPATH": "1", "POLARS_MAX_THREADS": "1"}
+# The interpreter flags multiprocessing gives its children (the workers and the resource tracker).
+_parent_flags = util._args_from_interpreter_flags  # type: ignore[attr-defined]
+
+
+def _isolated_flags() -> list[str]:
+    return [*_parent_flags(), "-I"]
 
 
 def _resolved(entry: str) -> str:
@@ -55,9 +62,11 @@ def _starting_worker(untrusted: tuple[Path, ...]) -> Iterator[None]:
         os.environ.update(_CHILD_ENV)
         sys.path = safe_sys_path(saved_path, untrusted)
         sys.modules["__main__"] = _NO_MAIN
+        util._args_from_interpreter_flags = _isolated_flags  # type: ignore[attr-defined]
         try:
             yield
         finally:
+            util._args_from_interpreter_flags = _parent_flags  # type: ignore[attr-defined]
             sys.modules["__main__"] = saved_main
             sys.path = saved_path
             for name, value in saved_env.items():
