@@ -30,17 +30,22 @@ main()
 """
 
 
-def test_summary_works_where_tomllib_is_missing(tmp_path: Path) -> None:
-    pytest.importorskip("tomli")
-    (tmp_path / "tracemortem.toml").write_text("[loss-spike]\nwindow = 64\n")  # the parser really runs
-    proc = subprocess.run(
+def _summary_without_tomllib(cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`tracemortem summary` on the healthy sample, from `cwd` (where its config file lies)."""
+    return subprocess.run(
         [sys.executable, "-c", _WITHOUT_TOMLLIB, "summary", str(SAMPLES / "healthy")],
         capture_output=True,
         text=True,
-        cwd=tmp_path,
+        cwd=cwd,
         check=False,
         timeout=300,
     )
+
+
+def test_summary_works_where_tomllib_is_missing(tmp_path: Path) -> None:
+    pytest.importorskip("tomli")
+    (tmp_path / "tracemortem.toml").write_text("[loss-spike]\nwindow = 64\n")  # the parser really runs
+    proc = _summary_without_tomllib(tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "run directory" in proc.stdout
@@ -49,13 +54,6 @@ def test_summary_works_where_tomllib_is_missing(tmp_path: Path) -> None:
 def test_a_bad_config_file_is_still_a_usage_error_without_tomllib(tmp_path: Path) -> None:
     pytest.importorskip("tomli")
     (tmp_path / "tracemortem.toml").write_text("[loss-spike\n")
-    proc = subprocess.run(
-        [sys.executable, "-c", _WITHOUT_TOMLLIB, "summary", str(SAMPLES / "healthy")],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        check=False,
-        timeout=300,
-    )
+    proc = _summary_without_tomllib(tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("tracemortem: error: cannot read") and "Traceback" not in proc.stderr
