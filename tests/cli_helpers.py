@@ -31,6 +31,10 @@ class Outcome:
     stderr: str
 
     @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    @property
     def doc(self) -> dict:
         return strict_json(self.stdout)
 

@@ -321,6 +321,12 @@ class Visit:
                 "[...document.querySelectorAll('[data-figure]')].every(d => d.querySelector('svg.tm-chart'))"
             )
 
+    def settle(self) -> None:
+        """Let whatever the page queued run: a frame and then a task. Image and script error
+        handlers have already fired by the `load` event `goto` waited for; this catches timers
+        and frame callbacks queued after it, without waiting a wall-clock time."""
+        self.page.evaluate("new Promise(done => requestAnimationFrame(() => setTimeout(done, 0)))")
+
     def _route(self, route):
         if route.request.url == self.url:
             route.continue_()

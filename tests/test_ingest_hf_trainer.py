@@ -10,6 +10,7 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
+from cli_helpers import cli
 from ingest_helpers import hf_trainer_run
 from tracemortem import analyze
 
@@ -76,9 +77,5 @@ def test_damaged_state_is_one_line_or_a_note(diverged, tmp_path):
     shutil.copy(output / "checkpoint-60" / "trainer_state.json", broken / "trainer_state.json")
     with open(broken / "trainer_state.json", "r+") as handle:
         handle.truncate(100)
-    from click.testing import CliRunner
-
-    from tracemortem.cli import main
-
-    result = CliRunner().invoke(main, ["summary", str(broken)])
-    assert result.exit_code == 3 and "cannot read trainer_state.json" in result.output
+    result = cli("summary", str(broken))
+    assert result.code == 3 and "cannot read trainer_state.json" in result.output

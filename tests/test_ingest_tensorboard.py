@@ -14,6 +14,7 @@ import pytest
 pytest.importorskip("tensorboard")
 pytest.importorskip("google_crc32c")
 
+from cli_helpers import cli
 from ingest_helpers import tensorboard_loop
 from tracemortem import analyze
 from tracemortem.config import Config
@@ -206,15 +207,11 @@ def test_tag_map_override_from_config(tmp_path):
     assert document["run"]["tags"] == {"loss": "objective"}
     assert [f["step"] for f in document["findings"] if f["rule"] == "nonfinite-loss"] == [33]
     (tmp_path / "tracemortem.toml").unlink()
-    from click.testing import CliRunner
-
-    from tracemortem.cli import main
-
     args = ["report", str(tmp_path / "log"), "--format", "json", "-o", "-", "--fail-on", "never"]
-    result = CliRunner().invoke(main, [*args, "--set", "tags.loss=objective"])
+    result = cli(*args, "--set", "tags.loss=objective")
     assert [f["step"] for f in json.loads(result.stdout)["findings"] if f["rule"] == "nonfinite-loss"] == [33]
-    result = CliRunner().invoke(main, [*args, "--set", "tags.los=objective"])
-    assert result.exit_code == 2 and "unknown key 'los'" in result.output
+    result = cli(*args, "--set", "tags.los=objective")
+    assert result.code == 2 and "unknown key 'los'" in result.output
 
 
 def test_new_style_tensor_scalars(tmp_path):

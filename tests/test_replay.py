@@ -12,11 +12,10 @@ from typing import Any
 import pytest
 
 torch = pytest.importorskip("torch")
-from click.testing import CliRunner
 
 import replay_models as rm
+from cli_helpers import cli
 from tracemortem import analyze
-from tracemortem.cli import main
 
 HELPERS = Path(rm.__file__)
 
@@ -112,10 +111,8 @@ def test_offline_replay_names_the_origin(tmp_path, name):
     case = CASES[name]
     _train(tmp_path, case, replay=False)
     assert not (tmp_path / "rank0" / "snapshot" / "origin.json").exists()
-    result = CliRunner().invoke(
-        main, ["replay", str(tmp_path), "--model", f"{HELPERS}:{case.factory}", "--loss", f"{HELPERS}:{case.loss}"]
-    )
-    assert result.exit_code == 0, result.output
+    result = cli("replay", str(tmp_path), "--model", f"{HELPERS}:{case.factory}", "--loss", f"{HELPERS}:{case.loss}")
+    assert result.code == 0, result.output
     assert f"born in {case.module}: {case.op}" in result.stdout
     origin = _origin(tmp_path)
     assert origin["mode"] == "offline" and origin["device"] == "cpu"
@@ -189,8 +186,8 @@ def test_no_batch_captured_says_so_in_both_modes(tmp_path):
     assert _origin(tmp_path / "in")["causes"] == ["batch-not-captured"]
     torch.manual_seed(0)
     rm.train(tmp_path / "off", rm.log_net(), rm.data(6), rm.log_loss, lr=0.5, observe=False)
-    result = CliRunner().invoke(main, ["replay", str(tmp_path / "off"), "--model", f"{HELPERS}:log_net"])
-    assert result.exit_code == 0, result.output
+    result = cli("replay", str(tmp_path / "off"), "--model", f"{HELPERS}:log_net")
+    assert result.code == 0, result.output
     origin = _origin(tmp_path / "off")
     assert origin["reproduced"] is False and origin["causes"] == ["batch-not-captured"]
     assert "did not reproduce" in result.stdout
@@ -206,10 +203,8 @@ def test_a_failure_the_snapshot_cannot_reproduce_says_why(tmp_path):
 
     torch.manual_seed(0)
     rm.train(tmp_path, rm.plain_net(), rm.data(6), rm.mse, lr=0.1, transform=corrupt)
-    result = CliRunner().invoke(
-        main, ["replay", str(tmp_path), "--model", f"{HELPERS}:plain_net", "--loss", f"{HELPERS}:mse"]
-    )
-    assert result.exit_code == 0, result.output
+    result = cli("replay", str(tmp_path), "--model", f"{HELPERS}:plain_net", "--loss", f"{HELPERS}:mse")
+    assert result.code == 0, result.output
     origin = _origin(tmp_path)
     assert origin["reproduced"] is False and origin["phase"] is None and origin["module"] is None
     assert origin["causes"] == ["non-determinism"] and "ran finite" in origin["reason"]
@@ -222,8 +217,8 @@ def test_dotted_module_name_and_default_loss(tmp_path):
     model = rm.ScalarLossNet()
     batches = [x for x, _ in rm.data(6)]
     rm.train(tmp_path, model, batches, lambda m, b: m(b), lr=0.5)
-    result = CliRunner().invoke(main, ["replay", str(tmp_path), "--model", "replay_models:ScalarLossNet"])
-    assert result.exit_code == 0, result.output
+    result = cli("replay", str(tmp_path), "--model", "replay_models:ScalarLossNet")
+    assert result.code == 0, result.output
     origin = _origin(tmp_path)
     assert (origin["module"], origin["op"], origin["loss"]) == ("block", "log", "default")
 
@@ -240,7 +235,7 @@ def log_run(tmp_path_factory) -> Path:
 
 
 def _replay(run: Path, *args: str) -> Any:
-    return CliRunner().invoke(main, ["replay", str(run), *args])
+    return cli("replay", str(run), *args)
 
 
 @pytest.mark.parametrize(
@@ -256,7 +251,7 @@ def _replay(run: Path, *args: str) -> Any:
 )
 def test_bad_usage_is_one_line_and_exit_2_or_3(log_run, args, message):
     result = _replay(log_run, *args)
-    assert result.exit_code in (2, 3), result.output
+    assert result.code in (2, 3), result.output
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("tracemortem: error:") and message in line
 
@@ -265,7 +260,7 @@ def test_run_without_snapshot_is_unreadable_input(tmp_path):
     torch.manual_seed(0)
     rm.train(tmp_path, rm.plain_net(), rm.data(3), rm.mse, lr=0.01)
     result = _replay(tmp_path, "--model", f"{HELPERS}:plain_net")
-    assert result.exit_code == 3 and "no rank has a snapshot" in result.stderr
+    assert result.code == 3 and "no rank has a snapshot" in result.stderr
 
 
 class _Exploit:
@@ -282,10 +277,10 @@ def test_snapshot_files_are_never_unpickled(tmp_path, monkeypatch, log_run):
     monkeypatch.setenv("PWNED", str(marker))
     torch.save({"x": _Exploit()}, run / "rank0" / "snapshot" / "batch.pt")
     result = _replay(run, "--model", f"{HELPERS}:log_net")
-    assert result.exit_code == 3 and "weights_only" in result.stderr
+    assert result.code == 3 and "weights_only" in result.stderr
     assert not marker.exists()
     (run / "rank0" / "snapshot" / "model.pt").write_bytes(b"not a zip file")
-    assert _replay(run, "--model", f"{HELPERS}:log_net").exit_code == 3
+    assert _replay(run, "--model", f"{HELPERS}:log_net").code == 3
 
 
 def test_code_beside_the_run_is_never_imported(tmp_path, monkeypatch, log_run):
@@ -296,7 +291,7 @@ def test_code_beside_the_run_is_never_imported(tmp_path, monkeypatch, log_run):
     (run / "planted.py").write_text("raise SystemExit('imported code from the run directory')\n")
     monkeypatch.syspath_prepend(str(run))
     result = _replay(run, "--model", "planted:build")
-    assert result.exit_code == 2 and "refusing to import planted from inside the run directory" in result.stderr
+    assert result.code == 2 and "refusing to import planted from inside the run directory" in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -362,7 +357,7 @@ def test_a_wrapped_model_and_16_bit_weights_are_replayed_as_trained(tmp_path):
     for name, loss in (("wrapped", "log_loss"), ("bf16", "_bf16_log_loss")):
         helpers = HELPERS if name == "wrapped" else Path(__file__)
         result = _replay(tmp_path / name, "--model", f"{HELPERS}:log_net", "--loss", f"{helpers}:{loss}")
-        assert result.exit_code == 0, result.output
+        assert result.code == 0, result.output
         origin = _origin(tmp_path / name)
         assert (origin["module"], origin["op"]) == ("block", "log")
     assert _origin(tmp_path / "bf16")["dtype"] == "bfloat16"
@@ -408,7 +403,7 @@ def test_transformers_gpt2_attention_overflow_in_both_modes(tmp_path):
     train(tmp_path / "in", rm.gpt2_fp16_loss)
     train(tmp_path / "off", None)
     result = _replay(tmp_path / "off", "--model", f"{HELPERS}:tiny_gpt2", "--loss", f"{HELPERS}:gpt2_fp16_loss")
-    assert result.exit_code == 0, result.output
+    assert result.code == 0, result.output
     for folder in ("in", "off"):
         origin = _origin(tmp_path / folder)
         assert (origin["module"], origin["module_class"], origin["op"], origin["dtype"]) == (
@@ -437,7 +432,7 @@ def test_a_failure_that_hangs_on_a_random_draw_is_not_reproduced_and_says_why(tm
     result = _replay(
         tmp_path, "--model", f"{HELPERS}:gated_net", "--loss", f"{HELPERS}:mse", "-o", str(tmp_path / "o.json")
     )
-    assert result.exit_code == 0, result.output
+    assert result.code == 0, result.output
     offline = json.loads((tmp_path / "o.json").read_text())
     assert offline["reproduced"] is False
     assert offline["causes"] == ["different-device", "non-determinism"]
@@ -488,5 +483,5 @@ def test_without_torch_the_command_says_what_to_install(tmp_path, monkeypatch, l
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
     result = _replay(log_run, "--model", f"{HELPERS}:log_net")
-    assert result.exit_code == 2
+    assert result.code == 2
     assert result.stderr.strip() == "tracemortem: error: replay needs torch: pip install 'tracemortem[record]'"

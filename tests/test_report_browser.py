@@ -71,7 +71,7 @@ def test_names_from_the_data_never_run_as_script(browser, tmp_path):
     visit = Visit(browser, path)
     try:
         page = visit.page
-        page.wait_for_timeout(200)
+        visit.settle()  # let any injected handler (onerror, onload, a timer) run
         assert page.evaluate("window.__pwned") is None
         assert not any("PWNED" in text for _, text in visit.console)
         assert visit.page_errors == [] and visit.blocked == []

@@ -11,12 +11,11 @@ import polars as pl
 import pytest
 
 torch = pytest.importorskip("torch")
-from click.testing import CliRunner
 from torch.profiler import ProfilerActivity, profile
 
+from cli_helpers import cli
 from trace_helpers import REAL_TRACES
 from tracemortem.analysis import analyze
-from tracemortem.cli import main
 
 needs_real = pytest.mark.skipif(not REAL_TRACES.is_dir(), reason="shared/real_traces not present")
 
@@ -99,7 +98,7 @@ def test_memory_timeline_export_is_refused_with_one_line(tmp_path, monkeypatch):
     for name in ("memory.json", "memory.raw.json.gz"):
         prof.export_memory_timeline(str(tmp_path / name), device="cpu")
         assert json.loads((tmp_path / "memory.json").read_text())  # a real export, read back as JSON
-        result = CliRunner().invoke(main, ["summary", str(tmp_path / name)])
-        assert result.exit_code == 3
+        result = cli("summary", str(tmp_path / name))
+        assert result.code == 3
         [line] = result.stderr.strip().splitlines()
         assert "memory timeline" in line and "cut off" not in line

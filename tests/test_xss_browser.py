@@ -104,7 +104,7 @@ def test_no_payload_runs_and_each_reads_as_text(browser, hostile_report):
     visit = Visit(browser, hostile_report)
     try:
         page = visit.page
-        page.wait_for_timeout(300)  # let any injected handler (onerror, onload) fire
+        visit.settle()  # let any injected handler (onerror, onload, a timer) run
         assert page.evaluate("typeof window.__pwned") == "undefined"
         assert visit.dialogs == [] and visit.blocked == [] and visit.page_errors == []
         assert [m for m in visit.console if m[0] == "error"] == []
