@@ -122,16 +122,12 @@ def test_disk_full_on_a_real_full_filesystem(disk_full):
 
 
 def test_stalling_disk_never_stalls_training(tmp_path):
-    stall = 0.25
-    result, stderr = _finish(
-        _child("slow_disk", fast_run=str(tmp_path / "fast"), slow_run=str(tmp_path / "slow"), stall=stall), timeout=90
-    )
-    fast, slow = result["fast"], result["slow"]
-    assert fast["loss"] == slow["loss"] == result["reference"]
-    assert slow["median"] < 1.5 * fast["median"] + 0.005, result
-    # No step of the training thread waited for a file write, not even once (e.g. a status write).
-    assert slow["max"] < stall, result
-    assert slow["longest_queue"] <= 8 and fast["longest_queue"] <= 8
+    result, stderr = _finish(_child("slow_disk", run=str(tmp_path / "slow")), timeout=180)
+    assert result["loss"] == result["reference"]
+    # Every step ran while the disk held the writer's first write: no step waited for the disk.
+    assert result["finished_while_held"] and result["held_writes"] >= 1
+    assert result["training_thread_writes"] == 0  # not even once (e.g. a status write)
+    assert result["longest_queue"] <= 8
     manifest, rows = _manifest(tmp_path / "slow"), read_steps(tmp_path / "slow")
     assert manifest["dropped_steps"] > 0 and manifest["lost_steps"] == 0
     # Every step is either on disk or counted as dropped; recording order is kept.
