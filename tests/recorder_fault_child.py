@@ -114,9 +114,8 @@ def _disk_full_run(run: str, how: str, injecting: dict) -> float:
 def slow_disk(run: str) -> dict:
     """150 steps with a small queue, on a disk that takes every file write from the first step on
     and completes none of them until the last step is done (from step 10 the writer is inside one).
-    Had a step waited for a write, the
-    loop could not finish while writes are held; a write on the training thread is counted (and
-    let through, so the run ends and the test can say so)."""
+    Had a step waited for a write, the loop could not finish while writes are held; a write on the
+    training thread is counted (and let through, so the run ends and the test can say so)."""
     training_thread = threading.get_ident()
     disk_done, writer_held = threading.Event(), threading.Event()
     seen = {"holding": False, "held": 0, "on_training_thread": 0}
