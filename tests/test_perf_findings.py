@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import json
-import statistics
-from pathlib import Path
-
 import polars as pl
 import pytest
 
-from perf_helpers import profiled_loop, recorder_steps, timing_of
+from perf_helpers import (
+    intermittent_steps,
+    op_us_per_step,
+    outlier_steps,
+    profiled_loop,
+    recorder_steps,
+    step_spans_us,
+    timing_of,
+)
 from trace_helpers import REAL_TRACES
 from tracemortem.config import Config
 from tracemortem.detect import perf
@@ -22,34 +26,28 @@ def by_rule(findings, rule):
     return [f for f in findings if f.rule == rule]
 
 
-def _step_spans_us(trace: Path) -> dict[int, float]:
-    """ProfilerStep#N durations straight from the chrome trace (µs), without tracemortem."""
-    return {
-        int(e["name"].split("#")[1]): e["dur"]
-        for e in json.loads(trace.read_text())["traceEvents"]
-        if e.get("ph") == "X" and e.get("name", "").startswith("ProfilerStep#")
-    }
-
-
 def test_slow_step_names_the_steps_and_the_op(tmp_path):
-    # Little compute per step, so contention from other processes cannot hide the outliers.
+    # Little compute per step and 1.5 s sleeps in `slow_block` on steps 3 and 6. How long the other
+    # steps take is up to the host, so the rules are held to the profiler's own spans.
     trace = profiled_loop(tmp_path, slow_steps=(3, 6), slow_s=1.5, batch=8)
     findings = perf.detect(timing_of(trace), None, Config())
+    spans = step_spans_us(trace)
+    slow = outlier_steps(spans)
     found = by_rule(findings, "slow-step")
-    slow = [f for f in found if f.step in (3, 6)]
-    assert sorted(f.step for f in slow) == [3, 6]
-    assert all(f.subject == "slow_block" and f.severity == "warning" for f in slow)
-    # Any other step reported must really have been slow (a shared machine can stall a ~3 ms
-    # step by tens of ms), per the profiler's own spans, and not be blamed on the sleeping block.
-    spans = _step_spans_us(trace)
-    median = statistics.median(spans.values())
-    for other in (f for f in found if f.step is not None and f.step not in (3, 6)):
-        assert spans[other.step] >= 1.5 * median and spans[other.step] - median >= 20_000
-        assert other.subject != "slow_block"
-    assert all(f.evidence["causes"][0]["share_of_excess"] > 0.8 for f in slow)
-    ops = by_rule(findings, "slow-op")
-    assert [f.subject for f in ops if f.severity == "warning"] == ["slow_block"]
-    assert sorted(ops[-1].evidence["slow_steps"]) == [3, 6]
+    warned = {f.step: f for f in found if f.severity == "warning"}
+    unexplained = sum(f.evidence["slow_steps"] for f in found if f.step is None)
+    # Every step the spans put over the bound is reported (a warning, or counted in the jitter
+    # note), and no other step.
+    assert set(warned) <= slow and len(warned) + unexplained == len(slow)
+    assert {3, 6} & slow <= set(warned)  # the sleeping steps are explained ...
+    for step, finding in warned.items():  # ... by the sleeping block, and no other step is
+        assert (finding.subject == "slow_block") == (step in (3, 6)), finding
+    assert all(warned[s].evidence["causes"][0]["share_of_excess"] > 0.8 for s in {3, 6} & slow)
+    warnings = [f for f in by_rule(findings, "slow-op") if f.severity == "warning"]
+    block = intermittent_steps(spans, op_us_per_step(trace, "slow_block"))
+    if {3, 6} <= block:
+        assert [f.subject for f in warnings] == ["slow_block"]
+        assert set(warnings[0].evidence["slow_steps"]) == block
 
 
 @pytest.mark.slow
@@ -67,9 +65,17 @@ def test_slow_op_is_found_when_it_already_fills_half_of_a_normal_step(tmp_path):
     normal = shares.filter(~pl.col("step").is_in([2, 5]))["share"].median()
     assert normal > 0.34  # above a third: a 3x share test could not fire
     ops = [f for f in by_rule(perf.detect(timing, None, Config()), "slow-op") if f.severity == "warning"]
-    assert [f.subject for f in ops] == ["slow_block"]
-    assert sorted(ops[0].evidence["slow_steps"]) == [2, 5]
-    assert 0 < ops[0].evidence["share_of_profiled_time"] <= 1
+    # The profiler's spans decide which steps were slow for the block: on a busy host an ordinary
+    # step can be stretched too, or a slow one less.
+    block = intermittent_steps(step_spans_us(trace), op_us_per_step(trace, "slow_block"))
+    if {2, 5} <= block:
+        assert [f.subject for f in ops] == ["slow_block"]
+        assert set(ops[0].evidence["slow_steps"]) == block
+        assert 0 < ops[0].evidence["share_of_profiled_time"] <= 1
+    for finding in ops:
+        assert set(finding.evidence["slow_steps"]) <= intermittent_steps(
+            step_spans_us(trace), op_us_per_step(trace, finding.subject)
+        ), finding
 
 
 def test_unexplained_slow_steps_are_one_jitter_note_not_warnings():
@@ -105,14 +111,17 @@ def test_healthy_loop_is_quiet(tmp_path):
     # of a 3 ms step, which is right at the dataloader-bound threshold.
     trace = profiled_loop(tmp_path, item_every_step=True, hidden=2048)
     findings = at_or_above(perf.detect(timing_of(trace), None, Config()), "warning")
-    assert [f for f in findings if f.rule != "slow-step"] == []
-    # On a shared machine a step can really be slow (another process took the core for tens of
-    # ms): then saying so is right. Whatever slow-step reports must hold in the profiler's own
-    # ProfilerStep spans, read here without tracemortem.
-    spans = _step_spans_us(trace)
-    median = statistics.median(spans.values())
-    for finding in by_rule(findings, "slow-step"):
-        assert spans[finding.step] >= 1.5 * median and spans[finding.step] - median >= 20_000  # µs
+    assert [f for f in findings if f.rule not in ("slow-step", "slow-op")] == []
+    # On a shared machine a step, or an op in some steps, can really be slow (another process took
+    # the core for tens of ms): then saying so is right, and the profiler's own spans must show it.
+    spans = step_spans_us(trace)
+    for finding in findings:
+        if finding.rule == "slow-step":
+            assert finding.step in outlier_steps(spans), finding
+        elif finding.rule == "slow-op":
+            assert set(finding.evidence["slow_steps"]) <= intermittent_steps(
+                spans, op_us_per_step(trace, finding.subject)
+            ), finding
 
 
 @pytest.fixture(scope="module")
