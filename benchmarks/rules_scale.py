@@ -8,8 +8,9 @@ Each rank has 50 profiled steps of 12 ops (a `step_ops` row per op and step), a 
 breakdown and launch statistics, and 2,000 recorder steps whose allocated memory grows. Every
 rank is idle on its GPU (gpu-idle), loads data for a fifth of each step (dataloader-bound), and
 has three slow steps at random steps, two explained by one op (slow-step); ranks 7, 19 and 31
-are stragglers. Each N runs in a fresh subprocess; the row gives the wall time of each rule,
-the total, the findings the rules return and their peak RSS.
+are stragglers. Each N runs in a fresh subprocess; the row gives the wall time of each rule and
+of the cross-rank merge that `analyze` runs after them, the total, the findings left after the
+merge and the peak RSS.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ def analyse(ranks: int) -> None:
     """Child process: the measured rules, then one JSON line."""
     from tracemortem.config import Config
     from tracemortem.detect import perf
+    from tracemortem.detect.ranks import merge_across_ranks
     from tracemortem.load.run import RunData
     from tracemortem.timing import Timing
 
@@ -110,14 +112,18 @@ def analyse(ranks: int) -> None:
     start = time.perf_counter()
     inputs = perf.PerfInputs.of(timing, run, config)
     seconds: dict[str, float] = {}
-    found: dict[str, int] = {}
+    findings = []
     for rule in perf.RULES:
         t0 = time.perf_counter()
-        findings = rule(inputs, config)
+        findings += rule(inputs, config)
         seconds[rule.__name__] = time.perf_counter() - t0
-        for f in findings:
-            found[f.rule] = found.get(f.rule, 0) + 1
+    t0 = time.perf_counter()
+    findings = merge_across_ranks(findings)  # what analyze() runs after the rules
+    seconds["merge"] = time.perf_counter() - t0
     total = time.perf_counter() - start
+    found: dict[str, int] = {}
+    for f in findings:
+        found[f.rule] = found.get(f.rule, 0) + 1
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"seconds": seconds, "total": total, "found": found, "peak_rss": peak}))
 

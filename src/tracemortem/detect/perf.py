@@ -54,7 +54,9 @@ SLOW_STEP_WARMUP = threshold(
 SLOW_STEP_MAX = threshold(
     "slow-step.max_findings",
     10,
-    "At most this many slow steps are reported per rank (largest first).",
+    "At most this many slow steps of a rank are considered, and this many slow-step warnings reported in all "
+    "(largest first; a step slow on several ranks for one cause is one warning); the rest are counted in one "
+    "info finding.",
     "tracemortem default",
 )
 SLOW_STEP_EXPLAINED = threshold(
@@ -263,7 +265,7 @@ def slow_steps(inputs: PerfInputs, config: Thresholds) -> list[Finding]:
     if slow.is_empty():
         return []
     keys = ["rank", "session", "step"]
-    if inputs.timing is not None:
+    if inputs.timing is not None and slow["profiled"].any():
         slow = slow.join(_explain(inputs.timing, scored, slow, config), on=keys, how="left")
     else:
         slow = slow.with_columns(pl.lit(None, pl.String).alias("subject"))
@@ -327,11 +329,7 @@ def _explain(timing: Timing, scored: pl.DataFrame, slow: pl.DataFrame, config: T
         .join(base, on="rank", how="left", suffix="_base")
         .select(
             *keys,
-            *[
-                pl.when(extra > 0.25 * pl.col("excess")).then(extra).alias(f"{column}_extra_s")
-                for column, _ in _CATEGORIES
-                for extra in [(pl.col(column).fill_null(0) - pl.col(f"{column}_base").fill_null(0)) / 1e9]
-            ],
+            *[_category_extra(column) for column, _ in _CATEGORIES],
             "excess",
         )
     )
@@ -354,6 +352,13 @@ def _explain(timing: Timing, scored: pl.DataFrame, slow: pl.DataFrame, config: T
         )
         .drop("excess", "op_share")
     )
+
+
+def _category_extra(column: str) -> pl.Expr:
+    """A slow step's extra seconds in a step category over the rank's median normal step, where
+    that is over a quarter of the step's excess (else null)."""
+    extra = (pl.col(column).fill_null(0) - pl.col(f"{column}_base").fill_null(0)) / 1e9
+    return pl.when(extra > 0.25 * pl.col("excess")).then(extra).alias(f"{column}_extra_s")
 
 
 _EVIDENCE_MS = (("seconds", "step"), ("median", "median"), ("mad", "mad"), ("bound", "bound"), ("excess", "excess"))

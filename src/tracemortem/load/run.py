@@ -273,7 +273,7 @@ def merge_grads(frames: list[pl.LazyFrame]) -> pl.LazyFrame:
 def _grads_of(frames: dict[int, pl.LazyFrame], ranks: list[int], progress: Progress) -> pl.LazyFrame:
     """The run's grads table. One writer's chunks stay a lazy scan (each rule reads only the row
     groups of its steps); several shards are merged once here, since every later query of a lazy
-    merge would re-read every rank's chunks and redo the merge (docs/architecture.md "Many ranks").
+    merge would re-read every rank's chunks and redo the merge (docs/architecture.md, `RunData`).
     The merge holds every (step, parameter) group in memory during a query anyway, so keeping its
     result costs no more than one query did."""
     if not ranks:
