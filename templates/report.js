@@ -378,7 +378,7 @@
       var width = Math.max(260, div.clientWidth || 600);
       var longest = Math.max.apply(null, fig.y.map(function (n) { return n.length; }).concat([4]));
       var chars = Math.min(longest, Math.floor(width * 0.35 / 6.5));
-      var left = labels ? 18 + chars * 6.5 : 24, right = 70;
+      var left = labels ? 18 + chars * 6.5 : 24, right = linear ? 40 + 6.5 * (6 + unit.length) : 70;
       var height = fig.height || Math.min(900, Math.max(260, 60 + 14 * rows));
       var box = { l: left, r: width - right, t: MARGIN.top, b: height - MARGIN.bottom };
       var canvas = document.createElement("canvas");

@@ -538,17 +538,26 @@ def slow_ops(inputs: PerfInputs, config: Thresholds) -> list[Finding]:
     # (50 % → 75 % is 3× the odds), where a 3× share could never exceed 100 %.
     # The odds are compared with those of the steps where the op's time was normal, so the slow
     # steps themselves (and a host that slowed other steps down) do not raise the bar.
-    slow_time = pl.col("total_ns") > ratio * pl.col("total_ns").median()
-    slow = slow_time & (pl.col("odds") > ratio * pl.col("odds").filter(~slow_time).median())
+    # (Medians as window expressions first: one sorted pass per op, where the same medians inside
+    # the aggregation below would be evaluated group by group.)
+    op = ["rank", "name"]
+    slow_time = pl.col("total_ns") > ratio * pl.col("median_ns")
+    per_step = (
+        per_step.with_columns(pl.col("total_ns").median().over(op).alias("median_ns"))
+        .with_columns(slow_time.alias("slow_time"))
+        .with_columns(pl.col("odds").filter(~pl.col("slow_time")).median().over(op).alias("normal_odds"))
+        .with_columns((pl.col("slow_time") & (pl.col("odds") > ratio * pl.col("normal_odds"))).alias("slow"))
+    )
+    slow = pl.col("slow")
     # Only outermost time counts once: nested ops repeat their parent's delay, so report each
     # (rank, step-set) through the op with the most excess and list the rest as related.
     stats = (
-        per_step.group_by("rank", "name")
+        per_step.group_by(op)
         .agg(
-            pl.col("total_ns").median().alias("median_ns"),
+            pl.col("median_ns").first(),
             pl.col("total_ns").quantile(0.95, "nearest").alias("p95_ns"),
             pl.col("step").filter(slow).alias("slow_steps"),
-            (pl.col("total_ns") - ratio * pl.col("total_ns").median())
+            (pl.col("total_ns") - ratio * pl.col("median_ns"))
             .clip(lower_bound=0)
             .filter(slow)
             .sum()
