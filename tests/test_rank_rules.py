@@ -10,6 +10,7 @@ from rank_helpers import timing_of
 from tracemortem.config import Config
 from tracemortem.detect import perf
 from tracemortem.detect.ranks import merge_across_ranks, ranks_text
+from tracemortem.findings import Finding
 
 
 def findings_of(timing, rule) -> list:
@@ -72,3 +73,22 @@ def test_several_stragglers_are_one_finding_that_names_them():
 )
 def test_rank_lists_are_compact(ranks, text):
     assert ranks_text(ranks) == text
+
+
+def test_findings_built_per_rank_merge_with_evidence_named_like_a_key():
+    def finding(rank: int, norm: float) -> Finding:
+        return Finding(
+            "exploding-gradient",
+            "error",
+            "t",
+            f"m{rank}",
+            step=7,
+            rank=rank,
+            subject="w",
+            evidence={"step": 7, "norm": norm},
+        )
+
+    [merged] = merge_across_ranks([finding(0, 3.0), finding(1, 4.0), finding(2, 1.0)])
+    assert merged.rank is None and merged.step == 7 and merged.evidence["ranks"] == [0, 1, 2]
+    assert merged.evidence["spread"]["norm"] == {"median": 3.0, "worst": 4.0, "worst_rank": 1}
+    assert merged.message == "Seen on ranks 0–2 (3 ranks); rank 0 is the worst: m0"  # by the first number, step

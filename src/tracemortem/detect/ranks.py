@@ -107,6 +107,9 @@ def _numbers(evidence: dict[str, Any]) -> dict[str, float]:
     }
 
 
+_EVIDENCE = "evidence."
+
+
 def merge_across_ranks(findings: list[Finding]) -> list[Finding]:
     """`findings` with every group of same-cause findings of one rule on two or more ranks merged
     into one, in the place of the group's first finding."""
@@ -119,14 +122,15 @@ def merge_across_ranks(findings: list[Finding]) -> list[Finding]:
     for members in by_rule.values():
         if len({findings[i].rank for i in members}) < 2:
             continue
-        numbers = list(dict.fromkeys(key for i in members for key in _numbers(findings[i].evidence)))
+        # Evidence columns are prefixed: evidence may hold a number named like a key (`step`).
+        numbers = list(dict.fromkeys(_EVIDENCE + key for i in members for key in _numbers(findings[i].evidence)))
         rows = pl.DataFrame(
             [
                 {
                     "i": i,
                     "rank": findings[i].rank,
                     **{key: getattr(findings[i], key) for key in CAUSE},
-                    **_numbers(findings[i].evidence),
+                    **{_EVIDENCE + key: value for key, value in _numbers(findings[i].evidence).items()},
                 }
                 for i in members
             ],
@@ -144,6 +148,7 @@ def merge_across_ranks(findings: list[Finding]) -> list[Finding]:
             if len(cause.ranks) < 2:
                 continue
             first, *rest = (index[row] for row in cause.members)
-            merged[first] = _merged(findings[index[cause.lead]], cause)
+            spread = {key.removeprefix(_EVIDENCE): value for key, value in cause.spread.items()}
+            merged[first] = _merged(findings[index[cause.lead]], replace(cause, spread=spread))
             dropped.update(rest)
     return [merged.get(i, f) for i, f in enumerate(findings) if i not in dropped]
