@@ -21,6 +21,7 @@ from tracemortem.report import charts
 from tracemortem.run_facts import RunFacts
 
 RANKS, STEPS, STRAGGLERS = 1024, 300, (100, 700)
+pytestmark = pytest.mark.slow  # building and rendering 1,024 ranks takes tens of seconds on 2 cores
 MAX_HTML_BYTES = 10 * 10**6
 
 
