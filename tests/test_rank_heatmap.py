@@ -72,6 +72,7 @@ def test_html_at_1024_ranks_stays_small(analysis):
     html = report.render(analysis, "html")
     assert len(html.encode()) <= MAX_HTML_BYTES
     assert "ranks 100, 700" in html
+    assert "<dd>0–1023</dd>" in html  # the idle finding's ranks, as one run
 
 
 @pytest.mark.browser

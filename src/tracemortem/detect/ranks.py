@@ -25,8 +25,8 @@ CAUSE = ("severity", "subject", "step")  # what makes two ranks' findings the sa
 MAX_RANK_RUNS = 8  # runs of consecutive ranks named in a message; the rest are counted
 
 
-def ranks_text(ranks: Sequence[int]) -> str:
-    """`ranks 0–511, 513–1023`: runs of consecutive ranks, at most MAX_RANK_RUNS of them named."""
+def rank_runs(ranks: Sequence[int]) -> str:
+    """`0–511, 513–1023`: runs of consecutive ranks, at most MAX_RANK_RUNS of them named."""
     runs: list[tuple[int, int]] = []
     for rank in sorted(set(ranks)):
         if runs and rank == runs[-1][1] + 1:
@@ -35,8 +35,12 @@ def ranks_text(ranks: Sequence[int]) -> str:
             runs.append((rank, rank))
     shown = ", ".join(f"{a}–{b}" if b > a else str(a) for a, b in runs[:MAX_RANK_RUNS])
     rest = sum(b - a + 1 for a, b in runs[MAX_RANK_RUNS:])
-    word = "rank" if len(runs) == 1 and runs[0][0] == runs[0][1] else "ranks"
-    return f"{word} {shown}" + (f" and {rest} more" if rest else "")
+    return shown + (f" and {rest} more" if rest else "")
+
+
+def ranks_text(ranks: Sequence[int]) -> str:
+    """`ranks 0–511, 513–1023`, or `rank 3`."""
+    return ("rank " if len(set(ranks)) == 1 else "ranks ") + rank_runs(ranks)
 
 
 @dataclass(frozen=True)
