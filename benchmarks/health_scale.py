@@ -204,7 +204,7 @@ def _counting_reads() -> dict[str, int]:
         counts["collects"] += 1
         plan = self.explain()
         counts["grads_files_read"] += sum(
-            int(n) for n in re.findall(r"\[.*?grads.*?\.parquet.*?\.\.\. (\d+) other", plan)
+            1 + int(n) for n in re.findall(r"\[.*?grads.*?\.parquet.*?\.\.\. (\d+) other", plan)
         )
         counts["grads_files_read"] += len(re.findall(r"Parquet SCAN \[[^\]]*grads[^\],]*\.parquet\]", plan))
         return collect(self, *args, **kwargs)

@@ -790,9 +790,9 @@ _IDLE_CAUSES = {
 }
 
 
-def _gpu_ranks_frame(timing: Timing) -> pl.DataFrame:
+def _gpu_ranks_frame(timing: Timing) -> tuple[pl.DataFrame, list[str]]:
     """One row per rank with GPU activity: `entry` (its index in `timing.ranks`), rank, the HTA
-    times, `idle_share`, the launch numbers and `short_share`."""
+    times, `idle_share`, the launch numbers and `short_share`; and the names of the launch numbers."""
     entries = [(i, e) for i, e in enumerate(timing.ranks) if e.get("gpu") and e["gpu"]["span_us"] > 0]
     launch_keys = list(
         dict.fromkeys(k for _, e in entries for k, v in (e.get("launch") or {}).items() if _is_number(v))
@@ -816,7 +816,7 @@ def _gpu_ranks_frame(timing: Timing) -> pl.DataFrame:
         pl.when(launches > 0).then(shorter / launches).otherwise(0.0).alias("raw_short_share"),
     ).with_columns(
         pl.col("raw_idle_share").round(4).alias("idle_share"), pl.col("raw_short_share").round(4).alias("short_share")
-    )
+    ), launch_keys
 
 
 def _is_number(value: Any) -> bool:
@@ -828,14 +828,9 @@ def gpu_idle(inputs: PerfInputs, config: Thresholds) -> list[Finding]:
     if inputs.timing is None:
         return []
     timing = inputs.timing
-    ranks = _gpu_ranks_frame(timing)
+    ranks, launch_numbers = _gpu_ranks_frame(timing)
     if ranks.is_empty():
         return []
-    launch_numbers = [
-        c
-        for c in ranks.columns[2 + len(_GPU_TIMES) :]
-        if not c.startswith("raw_") and c not in ("idle_share", "short_share")
-    ]
     launch_bound = ranks.filter(
         (pl.col("raw_idle_share") >= config[LAUNCH_IDLE]) & (pl.col("raw_short_share") >= config[LAUNCH_SHORT])
     ).with_columns(
