@@ -638,31 +638,29 @@ def rank_step_heatmaps(steps: pl.DataFrame, step_times: pl.DataFrame, findings: 
             "One row per rank, one column per profiled step; colour is the share of the step the GPU ran nothing "
             "(0–100 %). Ranks idle more than the rest wait on something the others do not.",
         )
-        shares = step_times.filter(pl.col("duration_ns") > 0).select(
-            "rank", "step", (pl.col("total_gpu_idle_ns") / pl.col("duration_ns") * 100).alias("value")
+        shares = (
+            step_times.filter(pl.col("duration_ns") > 0)
+            .select("rank", "step", (pl.col("total_gpu_idle_ns") / pl.col("duration_ns") * 100).alias("value"))
+            .drop_nulls()
         )
-        idle.figure, note = _rank_step_figure(shares.drop_nulls(), 0.0, 100.0, "GPU idle", " %", stragglers)
-        idle.explain += note
-        charts.append(idle)
+        if not shares.is_empty():
+            idle.figure, note = _rank_step_figure(shares, 0.0, 100.0, "GPU idle", " %", stragglers)
+            idle.explain += note
+            charts.append(idle)
     return charts
 
 
 def _rank_step_figure(
     cells: pl.DataFrame, lo: float, hi: float, name: str, unit: str, flagged: list[int]
-) -> tuple[dict[str, Any], str]:
+) -> tuple[dict[str, Any] | None, str]:
     """A linear-scale heatmap of `rank, step, value`: at most MAX_HEATMAP_ROWS rows (neighbouring
     ranks share a row beyond) and MAX_STEP_COLUMNS columns, each cell the largest value in it."""
     ranks = cells["rank"].unique().sort()
     per_row = -(-ranks.len() // MAX_HEATMAP_ROWS)
-    steps = cells["step"].unique().sort()
-    first = int(steps[0])
-    width = 1 if steps.len() <= MAX_STEP_COLUMNS else -(-(int(steps[-1]) - first + 1) // MAX_STEP_COLUMNS)
-    labels = steps.to_list() if width == 1 else list(range(first, int(steps[-1]) + 1, width))
-    column = (
-        pl.col("step").replace_strict(labels, list(range(len(labels))), return_dtype=pl.Int64)
-        if width == 1
-        else ((pl.col("step") - first) // width).cast(pl.Int64)
-    )
+    buckets = _StepBuckets.of(cells.lazy())
+    if buckets is None:  # no cells (the callers pass some)
+        return None, ""
+    labels, column = buckets.labels, buckets.expr
     row_of = pl.DataFrame({"rank": ranks, "row": pl.int_range(ranks.len(), eager=True) // per_row})
     hi = max(hi, lo + 1e-9)
     level = (LEVEL_LO + (pl.col("value").clip(lo, hi) - lo) / (hi - lo) * (LEVEL_HI - LEVEL_LO)).round().cast(pl.UInt8)
@@ -684,7 +682,7 @@ def _rank_step_figure(
         "unit": unit,
         "x": labels,
         "y": [f"rank {a}" if a == b else f"ranks {a}–{b}" for a, b in names.select("a", "b").iter_rows()],
-        "width": width,
+        "width": buckets.width,
         "bytes": base64.b64encode(grid.to_numpy().tobytes()).decode("ascii"),
         "levels": [LEVEL_NONE, LEVEL_ZERO, LEVEL_LO, LEVEL_HI, LEVEL_BAD],
         "zmin": round_sig(lo),
@@ -695,8 +693,8 @@ def _rank_step_figure(
     notes = []
     if per_row > 1:
         notes.append(f"each row is {per_row} neighbouring ranks")
-    if width > 1:
-        notes.append(f"each column is {width} steps")
+    if buckets.width > 1:
+        notes.append(f"each column is {buckets.width} steps")
     return figure, (" Note: " + "; ".join(notes) + " (largest value shown)." if notes else "")
 
 
