@@ -84,7 +84,16 @@ def ranks_analysis(ranks: int, steps: int = 300) -> Analysis:
     slower = rank.is_in([ranks // 3, 2 * ranks // 3]).cast(pl.Float64) * 0.3 + 1
     duration = ((100e6 + (i * 7919 % 1000) * 1e4) * slower).cast(pl.Int64)
     step_times = pl.DataFrame({"rank": rank, "session": 0, "step": step, "duration_ns": duration}).with_columns(
-        (pl.col("duration_ns") * 0.4).cast(pl.Int64).alias("total_gpu_idle_ns")
+        (pl.col("duration_ns") * share).cast(pl.Int64).alias(name)
+        for name, share in (
+            ("compute_ns", 0.6),
+            ("data_loading_ns", 0.1),
+            ("host_sync_ns", 0.0),
+            ("other_ns", 0.3),
+            ("total_data_loading_ns", 0.1),
+            ("total_host_sync_ns", 0.0),
+            ("total_gpu_idle_ns", 0.4),
+        )
     )
     gpu = {"idle_us": 12e6, "compute_us": 15e6, "non_compute_us": 3e6, "span_us": 30e6}
     entries = [{"rank": r, "steps": steps, "step_time_s": 0.1, "gpu": dict(gpu)} for r in range(ranks)]
