@@ -6,9 +6,10 @@ several loads.
     python benchmarks/report_draw.py                   # bundled samples + shared/real_traces if present
     python benchmarks/report_draw.py --loads 9 PATH…   # other inputs
     python benchmarks/report_draw.py --big             # also 2,000 params × 50,000 steps (synthetic)
+    python benchmarks/report_draw.py --ranks 1024      # also 1,024 GPU ranks × 300 profiled steps (synthetic)
 
 Targets (docs/report.md): a sample report ≤ 1.5 MB with every chart drawn ≤ 1 s after navigation;
-2,000 params × 50,000 steps ≤ 10 MB.
+2,000 params × 50,000 steps ≤ 10 MB; 1,024 ranks × 300 steps ≤ 10 MB.
 """
 
 from __future__ import annotations
@@ -68,6 +69,44 @@ def big_analysis(params: int = 2000, steps: int = 50_000) -> Analysis:
     return base
 
 
+def ranks_analysis(ranks: int, steps: int = 300) -> Analysis:
+    """The report stage's input for a big job: per (rank, step) profiled step times with their GPU
+    idle time (two stragglers), a GPU breakdown per rank, and the findings the rules make of them."""
+    from tracemortem.config import Config
+    from tracemortem.detect import perf
+    from tracemortem.detect.ranks import merge_across_ranks
+    from tracemortem.run_facts import RunFacts
+    from tracemortem.timing import Timing
+
+    base = analyze(ROOT / "sample_traces" / "healthy")
+    i = pl.int_range(0, ranks * steps, dtype=pl.Int64, eager=True)
+    rank, step = i // steps, i % steps + 1
+    slower = rank.is_in([ranks // 3, 2 * ranks // 3]).cast(pl.Float64) * 0.3 + 1
+    duration = ((100e6 + (i * 7919 % 1000) * 1e4) * slower).cast(pl.Int64)
+    step_times = pl.DataFrame({"rank": rank, "session": 0, "step": step, "duration_ns": duration}).with_columns(
+        (pl.col("duration_ns") * share).cast(pl.Int64).alias(name)
+        for name, share in (
+            ("compute_ns", 0.6),
+            ("data_loading_ns", 0.1),
+            ("host_sync_ns", 0.0),
+            ("other_ns", 0.3),
+            ("total_data_loading_ns", 0.1),
+            ("total_host_sync_ns", 0.0),
+            ("total_gpu_idle_ns", 0.4),
+        )
+    )
+    gpu = {"idle_us": 12e6, "compute_us": 15e6, "non_compute_us": 3e6, "span_us": 30e6}
+    entries = [{"rank": r, "steps": steps, "step_time_s": 0.1, "gpu": dict(gpu)} for r in range(ranks)]
+    timing = Timing(pl.DataFrame(), pl.DataFrame(), step_times, pl.DataFrame(), ranks=entries)
+    inputs = perf.PerfInputs.of(timing, None, Config())
+    base.findings = merge_across_ranks(
+        base.findings + perf.straggler_ranks(inputs, Config()) + perf.gpu_idle(inputs, Config())
+    )
+    facts = {"path": f"synthetic {ranks} ranks", "kind": "traces", "world_size": ranks, "ranks": entries}
+    base.run, base.step_times = RunFacts.from_dict({**facts, "steps": timing.step_span()}), step_times
+    return base
+
+
 def draw_times(html: Path, loads: int) -> list[float]:
     from playwright.sync_api import sync_playwright
 
@@ -89,10 +128,12 @@ def main() -> None:
     parser.add_argument("inputs", nargs="*", type=Path)
     parser.add_argument("--loads", type=int, default=5)
     parser.add_argument("--big", action="store_true")
+    parser.add_argument("--ranks", type=int, nargs="*", default=[])
     args = parser.parse_args()
     cases: list[tuple[str, Analysis]] = [(str(p), analyze(p)) for p in (args.inputs or default_inputs())]
     if args.big:
         cases.append(("synthetic 2,000 params × 50,000 steps", big_analysis()))
+    cases += [(f"synthetic {n:,} ranks × 300 steps", ranks_analysis(n)) for n in args.ranks]
     print("| input | size | render | charts drawn after navigation (median) | slowest load |")
     print("|---|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:

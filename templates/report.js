@@ -348,7 +348,10 @@
     return cells;
   }
   function drawHeatmap(div, fig) {
+    // Gradient norms are on a log colour scale; `scale: "linear"` (rank × step heatmaps) colours
+    // zmin..zmax evenly and names the value `value_name` in `unit`.
     var L = fig.levels, cols = fig.x.length, rows = fig.y.length, cells = decodeHeatmap(fig);
+    var linear = fig.scale === "linear", unit = fig.unit || "";
     div.setAttribute("data-grid", rows + "x" + cols);
     var lut = new Array(256);
     for (var level = 0; level < 256; level++) {
@@ -375,7 +378,7 @@
       var width = Math.max(260, div.clientWidth || 600);
       var longest = Math.max.apply(null, fig.y.map(function (n) { return n.length; }).concat([4]));
       var chars = Math.min(longest, Math.floor(width * 0.35 / 6.5));
-      var left = labels ? 18 + chars * 6.5 : 24, right = 70;
+      var left = labels ? 18 + chars * 6.5 : 24, right = linear ? 40 + 6.5 * (6 + unit.length) : 70;
       var height = fig.height || Math.min(900, Math.max(260, 60 + 14 * rows));
       var box = { l: left, r: width - right, t: MARGIN.top, b: height - MARGIN.bottom };
       var canvas = document.createElement("canvas");
@@ -392,13 +395,13 @@
       var x = scale(fig.x[0], fig.x[cols - 1] + fig.width, box.l, box.r, false), rowH = (box.b - box.t) / rows;
       var xt = svgNode("g", { class: "xtick" }, svg), yt = svgNode("g", { class: "ytick" }, svg);
       x.ticks(Math.max(2, Math.floor((box.r - box.l) / 80)), true).forEach(function (t) { label(xt, x(t), box.b + 16, fmt(t), "tick"); });
-      label(svg, (box.l + box.r) / 2, box.b + 36, "step", "axis-title");
+      label(svg, (box.l + box.r) / 2, box.b + 36, fig.x_title || "step", "axis-title");
       var flags = svgNode("g", { class: "bad-rows" }, svg);
       fig.y.forEach(function (name, r) {
         var mid = box.t + rowH * (r + 0.5);
         if (bad[r]) {
           var flag = svgNode("rect", { x: box.l - (labels ? chars * 6.5 + 16 : 20), y: box.t + rowH * r, width: 6, height: Math.max(2, rowH - 1), fill: BAD }, flags);
-          svgNode("title", {}, flag).textContent = name + ": NaN/Inf gradient";
+          svgNode("title", {}, flag).textContent = name + ": " + (fig.flag_text || "NaN/Inf gradient");
         }
         if (labels) label(titled(yt, name), box.l - 6, mid + 4, fit(name, chars), "tick", "end");
       });
@@ -409,10 +412,14 @@
         var rgb = viridis(k / 31);
         svgNode("rect", { x: cb.l, y: box.t + (box.b - box.t) * (31 - k) / 32, width: 12, height: (box.b - box.t) / 32 + 0.5, fill: "rgb(" + rgb.join(",") + ")" }, svg);
       }
-      var decades = [];
-      for (var d = Math.ceil(fig.zmin); d <= Math.floor(fig.zmax); d++) decades.push(d);
-      var stride = Math.max(1, Math.ceil(decades.length / 6));
-      decades.forEach(function (dv, i) { if (i % stride === 0) label(svg, cb.r + 4, z(dv) + 4, "1e" + dv, "tick", "start"); });
+      if (linear) {
+        z.ticks(5, false).forEach(function (t) { label(svg, cb.r + 4, z(t) + 4, fmt(t) + unit, "tick", "start"); });
+      } else {
+        var decades = [];
+        for (var d = Math.ceil(fig.zmin); d <= Math.floor(fig.zmax); d++) decades.push(d);
+        var stride = Math.max(1, Math.ceil(decades.length / 6));
+        decades.forEach(function (dv, i) { if (i % stride === 0) label(svg, cb.r + 4, z(dv) + 4, "1e" + dv, "tick", "start"); });
+      }
       var overlay = svgNode("rect", { x: box.l, y: box.t, width: box.r - box.l, height: box.b - box.t, class: "overlay" }, svg);
       overlay.addEventListener("mousemove", function (event) {
         var rect = svg.getBoundingClientRect();
@@ -420,10 +427,12 @@
         var r = Math.min(rows - 1, Math.floor((event.clientY - rect.top - box.t) / rowH));
         if (c < 0 || r < 0) return;
         var lv = cells[r * cols + c], value;
+        var z0 = fig.zmin + (lv - L[2]) * (fig.zmax - fig.zmin) / (L[3] - L[2]);
         if (lv === L[0]) value = "no data";
         else if (lv === L[1]) value = "gradient exactly zero";
         else if (lv === L[4]) value = "NaN/Inf gradient";
-        else value = "grad norm ≈ " + fmt(Math.pow(10, fig.zmin + (lv - L[2]) * (fig.zmax - fig.zmin) / (L[3] - L[2])));
+        else if (linear) value = fig.value_name + " ≈ " + fmt(z0) + unit;
+        else value = "grad norm ≈ " + fmt(Math.pow(10, z0));
         var span = fig.width > 1 ? "steps " + fig.x[c] + "–" + (fig.x[c] + fig.width - 1) : "step " + fig.x[c];
         showTip(event, [fig.y[r], span + ": " + value]);
       });

@@ -8,19 +8,18 @@ threshold; uniform training loops produce nothing at warning level.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import polars as pl
 
 from ..findings import Finding
 from ..load.run import RunData
-from ..scalars import as_float, as_int, optional_float
 from ..thresholds import Thresholds, threshold
 from ..timing import Timing
 from ..timing.steps import SYNC_CALLS, SYNC_OPS
+from .ranks import per_cause, ranks_text
 
 MAD_SIGMA = 1.4826  # MAD → σ for normal data, so k reads as "k robust standard deviations"
 
@@ -55,7 +54,9 @@ SLOW_STEP_WARMUP = threshold(
 SLOW_STEP_MAX = threshold(
     "slow-step.max_findings",
     10,
-    "At most this many slow steps are reported per rank (largest first).",
+    "At most this many slow steps of a rank are considered, and this many slow-step warnings reported in all "
+    "(largest first; a step slow on several ranks for one cause is one warning); the rest are counted in one "
+    "info finding.",
     "tracemortem default",
 )
 SLOW_STEP_EXPLAINED = threshold(
@@ -255,69 +256,133 @@ def _scored_steps(durations: pl.DataFrame, config: Thresholds) -> pl.DataFrame:
 
 
 def slow_steps(inputs: PerfInputs, config: Thresholds) -> list[Finding]:
-    """A warning per slow step whose extra time one op or step category explains; the slow steps
-    nothing recorded explains (host contention looks like this: every op a little slower) are
-    one info finding about step-time jitter."""
-    durations, timing = inputs.durations, inputs.timing
-    scored = _scored_steps(durations, config)
-    explained: list[Finding] = []
-    unexplained: list[dict[str, Any]] = []
-    for rank in scored.filter(pl.col("slow"))["rank"].unique().sort().to_list():
-        mine = scored.filter(pl.col("rank") == rank)
-        normal = mine.filter(~pl.col("slow")).select("session", "step")
-        worst = mine.filter(pl.col("slow")).sort("seconds", descending=True)
-        for row in worst.iter_rows(named=True):
-            excess = row["seconds"] - row["median"]
-            causes = _explain(timing, row, normal, excess) if timing is not None and row["profiled"] else []
-            if any(c["share_of_excess"] >= config[SLOW_STEP_EXPLAINED] for c in causes):
-                if sum(f.rank == rank for f in explained) < config[SLOW_STEP_MAX]:
-                    explained.append(_slow_step_finding(row, excess, causes))
-            else:
-                unexplained.append(row)
-    return explained + _jitter_finding(unexplained)
-
-
-def _explain(timing: Timing, row: dict[str, Any], normal: pl.DataFrame, excess_s: float) -> list[dict[str, Any]]:
-    """Ops (by self time) and step categories whose time in the step most exceeds a median normal
-    step. A share of the excess is capped at 1: an op can gain more than the step did when others
-    ran faster."""
-    rank, session, step = row["rank"], row["session"], row["step"]
-    ops = timing.step_ops.filter(pl.col("rank") == rank)
-    slow = ops.filter((pl.col("session") == session) & (pl.col("step") == step)).select(
-        "name", pl.col("self_ns").alias("slow_ns")
+    """A warning per slow step whose extra time one op or step category explains (one for a step
+    slow on several ranks for the same cause; at most `slow-step.max_findings`, the rest counted
+    in one info finding that names the worst); the slow steps nothing recorded explains (host
+    contention looks like this: every op a little slower) are one info finding about jitter."""
+    scored = _scored_steps(inputs.durations, config)
+    slow = scored.filter(pl.col("slow")).with_columns((pl.col("seconds") - pl.col("median")).alias("excess"))
+    if slow.is_empty():
+        return []
+    keys = ["rank", "session", "step"]
+    if inputs.timing is not None and slow["profiled"].any():
+        slow = slow.join(_explain(inputs.timing, scored, slow, config), on=keys, how="left")
+    else:
+        slow = slow.with_columns(pl.lit(None, pl.String).alias("subject"))
+    slow = slow.sort("rank", "seconds", descending=[False, True], maintain_order=True).with_columns(
+        pl.col("subject").is_not_null().alias("explained")
     )
+    # Per rank the largest explained steps; those past the per-rank bound are neither listed nor jitter.
+    explained = slow.filter(
+        pl.col("explained") & (pl.int_range(pl.len()).over("rank", "explained") < config[SLOW_STEP_MAX])
+    )
+    listed = (
+        explained.group_by("subject", "step")
+        .agg(pl.col("excess").max().alias("worst_excess"))
+        .sort("worst_excess", "step", descending=[True, False])
+        .head(int(config[SLOW_STEP_MAX]))
+    )
+    shown = explained.join(listed.select("subject", "step"), on=["subject", "step"], how="semi", nulls_equal=True)
+    rest = explained.join(listed.select("subject", "step"), on=["subject", "step"], how="anti", nulls_equal=True)
+    warnings = per_cause(
+        shown.with_columns(
+            pl.lit("warning").alias("severity"),
+            *[(pl.col(c) * 1e3).round(3).alias(f"{name}_ms") for c, name in _EVIDENCE_MS],
+        ),
+        [f"{name}_ms" for _, name in _EVIDENCE_MS],
+        _slow_step_finding,
+    )
+    return warnings + _more_explained(rest) + _jitter_finding(slow.filter(~pl.col("explained")))
+
+
+def _explain(timing: Timing, scored: pl.DataFrame, slow: pl.DataFrame, config: Thresholds) -> pl.DataFrame:
+    """Per profiled slow step (`rank, session, step`): the ops (by self time) whose time in the step
+    most exceeds a median normal step of the rank (`op_causes`, at most 3, largest first), the
+    extra data-loading and host-sync time when over a quarter of the step's excess, and `subject`,
+    the lead cause, where one of them took at least `explained_share` of the excess (else null).
+    A share of the excess is capped at 1: an op can gain more than the step did when others ran faster."""
+    keys = ["rank", "session", "step"]
+    slow = slow.filter(pl.col("profiled")).select(*keys, "excess")
+    normal = scored.filter(~pl.col("slow")).select(keys)
+    ops = timing.step_ops.select(*keys, "name", "self_ns")
+    in_slow = ops.join(slow, on=keys)
+    # A median normal step of the rank, where a step without the op counts as 0 ns of it.
     baseline = (
-        normal.join(slow.select("name"), how="cross")
-        .join(ops.select("session", "step", "name", "self_ns"), on=["session", "step", "name"], how="left")
-        .group_by("name")
+        normal.join(in_slow.select("rank", "name").unique(), on="rank")
+        .join(ops, on=[*keys, "name"], how="left")
+        .group_by("rank", "name")
         .agg(pl.col("self_ns").fill_null(0).median().alias("base_ns"))
     )
-    deltas = (
-        slow.join(baseline, on="name", how="left")
-        .with_columns(((pl.col("slow_ns") - pl.col("base_ns").fill_null(0)) / 1e9).alias("extra_s"))
+    share = (pl.col("extra_s") / pl.col("excess")).clip(upper_bound=1.0).round(3)
+    op_causes = (
+        in_slow.join(baseline, on=["rank", "name"], how="left")
+        .with_columns(((pl.col("self_ns") - pl.col("base_ns").fill_null(0)) / 1e9).alias("extra_s"))
         .filter(pl.col("extra_s") > 0)
-        .sort("extra_s", descending=True)
-        .head(3)
+        .sort("extra_s", descending=True, maintain_order=True)
+        .group_by(keys, maintain_order=True)
+        .agg(pl.struct("name", "extra_s").head(3).alias("op_causes"), share.first().alias("op_share"))
     )
-    causes = [
-        {"op": r["name"], "extra_ms": _ms(r["extra_s"]), "share_of_excess": round(min(r["extra_s"] / excess_s, 1.0), 3)}
-        for r in deltas.iter_rows(named=True)
+    steps = timing.steps.select(*keys, *(column for column, _ in _CATEGORIES))
+    base = steps.join(normal, on=keys, how="semi").group_by("rank").agg(pl.col(c for c, _ in _CATEGORIES).median())
+    categories = (
+        slow.join(steps, on=keys, how="left")
+        .join(base, on="rank", how="left", suffix="_base")
+        .select(
+            *keys,
+            *[_category_extra(column) for column, _ in _CATEGORIES],
+            "excess",
+        )
+    )
+    explained = pl.any_horizontal(
+        pl.col("op_share") >= config[SLOW_STEP_EXPLAINED],
+        *[
+            (pl.col(f"{c}_extra_s") / pl.col("excess")).clip(upper_bound=1.0).round(3) >= config[SLOW_STEP_EXPLAINED]
+            for c, _ in _CATEGORIES
+        ],
+    ).fill_null(False)
+    first_category = pl.coalesce(
+        *[pl.when(pl.col(f"{column}_extra_s").is_not_null()).then(pl.lit(label)) for column, label in _CATEGORIES]
+    )
+    return (
+        categories.join(op_causes, on=keys, how="left")
+        .with_columns(
+            pl.when(explained)
+            .then(pl.coalesce(first_category, pl.col("op_causes").list.first().struct.field("name")))
+            .alias("subject")
+        )
+        .drop("excess", "op_share")
+    )
+
+
+def _category_extra(column: str) -> pl.Expr:
+    """A slow step's extra seconds in a step category over the rank's median normal step, where
+    that is over a quarter of the step's excess (else null)."""
+    extra = (pl.col(column).fill_null(0) - pl.col(f"{column}_base").fill_null(0)) / 1e9
+    return pl.when(extra > 0.25 * pl.col("excess")).then(extra).alias(f"{column}_extra_s")
+
+
+_EVIDENCE_MS = (("seconds", "step"), ("median", "median"), ("mad", "mad"), ("bound", "bound"), ("excess", "excess"))
+_CATEGORIES = (("total_data_loading_ns", "data loading"), ("total_host_sync_ns", "host sync"))
+
+
+def _causes(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """A slow step's causes as its evidence lists them: ops, then step categories."""
+    excess = row["excess"]
+    ops = [
+        {"op": c["name"], "extra_ms": _ms(c["extra_s"]), "share_of_excess": round(min(c["extra_s"] / excess, 1.0), 3)}
+        for c in row.get("op_causes") or []
     ]
-    steps = timing.steps.filter(pl.col("rank") == rank)
-    normal_steps = steps.join(normal, on=["session", "step"], how="semi")
-    this_step = steps.filter((pl.col("session") == session) & (pl.col("step") == step))
-    for column, label in (("total_data_loading_ns", "data loading"), ("total_host_sync_ns", "host sync")):
-        base = optional_float(normal_steps[column].median()) or 0.0
-        extra = (as_float(this_step[column].sum()) - base) / 1e9
-        if extra > 0.25 * excess_s:
-            causes.append(
-                {"category": label, "extra_ms": _ms(extra), "share_of_excess": round(min(extra / excess_s, 1.0), 3)}
-            )
-    return causes
+    categories = [
+        {"category": label, "extra_ms": _ms(extra), "share_of_excess": round(min(extra / excess, 1.0), 3)}
+        for column, label in _CATEGORIES
+        if (extra := row.get(f"{column}_extra_s")) is not None
+    ]
+    return ops + categories
 
 
-def _slow_step_finding(row: dict[str, Any], excess: float, causes: list[dict[str, Any]]) -> Finding:
-    step, rank = row["step"], row["rank"]
+def _slow_step_finding(row: dict[str, Any]) -> Finding:
+    step, rank, excess = row["step"], row["rank"], row["excess"]
+    causes = _causes(row)
     lead = next((c for c in causes if "category" in c), None) or causes[0]
     if "category" in lead:
         why = f" {lead['category'].capitalize()} took {lead['extra_ms']} ms more than in a median step."
@@ -348,15 +413,56 @@ def _slow_step_finding(row: dict[str, Any], excess: float, causes: list[dict[str
     )
 
 
-def _jitter_finding(rows: list[dict[str, Any]]) -> list[Finding]:
-    """One info finding for every slow step that nothing recorded explains."""
-    if not rows:
+def _worst_steps(rows: pl.DataFrame) -> tuple[dict[str, Any], list[list[Any]]]:
+    """The slowest of `rows` (by times its rank's median) and up to 50 `[rank, step, ms]`, by rank and step."""
+    times = pl.when(pl.col("median") > 0).then(pl.col("seconds") / pl.col("median")).otherwise(float("inf"))
+    worst = rows.sort(times, descending=True, maintain_order=True).row(0, named=True)
+    listed = rows.sort("rank", "step").head(50).select("rank", "step", "seconds").rows()
+    return worst, [[rank, step, _ms(seconds)] for rank, step, seconds in listed]
+
+
+def _more_explained(rows: pl.DataFrame) -> list[Finding]:
+    """One info finding that counts the explained slow steps past `slow-step.max_findings`."""
+    if rows.is_empty():
         return []
-    worst = max(rows, key=_times)
-    ranks = sorted({r["rank"] for r in rows})
-    profiled = sum(bool(r["profiled"]) for r in rows)
-    listed = sorted(rows, key=lambda r: (r["rank"], r["step"]))
-    if profiled == len(rows):
+    worst, listed = _worst_steps(rows)
+    ranks = rows["rank"].unique().sort().to_list()
+    return [
+        Finding(
+            "slow-step",
+            "info",
+            f"{rows.height} more slow steps with one op or category behind each",
+            f"{rows.height} further slow steps on {ranks_text(ranks)}, each mostly explained by one op or step "
+            f"category, are counted here (worst: step {worst['step']} on rank {worst['rank']}, "
+            f"{_ms(worst['seconds'])} ms against a median of {_ms(worst['median'])} ms, {worst['subject']}).",
+            rank=ranks[0] if len(ranks) == 1 else None,
+            subject=None,
+            evidence={
+                "slow_steps": rows.height,
+                "ranks": ranks,
+                "worst_step": worst["step"],
+                "worst_rank": worst["rank"],
+                "worst_ms": _ms(worst["seconds"]),
+                "by_subject": dict(
+                    rows.group_by("subject").len().sort("len", "subject", descending=[True, False]).head(20).rows()
+                ),
+                "steps": listed,
+            },
+            suggestion="The listed slow-step warnings show the largest; the same op or category on many steps "
+            "is one cause to fix.",
+        )
+    ]
+
+
+def _jitter_finding(rows: pl.DataFrame) -> list[Finding]:
+    """One info finding for every slow step that nothing recorded explains."""
+    if rows.is_empty():
+        return []
+    worst, listed = _worst_steps(rows)
+    ranks = rows["rank"].unique().sort().to_list()
+    profiled = int(rows["profiled"].sum())
+    count = rows.height
+    if profiled == count:
         seen = (
             "The profiler covered them and no op or step category accounts for most of the extra time: "
             "everything ran a little slower, as when the host is busy with other work."
@@ -367,7 +473,7 @@ def _jitter_finding(rows: list[dict[str, Any]]) -> list[Finding]:
         )
     else:
         seen = (
-            f"{len(rows) - profiled} of them were not profiled, so nothing recorded says where the time went."
+            f"{count - profiled} of them were not profiled, so nothing recorded says where the time went."
             if profiled
             else "They were not profiled, so nothing recorded says where the time went."
         )
@@ -375,20 +481,20 @@ def _jitter_finding(rows: list[dict[str, Any]]) -> list[Finding]:
             "If they matter, profile a window of steps that includes them (torch.profiler schedule, or the "
             "Recorder's profile=...); one-off outliers on a shared host need no fix."
         )
-    single = len(rows) == 1
+    single = count == 1
     return [
         Finding(
             "slow-step",
             "info",
             f"Step {worst['step']} was {_times(worst):.1f}× slower than the median step"
             if single
-            else f"Step time jitter: {len(rows)} steps up to {_times(worst):.1f}× the median",
-            f"{len(rows)} step(s) took longer than their rank's outlier bound (worst: step {worst['step']} on "
+            else f"Step time jitter: {count} steps up to {_times(worst):.1f}× the median",
+            f"{count} step(s) took longer than their rank's outlier bound (worst: step {worst['step']} on "
             f"rank {worst['rank']}, {_ms(worst['seconds'])} ms against a median of {_ms(worst['median'])} ms). " + seen,
             step=worst["step"] if single else None,
             rank=ranks[0] if len(ranks) == 1 else None,
             evidence={
-                "slow_steps": len(rows),
+                "slow_steps": count,
                 "ranks": ranks,
                 "profiled_steps": profiled,
                 "worst_step": worst["step"],
@@ -396,7 +502,7 @@ def _jitter_finding(rows: list[dict[str, Any]]) -> list[Finding]:
                 "worst_ms": _ms(worst["seconds"]),
                 "median_ms": _ms(worst["median"]),
                 "worst_ratio": round(_times(worst), 3) if worst["median"] > 0 else None,
-                "steps": [[r["rank"], r["step"], _ms(r["seconds"])] for r in listed[:50]],
+                "steps": listed,
             },
             suggestion=hint,
         )
@@ -432,17 +538,26 @@ def slow_ops(inputs: PerfInputs, config: Thresholds) -> list[Finding]:
     # (50 % → 75 % is 3× the odds), where a 3× share could never exceed 100 %.
     # The odds are compared with those of the steps where the op's time was normal, so the slow
     # steps themselves (and a host that slowed other steps down) do not raise the bar.
-    slow_time = pl.col("total_ns") > ratio * pl.col("total_ns").median()
-    slow = slow_time & (pl.col("odds") > ratio * pl.col("odds").filter(~slow_time).median())
+    # (Medians as window expressions first: one sorted pass per op, where the same medians inside
+    # the aggregation below would be evaluated group by group.)
+    op = ["rank", "name"]
+    slow_time = pl.col("total_ns") > ratio * pl.col("median_ns")
+    per_step = (
+        per_step.with_columns(pl.col("total_ns").median().over(op).alias("median_ns"))
+        .with_columns(slow_time.alias("slow_time"))
+        .with_columns(pl.col("odds").filter(~pl.col("slow_time")).median().over(op).alias("normal_odds"))
+        .with_columns((pl.col("slow_time") & (pl.col("odds") > ratio * pl.col("normal_odds"))).alias("slow"))
+    )
+    slow = pl.col("slow")
     # Only outermost time counts once: nested ops repeat their parent's delay, so report each
     # (rank, step-set) through the op with the most excess and list the rest as related.
     stats = (
-        per_step.group_by("rank", "name")
+        per_step.group_by(op)
         .agg(
-            pl.col("total_ns").median().alias("median_ns"),
+            pl.col("median_ns").first(),
             pl.col("total_ns").quantile(0.95, "nearest").alias("p95_ns"),
             pl.col("step").filter(slow).alias("slow_steps"),
-            (pl.col("total_ns") - ratio * pl.col("total_ns").median())
+            (pl.col("total_ns") - ratio * pl.col("median_ns"))
             .clip(lower_bound=0)
             .filter(slow)
             .sum()
@@ -459,34 +574,45 @@ def slow_ops(inputs: PerfInputs, config: Thresholds) -> list[Finding]:
         )
         .sort("rank", "excess_ns", descending=[False, True])
     )
-    for rank in stats["rank"].unique().sort().to_list():
-        mine = stats.filter(pl.col("rank") == rank)
-        top = mine.row(0, named=True)
-        related = [n for n in mine["name"].to_list()[1:6]]
-        findings.append(
-            Finding(
-                "slow-op",
-                "warning",
-                f"{top['name']} is intermittently slow",
-                f"On rank {rank}, {top['name']} takes {_ms(top['median_ns'] / 1e9)} ms in a median step but "
-                f"{_ms(top['p95_ns'] / 1e9)} ms at the 95th percentile; it is over {ratio:g}× its median on steps "
-                f"{_steps_text(top['slow_steps'])}.",
-                rank=rank,
-                subject=top["name"],
-                step=min(top["slow_steps"]) if top["slow_steps"] else None,
-                evidence={
-                    "median_ms": _ms(top["median_ns"] / 1e9),
-                    "p95_ms": _ms(top["p95_ns"] / 1e9),
-                    "excess_ms": _ms(top["excess_ns"] / 1e9),
-                    "slow_steps": top["slow_steps"],
-                    "share_of_profiled_time": round(top["excess_ns"] / top["profiled_ns"], 4),
-                    "also_slow": related,
-                },
-                suggestion=f"Find what differs on those steps for {top['name']}: input shapes (padding, variable sequence "
-                "length), a cache miss or recompilation, contention from another process.",
-            )
-        )
-    return findings
+    # Per rank, the op with the most excess; the next five are related.
+    tops = stats.group_by("rank", maintain_order=True).agg(
+        pl.all().first(), pl.col("name").slice(1, 5).alias("also_slow")
+    )
+    rows = tops.with_columns(
+        pl.lit("warning").alias("severity"),
+        pl.col("name").alias("subject"),
+        # One op slow on several ranks is one cause, whichever steps it was slow on.
+        pl.lit(None, pl.Int64).alias("step"),
+        *[(pl.col(f"{c}_ns") / 1e6).round(3).alias(f"{c}_ms") for c in ("median", "p95", "excess")],
+        (pl.col("excess_ns") / pl.col("profiled_ns")).round(4).alias("share_of_profiled_time"),
+    )
+    numbers = ["median_ms", "p95_ms", "excess_ms", "share_of_profiled_time"]
+    return findings + per_cause(rows, numbers, lambda row: _slow_op_finding(row, ratio))
+
+
+def _slow_op_finding(top: dict[str, Any], ratio: float) -> Finding:
+    rank = top["rank"]
+    return Finding(
+        "slow-op",
+        "warning",
+        f"{top['name']} is intermittently slow",
+        f"On rank {rank}, {top['name']} takes {_ms(top['median_ns'] / 1e9)} ms in a median step but "
+        f"{_ms(top['p95_ns'] / 1e9)} ms at the 95th percentile; it is over {ratio:g}× its median on steps "
+        f"{_steps_text(top['slow_steps'])}.",
+        rank=rank,
+        subject=top["name"],
+        step=min(top["slow_steps"]) if top["slow_steps"] else None,
+        evidence={
+            "median_ms": _ms(top["median_ns"] / 1e9),
+            "p95_ms": _ms(top["p95_ns"] / 1e9),
+            "excess_ms": _ms(top["excess_ns"] / 1e9),
+            "slow_steps": top["slow_steps"],
+            "share_of_profiled_time": round(top["excess_ns"] / top["profiled_ns"], 4),
+            "also_slow": top["also_slow"],
+        },
+        suggestion=f"Find what differs on those steps for {top['name']}: input shapes (padding, variable sequence "
+        "length), a cache miss or recompilation, contention from another process.",
+    )
 
 
 def _steps_text(steps: list[int]) -> str:
@@ -546,38 +672,52 @@ def _shares(timing: Timing, column: str) -> pl.DataFrame:
     )
 
 
+def _per_step_ms(column: str) -> pl.Expr:
+    return (pl.col(column) / 1e6 / pl.col("steps")).round(3)
+
+
 def dataloader_bound(inputs: PerfInputs, config: Thresholds) -> list[Finding]:
-    if inputs.timing is None:
+    if inputs.timing is None or inputs.timing.steps.is_empty():
         return []
-    timing = inputs.timing
-    if timing.steps.is_empty():
-        return []
-    findings = []
-    for row in _shares(timing, "total_data_loading_ns").iter_rows(named=True):
-        if row["share"] < config[LOADER_INFO]:
-            continue
-        severity = "warning" if row["share"] >= config[LOADER_WARN] else "info"
-        findings.append(
-            Finding(
-                "dataloader-bound",
-                severity,
-                f"Data loading takes {row['share']:.0%} of step time",
-                f"On rank {row['rank']}, the DataLoader's __next__ took {_ms(row['part'] / 1e9 / row['steps'])} ms of a "
-                f"{_ms(row['total'] / 1e9 / row['steps'])} ms step on average over {row['steps']} profiled steps.",
-                rank=row["rank"],
-                subject="DataLoader",
-                evidence={
-                    "share": round(row["share"], 4),
-                    "loading_ms_per_step": _ms(row["part"] / 1e9 / row["steps"]),
-                    "step_ms": _ms(row["total"] / 1e9 / row["steps"]),
-                    "steps": row["steps"],
-                },
-                suggestion="Load batches in the background: DataLoader(num_workers=N, pin_memory=True, "
-                "persistent_workers=True, prefetch_factor=2+); move decoding/augmentation out of __getitem__ "
-                "or cache preprocessed samples.",
-            )
+    rows = (
+        _shares(inputs.timing, "total_data_loading_ns")
+        .filter(pl.col("share") >= config[LOADER_INFO])
+        .with_columns(
+            pl.when(pl.col("share") >= config[LOADER_WARN])
+            .then(pl.lit("warning"))
+            .otherwise(pl.lit("info"))
+            .alias("severity"),
+            pl.lit("DataLoader").alias("subject"),
+            pl.lit(None, pl.Int64).alias("step"),
+            pl.col("share").alias("raw_share"),
+            pl.col("share").round(4),
+            _per_step_ms("part").alias("loading_ms_per_step"),
+            _per_step_ms("total").alias("step_ms"),
         )
-    return findings
+    )
+    return per_cause(rows, ["share", "loading_ms_per_step", "step_ms", "steps"], _loader_finding)
+
+
+def _loader_finding(row: dict[str, Any]) -> Finding:
+    share, steps = row["raw_share"], row["steps"]
+    return Finding(
+        "dataloader-bound",
+        row["severity"],
+        f"Data loading takes {share:.0%} of step time",
+        f"On rank {row['rank']}, the DataLoader's __next__ took {_ms(row['part'] / 1e9 / steps)} ms of a "
+        f"{_ms(row['total'] / 1e9 / steps)} ms step on average over {steps} profiled steps.",
+        rank=row["rank"],
+        subject="DataLoader",
+        evidence={
+            "share": round(share, 4),
+            "loading_ms_per_step": _ms(row["part"] / 1e9 / steps),
+            "step_ms": _ms(row["total"] / 1e9 / steps),
+            "steps": steps,
+        },
+        suggestion="Load batches in the background: DataLoader(num_workers=N, pin_memory=True, "
+        "persistent_workers=True, prefetch_factor=2+); move decoding/augmentation out of __getitem__ "
+        "or cache preprocessed samples.",
+    )
 
 
 def host_sync(inputs: PerfInputs, config: Thresholds) -> list[Finding]:
@@ -587,121 +727,196 @@ def host_sync(inputs: PerfInputs, config: Thresholds) -> list[Finding]:
     gpu_ranks = timing.gpu_ranks()
     if timing.steps.is_empty() or not gpu_ranks:
         return []
-    findings = []
-    names = list(SYNC_CALLS) + list(SYNC_OPS)
-    for row in _shares(timing, "total_host_sync_ns").filter(pl.col("rank").is_in(gpu_ranks)).iter_rows(named=True):
-        if row["share"] < config[SYNC_SHARE]:
-            continue
-        calls = (
-            timing.step_ops.filter((pl.col("rank") == row["rank"]) & pl.col("name").is_in(names))
-            .group_by("name")
-            .agg(pl.col("calls").sum(), pl.col("total_ns").sum())
-            .sort("total_ns", descending=True)
+    by_call = (
+        timing.step_ops.filter(pl.col("name").is_in([*SYNC_CALLS, *SYNC_OPS]))
+        .group_by("rank", "name")
+        .agg(pl.col("calls").sum(), pl.col("total_ns").sum())
+        .sort("rank", "total_ns", descending=[False, True], maintain_order=True)
+        .group_by("rank", maintain_order=True)
+        .agg(pl.struct("name", "calls", "total_ns").head(5).alias("by_call"), pl.col("name").first().alias("subject"))
+    )
+    rows = (
+        _shares(timing, "total_host_sync_ns")
+        .filter(pl.col("rank").is_in(gpu_ranks) & (pl.col("share") >= config[SYNC_SHARE]))
+        .join(by_call, on="rank", how="left")
+        .with_columns(
+            pl.lit("warning").alias("severity"),
+            pl.lit(None, pl.Int64).alias("step"),
+            pl.col("share").alias("raw_share"),
+            pl.col("share").round(4),
+            _per_step_ms("part").alias("sync_ms_per_step"),
         )
-        top = calls.row(0, named=True) if not calls.is_empty() else None
-        findings.append(
-            Finding(
-                "host-sync",
-                "warning",
-                f"The host waits on the GPU for {row['share']:.0%} of step time",
-                f"On rank {row['rank']}, synchronising calls (device-to-host copies, .item(), stream/device synchronize) "
-                f"blocked the CPU for {_ms(row['part'] / 1e9 / row['steps'])} ms per step"
-                + (f"; the largest is {top['name']} ({top['calls']} calls)." if top else "."),
-                rank=row["rank"],
-                subject=top["name"] if top else None,
-                evidence={
-                    "share": round(row["share"], 4),
-                    "sync_ms_per_step": _ms(row["part"] / 1e9 / row["steps"]),
-                    "by_call": {
-                        r["name"]: {"calls": r["calls"], "ms": _ms(r["total_ns"] / 1e9)}
-                        for r in calls.head(5).iter_rows(named=True)
-                    },
-                },
-                suggestion="Keep values on the device inside the loop: log loss.item() every N steps, avoid Python "
-                "conditionals on tensors, use non_blocking=True copies with pinned memory.",
-            )
-        )
-    return findings
+    )
+    return per_cause(rows, ["share", "sync_ms_per_step"], _sync_finding)
+
+
+def _sync_finding(row: dict[str, Any]) -> Finding:
+    calls = row["by_call"] or []
+    top = calls[0] if calls else None
+    return Finding(
+        "host-sync",
+        "warning",
+        f"The host waits on the GPU for {row['raw_share']:.0%} of step time",
+        f"On rank {row['rank']}, synchronising calls (device-to-host copies, .item(), stream/device synchronize) "
+        f"blocked the CPU for {_ms(row['part'] / 1e9 / row['steps'])} ms per step"
+        + (f"; the largest is {top['name']} ({top['calls']} calls)." if top else "."),
+        rank=row["rank"],
+        subject=top["name"] if top else None,
+        evidence={
+            "share": round(row["raw_share"], 4),
+            "sync_ms_per_step": _ms(row["part"] / 1e9 / row["steps"]),
+            "by_call": {c["name"]: {"calls": c["calls"], "ms": _ms(c["total_ns"] / 1e9)} for c in calls},
+        },
+        suggestion="Keep values on the device inside the loop: log loss.item() every N steps, avoid Python "
+        "conditionals on tensors, use non_blocking=True copies with pinned memory.",
+    )
+
+
+_GPU_TIMES = ("idle_us", "compute_us", "non_compute_us", "span_us")
+_IDLE_CAUSES = {
+    "data_loading_ns": (
+        "waiting for data loading",
+        "Speed up the input pipeline (DataLoader num_workers, pin_memory, prefetching).",
+    ),
+    "host_sync_ns": (
+        "blocked in host synchronisation",
+        "Remove per-step .item()/CPU copies and explicit synchronize calls.",
+    ),
+    "other_ns": (
+        "CPU-side work with no GPU work queued (Python overhead, small ops, launch latency)",
+        "Overlap CPU work with GPU work: larger batches, torch.compile or CUDA graphs, move CPU "
+        "preprocessing off the training thread.",
+    ),
+}
+
+
+def _gpu_ranks_frame(timing: Timing) -> tuple[pl.DataFrame, list[str]]:
+    """One row per rank with GPU activity: `entry` (its index in `timing.ranks`), rank, the HTA
+    times, `idle_share`, the launch numbers and `short_share`; and the names of the launch numbers."""
+    entries = [(i, e) for i, e in enumerate(timing.ranks) if e.get("gpu") and e["gpu"]["span_us"] > 0]
+    launch_keys = list(
+        dict.fromkeys(k for _, e in entries for k, v in (e.get("launch") or {}).items() if _is_number(v))
+    )
+    frame = pl.DataFrame(
+        [
+            {
+                "entry": i,
+                "rank": e["rank"],
+                **{k: e["gpu"][k] for k in _GPU_TIMES},
+                **{k: (e.get("launch") or {}).get(k) for k in launch_keys},
+            }
+            for i, e in entries
+        ],
+        schema={"entry": pl.Int64, "rank": pl.Int64, **{k: pl.Float64 for k in (*_GPU_TIMES, *launch_keys)}},
+    )
+    launches = pl.col("launches") if "launches" in launch_keys else pl.lit(None, pl.Float64)
+    shorter = pl.col("shorter_than_launch").fill_null(0) if "shorter_than_launch" in launch_keys else pl.lit(0.0)
+    return frame.with_columns(
+        (pl.col("idle_us") / pl.col("span_us")).alias("raw_idle_share"),
+        pl.when(launches > 0).then(shorter / launches).otherwise(0.0).alias("raw_short_share"),
+    ).with_columns(
+        pl.col("raw_idle_share").round(4).alias("idle_share"), pl.col("raw_short_share").round(4).alias("short_share")
+    ), launch_keys
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def gpu_idle(inputs: PerfInputs, config: Thresholds) -> list[Finding]:
+    """launch-bound and gpu-idle, per rank from its HTA temporal breakdown, one finding per cause."""
     if inputs.timing is None:
         return []
     timing = inputs.timing
-    findings = []
-    for entry in timing.ranks:
-        gpu = entry.get("gpu")
-        if not gpu or gpu["span_us"] <= 0:
-            continue
-        share = gpu["idle_us"] / gpu["span_us"]
-        launch = entry.get("launch") or {}
-        short_share = launch.get("shorter_than_launch", 0) / launch["launches"] if launch.get("launches") else 0.0
-        if share >= config[LAUNCH_IDLE] and short_share >= config[LAUNCH_SHORT]:
-            findings.append(
-                Finding(
-                    "launch-bound",
-                    "warning",
-                    f"GPU work is shorter than its launches ({short_share:.0%} of GPU ops)",
-                    f"On rank {entry['rank']}, {launch['shorter_than_launch']} of {launch['launches']} GPU ops ran for less "
-                    f"time than the CPU call that launched them (median launch {launch['launch_p50_us']} µs, median GPU "
-                    f"op {launch['gpu_p50_us']} µs) and the GPU was idle {share:.0%} of its span: the CPU cannot issue "
-                    "work fast enough.",
-                    rank=entry["rank"],
-                    evidence={"short_share": round(short_share, 4), "idle_share": round(share, 4), **launch},
-                    suggestion="Give the GPU bigger pieces of work: larger batches, fused ops (torch.compile), CUDA graphs "
-                    "(torch.compile mode='reduce-overhead'), fewer tiny elementwise ops.",
-                )
-            )
-        if share < config[IDLE_SHARE]:
-            continue
-        cause, hint = _idle_cause(timing, entry["rank"])
-        findings.append(
-            Finding(
-                "gpu-idle",
-                "warning",
-                f"The GPU is idle {share:.0%} of the time",
-                f"On rank {entry['rank']}, the GPU ran nothing for {gpu['idle_us'] / 1e3:.1f} ms of its "
-                f"{gpu['span_us'] / 1e3:.1f} ms active span (HTA temporal breakdown: compute {gpu['compute_us'] / 1e3:.1f} ms, "
-                f"non-compute {gpu['non_compute_us'] / 1e3:.1f} ms).{cause}",
-                rank=entry["rank"],
-                evidence={
-                    "idle_share": round(share, 4),
-                    **{k: gpu[k] for k in ("idle_us", "compute_us", "non_compute_us", "span_us")},
-                },
-                suggestion=hint,
-            )
+    ranks, launch_numbers = _gpu_ranks_frame(timing)
+    if ranks.is_empty():
+        return []
+    launch_bound = ranks.filter(
+        (pl.col("raw_idle_share") >= config[LAUNCH_IDLE]) & (pl.col("raw_short_share") >= config[LAUNCH_SHORT])
+    ).with_columns(
+        pl.lit("warning").alias("severity"),
+        pl.lit(None, pl.String).alias("subject"),
+        pl.lit(None, pl.Int64).alias("step"),
+    )
+    idle = (
+        ranks.filter(pl.col("raw_idle_share") >= config[IDLE_SHARE])
+        .join(_idle_causes(timing), on="rank", how="left")
+        .with_columns(
+            pl.lit("warning").alias("severity"),
+            pl.lit(None, pl.String).alias("subject"),
+            pl.lit(None, pl.Int64).alias("step"),
         )
-    return findings
+    )
+    return per_cause(
+        launch_bound,
+        ["short_share", "idle_share", *launch_numbers],
+        lambda row: _launch_finding(timing.ranks[row["entry"]], row),
+    ) + per_cause(idle, ["idle_share", *_GPU_TIMES], lambda row: _idle_finding(timing.ranks[row["entry"]], row))
 
 
-def _idle_cause(timing: Timing, rank: int) -> tuple[str, str]:
-    steps = timing.steps.filter(pl.col("rank") == rank) if not timing.steps.is_empty() else timing.steps
-    if steps.is_empty():
-        return (
+def _launch_finding(entry: dict[str, Any], row: dict[str, Any]) -> Finding:
+    launch, share, short_share = entry["launch"], row["raw_idle_share"], row["raw_short_share"]
+    return Finding(
+        "launch-bound",
+        "warning",
+        f"GPU work is shorter than its launches ({short_share:.0%} of GPU ops)",
+        f"On rank {entry['rank']}, {launch['shorter_than_launch']} of {launch['launches']} GPU ops ran for less "
+        f"time than the CPU call that launched them (median launch {launch['launch_p50_us']} µs, median GPU "
+        f"op {launch['gpu_p50_us']} µs) and the GPU was idle {share:.0%} of its span: the CPU cannot issue "
+        "work fast enough.",
+        rank=entry["rank"],
+        evidence={"short_share": round(short_share, 4), "idle_share": round(share, 4), **launch},
+        suggestion="Give the GPU bigger pieces of work: larger batches, fused ops (torch.compile), CUDA graphs "
+        "(torch.compile mode='reduce-overhead'), fewer tiny elementwise ops.",
+    )
+
+
+def _idle_finding(entry: dict[str, Any], row: dict[str, Any]) -> Finding:
+    gpu, share = entry["gpu"], row["raw_idle_share"]
+    if row.get("cause") is None:
+        cause, hint = (
             "",
-            "Profile with ProfilerStep markers (torch.profiler schedule + prof.step()) to see what the idle time overlaps.",
+            (
+                "Profile with ProfilerStep markers (torch.profiler schedule + prof.step()) to see what the idle time overlaps."
+                if row.get("total") is None
+                else "Profile steps that do some work to see what the idle time overlaps."
+            ),
         )
-    parts = {c: as_float(steps[c].sum()) for c in ("data_loading_ns", "host_sync_ns", "other_ns")}
-    worst = max(parts, key=lambda c: parts[c])
-    total = as_float(steps["duration_ns"].sum())
-    if not total:
-        return "", "Profile steps that do some work to see what the idle time overlaps."
-    text = {
-        "data_loading_ns": (
-            "waiting for data loading",
-            "Speed up the input pipeline (DataLoader num_workers, pin_memory, prefetching).",
-        ),
-        "host_sync_ns": (
-            "blocked in host synchronisation",
-            "Remove per-step .item()/CPU copies and explicit synchronize calls.",
-        ),
-        "other_ns": (
-            "CPU-side work with no GPU work queued (Python overhead, small ops, launch latency)",
-            "Overlap CPU work with GPU work: larger batches, torch.compile or CUDA graphs, move CPU "
-            "preprocessing off the training thread.",
-        ),
-    }[worst]
-    return f" In the profiled steps, most idle time ({parts[worst] / total:.0%} of step time) was {text[0]}.", text[1]
+    else:
+        what, hint = _IDLE_CAUSES[row["cause"]]
+        cause = f" In the profiled steps, most idle time ({row['cause_share']:.0%} of step time) was {what}."
+    return Finding(
+        "gpu-idle",
+        "warning",
+        f"The GPU is idle {share:.0%} of the time",
+        f"On rank {entry['rank']}, the GPU ran nothing for {gpu['idle_us'] / 1e3:.1f} ms of its "
+        f"{gpu['span_us'] / 1e3:.1f} ms active span (HTA temporal breakdown: compute {gpu['compute_us'] / 1e3:.1f} ms, "
+        f"non-compute {gpu['non_compute_us'] / 1e3:.1f} ms).{cause}",
+        rank=entry["rank"],
+        evidence={"idle_share": round(share, 4), **{k: gpu[k] for k in _GPU_TIMES}},
+        suggestion=hint,
+    )
+
+
+def _idle_causes(timing: Timing) -> pl.DataFrame:
+    """Per rank with profiled steps: `total` step time, and (where it is not 0) `cause`, the step
+    part that took the most time, with `cause_share` of step time."""
+    parts = list(_IDLE_CAUSES)
+    if timing.steps.is_empty():
+        return pl.DataFrame(
+            schema={"rank": pl.Int64, "total": pl.Float64, "cause": pl.String, "cause_share": pl.Float64}
+        )
+    sums = timing.steps.group_by("rank").agg(
+        pl.col(*parts).sum().cast(pl.Float64), pl.col("duration_ns").sum().cast(pl.Float64).alias("total")
+    )
+    largest = pl.max_horizontal(parts)
+    first_largest = pl.coalesce(*[pl.when(pl.col(p) == largest).then(pl.lit(p)) for p in parts])
+    return sums.select(
+        pl.col("rank").cast(pl.Int64),
+        "total",
+        pl.when(pl.col("total") > 0).then(first_largest).alias("cause"),
+        (largest / pl.col("total")).alias("cause_share"),
+    )
 
 
 # ---------------------------------------------------------------- straggler-rank
@@ -721,7 +936,7 @@ def straggler_ranks(inputs: PerfInputs, config: Thresholds) -> list[Finding]:
     scored = shared.with_columns(pl.col("seconds").median().over("step").alias("median")).with_columns(
         pl.when(pl.col("median") > 0).then((pl.col("seconds") - pl.col("median")) / pl.col("median")).alias("skew")
     )
-    per_rank = (
+    rows = (
         scored.group_by("rank")
         .agg(
             (pl.col("skew") > skew).mean().alias("behind_share"),
@@ -731,30 +946,49 @@ def straggler_ranks(inputs: PerfInputs, config: Thresholds) -> list[Finding]:
             pl.len().alias("steps"),
         )
         .filter(pl.col("behind_share") >= config[STRAGGLER_STEPS])
-        .sort("median_skew", descending=True)
+        .sort("median_skew", descending=True, maintain_order=True)
     )
-    return [
-        Finding(
-            "straggler-rank",
-            "warning",
-            f"Rank {row['rank']} is slower than the other ranks",
-            f"Rank {row['rank']} took more than {skew:.0%} longer than the cross-rank median on "
-            f"{row['behind_share']:.0%} of {row['steps']} shared steps (its median step {_ms(row['rank_median'])} ms, "
-            f"all ranks {_ms(row['all_median'])} ms).",
-            rank=row["rank"],
-            subject=f"rank {row['rank']}",
-            evidence={
-                "behind_share": round(row["behind_share"], 4),
-                "median_skew": round(row["median_skew"], 4),
-                "rank_median_ms": _ms(row["rank_median"]),
-                "all_median_ms": _ms(row["all_median"]),
-                "steps": row["steps"],
-            },
-            suggestion="Compare this rank's host and device (thermal throttling, a slower GPU/NIC, other jobs on the "
-            "node) and its data shard (longer sequences, slower storage).",
-        )
-        for row in per_rank.iter_rows(named=True)
-    ]
+    # Several stragglers are one finding that names them (each is still a rank the others wait for).
+    several = rows.height > 1
+    rows = rows.with_columns(
+        pl.lit("warning").alias("severity"),
+        (pl.lit(None, pl.String) if several else pl.format("rank {}", "rank")).alias("subject"),
+        pl.lit(None, pl.Int64).alias("step"),
+        pl.col("behind_share", "median_skew").name.prefix("raw_"),
+        pl.col("behind_share", "median_skew").round(4),
+        (pl.col("rank_median") * 1e3).round(3).alias("rank_median_ms"),
+        (pl.col("all_median") * 1e3).round(3).alias("all_median_ms"),
+    )
+    numbers = ["behind_share", "median_skew", "rank_median_ms", "all_median_ms", "steps"]
+    findings = per_cause(rows, numbers, lambda row: _straggler_finding(row, skew))
+    return [_stragglers_named(f) if f.rank is None else f for f in findings]
+
+
+def _straggler_finding(row: dict[str, Any], skew: float) -> Finding:
+    return Finding(
+        "straggler-rank",
+        "warning",
+        f"Rank {row['rank']} is slower than the other ranks",
+        f"Rank {row['rank']} took more than {skew:.0%} longer than the cross-rank median on "
+        f"{row['raw_behind_share']:.0%} of {row['steps']} shared steps (its median step {_ms(row['rank_median'])} ms, "
+        f"all ranks {_ms(row['all_median'])} ms).",
+        rank=row["rank"],
+        subject=f"rank {row['rank']}",
+        evidence={
+            "behind_share": round(row["raw_behind_share"], 4),
+            "median_skew": round(row["raw_median_skew"], 4),
+            "rank_median_ms": _ms(row["rank_median"]),
+            "all_median_ms": _ms(row["all_median"]),
+            "steps": row["steps"],
+        },
+        suggestion="Compare this rank's host and device (thermal throttling, a slower GPU/NIC, other jobs on the "
+        "node) and its data shard (longer sequences, slower storage).",
+    )
+
+
+def _stragglers_named(merged: Finding) -> Finding:
+    """The finding for several stragglers, titled by their number."""
+    return replace(merged, title=f"{len(merged.evidence['ranks'])} ranks are slower than the other ranks")
 
 
 # ---------------------------------------------------------------- memory-growth
@@ -764,57 +998,90 @@ def memory_growth(inputs: PerfInputs, config: Thresholds) -> list[Finding]:
     steps = inputs.recorder_steps
     if not {"rank", "step", "mem_allocated"} <= set(steps.columns):
         return []
-    findings = []
-    readings = steps.filter(pl.col("mem_allocated").is_not_null()).sort("rank", "step")
-    for rank in readings["rank"].unique().sort().to_list():
-        mine = readings.filter(pl.col("rank") == rank)
-        if mine.height < config[MEM_STEPS]:
-            continue
-        # Skip warm-up (optimizer state and caches are allocated in the first steps), then compare fifths.
-        body = mine.slice(mine.height // 10)
-        fifths = (
-            body.with_columns((pl.int_range(pl.len()) * 5 // pl.len()).alias("part"))
-            .group_by("part")
-            .agg(
-                pl.col("mem_allocated").median().alias("mem"),
-                pl.col("step").first().alias("from_step"),
-                *([pl.col("max_mem_allocated").max().alias("peak")] if "max_mem_allocated" in body.columns else []),
-            )
-            .sort("part")
+    has_peak = "max_mem_allocated" in steps.columns
+    readings = (
+        steps.filter(pl.col("mem_allocated").is_not_null())
+        .sort("rank", "step")
+        .filter(pl.len().over("rank") >= config[MEM_STEPS])
+    )
+    # Skip warm-up (optimizer state and caches are allocated in the first steps), then compare fifths.
+    body = readings.filter(pl.int_range(pl.len()).over("rank") >= pl.len().over("rank") // 10).with_columns(
+        (pl.int_range(pl.len()) * 5 // pl.len()).over("rank").alias("part")
+    )
+    fifths = (
+        body.group_by("rank", "part")
+        .agg(
+            pl.col("mem_allocated").median().alias("mem"),
+            *([pl.col("max_mem_allocated").max().alias("peak")] if has_peak else []),
         )
-        mem = fifths["mem"].to_list()
-        growth = mem[-1] - mem[0]
-        steady = all(b >= a for a, b in itertools.pairwise(mem))
-        if not steady or growth < config[MEM_BYTES] or growth < config[MEM_GROWTH] * max(mem[0], 1):
-            continue
-        span = body["step"][-1] - body["step"][0]
-        per_step = growth / max(span * 0.8, 1)
-        evidence: dict[str, Any] = {
-            "first_fifth_bytes": int(mem[0]),
-            "last_fifth_bytes": int(mem[-1]),
-            "growth_bytes": int(growth),
-            "bytes_per_step": round(per_step),
-            "fifths_bytes": [int(m) for m in mem],
-        }
-        if "peak" in fifths.columns and fifths["peak"].null_count() < fifths.height:
-            evidence["peak_bytes"] = as_int(fifths["peak"].max())
-        findings.append(
-            Finding(
-                "memory-growth",
-                "warning",
-                "CUDA memory keeps growing",
-                f"On rank {rank}, allocated CUDA memory rose from {mem[0] / 2**20:.0f} MiB to {mem[-1] / 2**20:.0f} MiB "
-                f"(median of the first and last fifth of steps after warm-up), about {per_step / 2**20:.2f} MiB per step, "
-                "and never fell back.",
-                rank=rank,
-                step=int(body["step"][-1]),
-                evidence=evidence,
-                suggestion="Look for tensors kept across steps: accumulating the loss without .item()/.detach() "
-                "(keeps each step's graph), appending outputs to a list, caches keyed by step; "
-                "torch.cuda.memory._record_memory_history() shows what holds the memory.",
-            )
+        .sort("rank", "part")
+        .group_by("rank", maintain_order=True)
+        .agg(
+            pl.col("mem").alias("fifths"),
+            (pl.col("mem").diff().min().fill_null(0) >= 0).alias("steady"),
+            *([pl.col("peak").max().alias("peak_bytes")] if has_peak else []),
         )
-    return findings
+    )
+    span = body.group_by("rank").agg(pl.col("step").first().alias("first_step"), pl.col("step").last().alias("step"))
+    first, last = pl.col("fifths").list.first(), pl.col("fifths").list.last()
+    rows = (
+        fifths.join(span, on="rank")
+        .with_columns(
+            (last - first).alias("growth"),
+            ((pl.col("step") - pl.col("first_step")) * 0.8).clip(lower_bound=1).alias("per_step_span"),
+        )
+        .filter(
+            pl.col("steady")
+            & (pl.col("growth") >= config[MEM_BYTES])
+            & (pl.col("growth") >= config[MEM_GROWTH] * pl.max_horizontal(first, pl.lit(1.0)))
+        )
+        .sort("rank")
+        .with_columns(
+            pl.lit("warning").alias("severity"),
+            pl.lit(None, pl.String).alias("subject"),
+            first.cast(pl.Int64).alias("first_fifth_bytes"),
+            last.cast(pl.Int64).alias("last_fifth_bytes"),
+            pl.col("growth").cast(pl.Int64).alias("growth_bytes"),
+            (pl.col("growth") / pl.col("per_step_span")).round(0).alias("bytes_per_step"),
+        )
+    )
+    numbers = [
+        "first_fifth_bytes",
+        "last_fifth_bytes",
+        "growth_bytes",
+        "bytes_per_step",
+        *(["peak_bytes"] if has_peak else []),
+    ]
+    return per_cause(rows, numbers, _memory_finding)
+
+
+def _memory_finding(row: dict[str, Any]) -> Finding:
+    mem = row["fifths"]
+    growth = mem[-1] - mem[0]
+    per_step = growth / row["per_step_span"]
+    evidence: dict[str, Any] = {
+        "first_fifth_bytes": int(mem[0]),
+        "last_fifth_bytes": int(mem[-1]),
+        "growth_bytes": int(growth),
+        "bytes_per_step": round(per_step),
+        "fifths_bytes": [int(m) for m in mem],
+    }
+    if row.get("peak_bytes") is not None:
+        evidence["peak_bytes"] = int(row["peak_bytes"])
+    return Finding(
+        "memory-growth",
+        "warning",
+        "CUDA memory keeps growing",
+        f"On rank {row['rank']}, allocated CUDA memory rose from {mem[0] / 2**20:.0f} MiB to {mem[-1] / 2**20:.0f} MiB "
+        f"(median of the first and last fifth of steps after warm-up), about {per_step / 2**20:.2f} MiB per step, "
+        "and never fell back.",
+        rank=row["rank"],
+        step=int(row["step"]),
+        evidence=evidence,
+        suggestion="Look for tensors kept across steps: accumulating the loss without .item()/.detach() "
+        "(keeps each step's graph), appending outputs to a list, caches keyed by step; "
+        "torch.cuda.memory._record_memory_history() shows what holds the memory.",
+    )
 
 
 # Every performance rule, in the order its findings are listed (docs/findings-performance.md).

@@ -1,7 +1,7 @@
 """Read a run directory (docs/format.md) into the frames the detectors work on (docs/architecture.md).
 
-Nothing here materialises the grads table: it stays a LazyFrame so that the detectors can
-aggregate it with polars' streaming engine. Damaged input degrades to `input-error` findings;
+The grads table of one writer is never materialised here: it stays a LazyFrame so that the
+detectors can aggregate it with polars' streaming engine; shards of several ranks are merged once. Damaged input degrades to `input-error` findings;
 only a run with nothing readable at all raises `InputError`.
 """
 
@@ -270,6 +270,20 @@ def merge_grads(frames: list[pl.LazyFrame]) -> pl.LazyFrame:
     )
 
 
+def _grads_of(frames: dict[int, pl.LazyFrame], ranks: list[int], progress: Progress) -> pl.LazyFrame:
+    """The run's grads table. One writer's chunks stay a lazy scan (each rule reads only the row
+    groups of its steps); several shards are merged once here, since every later query of a lazy
+    merge would re-read every rank's chunks and redo the merge (docs/architecture.md, `RunData`).
+    The merge holds every (step, parameter) group in memory during a query anyway, so keeping its
+    result costs no more than one query did."""
+    if not ranks:
+        return pl.LazyFrame(schema=GRADS_COLUMNS)
+    if len(ranks) == 1:
+        return frames[ranks[0]]
+    progress(f"merging the gradient shards of {len(ranks)} ranks")
+    return merge_grads([frames[r] for r in ranks]).collect(engine="streaming").lazy()
+
+
 def _grads_are_replicas(metas: dict[int, dict[str, Any]], ranks: list[int]) -> bool:
     """Data-parallel replicas (every rank holds whole gradients) must not be summed: the
     merge rule is for shards. The recorder says which in meta `grads_sharded`."""
@@ -401,7 +415,7 @@ def load_run(inputs: Inputs, progress: Progress = silent) -> RunData:
     if _grads_are_replicas(metas, grad_ranks):
         # Replicas agree after all-reduce; the lowest rank stands for all of them.
         grad_ranks = grad_ranks[:1]
-    grads = merge_grads([grad_frames[r] for r in grad_ranks]) if grad_ranks else pl.LazyFrame(schema=GRADS_COLUMNS)
+    grads = _grads_of(grad_frames, grad_ranks, progress)
     health = (
         pl.concat(health_frames, how="diagonal_relaxed")
         if health_frames

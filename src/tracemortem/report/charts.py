@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from ..detect.ranks import ranks_text
 from ..findings import Finding
 from .common import column_label, key_time_column, round_sig, time_unit
 from .facts import has_gpu
@@ -87,7 +88,8 @@ def build(analysis: Analysis) -> list[Chart]:
         top_chart("chart-ops", "Slowest ops", analysis.ops, "op"),
         top_chart("chart-kernels", "Slowest GPU kernels", analysis.kernels, "kernel"),
         memory_chart(steps, has_gpu(analysis.run)),
-        rank_chart([r.to_dict() for r in analysis.run.ranks]),
+        rank_chart([r.to_dict() for r in analysis.run.ranks], findings),
+        *rank_step_heatmaps(steps, analysis.step_times, findings),
         *[timeline_chart(analysis, t) for t in analysis.timelines],
     ]
 
@@ -558,12 +560,23 @@ def memory_chart(steps: pl.DataFrame, gpu_run: bool) -> Chart:
     return chart
 
 
-def rank_chart(ranks: list[dict[str, Any]]) -> Chart:
+def _stragglers(findings: list[Finding]) -> list[int]:
+    """The ranks the straggler-rank findings name."""
+    ranks: set[int] = set()
+    for f in findings:
+        if f.rule == "straggler-rank":
+            ranks.update([f.rank] if f.rank is not None else f.evidence.get("ranks", []))
+    return sorted(ranks)
+
+
+def rank_chart(ranks: list[dict[str, Any]], findings: list[Finding]) -> Chart:
     chart = Chart(
         "chart-ranks",
         "Ranks compared",
         "Median step time of each rank (and, with GPU traces, how its GPU time splits). One rank far above the rest is a straggler that the others wait for.",
     )
+    if stragglers := _stragglers(findings):
+        chart.explain += f" Stragglers: {ranks_text(stragglers)}."
     if len(ranks) < 2:
         chart.missing = "only one rank was recorded."
         return chart
@@ -591,6 +604,98 @@ def rank_chart(ranks: list[dict[str, Any]]) -> Chart:
         return chart
     chart.figure = panels[0] if len(panels) == 1 else {"kind": "panels", "panels": panels}
     return chart
+
+
+def rank_step_heatmaps(steps: pl.DataFrame, step_times: pl.DataFrame, findings: list[Finding]) -> list[Chart]:
+    """Rank × step heatmaps of step time and, with GPU traces, of GPU idle share: at 1,000 ranks the
+    line charts show a few ranks only, these show every rank (binned, docs/report.md)."""
+    chart = Chart(
+        "chart-rank-steps",
+        "Step time per rank",
+        "One row per rank, one column per step; colour is the step's wall-clock time (colours span the 1st to "
+        "99th percentile). A row brighter than the rest is a straggler; a bright column is a step slow on every rank.",
+    )
+    if _has(step_times, "rank", "step", "duration_ns"):
+        times = step_times.select("rank", "step", (pl.col("duration_ns") / 1e6).alias("value"))
+    elif _has(steps, "rank", "step", "duration_s"):
+        times = steps.select("rank", "step", (pl.col("duration_s") * 1e3).alias("value"))
+    else:
+        return []
+    times = times.filter(pl.col("value").is_finite())
+    if times["rank"].n_unique() <= MAX_RANK_LINES:  # the line charts show every rank
+        return []
+    stragglers = _stragglers(findings)
+    if stragglers:
+        chart.explain += f" Stragglers (flagged left of their rows): {ranks_text(stragglers)}."
+    lo, hi = times.select(pl.col("value").quantile(0.01).alias("lo"), pl.col("value").quantile(0.99).alias("hi")).row(0)
+    chart.figure, note = _rank_step_figure(times, lo, hi, "step time", " ms", stragglers)
+    chart.explain += note
+    charts = [chart]
+    if _has(step_times, "total_gpu_idle_ns") and step_times["total_gpu_idle_ns"].null_count() < step_times.height:
+        idle = Chart(
+            "chart-rank-idle",
+            "GPU idle share per rank",
+            "One row per rank, one column per profiled step; colour is the share of the step the GPU ran nothing "
+            "(0–100 %). Ranks idle more than the rest wait on something the others do not.",
+        )
+        shares = (
+            step_times.filter(pl.col("duration_ns") > 0)
+            .select("rank", "step", (pl.col("total_gpu_idle_ns") / pl.col("duration_ns") * 100).alias("value"))
+            .drop_nulls()
+        )
+        if not shares.is_empty():
+            idle.figure, note = _rank_step_figure(shares, 0.0, 100.0, "GPU idle", " %", stragglers)
+            idle.explain += note
+            charts.append(idle)
+    return charts
+
+
+def _rank_step_figure(
+    cells: pl.DataFrame, lo: float, hi: float, name: str, unit: str, flagged: list[int]
+) -> tuple[dict[str, Any] | None, str]:
+    """A linear-scale heatmap of `rank, step, value`: at most MAX_HEATMAP_ROWS rows (neighbouring
+    ranks share a row beyond) and MAX_STEP_COLUMNS columns, each cell the largest value in it."""
+    ranks = cells["rank"].unique().sort()
+    per_row = -(-ranks.len() // MAX_HEATMAP_ROWS)
+    buckets = _StepBuckets.of(cells.lazy())
+    if buckets is None:  # no cells (the callers pass some)
+        return None, ""
+    labels, column = buckets.labels, buckets.expr
+    row_of = pl.DataFrame({"rank": ranks, "row": pl.int_range(ranks.len(), eager=True) // per_row})
+    hi = max(hi, lo + 1e-9)
+    level = (LEVEL_LO + (pl.col("value").clip(lo, hi) - lo) / (hi - lo) * (LEVEL_HI - LEVEL_LO)).round().cast(pl.UInt8)
+    grid_cells = (
+        cells.join(row_of, on="rank")
+        .group_by("row", column.alias("col"))
+        .agg(pl.col("value").max())
+        .select((pl.col("row") * len(labels) + pl.col("col")).alias("at"), level.alias("level"))
+    )
+    rows = row_of.height // per_row + (row_of.height % per_row > 0)
+    grid = pl.zeros(rows * len(labels), dtype=pl.UInt8, eager=True).scatter(grid_cells["at"], grid_cells["level"])
+    names = row_of.group_by("row", maintain_order=True).agg(
+        pl.col("rank").first().alias("a"), pl.col("rank").last().alias("b")
+    )
+    figure = {
+        "kind": "heatmap",
+        "scale": "linear",
+        "value_name": name,
+        "unit": unit,
+        "x": labels,
+        "y": [f"rank {a}" if a == b else f"ranks {a}–{b}" for a, b in names.select("a", "b").iter_rows()],
+        "width": buckets.width,
+        "bytes": base64.b64encode(grid.to_numpy().tobytes()).decode("ascii"),
+        "levels": [LEVEL_NONE, LEVEL_ZERO, LEVEL_LO, LEVEL_HI, LEVEL_BAD],
+        "zmin": round_sig(lo),
+        "zmax": round_sig(hi),
+        "bad_rows": row_of.filter(pl.col("rank").is_in(flagged))["row"].unique().sort().to_list(),
+        "flag_text": "straggler",
+    }
+    notes = []
+    if per_row > 1:
+        notes.append(f"each row is {per_row} neighbouring ranks")
+    if buckets.width > 1:
+        notes.append(f"each column is {buckets.width} steps")
+    return figure, (" Note: " + "; ".join(notes) + " (largest value shown)." if notes else "")
 
 
 MAX_EVENT_NAME = 200

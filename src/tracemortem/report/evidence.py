@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from ..detect.ranks import rank_runs
 from ..findings import Finding
 from .common import Table, fmt_seconds
 
@@ -79,6 +80,8 @@ def value_text(key: str, value: Any) -> str:
         return {True: "yes", False: "no", None: "—"}[value]
     if isinstance(value, dict):
         return "; ".join(f"{label(str(k))} {value_text(str(k), v)}" for k, v in sorted(value.items(), key=str))
+    if key == "ranks" and isinstance(value, list) and value and all(isinstance(v, int) for v in value):
+        return rank_runs(value)  # 1,024 merged ranks read as `0–511, 513–1023`
     if isinstance(value, (list, tuple)):
         shown = ", ".join(value_text(key, v) for v in value[:MAX_LIST])
         return shown + (f" … ({len(value) - MAX_LIST} more)" if len(value) > MAX_LIST else "") if shown else "—"
