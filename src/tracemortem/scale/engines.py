@@ -98,7 +98,8 @@ class RayEngine:
                 raise ConfigError(f"cannot connect to Ray at {where}: {str(exc).strip().splitlines()[0]}") from None
             self._started = True
         self._map = ray.remote(map_item)
-        self._in_flight = max(int(ray.cluster_resources().get("CPU", 1)), 1) * IN_FLIGHT_PER_WORKER
+        cpus = ray.cluster_resources().get("CPU", 1)  # type: ignore[no-untyped-call]
+        self._in_flight = max(int(cpus), 1) * IN_FLIGHT_PER_WORKER
 
     def map(self, items: Sequence[WorkItem]) -> Iterator[tuple[int, RankSummary]]:
         pending: deque[tuple[int, Any]] = deque()

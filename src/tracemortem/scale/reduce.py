@@ -138,8 +138,10 @@ def analyze_traces(files: dict[Path, int | None], engine: Engine, progress: Prog
     """Map every rank's trace files on `engine`, reduce here."""
     items = work_items(files)
     reducer = Reducer()
-    for done, (index, summary) in enumerate(engine.map(items), 1):
+    total, done = sum(item.ranks for item in items), 0
+    for index, summary in engine.map(items):
         reducer.add(index, summary)
-        progress(f"rank {done}/{len(items)} read ({summary.label})")
+        done += items[index].ranks
+        progress(f"rank {done}/{total} read ({summary.label})")
     progress("merging ranks")
     return reducer.finish(items, engine)

@@ -40,7 +40,9 @@ class RankSummary:
     slowest: StepTimeline | None = None
 
 
-def _load(item: WorkItem, parallel_decode: bool) -> tuple[TraceSet | None, list[FileMeta], list, list]:
+def _load(
+    item: WorkItem, parallel_decode: bool
+) -> tuple[TraceSet | None, list[FileMeta], list[tuple[int, Finding]], list[tuple[int, str]]]:
     if parallel_decode:  # a big trace's chunks decoded by worker processes (load/chrome.py)
         with chrome.Decoders(untrusted={path.parent for _, path, _ in item.files}) as workers:
             read = read_files(list(item.files), workers=workers)

@@ -27,7 +27,8 @@ def with_self_time(events: pl.DataFrame) -> pl.DataFrame:
         # "Trace" is the profiler's own whole-trace span, not work (HTA drops it too).
         events.filter(~GPU_SIDE & (pl.col("cat").cast(pl.String) != "Trace"))
         .select("rank", "session", "name", "cat", "ts", "dur", "pid", "tid", "external_id", "step", "input_dims")
-        .sort([*_THREAD, "ts", "dur"], descending=[False, False, False, False, False, True])
+        # Stable: events of equal start and duration nest in file order, whichever ranks share the frame.
+        .sort([*_THREAD, "ts", "dur"], descending=[False, False, False, False, False, True], maintain_order=True)
         .with_row_index("_order")
     )
     # Effective end: at least 1 ns after the start, so an event never closes before it opens.

@@ -1,19 +1,26 @@
-"""Exact quantiles of many ranks' values, from value counts (docs/scale.md "Merging").
+"""Quantiles of many ranks' values, from mergeable value counts (docs/scale.md "Merging").
 
 A rank's durations are kept as (group…, value, n): how often each value occurred. Counts of many
 ranks add up, and the quantile of the whole is read from the cumulative counts, with polars' own
-definitions (`median`, `quantile(q, "nearest" | "linear")`), so the numbers are the ones polars
-gives on all the values at once. The counts stay small because durations repeat: identical ranks
-add nothing, and a rank's values are far fewer than its events.
+definitions (`median`, `quantile(q, "nearest" | "linear")`), so while the counts are exact the
+numbers are the ones polars gives on all the values at once. Nanosecond durations rarely repeat,
+so merged counts of many ranks are bounded by `sketch`: past `EXACT_ROWS` rows, values are
+replaced by the representative of their logarithmic bucket (DDSketch's mapping, relative accuracy
+`RELATIVE_ACCURACY`), which bounds the rows per group by the range of its values, not by the ranks.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import polars as pl
 
 COUNT = "n"
+EXACT_ROWS = 250_000  # merged (group, value) rows kept exact; beyond, the counts are sketched
+RELATIVE_ACCURACY = 0.01  # a sketched quantile is within 1 % of a value of its rank
+_GAMMA = (1 + RELATIVE_ACCURACY) / (1 - RELATIVE_ACCURACY)
+_EXACT_BELOW = 128  # values this small are kept as they are (their buckets are narrower than 1)
 
 
 def value_counts(frame: pl.DataFrame, keys: list[str], value: str) -> pl.DataFrame:
@@ -22,8 +29,23 @@ def value_counts(frame: pl.DataFrame, keys: list[str], value: str) -> pl.DataFra
 
 
 def add_counts(counts: pl.DataFrame, keys: list[str], value: str) -> pl.DataFrame:
-    """Several value-count frames concatenated → one count per (group, value)."""
-    return counts.group_by(*keys, value).agg(pl.col(COUNT).sum())
+    """Several value-count frames concatenated → one count per (group, value), sketched when
+    there are more than `EXACT_ROWS`."""
+    added = counts.group_by(*keys, value).agg(pl.col(COUNT).sum())
+    return sketch(added, keys, value) if added.height > EXACT_ROWS else added
+
+
+def sketch(counts: pl.DataFrame, keys: list[str], value: str) -> pl.DataFrame:
+    """Each value (an integer) replaced by the representative of its bucket (γ^(i-1), γ^i],
+    2γ^i/(γ+1), rounded; applying it again changes nothing, so sketched and new counts merge."""
+    v = pl.col(value)
+    bucket = (v.cast(pl.Float64).log() / math.log(_GAMMA)).ceil()
+    representative = (2 * pl.lit(_GAMMA).pow(bucket) / (_GAMMA + 1)).round().cast(counts.schema[value])
+    return (
+        counts.with_columns(pl.when(v >= _EXACT_BELOW).then(representative).otherwise(v).alias(value))
+        .group_by(*keys, value)
+        .agg(pl.col(COUNT).sum())
+    )
 
 
 def _value_at(cumulative: pl.DataFrame, wanted: pl.DataFrame, value: str, at: str) -> pl.DataFrame:
