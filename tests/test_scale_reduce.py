@@ -7,7 +7,6 @@ rank's profiler writes it."""
 
 from __future__ import annotations
 
-import gzip
 import json
 import random
 import subprocess
@@ -18,32 +17,13 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+from scale_helpers import GPU_TRACES, needs_real, rank_folder
 from trace_helpers import REAL_TRACES, record_cpu_trace
 from tracemortem.analysis import analyze
 from tracemortem.load.discover import discover
 from tracemortem.scale import LocalEngine, map_item, work_items
 from tracemortem.scale.reduce import analyze_traces
 from tracemortem.timing import quantiles
-
-GPU_TRACES = ("nccl_a100/rank-0.json.gz", "two_rank_sampled/rank-0.json.gz", "two_rank_sampled/rank-1.json.gz")
-needs_real = pytest.mark.skipif(
-    not all((REAL_TRACES / t).is_file() for t in GPU_TRACES), reason="shared/real_traces not present"
-)
-
-
-def as_rank(trace: Path, rank: int, world: int) -> bytes:
-    """The trace's JSON with its distributedInfo saying rank `rank` of `world`."""
-    raw = trace.read_bytes()
-    doc = json.loads(gzip.decompress(raw) if trace.name.endswith(".gz") else raw)
-    doc["distributedInfo"] = {**(doc.get("distributedInfo") or {}), "rank": rank, "world_size": world}
-    return json.dumps(doc).encode()
-
-
-def rank_folder(folder: Path, traces: list[Path]) -> Path:
-    folder.mkdir()
-    for rank, trace in enumerate(traces):
-        (folder / f"rank{rank}.json").write_bytes(as_rank(trace, rank, len(traces)))
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -199,3 +179,14 @@ def test_no_readable_rank_is_exit_3(tmp_path: Path):
     done = _report(tmp_path, "--jobs", "2")
     assert done.returncode == 3
     assert "tracemortem: error: no readable trace among 2 files" in done.stderr.decode().strip().splitlines()[-1]
+
+
+def test_engine_ray_without_ray_installed_is_one_line_and_exit_2(cpu_ranks: Path):
+    """Ray missing from the interpreter (its import made to fail, as on a machine without it)."""
+    hide_ray = "import sys; sys.modules['ray'] = None; from tracemortem.cli import main; main()"
+    command = [sys.executable, "-c", hide_ray, "report", str(cpu_ranks), "--format", "json", "-o", "-"]
+    done = subprocess.run([*command, "--engine", "ray"], capture_output=True, check=False)
+    assert done.returncode == 2
+    assert done.stderr.decode().strip().splitlines() == [
+        "tracemortem: error: --engine ray needs Ray: pip install 'tracemortem[ray]'"
+    ]

@@ -7,6 +7,7 @@ driver holds a bounded number of summaries whatever the number of ranks (docs/sc
 from __future__ import annotations
 
 import os
+import socket
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
@@ -20,6 +21,7 @@ from .summary import RankSummary, map_item
 
 T = TypeVar("T")
 IN_FLIGHT_PER_WORKER = 2  # items submitted ahead per worker: enough to keep it busy
+CONNECT_TIMEOUT_S = 10
 
 
 class Engine(Protocol):
@@ -87,6 +89,8 @@ class RayEngine:
         self._ray = ray
         self._started = False
         if not ray.is_initialized():
+            if address not in (None, "auto", "local"):
+                _check_reachable(address)
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report leaves the machine
             options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
             if address is None and jobs is not None:
@@ -124,6 +128,18 @@ class RayEngine:
         if self._started:
             self._ray.shutdown()
             self._started = False
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds on a host:port nothing listens on (Ray itself retries for minutes)."""
+    where = address.split("://", 1)[-1]
+    host, _, port = where.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--address {address!r}: expected host:port, 'auto' or 'local'")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot reach Ray at {address}: {exc.strerror or exc}") from None
 
 
 def engine_from_options(engine: str, jobs: int | None, address: str | None) -> Engine:
