@@ -19,7 +19,7 @@ from ..load.coverage import unread_counts
 from ..load.devices import used_devices
 from ..load.sessions import SESSIONS_SCHEMA
 from ..load.traces import FileMeta, TraceSet, event_counts, link_files, read_files
-from ..timing.partial import TimingPartial, partial
+from ..timing.partial import TimingPartial, partial_timing
 from ..timing.step_events import StepTimeline, step_timeline
 from .items import WorkItem
 
@@ -74,7 +74,7 @@ def map_item(item: WorkItem, parallel_decode: bool = False) -> RankSummary:
     summary.sessions = traces.sessions
     summary.unread = unread_counts(traces.events)
     summary.devices = used_devices(traces.events)
-    summary.timing = partial(traces)
+    summary.timing = partial_timing(traces)
     steps = summary.timing.steps.sort("rank", "session", "step")
     slowest = slowest_step(steps)
     if slowest is not None:

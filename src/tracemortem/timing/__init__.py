@@ -21,9 +21,9 @@ from . import gpu as gpu_stats
 from . import quantiles
 from .kernels import kernel_table
 from .ops import op_table
-from .partial import TimingPartial, partial
+from .partial import TimingPartial, partial_timing
 
-__all__ = ["Timing", "TimingPartial", "finish", "partial", "summarize"]
+__all__ = ["Timing", "TimingPartial", "finish", "partial_timing", "summarize"]
 
 
 @dataclass
@@ -49,7 +49,7 @@ class Timing:
 
 def summarize(traces: TraceSet, config: Thresholds | None = None, progress: Progress = silent) -> Timing:
     progress("timing: ops, kernels, steps and HTA temporal breakdown")
-    return finish(partial(traces), traces.sessions, traces.ranks)
+    return finish(partial_timing(traces), traces.sessions, traces.ranks)
 
 
 def finish(merged: TimingPartial, sessions: pl.DataFrame, ranks: dict[int, dict[str, Any]]) -> Timing:

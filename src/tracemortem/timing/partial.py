@@ -1,6 +1,6 @@
 """The timing of some ranks as small, mergeable tables (docs/scale.md "Merging").
 
-`partial(traces)` reduces a `TraceSet` (the events of one or a few ranks) to tables whose size
+`partial_timing(traces)` reduces a `TraceSet` (the events of one or a few ranks) to tables whose size
 does not depend on the number of events: per-op and per-kernel sums and maxima, value counts of
 the durations whose quantiles the op table reports, per-step rows, per-session GPU breakdowns and
 per-rank launch statistics. `merge` adds partials of different ranks up (one concat and one
@@ -130,7 +130,7 @@ def _launches(traces: TraceSet) -> tuple[pl.DataFrame, pl.DataFrame]:
     return sums, values
 
 
-def partial(traces: TraceSet) -> TimingPartial:
+def partial_timing(traces: TraceSet) -> TimingPartial:
     cpu = with_self_time(traces.events)
     ops, op_durations = _ops(cpu)
     view = gpu_stats.hta_view(traces.events, traces.profiler_steps, traces.sessions)
