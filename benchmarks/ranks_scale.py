@@ -217,12 +217,28 @@ def print_targets(rows: list[Row]) -> None:
             print(f"| {variant} | {name} | {value} | {'met' if met else 'not met'} |")
 
 
+def _progress(row: Row) -> None:
+    """Each row on stderr as soon as it is measured (a full run takes long)."""
+    figures = (
+        f"{row.run.wall_s:.1f} s wall, {row.run.cpu_s:.1f} s CPU, {row.run.peak_rss_mb} MB" if row.run else row.note
+    )
+    load = os.getloadavg()[0]
+    print(
+        f"  {row.ranks} ranks {row.variant}: {figures}, findings {row.findings}; load {load:.1f}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ranks", default="8,32,128,1024", help="comma-separated rank counts")
     parser.add_argument("--quick", action="store_true", help="8 and 32 ranks only")
     parser.add_argument("--trace", type=Path, default=DEFAULT_TRACE, help="a trace file, or a folder holding one")
     parser.add_argument("--no-hta", action="store_true")
+    parser.add_argument(
+        "--variants", help="comma-separated engine columns to run (default: all), e.g. '--jobs 2,--engine ray'"
+    )
     parser.add_argument(
         "--hta-python",
         default=sys.executable,
@@ -239,6 +255,9 @@ def main() -> None:
     name, text = trace_text(args.trace)
     size_mb = len(text) / MB
     columns = variants()
+    if args.variants:
+        wanted = args.variants.split(",")
+        columns = {name: extra for name, extra in columns.items() if name in wanted}
     hta_missing = "--no-hta given" if args.no_hta else hta_available(args.hta_python)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"trace {args.trace} ({size_mb:.1f} MB JSON per rank); {os.cpu_count()} cores; load average {load}")
@@ -249,8 +268,10 @@ def main() -> None:
         folder = build(name, text, ranks)
         for variant, extra in columns.items():
             rows.append(run_report(folder, ranks, variant, extra))
+            _progress(rows[-1])
         if ranks in HTA_RANKS and not hta_missing:
             rows.append(run_hta(folder, ranks, args.hta_python))
+            _progress(rows[-1])
         print(f"  {ranks} ranks done; load average {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
     print()
     print_rows(rows, size_mb)

@@ -21,7 +21,7 @@ from ..load.sessions import session_notes
 from ..load.traces import FileMeta, error_notes, no_readable_trace, rank_table
 from ..progress import Progress, silent
 from ..timing import Timing, finish
-from ..timing.partial import TimingPartial, merge
+from ..timing.partial import TimingPartial, concat_frames, merge
 from ..timing.step_events import StepTimeline, TraceOrigin, origins, steps_that_matter
 from .items import WorkItem, work_items
 from .summary import SLOWEST, RankSummary, item_timeline, timeline_key
@@ -30,13 +30,6 @@ if TYPE_CHECKING:
     from .engines import Engine
 
 FOLD_EVERY = 16  # summaries held before they are folded into the running totals
-
-
-def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
-    full = [frame for frame in frames if not frame.is_empty()]
-    if not full:
-        return frames[0] if frames else pl.DataFrame()
-    return pl.concat(full, how="vertical_relaxed") if len(full) > 1 else full[0]
 
 
 @dataclass
@@ -76,7 +69,7 @@ class Reducer:
     def _fold(self) -> None:
         self._timing = [merge(self._timing)] if self._timing else []
         for frames in (self._sessions, self._unread, self._devices):
-            frames[:] = [_concat(frames)] if frames else []
+            frames[:] = [concat_frames(frames)] if frames else []
 
     def finish(self, items: Sequence[WorkItem], engine: Engine) -> ScaledTraces:
         """The whole input's traces; raises InputError when no file could be read."""

@@ -155,11 +155,11 @@ def partial_timing(traces: TraceSet) -> TimingPartial:
     )
 
 
-def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
+def concat_frames(frames: list[pl.DataFrame]) -> pl.DataFrame:
     """The non-empty frames concatenated; with none, the first (an empty frame keeps its own schema)."""
     full = [frame for frame in frames if not frame.is_empty()]
     if not full:
-        return frames[0]
+        return frames[0] if frames else pl.DataFrame()
     return pl.concat(full, how="vertical_relaxed") if len(full) > 1 else full[0]
 
 
@@ -167,7 +167,7 @@ def merge(parts: list[TimingPartial]) -> TimingPartial:
     """One partial for all of `parts`' ranks: each table concatenated once and regrouped."""
     if len(parts) == 1:
         return parts[0]
-    tables = {f.name: _concat([getattr(p, f.name) for p in parts]) for f in fields(TimingPartial)}
+    tables = {f.name: concat_frames([getattr(p, f.name) for p in parts]) for f in fields(TimingPartial)}
     if not tables["ops"].is_empty():
         tables["ops"] = (
             tables["ops"]
@@ -200,5 +200,6 @@ def merge(parts: list[TimingPartial]) -> TimingPartial:
     tables["kernel_ranks"] = tables["kernel_ranks"].unique()
     tables["kernel_hta"] = tables["kernel_hta"].group_by("name").agg(pl.col("hta_sum_us").sum())
     tables["launches"] = tables["launches"].group_by("rank").agg(pl.exclude("rank").sum())
-    tables["launch_values"] = quantiles.add_counts(tables["launch_values"], ["rank", "measure"], "value")
+    # per rank: as many rows as one rank has distinct values, so kept exact
+    tables["launch_values"] = quantiles.add_counts(tables["launch_values"], ["rank", "measure"], "value", exact=True)
     return TimingPartial(**tables)

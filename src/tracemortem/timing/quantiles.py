@@ -28,11 +28,12 @@ def value_counts(frame: pl.DataFrame, keys: list[str], value: str) -> pl.DataFra
     return frame.drop_nulls(value).group_by(*keys, value).agg(pl.len().cast(pl.Int64).alias(COUNT))
 
 
-def add_counts(counts: pl.DataFrame, keys: list[str], value: str) -> pl.DataFrame:
+def add_counts(counts: pl.DataFrame, keys: list[str], value: str, exact: bool = False) -> pl.DataFrame:
     """Several value-count frames concatenated → one count per (group, value), sketched when
-    there are more than `EXACT_ROWS`."""
+    there are more than `EXACT_ROWS` (unless `exact`: groups that each belong to one rank, whose
+    counts cannot grow with the ranks)."""
     added = counts.group_by(*keys, value).agg(pl.col(COUNT).sum())
-    return sketch(added, keys, value) if added.height > EXACT_ROWS else added
+    return sketch(added, keys, value) if added.height > EXACT_ROWS and not exact else added
 
 
 def sketch(counts: pl.DataFrame, keys: list[str], value: str) -> pl.DataFrame:
