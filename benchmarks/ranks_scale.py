@@ -131,16 +131,16 @@ def run_report(folder: Path, ranks: int, variant: str, extra: list[str] | None) 
     return Row(ranks, variant, run, len(doc.get("findings", [])), doc.get("run", {}).get("world_size"))
 
 
-def hta_available() -> str | None:
-    """None when HTA imports in this interpreter, else why not."""
-    probe = subprocess.run([sys.executable, "-c", "import hta.trace_analysis"], capture_output=True, text=True)
+def hta_available(python: str) -> str | None:
+    """None when HTA imports in `python`, else why not."""
+    probe = subprocess.run([python, "-c", "import hta.trace_analysis"], capture_output=True, text=True)
     if probe.returncode == 0:
         return None
     return "HTA not installed (pip install holistictraceanalysis==0.5.0 after torch)"
 
 
-def run_hta(folder: Path, ranks: int) -> Row:
-    run = run_measured([sys.executable, __file__, "--hta", str(folder)])
+def run_hta(folder: Path, ranks: int, python: str) -> Row:
+    run = run_measured([python, __file__, "--hta", str(folder)])
     if run.returncode != 0:
         last = run.stderr.decode(errors="replace").strip().splitlines()
         return Row(ranks, "HTA 0.5.0", None, note=f"failed (exit {run.returncode}): {last[-1] if last else ''}")
@@ -217,12 +217,33 @@ def print_targets(rows: list[Row]) -> None:
             print(f"| {variant} | {name} | {value} | {'met' if met else 'not met'} |")
 
 
+def _progress(row: Row) -> None:
+    """Each row on stderr as soon as it is measured (a full run takes long)."""
+    figures = (
+        f"{row.run.wall_s:.1f} s wall, {row.run.cpu_s:.1f} s CPU, {row.run.peak_rss_mb} MB" if row.run else row.note
+    )
+    load = os.getloadavg()[0]
+    print(
+        f"  {row.ranks} ranks {row.variant}: {figures}, findings {row.findings}; load {load:.1f}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ranks", default="8,32,128,1024", help="comma-separated rank counts")
     parser.add_argument("--quick", action="store_true", help="8 and 32 ranks only")
     parser.add_argument("--trace", type=Path, default=DEFAULT_TRACE, help="a trace file, or a folder holding one")
     parser.add_argument("--no-hta", action="store_true")
+    parser.add_argument(
+        "--variants", help="comma-separated engine columns to run (default: all), e.g. '--jobs 2,--engine ray'"
+    )
+    parser.add_argument(
+        "--hta-python",
+        default=sys.executable,
+        help="the interpreter that runs HTA (a venv with torch and holistictraceanalysis==0.5.0)",
+    )
     parser.add_argument("--hta", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.hta:
@@ -234,7 +255,10 @@ def main() -> None:
     name, text = trace_text(args.trace)
     size_mb = len(text) / MB
     columns = variants()
-    hta_missing = "--no-hta given" if args.no_hta else hta_available()
+    if args.variants:
+        wanted = args.variants.split(",")
+        columns = {name: extra for name, extra in columns.items() if name in wanted}
+    hta_missing = "--no-hta given" if args.no_hta else hta_available(args.hta_python)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"trace {args.trace} ({size_mb:.1f} MB JSON per rank); {os.cpu_count()} cores; load average {load}")
     if hta_missing:
@@ -244,8 +268,10 @@ def main() -> None:
         folder = build(name, text, ranks)
         for variant, extra in columns.items():
             rows.append(run_report(folder, ranks, variant, extra))
+            _progress(rows[-1])
         if ranks in HTA_RANKS and not hta_missing:
-            rows.append(run_hta(folder, ranks))
+            rows.append(run_hta(folder, ranks, args.hta_python))
+            _progress(rows[-1])
         print(f"  {ranks} ranks done; load average {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
     print()
     print_rows(rows, size_mb)

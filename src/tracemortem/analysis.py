@@ -17,14 +17,13 @@ from .findings import Finding, cap_per_rule, sort_findings
 from .format import FORMAT_VERSION, TOOL
 from .ingest import load_logs
 from .limits import MAX_FINDINGS_PER_RULE
-from .load.devices import gpu_devices
 from .load.discover import Inputs, discover
 from .load.run import RunData, load_run
-from .load.traces import TraceSet, load_traces
 from .progress import Progress, silent
 from .run_facts import RunFacts
-from .timing import Timing, summarize
-from .timing.step_events import StepTimeline, TraceOrigin, origins, timelines
+from .scale import Engine, LocalEngine, ScaledTraces, analyze_traces
+from .timing import Timing
+from .timing.step_events import StepTimeline, TraceOrigin
 from .version import __version__
 
 
@@ -53,14 +52,17 @@ class Analysis:
         }
 
 
-def analyze(path: str | Path, config: Config | None = None, progress: Progress = silent) -> Analysis:
+def analyze(
+    path: str | Path, config: Config | None = None, progress: Progress = silent, engine: Engine | None = None
+) -> Analysis:
+    """`engine` runs the per-rank map of the traces (docs/scale.md); default: in this process, one rank at a time."""
     config = config or Config()
     inputs = discover(path)
     run = load_run(inputs, progress=progress) if inputs.run_root is not None else None
     logs = load_logs(inputs, config, progress) if inputs.logs else None  # another tool's log
     run = logs.primary if logs is not None else run
-    traces = _traces_or_note(inputs, run, progress)
-    timing = summarize(traces, config, progress=progress) if traces is not None else None
+    traces = _traces_or_note(inputs, run, engine or LocalEngine(jobs=1), progress)
+    timing = traces.timing if traces is not None else None
 
     findings: list[Finding] = []
     if logs is not None:
@@ -84,18 +86,18 @@ def analyze(path: str | Path, config: Config | None = None, progress: Progress =
         ops=timing.ops if timing is not None else pl.DataFrame(),
         kernels=timing.kernels if timing is not None else pl.DataFrame(),
         step_times=timing.steps if timing is not None else pl.DataFrame(),
-        timelines=timelines(traces, timing.steps, findings) if traces is not None and timing is not None else [],
-        trace_origins=origins(traces) if traces is not None else {},
+        timelines=traces.timelines(findings) if traces is not None else [],
+        trace_origins=traces.origins() if traces is not None else {},
     )
 
 
-def _traces_or_note(inputs: Inputs, run: RunData | None, progress: Progress) -> TraceSet | None:
+def _traces_or_note(inputs: Inputs, run: RunData | None, engine: Engine, progress: Progress) -> ScaledTraces | None:
     """The traces; in a run directory, traces that are all unreadable are a note on the run (whose
     steps and grads are still analysed), not the end of the analysis."""
     if not inputs.trace_files:
         return None
     try:
-        return load_traces(inputs.trace_files, progress=progress)
+        return analyze_traces(inputs.trace_files, engine, progress)
     except InputError as exc:
         if run is None:
             raise
@@ -111,7 +113,9 @@ def _traces_or_note(inputs: Inputs, run: RunData | None, progress: Progress) -> 
         return None
 
 
-def run_facts(inputs: Inputs, run: RunData | None, timing: Timing | None, traces: TraceSet | None = None) -> RunFacts:
+def run_facts(
+    inputs: Inputs, run: RunData | None, timing: Timing | None, traces: ScaledTraces | None = None
+) -> RunFacts:
     """The `run` section: path, world_size, steps {first, last, count}, ranks [...], plus what
     the report header shows (torch version, devices, status, what was recorded); docs/report.md."""
     facts: dict[str, Any] = {"path": str(inputs.path), "kind": inputs.kind}
@@ -132,7 +136,7 @@ def run_facts(inputs: Inputs, run: RunData | None, timing: Timing | None, traces
     if timing is not None and timing.world_size is not None:
         facts.setdefault("world_size", timing.world_size)  # the traces' distributedInfo
     facts.setdefault("world_size", max(len(ranks), 1))
-    if traces is not None and (gpus := gpu_devices(traces)):
+    if traces is not None and (gpus := traces.gpus):
         facts["gpus"] = gpus  # input-specific: kept in RunFacts.extra
     if "steps" not in facts:
         facts["steps"] = timing.step_span() if timing is not None else {"first": None, "last": None, "count": 0}

@@ -99,16 +99,20 @@ def _load_config(sets: tuple[str, ...]) -> Config:
     return config
 
 
-def _analyze(path: str, config: Config, redact: bool):
+def _analyze(path: str, config: Config, redact: bool, scale: dict[str, Any] | None = None):
     from .analysis import analyze
     from .report.redact import redact_analysis
+    from .scale import engine_from_options
 
+    options = scale or {}
+    engine = engine_from_options(options.get("engine", "local"), options.get("jobs"), options.get("address"))
     progress = _progress()
     try:
         # Status lines name input files: shown like every other stderr line.
-        analysis = analyze(path, config, progress=lambda message: progress(_one_line(message)))
+        analysis = analyze(path, config, progress=lambda message: progress(_one_line(message)), engine=engine)
     finally:
         finish(progress)
+        engine.close()
     return redact_analysis(analysis, pseudonymize=redact)
 
 
@@ -146,6 +150,35 @@ def with_common(func):
     for decorator in reversed(common):
         func = decorator(func)
     return func
+
+
+scale_options = [
+    click.option(
+        "--jobs",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Ranks analysed at once, each in its own process (default: the number of cores); docs/scale.md.",
+    ),
+    click.option(
+        "--engine",
+        type=click.Choice(("local", "ray")),
+        default="local",
+        show_default=True,
+        help="Where the per-rank work runs: here, or as Ray tasks (pip install 'tracemortem[ray]').",
+    ),
+    click.option("--address", default=None, help="With --engine ray: the Ray cluster to use ('auto', or host:port)."),
+]
+
+
+def with_scale(func):
+    """--jobs, --engine, --address: passed to the command as one `scale` dict."""
+    for decorator in reversed(scale_options):
+        func = decorator(func)
+    return func
+
+
+def _scale(jobs: int | None, engine: str, address: str | None) -> dict[str, Any]:
+    return {"jobs": jobs, "engine": engine, "address": address}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -186,8 +219,18 @@ def main(quiet: bool, verbose: bool) -> None:
     help="Exit 1 when a finding at or above this severity exists (default: error).",
 )
 @with_common
+@with_scale
 def report(
-    path: str, output: str | None, fmt: str | None, fail_on: str | None, sets, redact: bool, debug: bool
+    path: str,
+    output: str | None,
+    fmt: str | None,
+    fail_on: str | None,
+    sets,
+    redact: bool,
+    debug: bool,
+    jobs: int | None,
+    engine: str,
+    address: str | None,
 ) -> None:
     """Render the report (HTML, Markdown or JSON) for PATH."""
 
@@ -205,7 +248,7 @@ def report(
         target = output or f"tracemortem-report{reporter.suffix}"
         if target != "-":
             _refuse_overwriting_input(Path(target), Path(path))
-        analysis = _analyze(path, config, redact)
+        analysis = _analyze(path, config, redact, _scale(jobs, engine, address))
         document = reporter.render(analysis).encode("utf-8")
         if len(document) > MAX_REPORT_BYTES.value():
             raise InputError(
@@ -267,7 +310,18 @@ def _counts(analysis) -> str:
 )
 @click.option("--format", "fmt", type=click.Choice(("text", "md", "json")), default="text", show_default=True)
 @with_common
-def summary(path: str, fail_on: str | None, fmt: str, sets, redact: bool, debug: bool) -> None:
+@with_scale
+def summary(
+    path: str,
+    fail_on: str | None,
+    fmt: str,
+    sets,
+    redact: bool,
+    debug: bool,
+    jobs: int | None,
+    engine: str,
+    address: str | None,
+) -> None:
     """Print the findings for PATH in the terminal."""
 
     def body() -> int:
@@ -275,7 +329,7 @@ def summary(path: str, fail_on: str | None, fmt: str, sets, redact: bool, debug:
         from .report.terminal import colourize, use_colour
 
         config = _load_config(sets)
-        analysis = _analyze(path, config, redact)
+        analysis = _analyze(path, config, redact, _scale(jobs, engine, address))
         document = render(analysis, fmt)
         if fmt == "text" and use_colour(sys.stdout.isatty(), os.environ):
             document = colourize(document)
@@ -292,13 +346,24 @@ def summary(path: str, fail_on: str | None, fmt: str, sets, redact: bool, debug:
 )
 @click.option("--format", "fmt", type=click.Choice(("text", "md", "json")), default="text", show_default=True)
 @with_common
-def ops(path: str, top: int, fmt: str, sets, redact: bool, debug: bool) -> None:
+@with_scale
+def ops(
+    path: str,
+    top: int,
+    fmt: str,
+    sets,
+    redact: bool,
+    debug: bool,
+    jobs: int | None,
+    engine: str,
+    address: str | None,
+) -> None:
     """Print the top ops and GPU kernels of PATH's profiler traces."""
 
     def body() -> int:
         from .report import render_ops
 
-        analysis = _analyze(path, _load_config(sets), redact)
+        analysis = _analyze(path, _load_config(sets), redact, _scale(jobs, engine, address))
         click.echo(render_ops(analysis, top, fmt), nl=False)
         return 0
 

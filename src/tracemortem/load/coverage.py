@@ -24,11 +24,20 @@ READ_CATS = (
 )
 
 
-def unread_activity(events: pl.DataFrame) -> list[Finding]:
-    unread = (
+def unread_counts(events: pl.DataFrame) -> pl.DataFrame:
+    """rank, cat, events: how many events of each kind tracemortem does not read (counts of several
+    sets of files add up)."""
+    return (
         events.filter(~pl.col("cat").is_in(list(READ_CATS)))
         .group_by("rank", pl.col("cat").cast(pl.String))
-        .agg(pl.len().alias("events"))
+        .agg(pl.len().cast(pl.Int64).alias("events"))
+    )
+
+
+def unread_notes(counts: pl.DataFrame) -> list[Finding]:
+    unread = (
+        counts.group_by("rank", "cat")
+        .agg(pl.col("events").sum())
         .sort("rank", "events", descending=[False, True])
         .group_by("rank", maintain_order=True)
         .agg(pl.col("cat"), pl.col("events"), pl.col("events").sum().alias("total"))

@@ -3,35 +3,32 @@ facts"): model, memory and how many of them the traced ranks used."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import polars as pl
 
-if TYPE_CHECKING:
-    from .traces import TraceSet
 
-
-def _used_ids(events: pl.DataFrame) -> dict[int, set[str]]:
-    """rank → device ids (as text: Kineto writes pids as numbers or strings) that ran kernels."""
+def used_devices(events: pl.DataFrame) -> pl.DataFrame:
+    """rank, pid: the device ids (as text: Kineto writes pids as numbers or strings) that ran
+    kernels (the rows of several sets of files can be concatenated)."""
     if events.is_empty() or not {"cat", "pid", "rank"} <= set(events.columns):
-        return {}
-    used = (
+        return pl.DataFrame(schema={"rank": pl.Int32, "pid": pl.String})
+    return (
         events.filter(pl.col("cat").cast(pl.String).is_in(["kernel", "gpu_memcpy", "gpu_memset"]))
-        .select("rank", pl.col("pid").cast(pl.String))
+        .select(pl.col("rank").cast(pl.Int32), pl.col("pid").cast(pl.String))
         .unique()
     )
-    out: dict[int, set[str]] = {}
-    for rank, pid in used.iter_rows():
-        out.setdefault(rank, set()).add(pid)
-    return out
 
 
-def gpu_devices(traces: TraceSet) -> list[dict[str, Any]]:
+def gpu_devices(ranks: dict[int, dict[str, Any]], used_rows: pl.DataFrame) -> list[dict[str, Any]]:
     """One entry per GPU model: `name`, `memory_bytes` (per device), `count` (devices that ran
-    kernels, or every device the trace lists when none did)."""
-    used = _used_ids(traces.events)
+    kernels, or every device the trace lists when none did); `ranks` is `TraceSet.ranks`,
+    `used_rows` is `used_devices` of the events."""
+    used: dict[int, set[str]] = {}
+    for rank, pid in used_rows.unique().iter_rows():
+        used.setdefault(rank, set()).add(pid)
     models: dict[tuple[str, int | None], set[tuple[str, str]]] = {}
-    for rank, meta in traces.ranks.items():
+    for rank, meta in ranks.items():
         listed = [
             p for p in meta.get("deviceProperties") or [] if isinstance(p, dict) and isinstance(p.get("name"), str)
         ]

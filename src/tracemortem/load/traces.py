@@ -21,7 +21,7 @@ from ..progress import Progress, silent
 from . import chrome
 from .categories import GPU_CATS, GPU_KINDS, OP_CATS, RUNTIME_CATS
 from .chrome import RawTrace
-from .coverage import unread_activity
+from .coverage import unread_counts, unread_notes
 from .sessions import SESSIONS_SCHEMA, session_notes, session_table
 
 FLOW_CATS = frozenset({"ac2g", "async", "async_cpu_to_gpu", "async_gpu"})
@@ -73,6 +73,37 @@ class TraceSet:
     sessions: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=SESSIONS_SCHEMA))
 
 
+@dataclass
+class FileMeta:
+    """One readable trace file: its session id (its place among all the input's files), rank and envelope facts."""
+
+    index: int
+    rank: int
+    path: Path
+    meta: dict[str, Any]
+
+
+@dataclass
+class ReadFiles:
+    """What reading some trace files gave, before linking: each readable file's normalised frame and
+    facts, its notes (tagged with the file's index, so notes of many reads can be put in file order)
+    and the files that could not be read."""
+
+    parts: list[pl.DataFrame] = field(default_factory=list)
+    files: list[FileMeta] = field(default_factory=list)
+    notes: list[tuple[int, Finding]] = field(default_factory=list)
+    errors: list[tuple[int, str]] = field(default_factory=list)
+
+
+IndexedFile: TypeAlias = "tuple[int, Path, int | None]"  # (session id, path, rank guessed from the path)
+
+
+def indexed_files(files: dict[Path, int | None]) -> list[IndexedFile]:
+    """The input's trace files in path order, each with its session id (its position)."""
+    ordered = sorted(files.items(), key=lambda kv: str(kv[0]))
+    return [(index, Path(path), guess) for index, (path, guess) in enumerate(ordered)]
+
+
 def load_traces(files: dict[Path, int | None], progress: Progress = silent) -> TraceSet:
     """Read every trace; `files` maps each path to the rank guessed from its path (None: unknown).
 
@@ -81,63 +112,103 @@ def load_traces(files: dict[Path, int | None], progress: Progress = silent) -> T
     concatenated, each row keeping its `session`, and nothing is linked across sessions. Raises InputError only when no file
     could be read at all; a bad file among good ones becomes an `input-error` note.
     """
-    notes: list[Finding] = []
-    parts: list[pl.DataFrame] = []
-    ranks: dict[int, dict[str, Any]] = {}
-    errors: list[str] = []
-    paths: dict[int, Path] = {}
-    hosts: dict[int, str | None] = {}
-    bases: dict[int, int | None] = {}
     # Worker processes for big traces, started on the first one and shared by all the files; they
     # import nothing from the traces' folders.
     with chrome.Decoders(untrusted={Path(p).parent for p in files}) as workers:
-        for index, (path, guess) in enumerate(sorted(files.items(), key=lambda kv: str(kv[0]))):
-            path = Path(path)
-            mb_total = max(path.stat().st_size, 1) / 2**20 if path.exists() else 0.0
-            label = f"rank {guess}" if guess is not None else path.name
-
-            def report(done: int, total: int, label: str = label, mb_total: float = mb_total) -> None:
-                progress(f"parsing {label}: {done / 2**20:.0f}/{mb_total:.0f} MB")
-
-            try:
-                raw = chrome.read_trace(path, report, workers)
-            except InputError as exc:
-                errors.append(str(exc))
-                continue
-            except OSError as exc:
-                errors.append(f"{path}: cannot read ({exc.strerror or exc})")
-                continue
-            rank = _rank_of(raw.envelope, guess)
-            frame, meta, file_notes = _normalise(raw, rank, index)
-            del raw  # its frame is the un-normalised copy: peak memory is the point of this loop
-            notes += file_notes
-            parts.append(frame)
-            paths[index], hosts[index], bases[index] = path, meta["hostname"], meta["base_time_ns"]
-            entry = ranks.setdefault(rank, {"rank": rank, "files": []})
-            entry["files"].append(str(path))
-            for key, value in meta.items():
-                entry.setdefault(key, value)
-            if entry.get("base_time_ns") != meta.get("base_time_ns"):
-                entry.setdefault("base_times_ns", []).append(meta.get("base_time_ns"))
-    if not parts:
-        raise InputError(
-            errors[0] if len(errors) == 1 else f"no readable trace among {len(errors)} files; first: {errors[0]}"
-        )
-    for message in errors:
-        notes.append(
-            Finding(
-                rule="input-error",
-                severity="warning",
-                title="Unreadable trace file skipped",
-                message=message,
-                suggestion="Check that the file is a torch.profiler chrome trace (.json or .json.gz).",
-            )
-        )
-    progress("linking trace events")
-    traces = _link(parts, ranks, notes)
-    traces.sessions = session_table(traces.events, traces.profiler_steps, paths, hosts, bases)
-    traces.notes += session_notes(traces.sessions) + unread_activity(traces.events)
+        read = read_files(indexed_files(files), progress, workers)
+    traces = link_files(read, progress)
+    if traces is None:
+        raise no_readable_trace(read.errors)
+    traces.notes = [note for _, note in read.notes] + error_notes(read.errors)
+    traces.notes += session_notes(traces.sessions) + unread_notes(unread_counts(traces.events))
     return traces
+
+
+def read_files(
+    files: list[IndexedFile], progress: Progress = silent, workers: chrome.Decoders | None = None
+) -> ReadFiles:
+    """Decode and normalise each file; unreadable ones are listed in `errors`, never raised."""
+    read = ReadFiles()
+    for index, path, guess in files:
+        mb_total = max(path.stat().st_size, 1) / 2**20 if path.exists() else 0.0
+        label = f"rank {guess}" if guess is not None else path.name
+
+        def report(done: int, total: int, label: str = label, mb_total: float = mb_total) -> None:
+            progress(f"parsing {label}: {done / 2**20:.0f}/{mb_total:.0f} MB")
+
+        try:
+            raw = chrome.read_trace(path, report, workers)
+        except InputError as exc:
+            read.errors.append((index, str(exc)))
+            continue
+        except OSError as exc:
+            read.errors.append((index, f"{path}: cannot read ({exc.strerror or exc})"))
+            continue
+        rank = _rank_of(raw.envelope, guess)
+        frame, meta, file_notes = _normalise(raw, rank, index)
+        del raw  # its frame is the un-normalised copy: peak memory is the point of this loop
+        read.notes += [(index, note) for note in file_notes]
+        read.parts.append(frame)
+        read.files.append(FileMeta(index, rank, path, meta))
+    return read
+
+
+def link_files(read: ReadFiles, progress: Progress = silent) -> TraceSet | None:
+    """Link the files read (emptying `read.parts`); None when none was readable. The TraceSet has
+    no notes yet: the caller adds the files' own (`read.notes`), `error_notes`, `session_notes` and
+    `unread_notes`, in that order."""
+    if not read.parts:
+        return None
+    progress("linking trace events")
+    traces = _link(read.parts)
+    traces.ranks = rank_table(read.files, event_counts(traces.events))
+    files = {f.index: f.path for f in read.files}
+    hosts = {f.index: f.meta["hostname"] for f in read.files}
+    bases = {f.index: f.meta["base_time_ns"] for f in read.files}
+    traces.sessions = session_table(traces.events, traces.profiler_steps, files, hosts, bases)
+    return traces
+
+
+def event_counts(events: pl.DataFrame) -> dict[int, int]:
+    return {int(rank): int(n) for rank, n in events.group_by("rank").len().iter_rows()}
+
+
+def rank_table(files: list[FileMeta], counts: dict[int, int]) -> dict[int, dict[str, Any]]:
+    """rank → its files and the first file's envelope facts (`base_times_ns` lists the other files'
+    bases where they differ), from the files in index order; `events` from `counts`."""
+    ranks: dict[int, dict[str, Any]] = {}
+    for file in sorted(files, key=lambda f: f.index):
+        entry = ranks.setdefault(file.rank, {"rank": file.rank, "files": []})
+        entry["files"].append(str(file.path))
+        for key, value in file.meta.items():
+            entry.setdefault(key, value)
+        if entry.get("base_time_ns") != file.meta.get("base_time_ns"):
+            entry.setdefault("base_times_ns", []).append(file.meta.get("base_time_ns"))
+    for rank, entry in ranks.items():
+        entry["events"] = int(counts.get(rank, 0))
+    return ranks
+
+
+def no_readable_trace(errors: list[tuple[int, str]]) -> InputError:
+    messages = [message for _, message in sorted(errors)]
+    if not messages:
+        return InputError("no trace file to read")
+    if len(messages) == 1:
+        return InputError(messages[0])
+    return InputError(f"no readable trace among {len(messages)} files; first: {messages[0]}")
+
+
+def error_notes(errors: list[tuple[int, str]]) -> list[Finding]:
+    return [
+        Finding(
+            rule="input-error",
+            severity="warning",
+            title="Unreadable trace file skipped",
+            message=message,
+            suggestion="Check that the file is a torch.profiler chrome trace (.json or .json.gz).",
+        )
+        for _, message in sorted(errors)
+    ]
 
 
 def _rank_of(envelope: dict[str, Any], guess: int | None) -> int:
@@ -224,7 +295,7 @@ def _normalise(raw: RawTrace, rank: int, index: int) -> tuple[pl.DataFrame, dict
     return frame, meta, notes
 
 
-def _link(parts: list[pl.DataFrame], ranks: dict[int, dict[str, Any]], notes: list[Finding]) -> TraceSet:
+def _link(parts: list[pl.DataFrame]) -> TraceSet:
     """Link the normalised frames of every file. Takes the list and empties it, and every frame
     is dropped as soon as the next one derived from it exists: peak memory is a small multiple of
     the events table."""
@@ -372,10 +443,7 @@ def _link(parts: list[pl.DataFrame], ranks: dict[int, dict[str, Any]], notes: li
         .select(*[pl.col(c).cast(t) for c, t in GPU_SCHEMA.items()])
     )
     profiler_steps = steps.rename({"file": "session"}).select(*[pl.col(c).cast(t) for c, t in STEPS_SCHEMA.items()])
-    counts = dict(events.group_by("rank").len().iter_rows())
-    for rank, entry in ranks.items():
-        entry["events"] = int(counts.get(rank, 0))
-    return TraceSet(events=events, profiler_steps=profiler_steps, gpu=gpu, ranks=ranks, notes=notes)
+    return TraceSet(events=events, profiler_steps=profiler_steps, gpu=gpu)
 
 
 def _with_step(frame: pl.DataFrame, steps: pl.DataFrame) -> pl.DataFrame:

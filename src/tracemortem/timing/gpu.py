@@ -191,32 +191,20 @@ def session_breakdown(hta: pl.DataFrame, exact: pl.DataFrame) -> pl.DataFrame:
     ).sort(SESSION)
 
 
-def launch_stats(gpu: pl.DataFrame, profiler_steps: pl.DataFrame, sessions: pl.DataFrame) -> pl.DataFrame:
-    """Per rank: HTA 0.5's `get_cuda_kernel_launch_stats`, summarised. The pairs are GPU events and
-    the launch call of the same correlation, where that call is one of `LAUNCH_APIS`; the last
-    ProfilerStep is left out; times in HTA's µs. cpu_duration is the call's duration, gpu_duration
-    the GPU event's, launch_delay = max(0, GPU start − call end)."""
+# A launch pair's times in HTA's µs (columns of `launch_pairs`).
+LAUNCH_CPU_US = pl.col("launch_ts_end_us") - pl.col("launch_ts_us")
+LAUNCH_GPU_US = pl.col("ts_end_us") - pl.col("ts_us")
+LAUNCH_DELAY_US = (pl.col("ts_us") - pl.col("launch_ts_end_us")).clip(lower_bound=0)
+
+
+def launch_pairs(gpu: pl.DataFrame, profiler_steps: pl.DataFrame, sessions: pl.DataFrame) -> pl.DataFrame:
+    """HTA 0.5's `get_cuda_kernel_launch_stats` pairs: GPU events and the launch call of the same
+    correlation, where that call is one of `LAUNCH_APIS`; the last ProfilerStep is left out; times
+    in HTA's µs. cpu_duration is the call's duration, gpu_duration the GPU event's, launch_delay =
+    max(0, GPU start − call end): `LAUNCH_CPU_US`, `LAUNCH_GPU_US`, `LAUNCH_DELAY_US`."""
     pairs = gpu.filter(pl.col("launch_name").cast(pl.String).is_in(LAUNCH_APIS) & pl.col("launch_ts").is_not_null())
     last = _last_step_starts(profiler_steps)
     if not last.is_empty():
         kept = pairs.join(last, on=SESSION).filter(pl.col("launch_ts") < pl.col("_last_start")).drop("_last_start")
         pairs = pl.concat([kept, pairs.join(last.select(SESSION), on=SESSION, how="anti")])
-    timed = hta_times(hta_times(pairs, sessions, "ts", "dur"), sessions, "launch_ts", "launch_dur")
-    cpu_us = pl.col("launch_ts_end_us") - pl.col("launch_ts_us")
-    gpu_us = pl.col("ts_end_us") - pl.col("ts_us")
-    delay_us = (pl.col("ts_us") - pl.col("launch_ts_end_us")).clip(lower_bound=0)
-    return (
-        timed.group_by("rank")
-        .agg(
-            pl.len().alias("launches"),
-            delay_us.median().alias("delay_p50_us"),
-            delay_us.quantile(0.95, "linear").alias("delay_p95_us"),
-            cpu_us.median().alias("launch_p50_us"),
-            gpu_us.median().alias("gpu_p50_us"),
-            # HTA's three groups: short GPU events, runtime outliers, launch-delay outliers.
-            ((cpu_us <= RUNTIME_CUTOFF_US) & (gpu_us < cpu_us)).sum().alias("shorter_than_launch"),
-            (cpu_us > RUNTIME_CUTOFF_US).sum().alias("launch_outliers"),
-            (delay_us > LAUNCH_DELAY_CUTOFF_US).sum().alias("delay_outliers"),
-        )
-        .sort("rank")
-    )
+    return hta_times(hta_times(pairs, sessions, "ts", "dur"), sessions, "launch_ts", "launch_dur")

@@ -8,8 +8,10 @@ import polars as pl
 from .gpu import kernel_type
 
 
-def kernel_table(gpu: pl.DataFrame, view: pl.DataFrame) -> pl.DataFrame:
-    if gpu.is_empty():
+def kernel_table(kernels: pl.DataFrame, ranks: pl.DataFrame, hta: pl.DataFrame) -> pl.DataFrame:
+    """From the merged partial tables (`timing.partial`): per-kernel sums and maxima, the ranks that
+    ran each kernel, and each kernel's total in HTA's view."""
+    if kernels.is_empty():
         return pl.DataFrame(
             schema={
                 "name": pl.String,
@@ -23,21 +25,17 @@ def kernel_table(gpu: pl.DataFrame, view: pl.DataFrame) -> pl.DataFrame:
                 "hta_sum_us": pl.Int64,
             }
         )
-    hta = view.group_by(pl.col("name").cast(pl.String)).agg(pl.col("dur").sum().alias("hta_sum_us"))
     # HTA's rounding gives sub-µs events −1 µs; where a kernel's HTA sum comes out negative, the
     # exact total (rounded to µs) stands instead (docs/traces.md "GPU time").
     exact_us = (pl.col("total_ns") / 1000).round().cast(pl.Int64)
+    rank_counts = ranks.group_by("name").agg(pl.col("rank").n_unique().alias("ranks"))
     return (
-        gpu.group_by(pl.col("name").cast(pl.String))
-        .agg(
-            pl.col("kind").first().cast(pl.String),
-            pl.len().alias("calls"),
-            pl.col("dur").sum().alias("total_ns"),
-            pl.col("dur").mean().alias("mean_ns"),
-            pl.col("dur").max().alias("max_ns"),
-            pl.col("rank").n_unique().alias("ranks"),
+        kernels.with_columns(
+            pl.col("calls").cast(pl.UInt32),
+            (pl.col("total_ns") / pl.col("calls")).alias("mean_ns"),
+            kernel_type(pl.col("name")).alias("type"),
         )
-        .with_columns(kernel_type(pl.col("name")).alias("type"))
+        .join(rank_counts, on="name", how="left")
         .join(hta, on="name", how="left")
         .with_columns(pl.when(pl.col("hta_sum_us") < 0).then(exact_us).otherwise("hta_sum_us").alias("hta_sum_us"))
         .select("name", "kind", "type", "calls", "total_ns", "mean_ns", "max_ns", "ranks", "hta_sum_us")

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import polars as pl
 
+from . import quantiles
+
+OP_KEYS = ["name", "input_dims"]
 OVERLAP_TOLERANCE_NS = 1_000  # TraceLens' 1 µs "bleed" rule; Kineto rounds times to 1 ns–1 µs
 GPU_SIDE = pl.col("stream").is_not_null()
 STEP_MARK = "ProfilerStep#"
@@ -24,7 +27,8 @@ def with_self_time(events: pl.DataFrame) -> pl.DataFrame:
         # "Trace" is the profiler's own whole-trace span, not work (HTA drops it too).
         events.filter(~GPU_SIDE & (pl.col("cat").cast(pl.String) != "Trace"))
         .select("rank", "session", "name", "cat", "ts", "dur", "pid", "tid", "external_id", "step", "input_dims")
-        .sort([*_THREAD, "ts", "dur"], descending=[False, False, False, False, False, True])
+        # Stable: events of equal start and duration nest in file order, whichever ranks share the frame.
+        .sort([*_THREAD, "ts", "dur"], descending=[False, False, False, False, False, True], maintain_order=True)
         .with_row_index("_order")
     )
     # Effective end: at least 1 ns after the start, so an event never closes before it opens.
@@ -62,52 +66,32 @@ def with_self_time(events: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def op_table(cpu: pl.DataFrame, gpu: pl.DataFrame, events: pl.DataFrame) -> pl.DataFrame:
-    """Per op name and input shapes, over all ranks: calls, total/self/GPU ns, instance percentiles.
-
-    GPU time goes to the op whose External id the kernel's launch carries (the innermost op), so
-    `gpu_ns` is self GPU time; kernels whose launch has no External id go to `gpu.op` by name.
-    """
-    ops = cpu.filter(~pl.col("name").cast(pl.String).str.starts_with(STEP_MARK))
-    table = ops.group_by("name", "input_dims").agg(
-        pl.col("cat").first(),
-        pl.len().alias("calls"),
-        pl.col("dur").sum().alias("total_ns"),
-        pl.col("self").sum().alias("self_ns"),
-        pl.col("dur").median().alias("p50_ns"),
-        pl.col("dur").quantile(0.95, "nearest").alias("p95_ns"),
-        pl.col("dur").max().alias("max_ns"),
-    )
-    if gpu.is_empty():
-        return table.with_columns(pl.lit(0, pl.Int64).alias("gpu_ns")).sort("self_ns", descending=True)
-    launch_ext = (
-        events.filter(~GPU_SIDE & pl.col("correlation").is_not_null() & pl.col("external_id").is_not_null())
-        .select("rank", "session", "correlation", pl.col("external_id").alias("_ext"))
-        .unique(subset=["rank", "session", "correlation"])
-    )
-    op_of_ext = (
-        ops.filter(pl.col("external_id").is_not_null() & (pl.col("cat").cast(pl.String).is_in(["cpu_op", "Operator"])))
+def op_table(ops: pl.DataFrame, durations: pl.DataFrame, attributed: pl.DataFrame, on_gpu: bool) -> pl.DataFrame:
+    """Per op name and input shapes, over all ranks: calls, total/self/GPU ns, instance percentiles,
+    from the merged partial tables (`timing.partial`): `ops` (sums), `durations` (value counts) and
+    `attributed` (GPU ns per op name and shapes: self GPU time)."""
+    table = (
+        ops.join(quantiles.median(durations, OP_KEYS, "dur", "p50_ns"), on=OP_KEYS, how="left", nulls_equal=True)
+        .join(
+            quantiles.quantile(durations, OP_KEYS, "dur", 0.95, "nearest", "p95_ns"),
+            on=OP_KEYS,
+            how="left",
+            nulls_equal=True,
+        )
         .select(
-            "rank",
-            "session",
-            pl.col("external_id").alias("_ext"),
-            pl.col("name").alias("_name"),
-            pl.col("input_dims").alias("_dims"),
+            pl.col("name").cast(pl.Categorical),
+            "input_dims",
+            pl.col("cat").cast(pl.Categorical),
+            pl.col("calls").cast(pl.UInt32),
+            "total_ns",
+            "self_ns",
+            "p50_ns",
+            "p95_ns",
+            "max_ns",
         )
-        .unique(subset=["rank", "session", "_ext"])
     )
-    attributed = (
-        gpu.select("rank", "session", "correlation", "op", "dur")
-        .join(launch_ext, on=["rank", "session", "correlation"], how="left")
-        .join(op_of_ext, on=["rank", "session", "_ext"], how="left")
-        .with_columns(
-            pl.coalesce(pl.col("_name").cast(pl.String), pl.col("op").cast(pl.String)).alias("_key"),
-            pl.when(pl.col("_name").is_not_null()).then(pl.col("_dims")).alias("_dims"),
-        )
-        .filter(pl.col("_key").is_not_null())
-        .group_by("_key", "_dims")
-        .agg(pl.col("dur").sum().alias("gpu_ns"))
-    )
+    if not on_gpu:
+        return table.with_columns(pl.lit(0, pl.Int64).alias("gpu_ns")).sort("self_ns", descending=True)
     return (
         table.with_columns(pl.col("name").cast(pl.String).alias("_key"))
         .join(attributed, left_on=["_key", "input_dims"], right_on=["_key", "_dims"], how="left", nulls_equal=True)

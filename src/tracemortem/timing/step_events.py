@@ -5,7 +5,7 @@ same range in Perfetto or chrome://tracing (docs/report.md, "Timeline")."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -43,9 +43,10 @@ class StepTimeline:
     total_events: int = 0  # before the cap
 
 
-def origins(traces: TraceSet) -> dict[int, TraceOrigin]:
+def origins(ranks: dict[int, dict[str, Any]]) -> dict[int, TraceOrigin]:
+    """rank → its trace files and time base, from `TraceSet.ranks`."""
     out = {}
-    for rank, meta in traces.ranks.items():
+    for rank, meta in ranks.items():
         base = meta.get("base_time_ns")
         files = meta.get("files") or []
         out[rank] = TraceOrigin(tuple(str(f) for f in files), base if isinstance(base, int) else 0)
@@ -110,8 +111,3 @@ def steps_that_matter(steps: pl.DataFrame, findings: list[Finding]) -> list[tupl
                 chosen.append((rank, step, "first anomalous step"))
             break
     return chosen
-
-
-def timelines(traces: TraceSet, steps: pl.DataFrame, findings: list[Finding]) -> list[StepTimeline]:
-    found = (step_timeline(traces, steps, rank, step, why) for rank, step, why in steps_that_matter(steps, findings))
-    return [t for t in found if t is not None]
