@@ -362,7 +362,11 @@ _CHILD = textwrap.dedent(
         opt.zero_grad()
         rec.step(loss=loss)
         step += 1
-        if step == 20:
+        if step == 20:  # "ready" once the writer has written those steps, however busy the host
+            deadline = time.monotonic() + 120  # a hang guard only
+            while rec.writer.written_steps + rec.writer.lost_steps + rec.writer.dropped_steps < 20:
+                assert time.monotonic() < deadline, "writer did not settle"
+                time.sleep(0.02)
             print("ready", flush=True)
     """
 )
