@@ -272,10 +272,6 @@ def test_sigint_to_the_process_group_with_dataloader_workers_loses_nothing(tmp_p
     _check_nothing_lost(run, started, handed, "interrupted by SIGINT (KeyboardInterrupt)")
 
 
-@pytest.mark.skip(
-    reason="open bug: the forked copy that trains on and leaves through sys.exit does not exit "
-    "(the parent waits in os.waitpid) since the stepping and signal work were merged; see docs/recorder.md"
-)
 def test_forked_copies_never_write_or_handle_signals(tmp_path):
     result, _ = _finish(_child("forked_copy", run=str(tmp_path)))
     # The copy saw the handler from before the Recorder (the default), not the Recorder's.
