@@ -12,9 +12,11 @@ Three things go wrong in real jobs without this module:
 - A forked child (DataLoader worker, `os.fork`) inherits the recorder's Python state, SIGTERM
   handler and atexit hook. `os.register_at_fork` switches every live recorder off in the child:
   the parent alone owns the run directory. SIGTERM stays blocked from just before the fork until
-  the child has its own handler back: one arriving in between (the parent signals a child it has
-  just forked) would otherwise reach the recorder's handler's C stub, be put off until the
-  handler is replaced, and then be dropped by Python, leaving a child that never ends.
+  the child has its own handler back: while a Python handler is installed, a SIGTERM reaching the
+  child in between (a parent ending a child it has just forked) is caught by Python's C-level
+  handler and then discarded with the pending signals CPython clears after a fork, so the child
+  would never end. Blocked, it stays pending in the kernel and is delivered once the child's own
+  handler is back.
 """
 
 from __future__ import annotations
