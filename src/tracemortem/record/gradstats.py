@@ -9,6 +9,7 @@ non-finite guard `guard` is the exception, and the recorder calls it only when a
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -16,6 +17,7 @@ import torch
 from torch.nn.parameter import is_lazy
 
 _INF = float("inf")
+_GRAD = operator.attrgetter("grad")  # mapped over a group's parameters: no Python frame per tensor
 # What torch's multi-tensor (_foreach_*) ops take, and return as a tuple.
 Tensors: TypeAlias = "list[torch.Tensor] | tuple[torch.Tensor, ...]"
 # CPU tensors up to this size are reduced stacked by shape: a few ops for thousands of biases,
@@ -158,7 +160,7 @@ class GradStats:
         blocks: list[torch.Tensor] = []
         all_ids: list[int] = []
         for group in self._groups:
-            grads = [p.grad for p in group.owners]
+            grads = list(map(_GRAD, group.owners))
             try:
                 parts = [(group.ids, group.params, _fast_block(group, grads), group.stacked)]
             except Exception:
