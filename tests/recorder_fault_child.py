@@ -60,7 +60,7 @@ def _reference_loss(n: int) -> float:
 
 def _settle(rec: Recorder) -> None:
     """Wait until the writer has written or lost every step handed to it so far."""
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 120  # a hang guard only
     while rec.writer.written_steps + rec.writer.lost_steps + rec.writer.dropped_steps < rec._step:
         assert time.monotonic() < deadline, "writer did not settle"
         time.sleep(0.02)
@@ -156,7 +156,8 @@ def slow_disk(run: str) -> dict:
 
 
 def loop(run: str, raise_at: int | None) -> None:
-    """Train until killed (prints "ready" after 20 steps), or raise from the data path."""
+    """Train until killed, or raise from the data path. After 20 steps, once the writer has
+    written them (so chunks exist on disk whatever the machine's load), it prints "ready"."""
     model = mlp(seed=0, width=64)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     data = batches(8)
@@ -173,6 +174,7 @@ def loop(run: str, raise_at: int | None) -> None:
             rec.step(loss=_train_step(model, opt, x, y))
             step += 1
             if step == 20:
+                _settle(rec)
                 print("ready", flush=True)
 
 

@@ -9,6 +9,7 @@ non-finite guard `guard` is the exception, and the recorder calls it only when a
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -16,12 +17,13 @@ import torch
 from torch.nn.parameter import is_lazy
 
 _INF = float("inf")
+_GRAD = operator.attrgetter("grad")  # mapped over a group's parameters: no Python frame per tensor
 # What torch's multi-tensor (_foreach_*) ops take, and return as a tuple.
 Tensors: TypeAlias = "list[torch.Tensor] | tuple[torch.Tensor, ...]"
-# CPU tensors up to this size are reduced stacked by shape: a few ops for thousands of biases and
-# norm weights, where one op per tensor costs ~10 us of dispatch each (docs/recorder.md, "Overhead").
-# Above it, stacking's extra copy costs more than the dispatch it saves.
-STACK_MAX_NUMEL = 1024
+# CPU tensors up to this size are reduced stacked by shape: a few ops for thousands of biases,
+# norm weights and small matrices, where one op per tensor costs 5-10 us of dispatch each
+# (docs/recorder.md, "Overhead"). Around it, stacking's extra copy costs what the dispatch saves.
+STACK_MAX_NUMEL = 4096
 STACK_MAX_ELEMENTS = 1 << 22  # per stacked chunk: bounds the temporary copy to 16 MB of float32
 
 
@@ -136,7 +138,7 @@ class GradStats:
                 continue
             ids, params = groups.setdefault((p.device, p.dtype), ([], []))
             ids.append(i)
-            params.append(p.detach())
+            params.append(p)
         self._groups = [part for ids, params in groups.values() for part in _split_small(ids, params)]
 
     def _refresh(self) -> None:
@@ -146,27 +148,23 @@ class GradStats:
 
     @torch.no_grad()
     def collect(self, keep_before: bool) -> GradBatch | None:
-        """Grad norm/absmax and weight norm of every parameter that has a grad, on the device."""
+        """Grad norm/absmax and weight norm of every parameter that has a grad, on the device.
+
+        The only per-tensor Python work is reading `.grad`: each group goes through its fast path
+        as it is, and only where that raises (a missing, sparse or odd gradient) is it sorted out
+        tensor by tensor (`_careful`)."""
         if self._lazy or self._frozen:
             self._refresh()
-        owners = self._owners
         used: list[tuple[list[int], list[torch.Tensor]]] = []
         stacked: list[bool] = []
         blocks: list[torch.Tensor] = []
         all_ids: list[int] = []
-        for ids, params, is_stacked in self._groups:
-            grads = [owners[i].grad for i in ids]
-            if any(g is None for g in grads):
-                keep = [k for k, g in enumerate(grads) if g is not None]
-                if not keep:
-                    continue
-                ids = [ids[k] for k in keep]
-                params = [params[k] for k in keep]
-                grads = [grads[k] for k in keep]
-            if is_stacked and (block := _try_stacked(params, grads)) is not None:  # type: ignore[arg-type]
-                parts = [(ids, params, block, True)]
-            else:
-                parts = [(i, p, b, False) for i, p, b in self._measure(ids, params, grads)]  # type: ignore[arg-type]
+        for group in self._groups:
+            grads = list(map(_GRAD, group.owners))
+            try:
+                parts = [(group.ids, group.params, _fast_block(group, grads), group.stacked)]
+            except Exception:
+                parts = self._careful(group, grads)
             for part_ids, part_params, block, part_stacked in parts:
                 blocks.append(block.to(self.device, non_blocking=True))
                 used.append((part_ids, part_params))
@@ -178,6 +176,23 @@ class GradStats:
         before = [self._copy(params, s) for (_, params), s in zip(used, stacked)] if keep_before else None
         # No reference to the grads is kept: zero_grad frees them as usual.
         return GradBatch(all_ids, matrix, used, before, stacked=stacked)
+
+    def _careful(
+        self, group: _Group, grads: list[Any]
+    ) -> list[tuple[list[int], list[torch.Tensor], torch.Tensor, bool]]:
+        """A group whose fast path raised: parameters without a gradient are left out, the rest
+        stacked again where that works, else measured by `_measure`."""
+        keep = [k for k, g in enumerate(grads) if g is not None]
+        if not keep:
+            return []
+        ids = [group.ids[k] for k in keep]
+        params, kept = _pick(keep, group.params, grads)
+        if group.stacked:
+            try:
+                return [(ids, params, _stacked_block(params, kept), True)]
+            except Exception:
+                pass
+        return [(i, p, b, False) for i, p, b in self._measure(ids, params, kept)]
 
     def _measure(
         self, ids: list[int], params: list[torch.Tensor], grads: list[torch.Tensor]
@@ -303,12 +318,26 @@ def merge(batches: list[GradBatch]) -> GradBatch | None:
     )
 
 
-def _split_small(ids: list[int], params: list[torch.Tensor]) -> list[tuple[list[int], list[torch.Tensor], bool]]:
+@dataclass
+class _Group:
+    """Parameters measured together: one (device, dtype), and when `stacked`, one shape.
+    `owners` are the parameters (their `.grad` is read), `params` their detached weights."""
+
+    ids: list[int]
+    owners: list[torch.Tensor]
+    stacked: bool
+    params: list[torch.Tensor] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.params = [p.detach() for p in self.owners]
+
+
+def _split_small(ids: list[int], params: list[torch.Tensor]) -> list[_Group]:
     """Split one (device, dtype) group: small real floating-point CPU tensors of one shape go
-    together in chunks (reduced stacked: True), everything else stays in one group reduced
-    tensor by tensor."""
+    together in chunks (reduced stacked), everything else stays in one group reduced tensor by
+    tensor."""
     if params[0].device.type != "cpu" or not params[0].dtype.is_floating_point:
-        return [(ids, params, False)]
+        return [_Group(ids, params, False)]
     by_shape: dict[tuple[int, ...], list[int]] = {}
     rest: list[int] = []
     for k, p in enumerate(params):
@@ -321,35 +350,38 @@ def _split_small(ids: list[int], params: list[torch.Tensor]) -> list[tuple[list[
         size = max(2, STACK_MAX_ELEMENTS // max(1, math.prod(shape)))
         for start in range(0, len(members), size):
             chunk = members[start : start + size]
-            parts.append(([ids[k] for k in chunk], [params[k] for k in chunk], True))
+            parts.append(_Group([ids[k] for k in chunk], [params[k] for k in chunk], True))
     if rest:
         rest.sort()
-        parts.append(([ids[k] for k in rest], [params[k] for k in rest], False))
+        parts.append(_Group([ids[k] for k in rest], [params[k] for k in rest], False))
     return parts
 
 
-def _try_stacked(params: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.Tensor | None:
-    """`_stacked_block`, or None where the gradients cannot be stacked (sparse, or a gradient
-    whose shape or dtype is not its parameter's): those go through `_measure`."""
-    shape, dtype = params[0].shape, params[0].dtype
-    if any(g.is_sparse or g.shape != shape or g.dtype != dtype for g in grads):
-        return None
-    try:
-        return _stacked_block(params, grads)
-    except Exception:
-        return None
+def _fast_block(group: _Group, grads: list[Any]) -> torch.Tensor:
+    """The group's [3, n] block by its fast path, which raises on what it cannot take."""
+    if group.stacked:
+        return _stacked_block(group.params, grads)
+    if group.params[0].device.type == "cpu":
+        return _cpu_block(group.params, grads)
+    return _fused_block(group.params, grads)
 
 
 def _stacked_block(params: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.Tensor:
     """float32 [3, n] (grad L2, grad absmax, weight L2) of same-shape small CPU tensors: the
-    tensors are stacked (one copy each of grads and weights) and reduced row by row."""
+    tensors are stacked (one copy each of grads and weights) and reduced row by row. Raises
+    where the gradients cannot be stacked (missing, sparse, or of another shape)."""
     acc = _accumulation(params[0].dtype)
     n = len(grads)
-    g = torch.stack(grads).reshape(n, -1)  # reshape, not flatten(1): 0-d parameters stack to [n]
+    g = torch.stack(grads)
+    if g.layout != torch.strided:
+        raise TypeError("sparse gradients are measured one by one")
+    g = g.reshape(n, -1)  # reshape, not flatten(1): 0-d parameters stack to [n]
     w = torch.stack(params).reshape(n, -1)
+    # max |g| as max(max, -min), NaN propagating: two vectorised row passes are faster on CPU
+    # than one aminmax(dim=1), or than abs(), which materialises |g| first.
     rows = [
         torch.linalg.vector_norm(g, 2, dim=1, dtype=acc),
-        g.abs().amax(dim=1),
+        torch.maximum(g.amax(dim=1), g.amin(dim=1).neg_()),
         torch.linalg.vector_norm(w, 2, dim=1, dtype=acc),
     ]
     return torch.stack([r.to(torch.float32) for r in rows])

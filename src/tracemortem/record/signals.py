@@ -11,7 +11,12 @@ Three things go wrong in real jobs without this module:
   ending the process half-way through the flush.
 - A forked child (DataLoader worker, `os.fork`) inherits the recorder's Python state, SIGTERM
   handler and atexit hook. `os.register_at_fork` switches every live recorder off in the child:
-  the parent alone owns the run directory.
+  the parent alone owns the run directory. SIGTERM stays blocked from just before the fork until
+  the child has its own handler back: while a Python handler is installed, a SIGTERM reaching the
+  child in between (a parent ending a child it has just forked) is caught by Python's C-level
+  handler and then discarded with the pending signals CPython clears after a fork, so the child
+  would never end. Blocked, it stays pending in the kernel and is delivered once the child's own
+  handler is back.
 """
 
 from __future__ import annotations
@@ -46,17 +51,43 @@ def untrack(owner: ForkAware) -> None:
     _live.discard(owner)
 
 
-def _after_fork_in_child() -> None:
-    for owner in list(_live):
+_fork_mask = threading.local()  # per forking thread: whether SIGTERM was blocked by us
+
+
+def _block_sigterm_before_fork() -> None:
+    _fork_mask.blocked = False
+    if _live and hasattr(signal, "pthread_sigmask"):
         try:
-            owner.forget_in_child()
-        except Exception:  # a child must start whatever happens here
+            _fork_mask.blocked = signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        except (ValueError, OSError):
             pass
-    _live.clear()
+
+
+def _unblock_sigterm_after_fork() -> None:
+    """A SIGTERM that arrived meanwhile is delivered now, to the handler now in place."""
+    if getattr(_fork_mask, "blocked", False):
+        _fork_mask.blocked = False
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
+def _after_fork_in_child() -> None:
+    try:
+        for owner in list(_live):
+            try:
+                owner.forget_in_child()
+            except Exception:  # a child must start whatever happens here
+                pass
+        _live.clear()
+    finally:
+        _unblock_sigterm_after_fork()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(
+        before=_block_sigterm_before_fork,
+        after_in_parent=_unblock_sigterm_after_fork,
+        after_in_child=_after_fork_in_child,
+    )
 
 
 def in_main_thread() -> bool:
