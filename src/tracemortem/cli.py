@@ -146,10 +146,18 @@ common = [
 ]
 
 
-def with_common(func):
-    for decorator in reversed(common):
-        func = decorator(func)
-    return func
+def _with(options: list[Any]) -> Any:
+    """A decorator that applies `options` in the order they are listed."""
+
+    def apply(func: Any) -> Any:
+        for decorator in reversed(options):
+            func = decorator(func)
+        return func
+
+    return apply
+
+
+with_common = _with(common)
 
 
 scale_options = [
@@ -170,11 +178,7 @@ scale_options = [
 ]
 
 
-def with_scale(func):
-    """--jobs, --engine, --address: passed to the command as one `scale` dict."""
-    for decorator in reversed(scale_options):
-        func = decorator(func)
-    return func
+with_scale = _with(scale_options)  # --jobs, --engine, --address
 
 
 def _scale(jobs: int | None, engine: str, address: str | None) -> dict[str, Any]:
