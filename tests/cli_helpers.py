@@ -55,7 +55,7 @@ def cli(*args: str, env: dict[str, str] | None = None, process: bool = False) ->
             text=True,
             check=False,
             env={**os.environ, **(env or {})},
-            timeout=120,
+            timeout=600,  # a hang guard only
         )
         out = Outcome(proc.returncode, proc.stdout, proc.stderr)
     else:

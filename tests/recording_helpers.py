@@ -12,6 +12,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 
+# Seconds a test waits on a child process: a guard against a hang, never a judgement of speed
+# (a loaded machine can make a few seconds of work take minutes).
+HANG_GUARD_S = 600
+
+
 def mlp(seed: int = 0, width: int = 16) -> torch.nn.Module:
     torch.manual_seed(seed)
     return torch.nn.Sequential(

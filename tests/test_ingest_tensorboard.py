@@ -231,7 +231,7 @@ def test_missing_extra_is_one_line_exit_3(tmp_path, diverging):
     logdir, _ = diverging
     blocker = "import sys; sys.modules['google_crc32c'] = None; from tracemortem.cli import main; main()"
     out = subprocess.run(
-        [sys.executable, "-c", blocker, "summary", str(logdir)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", blocker, "summary", str(logdir)], capture_output=True, text=True, timeout=600
     )
     assert out.returncode == 3
     assert out.stderr.count("\n") == 1 and "pip install 'tracemortem[tensorboard]'" in out.stderr

@@ -18,7 +18,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from recording_helpers import batches, check_every_file_readable, mlp, read_grads, read_steps
+from recording_helpers import HANG_GUARD_S, batches, check_every_file_readable, mlp, read_grads, read_steps
 from tracemortem import format as fmt
 from tracemortem.record import ProfileSchedule, Recorder
 
@@ -385,7 +385,7 @@ def test_sigkill_leaves_only_readable_files(tmp_path, kill_after):
     proc = _start_child(tmp_path)
     time.sleep(kill_after)
     proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    proc.wait(timeout=HANG_GUARD_S)
     seen = check_every_file_readable(tmp_path)
     assert seen["parquet"] >= 2 and seen["json"] >= 2 and seen["pt"] >= 1
     assert json.loads((tmp_path / "manifest.json").read_text())["status"] == "running"
@@ -394,7 +394,7 @@ def test_sigkill_leaves_only_readable_files(tmp_path, kill_after):
 def test_sigterm_flushes_then_terminates(tmp_path):
     proc = _start_child(tmp_path)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == -signal.SIGTERM  # the default action still happens
+    assert proc.wait(timeout=HANG_GUARD_S) == -signal.SIGTERM  # the default action still happens
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["status"] == "crashed" and manifest["ended"]
     assert "SIGTERM" in " ".join(manifest["warnings"])
@@ -417,7 +417,7 @@ rec.writer._queue = _TermOnAppend()
 
 def test_sigterm_inside_the_step_hand_over_still_flushes_and_terminates(tmp_path):
     proc = _start_child(tmp_path, setup=_TERM_INSIDE_PUT, ready=False)
-    assert proc.wait(timeout=120) == -signal.SIGTERM
+    assert proc.wait(timeout=HANG_GUARD_S) == -signal.SIGTERM
     assert json.loads((tmp_path / "manifest.json").read_text())["status"] == "crashed"
     assert read_steps(tmp_path).height >= 25
     check_every_file_readable(tmp_path)

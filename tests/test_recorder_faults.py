@@ -22,7 +22,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from click.testing import CliRunner
 
-from recording_helpers import batches, check_every_file_readable, mlp, read_grads, read_steps
+from recording_helpers import HANG_GUARD_S, batches, check_every_file_readable, mlp, read_grads, read_steps
 from tracemortem import analyze
 from tracemortem import format as fmt
 from tracemortem.cli import main
@@ -44,7 +44,7 @@ def _child(mode: str, env: dict | None = None, group: bool = False, **args) -> s
     )
 
 
-def _finish(proc: subprocess.Popen, timeout: float = 60) -> tuple[dict, str]:
+def _finish(proc: subprocess.Popen, timeout: float = HANG_GUARD_S) -> tuple[dict, str]:
     out, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, err
     return json.loads(out.strip().splitlines()[-1]), err
@@ -81,13 +81,22 @@ def disk_full(tmp_path_factory):
         subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
-def _check_disk_full(run: Path, loss: float, reference: float, stderr: str) -> None:
+def _check_disk_full(run: Path, loss: float, reference: float, stderr: str, real_disk: bool = False) -> None:
     # Training is untouched: bit-identical to the same seeded loop without a recorder.
     assert loss == reference
     assert len(WARNING_LINE.findall(stderr)) == 1, stderr
     recorded = list(range(10)) + list(range(20, 30))  # steps 10-19 were due while the disk was full
     assert read_steps(run)["step"].to_list() == recorded
-    assert read_grads(run)["step"].unique().sort().to_list() == recorded
+    grads = read_grads(run)["step"].unique().sort().to_list()
+    if real_disk:
+        # On a real full filesystem the recorder's own replaced files free a few blocks, so a
+        # small grads chunk of those steps may still fit (its steps chunk did not: the steps
+        # count as lost). What got there is whole chunks of five steps (flush_every).
+        extra = set(grads) - set(recorded)
+        assert set(recorded) <= set(grads) and extra <= set(range(10, 20)), grads
+        assert all(set(range(s - s % 5, s - s % 5 + 5)) <= extra for s in extra), grads
+    else:
+        assert grads == recorded
     manifest = _manifest(run)
     assert manifest["status"] == "closed"
     assert (manifest["lost_steps"], manifest["dropped_steps"]) == (10, 0)
@@ -115,14 +124,14 @@ def test_disk_full_on_a_real_full_filesystem(disk_full):
     runs, result, logs, why = disk_full
     if "tmpfs" not in runs:
         pytest.skip(f"cannot mount a tmpfs here: {why}")
-    _check_disk_full(runs["tmpfs"], result["tmpfs"], result["reference"], logs["tmpfs"])
+    _check_disk_full(runs["tmpfs"], result["tmpfs"], result["reference"], logs["tmpfs"], real_disk=True)
 
 
 # --- slow disk ------------------------------------------------------------------------------
 
 
 def test_stalling_disk_never_stalls_training(tmp_path):
-    result, stderr = _finish(_child("slow_disk", run=str(tmp_path / "slow")), timeout=180)
+    result, stderr = _finish(_child("slow_disk", run=str(tmp_path / "slow")), timeout=HANG_GUARD_S)
     assert result["loss"] == result["reference"]
     # Every step ran while the disk held the writer's first write: no step waited for the disk.
     assert result["finished_while_held"] and result["held_writes"] >= 1
@@ -160,7 +169,7 @@ def test_sigterm_flushes_and_the_analyzer_reads_a_crashed_run(loops):
     tmp_path, proc = loops["sigterm"]
     _when_ready(proc)  # it trains on: the signal lands in the middle of a step or between two
     proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=60)
+    _, stderr = proc.communicate(timeout=HANG_GUARD_S)
     assert proc.returncode == -signal.SIGTERM, stderr
     steps = read_steps(tmp_path)["step"].to_list()
     meta = json.loads((tmp_path / "rank0" / "meta.json").read_text())
@@ -182,7 +191,7 @@ def test_sigkill_is_reported_as_a_crash_at_the_last_whole_chunk(loops):
     tmp_path, proc = loops["sigkill"]
     _when_ready(proc)  # steps 0-19 are on disk by then
     proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    proc.wait(timeout=HANG_GUARD_S)
     check_every_file_readable(tmp_path)
     last = max(pl.read_parquet(p)["step"].max() for p in fmt.list_chunks(tmp_path / "rank0" / "steps"))
     assert last >= 19
@@ -196,7 +205,7 @@ def test_sigkill_is_reported_as_a_crash_at_the_last_whole_chunk(loops):
 # --- signals to the whole process group, with DataLoader workers -----------------------------
 
 
-def _wait_for_file(path: Path, proc: subprocess.Popen, limit: float = 180) -> str:
+def _wait_for_file(path: Path, proc: subprocess.Popen, limit: float = HANG_GUARD_S) -> str:
     """The child writes `path` when it reaches a known step; its text."""
     deadline = time.monotonic() + limit
     while not path.exists() or not path.read_text():
@@ -221,7 +230,7 @@ def _signal_group_during_training(tmp_path: Path, context: str, signum: int, pau
     )
     started = json.loads(_wait_for_file(marker, proc))
     os.killpg(proc.pid, signum)  # what Slurm (scancel, time limit) and torchrun send
-    _, stderr = proc.communicate(timeout=120)
+    _, stderr = proc.communicate(timeout=HANG_GUARD_S)
     assert proc.returncode == -signum, stderr  # the process still ends by the signal
     # The samples really came from two worker processes, not the trainer.
     assert len(started["workers"]) == 2 and started["main"] not in started["workers"]
@@ -286,7 +295,7 @@ def test_forked_copies_never_write_or_handle_signals(tmp_path):
 
 def test_exception_from_the_loop_propagates_unchanged(loops):
     tmp_path, proc = loops["raise"]
-    _, stderr = proc.communicate(timeout=60)
+    _, stderr = proc.communicate(timeout=HANG_GUARD_S)
     assert proc.returncode == 1
     # The interpreter's traceback: our exception, raised in the loop's own load(), nothing
     # chained or added on the way out of the with block.
@@ -371,7 +380,7 @@ def test_two_rank_gloo_ddp_is_merged_as_replicas(tmp_path):
     env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2"}
     procs = [_child("ddp", env={**env, "RANK": str(r)}, run=str(tmp_path)) for r in (0, 1)]
     for proc in procs:
-        _finish(proc, timeout=90)
+        _finish(proc, timeout=HANG_GUARD_S)
 
     manifest = _manifest(tmp_path)
     assert (manifest["status"], manifest["world_size"], manifest["ranks"]) == ("closed", 2, [0, 1])
