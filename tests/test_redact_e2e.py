@@ -113,8 +113,10 @@ def test_analysis_of_real_inputs_is_cleaned(traces: Path, run: Path, pseudonymiz
     for path in (traces, run):
         plain = analyze(path)
         cleaned = redact_analysis(plain, pseudonymize=pseudonymize)
-        if path == traces:  # the planted op name is in the unredacted op table
-            assert _core(HF) in render(plain, "md") and "HF\\_TOKEN=\\[redacted\\]" in render(cleaned, "md")
+        if path == traces:  # the planted op name is in the unredacted op table, and redacted in the cleaned one
+            # (which ops the reports list first depends on how long each took on this host)
+            assert any(_core(HF) in name for name in plain.ops["name"].cast(str).to_list())
+            assert any("HF_TOKEN=[redacted]" in name for name in cleaned.ops["name"].cast(str).to_list())
         else:  # the planted scalar name is in what was loaded (the manifest's config is never reported)
             assert any(JWT in c for c in plain.steps.columns)
             assert "auth_[redacted]" in cleaned.steps.columns
