@@ -52,6 +52,21 @@ def _assert_pre_update_snapshot(run, first_step: int, weights_before: dict[str, 
     assert first_recorded == first_step
 
 
+def _train_exploding(rec, model, opt, backward=None, zero_grad=None) -> tuple | None:
+    """Train on the exploding batches, the Recorder stepped after each update; returns (step,
+    weights) just before the update of the first step whose gradients are non-finite."""
+    first = None
+    for step, (x, y) in enumerate(batches(60, scale=3.0)):
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        (backward or torch.Tensor.backward)(loss)
+        if first is None and _nonfinite(model):
+            first = (step, _state(model))
+        opt.step()
+        (zero_grad or opt.zero_grad)()
+        rec.step(loss=loss)
+    return first
+
+
 def test_closure_step_records_the_gradients_the_update_applies(tmp_path):
     # optimizer.step(closure): forward and backward run inside the step, after its pre-hook.
     model = _exploding_model()
@@ -198,18 +213,10 @@ def test_wrapped_optimizers_never_harm_training_and_are_exact(tmp_path, wrap):
     else:
         inner = torch.optim.SGD(model.parameters(), lr=0.5)
         opt = inner if wrap == "plain" else _DelegatingWrapper(inner)
-    first = None
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the Recorder must not even warn
         with Recorder(tmp_path, model, opt, update_every=1) as rec:
-            for step, (x, y) in enumerate(batches(60, scale=3.0)):
-                loss = torch.nn.functional.mse_loss(model(x), y)
-                loss.backward()
-                if first is None and _nonfinite(model):
-                    first = (step, _state(model))
-                opt.step()
-                opt.zero_grad()
-                rec.step(loss=loss)
+            first = _train_exploding(rec, model, opt)
     assert first is not None
     _assert_pre_update_snapshot(tmp_path, *first)
     steps = read_steps(tmp_path)
@@ -224,16 +231,8 @@ def test_accelerate_optimizer(tmp_path):
     accelerator = accelerate.Accelerator(cpu=True)
     model, opt = accelerator.prepare(model, torch.optim.SGD(model.parameters(), lr=0.5))
     assert type(opt).__name__ == "AcceleratedOptimizer"
-    first = None
     with Recorder(tmp_path, model, opt) as rec:
-        for step, (x, y) in enumerate(batches(60, scale=3.0)):
-            loss = torch.nn.functional.mse_loss(model(x), y)
-            accelerator.backward(loss)
-            if first is None and _nonfinite(model):
-                first = (step, _state(model))
-            opt.step()
-            opt.zero_grad()
-            rec.step(loss=loss)
+        first = _train_exploding(rec, model, opt, backward=accelerator.backward)
     assert first is not None
     _assert_pre_update_snapshot(tmp_path, *first)
     torch.load(tmp_path / "rank0" / "snapshot" / "optimizer.pt", weights_only=True)
@@ -247,16 +246,8 @@ def test_zero_redundancy_optimizer(tmp_path):
     try:
         model = _exploding_model()
         opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=torch.optim.SGD, lr=0.5)
-        first = None
         with Recorder(tmp_path / "run", model, opt, update_every=1) as rec:
-            for step, (x, y) in enumerate(batches(60, scale=3.0)):
-                loss = torch.nn.functional.mse_loss(model(x), y)
-                loss.backward()
-                if first is None and _nonfinite(model):
-                    first = (step, _state(model))
-                opt.step()
-                opt.zero_grad()
-                rec.step(loss=loss)
+            first = _train_exploding(rec, model, opt)
     finally:
         dist.destroy_process_group()
     assert first is not None
@@ -429,15 +420,7 @@ class _SlottedOptimizer:
 def test_an_optimizer_that_cannot_be_watched_never_harms_training(tmp_path):
     model = _exploding_model()
     opt = _SlottedOptimizer(_StepOnlyOptimizer(model.parameters(), lr=0.5))
-    first = None
     with pytest.warns(RuntimeWarning, match="cannot be watched"), Recorder(tmp_path, model, opt) as rec:
-        for step, (x, y) in enumerate(batches(60, scale=3.0)):
-            loss = torch.nn.functional.mse_loss(model(x), y)
-            loss.backward()
-            if first is None and _nonfinite(model):
-                first = (step, _state(model))
-            opt.step()
-            model.zero_grad()
-            rec.step(loss=loss)
+        first = _train_exploding(rec, model, opt, zero_grad=model.zero_grad)
     assert first is not None
     _assert_pre_update_snapshot(tmp_path, *first)  # read at the end of backward instead
