@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import faulthandler
 import json
 import os
 import signal
@@ -195,6 +196,9 @@ def dataloader(run: str, context: str, marker: str, handed: str, marker_step: in
     step whose `rec.step()` returned is appended to `handed` (one write syscall each, so it
     survives the kill); after step `marker_step` the file `marker` appears, naming the worker
     processes. With `pause`, the loop then waits for a signal instead of training on."""
+    # If the group hangs, the test sends SIGUSR1 and every process (the forked workers inherit
+    # this) writes its threads' stacks to stderr.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     model = mlp(seed=0)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     loader = torch.utils.data.DataLoader(_Regression(), batch_size=16, num_workers=2, multiprocessing_context=context)

@@ -230,11 +230,27 @@ def _signal_group_during_training(tmp_path: Path, context: str, signum: int, pau
     )
     started = json.loads(_wait_for_file(marker, proc))
     os.killpg(proc.pid, signum)  # what Slurm (scancel, time limit) and torchrun send
-    _, stderr = proc.communicate(timeout=HANG_GUARD_S)
+    try:
+        _, stderr = proc.communicate(timeout=HANG_GUARD_S)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the process group did not end; its stacks:\n{_stacks_of_group(proc)}") from None
     assert proc.returncode == -signum, stderr  # the process still ends by the signal
     # The samples really came from two worker processes, not the trainer.
     assert len(started["workers"]) == 2 and started["main"] not in started["workers"]
     return run, started, [int(line) for line in handed.read_text().split()]
+
+
+def _stacks_of_group(proc: subprocess.Popen) -> str:
+    """Every thread's stack of every process still in the child's group (faulthandler, SIGUSR1),
+    and what `ps` says of them; the group is killed afterwards."""
+    listing = subprocess.run(
+        ["ps", "-o", "pid,ppid,stat,wchan:24,args", "-g", str(proc.pid)], capture_output=True, text=True
+    )
+    os.killpg(proc.pid, signal.SIGUSR1)
+    time.sleep(2)  # a diagnostic after a failure, not a judgement: let the dumps reach stderr
+    os.killpg(proc.pid, signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=HANG_GUARD_S)
+    return f"{listing.stdout}\n{stderr}"
 
 
 def _check_nothing_lost(run: Path, started: dict, handed: list[int], note: str) -> None:
