@@ -210,7 +210,9 @@ def dataloader(run: str, context: str, marker: str, handed: str, marker_step: in
             os.write(fd, b"%d\n" % step)
             workers.update(made_by.tolist())
             if step == marker_step:
-                Path(marker + ".tmp").write_text(json.dumps({"workers": sorted(workers), "main": os.getpid()}))
+                Path(marker + ".tmp").write_text(
+                    json.dumps({"workers": sorted(workers), "main": os.getpid(), "inherited": INHERITED})
+                )
                 os.replace(marker + ".tmp", marker)
                 if pause:
                     signal.pause()
@@ -298,6 +300,23 @@ def ddp(run: str) -> dict:
     dist.destroy_process_group()
     return {"rank": rank}
 
+
+def _start_as_a_shell_job() -> dict:
+    """A shell starts a job with SIGINT and SIGTERM at their defaults and unblocked, but a test
+    runner's worker can leave them ignored or blocked, and both are inherited through exec and
+    fork: SIGINT to the group would then reach no process at all (seen beside other suites on
+    a loaded machine). What was inherited is returned, for the test's messages."""
+    inherited = {
+        "SIGINT": str(signal.getsignal(signal.SIGINT)),
+        "blocked": sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])),
+    }
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    return inherited
+
+
+INHERITED = _start_as_a_shell_job()
 
 if __name__ == "__main__":
     mode, args = sys.argv[1], json.loads(sys.argv[2])

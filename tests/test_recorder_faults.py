@@ -233,8 +233,9 @@ def _signal_group_during_training(tmp_path: Path, context: str, signum: int, pau
     try:
         _, stderr = proc.communicate(timeout=HANG_GUARD_S)
     except subprocess.TimeoutExpired:
-        raise AssertionError(f"the process group did not end; its stacks:\n{_stacks_of_group(proc)}") from None
-    assert proc.returncode == -signum, stderr  # the process still ends by the signal
+        stacks = _stacks_of_group(proc)
+        raise AssertionError(f"the group did not end (inherited: {started['inherited']}); stacks:\n{stacks}") from None
+    assert proc.returncode == -signum, (started["inherited"], stderr)  # the process still ends by the signal
     # The samples really came from two worker processes, not the trainer.
     assert len(started["workers"]) == 2 and started["main"] not in started["workers"]
     return run, started, [int(line) for line in handed.read_text().split()]
