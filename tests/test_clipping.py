@@ -4,6 +4,7 @@ the `grad-clipping` rule, and the exploding-gradient rule reading pre-clip norms
 from __future__ import annotations
 
 import math
+import signal
 
 import polars as pl
 import pytest
@@ -61,6 +62,7 @@ def test_clipping_columns_hold_the_measured_norm_and_the_cap(tmp_path):
 
 def test_torch_is_restored_when_the_last_recorder_closes(tmp_path):
     originals = (clip_grad._clip_grads_with_norm_, torch.nn.utils.clip_grads_with_norm_)
+    sigterm = signal.getsignal(signal.SIGTERM)
     model = mlp()
     first = Recorder(tmp_path / "a", model)
     second = Recorder(tmp_path / "b", model)
@@ -69,6 +71,8 @@ def test_torch_is_restored_when_the_last_recorder_closes(tmp_path):
     assert clip_grad._clip_grads_with_norm_ is not originals[0]  # the second still listens
     second.close()
     assert (clip_grad._clip_grads_with_norm_, torch.nn.utils.clip_grads_with_norm_) == originals
+    # Closed out of order, the two leave SIGTERM as they found it (not the first one's handler).
+    assert signal.getsignal(signal.SIGTERM) == sigterm
 
 
 def test_cap_active_on_most_steps_is_a_warning_and_never_active_is_quiet(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ pytestmark = pytest.mark.slow  # starting Ray takes tens of seconds on a loaded 
 @pytest.fixture(scope="module")
 def ray_address() -> Iterator[str]:
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    sigterm = signal.getsignal(signal.SIGTERM)  # ray.init installs its own and leaves it after shutdown
     context = ray.init(
         num_cpus=2,
         include_dashboard=False,
@@ -37,6 +39,7 @@ def ray_address() -> Iterator[str]:
         yield str(context.address_info["gcs_address"])
     finally:
         ray.shutdown()
+        signal.signal(signal.SIGTERM, sigterm)
 
 
 @pytest.fixture(scope="module")

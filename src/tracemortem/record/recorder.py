@@ -246,7 +246,7 @@ class Recorder:
             atexit.unregister(self._close_at_exit)
             signals.untrack(self)
             if self._sigterm_installed:
-                signals.restore_sigterm(self._on_sigterm, self._prev_sigterm, held)
+                signals.restore_sigterm(self._on_sigterm, _live_handler(self._prev_sigterm), held)
         except Exception as exc:
             self._fail("close", exc)
         return held
@@ -266,7 +266,7 @@ class Recorder:
             self.acts.detach()
         atexit.unregister(self._close_at_exit)
         if self._sigterm_installed:
-            signals.restore_sigterm(self._on_sigterm, self._prev_sigterm, None)
+            signals.restore_sigterm(self._on_sigterm, _live_handler(self._prev_sigterm), None)
 
     @property
     def dropped_steps(self) -> int:
@@ -769,6 +769,14 @@ class Recorder:
             held = signals.Held()
         signals.forward(signum, frame, previous)  # the default action ends the process here
         signals.release(held)
+
+
+def _live_handler(handler: signals.Handler) -> signals.Handler:
+    """The handler to put back for SIGTERM: a closed Recorder's handler only forwards to the one
+    it replaced (Recorders closed out of order), and would keep that Recorder and its model alive."""
+    while isinstance(owner := getattr(handler, "__self__", None), Recorder) and owner._closed:
+        handler = owner._prev_sigterm
+    return handler
 
 
 def _count(value: Any) -> int:
