@@ -19,7 +19,7 @@ from tracemortem.config import Config
 from tracemortem.detect import perf
 from tracemortem.findings import at_or_above
 from tracemortem.load.traces import load_traces
-from tracemortem.timing import summarize
+from tracemortem.timing import Timing, summarize
 
 
 def by_rule(findings, rule):
@@ -76,6 +76,31 @@ def test_slow_op_is_found_when_it_already_fills_half_of_a_normal_step(tmp_path):
         assert set(finding.evidence["slow_steps"]) <= intermittent_steps(
             step_spans_us(trace), op_us_per_step(trace, finding.subject)
         ), finding
+
+
+def test_nested_slow_ops_are_named_by_the_outermost():
+    """A block and the mm inside it, slow on the same steps: their excesses are nearly equal, and
+    the mm's is the larger here (the model's mm also ran long on those steps). The finding names
+    the block."""
+    steps = pl.DataFrame({"rank": 0, "session": 0, "step": range(10), "duration_ns": 100_000_000}).with_columns(
+        pl.when(pl.col("step").is_in([2, 5])).then(800_000_000).otherwise(pl.col("duration_ns")).alias("duration_ns")
+    )
+    slow = pl.col("step").is_in([2, 5])
+    block = pl.when(slow).then(780_000_000).otherwise(40_000_000)
+    step_ops = pl.concat(
+        [
+            steps.select(
+                "rank", "session", "step", pl.lit(name).alias("name"), (block + slow * extra).alias("total_ns")
+            ).with_columns(pl.lit(1).alias("calls"), pl.col("total_ns").alias("self_ns"), pl.lit(depth).alias("depth"))
+            for name, depth, extra in (("slow_block", 1, 0), ("aten::matmul", 2, 0), ("aten::mm", 3, 20_000_000))
+        ]
+    )
+    ops = step_ops.group_by("name").agg(pl.col("calls", "total_ns").sum())
+    ops = ops.with_columns(pl.lit("cpu_op").alias("cat"), pl.lit(0).alias("self_ns"), pl.lit(0).alias("gpu_ns"))
+    timing = Timing(ops=ops, kernels=pl.DataFrame(), steps=steps, step_ops=step_ops, ranks=[{"rank": 0}])
+    [finding] = perf.slow_ops(perf.PerfInputs(timing, pl.DataFrame(), pl.DataFrame()), Config())
+    assert finding.subject == "slow_block" and finding.evidence["slow_steps"] == [2, 5]
+    assert finding.evidence["also_slow"] == ["aten::matmul", "aten::mm"]
 
 
 def test_unexplained_slow_steps_are_one_jitter_note_not_warnings():

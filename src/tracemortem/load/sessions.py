@@ -84,7 +84,7 @@ def classify(sessions: pl.DataFrame) -> pl.DataFrame:
     prev = [pl.col(c).shift(1).over("rank") for c in ("end_ns", "hostname", "pid", "last_step")]
     same = [pl.col("hostname").eq_missing(prev[1]), pl.col("pid").eq_missing(prev[2])]
     steps_go_on = (pl.col("first_step") > prev[3]).fill_null(True)
-    return sessions.sort("rank", "start_ns").with_columns(
+    return sessions.sort("rank", "start_ns", "file").with_columns(  # file: equal starts in one order
         pl.int_range(pl.len()).over("rank").cast(pl.Int32).alias("ordinal"),
         pl.when(prev[0].is_not_null())
         .then(same[0] & same[1] & (pl.col("start_ns") >= prev[0]) & steps_go_on)
