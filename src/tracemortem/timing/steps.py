@@ -73,6 +73,15 @@ def _cpu_intervals(events: pl.DataFrame, gpu: pl.DataFrame, gpu_ranks: list[int]
     )
 
 
+def _wide(pieces: pl.DataFrame, keys: list[str], group: str, names: list[str]) -> pl.DataFrame:
+    """Per `keys`: the union length of the pieces of each `group` value 0..len(names)-1, as column
+    `names[value]` (0 where the group has no piece)."""
+    long = intervals.union_length(pieces, [*keys, group], "_len")
+    return long.group_by(keys).agg(
+        pl.col("_len").filter(pl.col(group) == value).sum().alias(name) for value, name in enumerate(names)
+    )
+
+
 def step_breakdown(events: pl.DataFrame, profiler_steps: pl.DataFrame, gpu: pl.DataFrame) -> pl.DataFrame:
     keys = ["rank", "session", "step"]
     steps = profiler_steps.select(*keys, pl.col("ts").alias("ts_ns"), pl.col("dur").alias("duration_ns")).sort(keys)
@@ -83,15 +92,25 @@ def step_breakdown(events: pl.DataFrame, profiler_steps: pl.DataFrame, gpu: pl.D
     spans = pl.concat([_gpu_intervals(gpu), _cpu_intervals(events, gpu, gpu_ranks)])
     pieces = intervals.clip_to_windows(spans.with_columns(pl.col("level").cast(pl.String)), windows)
 
-    out = steps
+    rank_of_level = pl.col("level").replace_strict(LEVELS, range(len(LEVELS)), return_dtype=pl.Int64)
+    pieces = pieces.with_columns(rank_of_level.alias("_level"))
+    # `_u{i}`: the union of levels 0..i (each piece counted under every level at or below it);
+    # `total_{level}_ns`: each level's own union. Two interval merges for all levels.
+    covered = _wide(
+        pieces.with_columns(pl.int_ranges("_level", len(LEVELS)).alias("_upto")).explode("_upto"),
+        keys,
+        "_upto",
+        [f"_u{i}" for i in range(len(LEVELS))],
+    )
+    alone = _wide(pieces, keys, "_level", [f"total_{level}_ns" for level in LEVELS])
+    out = steps.join(covered, on=keys, how="left").join(alone, on=keys, how="left")
     previous = pl.lit(0, pl.Int64)
+    parts = []
     for i, level in enumerate(LEVELS):
-        covered = intervals.union_length(pieces.filter(pl.col("level").is_in(LEVELS[: i + 1])), keys, f"_u{i}")
-        alone = intervals.union_length(pieces.filter(pl.col("level") == level), keys, f"total_{level}_ns")
-        out = out.join(covered, on=keys, how="left").join(alone, on=keys, how="left")
-        out = out.with_columns(pl.col(f"_u{i}").fill_null(0), pl.col(f"total_{level}_ns").fill_null(0))
-        out = out.with_columns((pl.col(f"_u{i}") - previous).alias(f"{level}_ns"))
+        parts.append((pl.col(f"_u{i}") - previous).alias(f"{level}_ns"))
         previous = pl.col(f"_u{i}")
+    out = out.with_columns(pl.col(c).fill_null(0) for c in [*covered.columns, *alone.columns] if c not in keys)
+    out = out.with_columns(parts)
     has_gpu = pl.col("rank").is_in(gpu_ranks)
     busy = pl.col(f"_u{len(GPU_LEVELS) - 1}")
     out = out.with_columns(
