@@ -49,7 +49,6 @@ def timing_of(
             "calls": np.ones(ranks * steps_per_rank * OPS, np.int64),
             "total_ns": self_ns.ravel().astype(np.int64),
             "self_ns": self_ns.ravel().astype(np.int64),
-            "depth": np.ones(ranks * steps_per_rank * OPS, np.int64),
         }
     )
     gpu = {"idle_us": 30_000, "compute_us": 15_000, "non_compute_us": 5_000, "span_us": 50_000, "comm_us": 0}

@@ -69,19 +69,24 @@ def test_slow_op_is_found_when_it_already_fills_half_of_a_normal_step(tmp_path):
     # step can be stretched too, or a slow one less.
     block = intermittent_steps(step_spans_us(trace), op_us_per_step(trace, "slow_block"))
     if {2, 5} <= block:
-        assert [f.subject for f in ops] == ["slow_block"]
-        assert set(ops[0].evidence["slow_steps"]) == block
-        assert 0 < ops[0].evidence["share_of_profiled_time"] <= 1
+        # One finding for the block's delay. The block, the aten::matmul in it and the aten::mm in
+        # that share it; which of them has the most excess is up to the host (nearly equal), so the
+        # finding is any of them and names the block (see the nested-ops test below).
+        [finding] = ops
+        assert finding.subject in ("slow_block", "aten::matmul", "aten::mm")
+        assert "slow_block" in [finding.subject, *finding.evidence["also_slow"]]
+        assert set(finding.evidence["slow_steps"]) >= {2, 5}
+        assert 0 < finding.evidence["share_of_profiled_time"] <= 1
     for finding in ops:
         assert set(finding.evidence["slow_steps"]) <= intermittent_steps(
             step_spans_us(trace), op_us_per_step(trace, finding.subject)
         ), finding
 
 
-def test_nested_slow_ops_are_named_by_the_outermost():
-    """A block and the mm inside it, slow on the same steps: their excesses are nearly equal, and
-    the mm's is the larger here (the model's mm also ran long on those steps). The finding names
-    the block."""
+def test_nested_slow_ops_are_one_finding():
+    """A block, the matmul in it and the mm in that, slow on the same steps, share one delay; the
+    mm has the most excess here (the model's own mm ran long on those steps too). One finding, for
+    the op with the most excess, lists the ops around it."""
     steps = pl.DataFrame({"rank": 0, "session": 0, "step": range(10), "duration_ns": 100_000_000}).with_columns(
         pl.when(pl.col("step").is_in([2, 5])).then(800_000_000).otherwise(pl.col("duration_ns")).alias("duration_ns")
     )
@@ -90,17 +95,17 @@ def test_nested_slow_ops_are_named_by_the_outermost():
     step_ops = pl.concat(
         [
             steps.select(
-                "rank", "session", "step", pl.lit(name).alias("name"), (block + slow * extra).alias("total_ns")
-            ).with_columns(pl.lit(1).alias("calls"), pl.col("total_ns").alias("self_ns"), pl.lit(depth).alias("depth"))
-            for name, depth, extra in (("slow_block", 1, 0), ("aten::matmul", 2, 0), ("aten::mm", 3, 20_000_000))
+                "rank", "session", "step", pl.lit(name).alias("name"), (block + slow * more).alias("total_ns")
+            ).with_columns(pl.lit(1).alias("calls"), pl.col("total_ns").alias("self_ns"))
+            for name, more in (("slow_block", 0), ("aten::matmul", 0), ("aten::mm", 20_000_000))
         ]
     )
     ops = step_ops.group_by("name").agg(pl.col("calls", "total_ns").sum())
     ops = ops.with_columns(pl.lit("cpu_op").alias("cat"), pl.lit(0).alias("self_ns"), pl.lit(0).alias("gpu_ns"))
     timing = Timing(ops=ops, kernels=pl.DataFrame(), steps=steps, step_ops=step_ops, ranks=[{"rank": 0}])
     [finding] = perf.slow_ops(perf.PerfInputs(timing, pl.DataFrame(), pl.DataFrame()), Config())
-    assert finding.subject == "slow_block" and finding.evidence["slow_steps"] == [2, 5]
-    assert finding.evidence["also_slow"] == ["aten::matmul", "aten::mm"]
+    assert finding.subject == "aten::mm" and finding.evidence["slow_steps"] == [2, 5]
+    assert sorted(finding.evidence["also_slow"]) == ["aten::matmul", "slow_block"]
 
 
 def test_unexplained_slow_steps_are_one_jitter_note_not_warnings():

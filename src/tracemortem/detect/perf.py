@@ -511,9 +511,6 @@ def _jitter_finding(rows: pl.DataFrame) -> list[Finding]:
 
 # ---------------------------------------------------------------- slow-op
 
-# Ops whose excess is at least this share of a rank's largest are taken as one delay (nested ops).
-_SAME_DELAY = 0.8
-
 
 def slow_ops(inputs: PerfInputs, config: Thresholds) -> list[Finding]:
     if inputs.timing is None:
@@ -552,11 +549,8 @@ def slow_ops(inputs: PerfInputs, config: Thresholds) -> list[Finding]:
         .with_columns((pl.col("slow_time") & (pl.col("odds") > ratio * pl.col("normal_odds"))).alias("slow"))
     )
     slow = pl.col("slow")
-    # Nested ops repeat their parent's delay (a slow block, the matmul in it, the mm in that): their
-    # excesses are nearly equal and which is largest is up to noise. Each rank's finding names the
-    # outermost of the ops whose excess is close to the largest; the rest are listed as related.
-    excess = pl.col("excess_ns")
-    near_top = excess >= _SAME_DELAY * excess.max().over("rank")
+    # Only outermost time counts once: nested ops repeat their parent's delay, so report each
+    # (rank, step-set) through the op with the most excess and list the rest as related.
     stats = (
         per_step.group_by(op)
         .agg(
@@ -570,7 +564,6 @@ def slow_ops(inputs: PerfInputs, config: Thresholds) -> list[Finding]:
             .alias("excess_ns"),
         )
         .join(profiled, on="rank")
-        .join(timing.step_ops.group_by(op).agg(pl.col("depth").min()), on=op)
         .filter(
             (pl.col("median_ns") > 0)
             & (pl.col("p95_ns") >= ratio * pl.col("median_ns"))
@@ -579,10 +572,9 @@ def slow_ops(inputs: PerfInputs, config: Thresholds) -> list[Finding]:
             & (pl.col("slow_steps").list.len() >= config[SLOW_OP_RECUR])
             & (pl.col("slow_steps").list.len() < pl.col("n_steps"))
         )
-        .with_columns(pl.when(near_top).then(pl.col("depth")).alias("_outer"))
-        .sort(["rank", "_outer", "excess_ns"], descending=[False, False, True], nulls_last=True)
+        .sort("rank", "excess_ns", descending=[False, True])
     )
-    # Per rank, the chosen op; the next five are related.
+    # Per rank, the op with the most excess; the next five are related.
     tops = stats.group_by("rank", maintain_order=True).agg(
         pl.all().first(), pl.col("name").slice(1, 5).alias("also_slow")
     )

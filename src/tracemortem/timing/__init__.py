@@ -31,7 +31,7 @@ class Timing:
     ops: pl.DataFrame  # name, input_dims, cat, calls, total_ns, self_ns, p50_ns, p95_ns, max_ns, gpu_ns
     kernels: pl.DataFrame  # name, kind, type, calls, total_ns, mean_ns, max_ns, ranks, hta_sum_us
     steps: pl.DataFrame  # rank, step, ts_ns, duration_ns, exclusive parts *_ns, other_ns, total_*_ns
-    step_ops: pl.DataFrame  # rank, step, name, calls, total_ns, self_ns, depth
+    step_ops: pl.DataFrame  # rank, step, name, calls, total_ns, self_ns
     ranks: list[dict[str, Any]] = field(default_factory=list)
     # per (rank, session): HTA temporal breakdown (µs) and which view it came from (hta | exact)
     gpu_sessions: pl.DataFrame = field(default_factory=pl.DataFrame)
