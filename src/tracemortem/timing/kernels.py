@@ -28,7 +28,7 @@ def kernel_table(kernels: pl.DataFrame, ranks: pl.DataFrame, hta: pl.DataFrame) 
     # HTA's rounding gives sub-µs events −1 µs; where a kernel's HTA sum comes out negative, the
     # exact total (rounded to µs) stands instead (docs/traces.md "GPU time").
     exact_us = (pl.col("total_ns") / 1000).round().cast(pl.Int64)
-    rank_counts = ranks.group_by("name").agg(pl.col("rank").n_unique().alias("ranks"))
+    rank_counts = ranks.group_by(pl.col("name").cast(pl.String)).agg(pl.col("rank").n_unique().alias("ranks"))
     return (
         kernels.with_columns(
             pl.col("calls").cast(pl.UInt32),

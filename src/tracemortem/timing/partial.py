@@ -32,7 +32,7 @@ class TimingPartial:
     op_durations: pl.DataFrame  # name, input_dims, dur, n
     op_gpu: pl.DataFrame  # _key, _dims, gpu_ns: GPU time attributed to an op name and shapes
     kernels: pl.DataFrame  # name, kind, _first, calls, total_ns, max_ns
-    kernel_ranks: pl.DataFrame  # name, rank (unique)
+    kernel_ranks: pl.DataFrame  # name (Categorical), rank: unique
     kernel_hta: pl.DataFrame  # name, hta_sum_us
     steps: pl.DataFrame  # timing.Timing.steps rows of these ranks
     step_ops: pl.DataFrame
@@ -102,7 +102,8 @@ def _kernels(gpu: pl.DataFrame, view: pl.DataFrame) -> tuple[pl.DataFrame, pl.Da
         pl.col("dur").sum().alias("total_ns"),
         pl.col("dur").max().alias("max_ns"),
     )
-    ranks = gpu.select(name, "rank").unique()
+    # Categorical: a rank's row costs 8 bytes, not a copy of a kernel name hundreds of bytes long.
+    ranks = gpu.select(pl.col("name").cast(pl.Categorical), "rank").unique()
     hta = view.group_by(name).agg(pl.col("dur").sum().alias("hta_sum_us"))
     return table, ranks, hta
 
