@@ -84,3 +84,4 @@ def test_quiet_prints_nothing_but_the_document_and_verbose_says_what_it_does(tmp
     assert normal.stderr.startswith("tracemortem: wrote ")
     verbose = _cli("-v", "report", str(SAMPLES / "healthy"), "-o", out)
     assert "tracemortem: reading rank 0" in verbose.stderr and "tracemortem: wrote " in verbose.stderr
+    assert "\x1b" not in verbose.stderr and "\r" not in verbose.stderr  # a log file, not a terminal
