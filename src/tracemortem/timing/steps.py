@@ -96,25 +96,25 @@ def step_breakdown(events: pl.DataFrame, profiler_steps: pl.DataFrame, gpu: pl.D
     pieces = pieces.with_columns(rank_of_level.alias("_level"))
     # `_u{i}`: the union of levels 0..i (each piece counted under every level at or below it);
     # `total_{level}_ns`: each level's own union. Two interval merges for all levels.
-    covered = _wide(
-        pieces.with_columns(pl.int_ranges("_level", len(LEVELS)).alias("_upto")).explode("_upto"),
-        keys,
-        "_upto",
-        [f"_u{i}" for i in range(len(LEVELS))],
+    upto = [f"_u{i}" for i in range(len(LEVELS))]
+    totals = [f"total_{level}_ns" for level in LEVELS]
+    upto_levels = pl.int_ranges("_level", len(LEVELS)).alias("_upto")
+    covered = _wide(pieces.with_columns(upto_levels).explode("_upto"), keys, "_upto", upto)
+    alone = _wide(pieces, keys, "_level", totals)
+    out = (
+        steps.join(covered, on=keys, how="left")
+        .join(alone, on=keys, how="left")
+        .with_columns(pl.col(*upto, *totals).fill_null(0))
     )
-    alone = _wide(pieces, keys, "_level", [f"total_{level}_ns" for level in LEVELS])
-    out = steps.join(covered, on=keys, how="left").join(alone, on=keys, how="left")
-    previous = pl.lit(0, pl.Int64)
-    parts = []
-    for i, level in enumerate(LEVELS):
-        parts.append((pl.col(f"_u{i}") - previous).alias(f"{level}_ns"))
-        previous = pl.col(f"_u{i}")
-    out = out.with_columns(pl.col(c).fill_null(0) for c in [*covered.columns, *alone.columns] if c not in keys)
-    out = out.with_columns(parts)
-    has_gpu = pl.col("rank").is_in(gpu_ranks)
-    busy = pl.col(f"_u{len(GPU_LEVELS) - 1}")
+    # Each level's exclusive part: what it adds to the union of the levels above it.
     out = out.with_columns(
-        (pl.col("duration_ns") - previous).alias("other_ns"),
+        (pl.col(column) - (pl.col(upto[i - 1]) if i else 0)).alias(f"{level}_ns")
+        for i, (column, level) in enumerate(zip(upto, LEVELS))
+    )
+    has_gpu = pl.col("rank").is_in(gpu_ranks)
+    busy = pl.col(upto[len(GPU_LEVELS) - 1])
+    out = out.with_columns(
+        (pl.col("duration_ns") - pl.col(upto[-1])).alias("other_ns"),
         pl.when(has_gpu).then(pl.col("duration_ns") - busy).alias("total_gpu_idle_ns"),
         *[pl.when(has_gpu).then(pl.col(f"{level}_ns")).alias(f"{level}_ns") for level in GPU_LEVELS],
     )
