@@ -452,7 +452,7 @@ def _with_step(frame: pl.DataFrame, steps: pl.DataFrame) -> pl.DataFrame:
     if not steps.height:
         return frame.with_columns(step=pl.lit(None, dtype=pl.Int64))
     return (
-        frame.sort("rank", "ts")
+        frame.sort("rank", "ts", maintain_order=True)  # stable: events of one instant keep file order
         .join_asof(
             steps.select("rank", "file", "ts", "step", "step_end"),
             on="ts",

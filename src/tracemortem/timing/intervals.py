@@ -15,7 +15,9 @@ def merge(frame: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
     An interval joins the previous run when it starts at or before the run's furthest end
     (HTA's `merge_kernel_intervals` rule, so touching intervals merge).
     """
-    ordered = frame.select(*keys, "ts", "end").sort([*keys, "ts"])
+    # Stable: intervals mostly arrive in time order, which the stable sort exploits; ties keep
+    # their order, so the runs do not depend on the sort.
+    ordered = frame.select(*keys, "ts", "end").sort([*keys, "ts"], maintain_order=True)
     reach = pl.col("end").cum_max().shift(1)
     if keys:
         reach = reach.over(keys)
