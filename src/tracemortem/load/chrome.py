@@ -36,6 +36,10 @@ from .gzip_stream import GzipStream
 # instead of being mapped and faulted in afresh for every chunk.
 CHUNK_BYTES = 8 * 2**20
 _READ_BYTES = 4 * 2**20
+# A plain file up to this size is read in one go into the buffer its events are decoded from:
+# every copy of a few MB lands in freshly mapped memory and faults its pages in, which cost more
+# than the copy itself (three copies made 9,400 page faults per 9.8 MB rank; docs/scale.md).
+_WHOLE_BYTES = 2 * CHUNK_BYTES
 # Traces larger than this (uncompressed) are decoded by worker processes when the caller passes
 # them: below it, starting the workers (~0.3 s) costs more than they save. Tests set it to 0.
 PARALLEL_MIN_BYTES = 64 * 2**20
@@ -61,6 +65,8 @@ _ARRAY_CLOSE = re.compile(rb"\}\s*\]")
 _LAST_COMMA = re.compile(rb"\}\s*,")
 _AFTER_CLOSE = re.compile(rb"\s*(?:[,}]|\Z)")
 _EMPTY_REST = re.compile(rb"\s*\]")
+_LEADING = re.compile(rb"[\xef\xbb\xbf \t\r\n]*")  # a BOM and whitespace before the JSON
+_NESTED_ARRAY = re.compile(rb"\[\s*\[")
 
 
 class Args(msgspec.Struct, gc=False, frozen=True):
@@ -128,8 +134,8 @@ class _Source:
     def position(self) -> int:
         return self.file.tell()
 
-    def read(self) -> bytes:
-        data = self._gz.read() if self._gz is not None else self.file.read(_READ_BYTES)
+    def read(self) -> bytes | bytearray:
+        data = self._gz.read() if self._gz is not None else self._read_plain()
         self.produced += len(data)
         if self.produced > self.limit:
             raise InputError(
@@ -143,6 +149,12 @@ class _Source:
                     f"{self.path}: gzip inflates more than {ratio}:1 (real traces: 9-30:1); refusing to read a "
                     f"decompression bomb ({MAX_GZIP_RATIO.env})"
                 )
+        return data
+
+    def _read_plain(self) -> bytearray:
+        left = self.expected - self.produced
+        data = bytearray(left if 0 < left <= _WHOLE_BYTES else _READ_BYTES)
+        del data[self.file.readinto(data) or 0 :]
         return data
 
     def close(self) -> None:
@@ -249,33 +261,34 @@ def read_trace(
 def _read(
     source: _Source, path: Path, total: int, progress: Callable[[int, int], None] | None, workers: Decoders | None
 ) -> RawTrace:
-    opening = b""
+    opening: bytes | bytearray = b""
     # 1. The head: everything up to the opening "[" of traceEvents (or of a bare array).
     start = -1
     head = b""
     while True:
         data = source.read()
-        opening += data
-        stripped = opening.lstrip(b"\xef\xbb\xbf \t\r\n")
-        if stripped[:1] == b"[" and stripped[1:].lstrip()[:1] == b"[":
+        opening = opening + data if opening else data  # the first read is not copied
+        lead = _LEADING.match(opening).end()  # type: ignore[union-attr]  # it matches the empty text
+        first = opening[lead : lead + 1]
+        if _NESTED_ARRAY.match(opening, lead):
             # An array of arrays: torch.profiler's export_memory_timeline (times and sizes, or raw
             # allocation records), not events.
             raise InputError(
                 f"{path}: a memory timeline (torch.profiler export_memory_timeline), not a chrome trace; "
                 "tracemortem reads the profiler's chrome trace (export_chrome_trace / tensorboard_trace_handler)"
             )
-        if stripped[:1] == b"[":  # legacy autograd profiler: a bare array of events
-            start = len(opening) - len(stripped) + 1
+        if first == b"[":  # legacy autograd profiler: a bare array of events
+            start = lead + 1
             head = b""
             break
-        if stripped and stripped[:1] != b"{":
+        if first and first != b"{":
             raise InputError(f"{path}: not a chrome trace (expected a JSON object or array)")
         match = _TRACE_EVENTS_KEY.search(opening, max(0, len(opening) - len(data) - 64))  # the new text only
-        if match:
+        if match and match.start() <= _MAX_HEAD_BYTES:  # a read can run past the limit
             after = opening[match.end() : match.end() + 1]
             if after == b"[":
                 start = match.end() + 1
-                head = opening[: match.end()].removeprefix(b"\xef\xbb\xbf")  # a BOM is not JSON
+                head = bytes(opening[: match.end()]).removeprefix(b"\xef\xbb\xbf")  # a BOM is not JSON
                 break
             if after:
                 raise InputError(f"{path}: traceEvents is not a list")
@@ -297,8 +310,10 @@ def _read(
         )
 
     # A bytearray, so chunks are cut and bracketed in place instead of copied; buf[0] is always
-    # the separator byte before the next event (the "[" at first), overwritten with "[".
-    buf = bytearray(opening[start - 1 :])
+    # the separator byte before the next event (the "[" at first), overwritten with "[". Cutting
+    # a bytearray's front moves its start, without a copy.
+    buf = bytearray(opening) if isinstance(opening, bytes) else opening
+    del buf[: start - 1], opening
     frames: list[pl.DataFrame] = []
     trace = RawTrace(path, pl.DataFrame(), {})
     eof = gave_up = False
