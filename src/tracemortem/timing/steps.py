@@ -73,12 +73,31 @@ def _cpu_intervals(events: pl.DataFrame, gpu: pl.DataFrame, gpu_ranks: list[int]
     )
 
 
-def _wide(pieces: pl.DataFrame, keys: list[str], group: str, names: list[str]) -> pl.DataFrame:
-    """Per `keys`: the union length of the pieces of each `group` value 0..len(names)-1, as column
-    `names[value]` (0 where the group has no piece)."""
-    long = intervals.union_length(pieces, [*keys, group], "_len")
-    return long.group_by(keys).agg(
-        pl.col("_len").filter(pl.col(group) == value).sum().alias(name) for value, name in enumerate(names)
+def _level_unions(pieces: pl.DataFrame, keys: list[str], upto: list[str], totals: list[str]) -> pl.DataFrame:
+    """Per `keys`: `totals[i]`, the length covered by the pieces of level i, and `upto[i]`, the
+    length covered by those of levels 0..i. One sweep over the pieces' starts and ends sorted by
+    time: after each point, the open pieces of each level are counted (the points of a group
+    add up to zero, so one running sum serves every group), and the time to the next point is
+    covered by a level, or by levels 0..i, while their count is above zero."""
+    point = [*keys, "t", "_level", "_d"]
+    points = pl.concat(
+        [
+            pieces.select(*keys, pl.col("ts").alias("t"), "_level", pl.lit(1, pl.Int32).alias("_d")).select(point),
+            pieces.select(*keys, pl.col("end").alias("t"), "_level", pl.lit(-1, pl.Int32).alias("_d")).select(point),
+        ]
+    ).sort([*keys, "t"], maintain_order=True)
+    open_at = [pl.when(pl.col("_level") == i).then(pl.col("_d")).otherwise(0).cum_sum() for i in range(len(LEVELS))]
+    span = pl.col("t").shift(-1) - pl.col("t")  # at a group's last point nothing is open
+    return (
+        points.with_columns(*(count.alias(f"_o{i}") for i, count in enumerate(open_at)), span.alias("_span"))
+        .group_by(keys)
+        .agg(
+            *(pl.col("_span").filter(pl.col(f"_o{i}") > 0).sum().alias(name) for i, name in enumerate(totals)),
+            *(
+                pl.col("_span").filter(pl.sum_horizontal(f"_o{j}" for j in range(i + 1)) > 0).sum().alias(name)
+                for i, name in enumerate(upto)
+            ),
+        )
     )
 
 
@@ -94,17 +113,11 @@ def step_breakdown(events: pl.DataFrame, profiler_steps: pl.DataFrame, gpu: pl.D
 
     rank_of_level = pl.col("level").replace_strict(LEVELS, range(len(LEVELS)), return_dtype=pl.Int64)
     pieces = pieces.with_columns(rank_of_level.alias("_level"))
-    # `_u{i}`: the union of levels 0..i (each piece counted under every level at or below it);
-    # `total_{level}_ns`: each level's own union. Two interval merges for all levels.
+    # `_u{i}`: the union of levels 0..i; `total_{level}_ns`: each level's own union.
     upto = [f"_u{i}" for i in range(len(LEVELS))]
     totals = [f"total_{level}_ns" for level in LEVELS]
-    upto_levels = pl.int_ranges("_level", len(LEVELS)).alias("_upto")
-    covered = _wide(pieces.with_columns(upto_levels).explode("_upto"), keys, "_upto", upto)
-    alone = _wide(pieces, keys, "_level", totals)
-    out = (
-        steps.join(covered, on=keys, how="left")
-        .join(alone, on=keys, how="left")
-        .with_columns(pl.col(*upto, *totals).fill_null(0))
+    out = steps.join(_level_unions(pieces, keys, upto, totals), on=keys, how="left").with_columns(
+        pl.col(*upto, *totals).fill_null(0)
     )
     # Each level's exclusive part: what it adds to the union of the levels above it.
     out = out.with_columns(
