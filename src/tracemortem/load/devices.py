@@ -14,7 +14,7 @@ def used_devices(events: pl.DataFrame) -> pl.DataFrame:
     if events.is_empty() or not {"cat", "pid", "rank"} <= set(events.columns):
         return pl.DataFrame(schema={"rank": pl.Int32, "pid": pl.String})
     return (
-        events.filter(pl.col("cat").cast(pl.String).is_in(["kernel", "gpu_memcpy", "gpu_memset"]))
+        events.filter(pl.col("cat").is_in(["kernel", "gpu_memcpy", "gpu_memset"]))
         .select(pl.col("rank").cast(pl.Int32), pl.col("pid").cast(pl.String))
         .unique()
     )

@@ -70,9 +70,7 @@ def _last_step_starts(profiler_steps: pl.DataFrame) -> pl.DataFrame:
 
 def _hta_gpu_events(events: pl.DataFrame, profiler_steps: pl.DataFrame) -> pl.DataFrame:
     """The GPU events HTA's temporal breakdown reads, without its last ProfilerStep."""
-    gpu = events.filter(
-        pl.col("cat").cast(pl.String).is_in(HTA_GPU_CATS) & pl.col("stream").is_not_null() & (pl.col("stream") != -1)
-    )
+    gpu = events.filter(pl.col("cat").is_in(HTA_GPU_CATS) & pl.col("stream").is_not_null() & (pl.col("stream") != -1))
     last = _last_step_starts(profiler_steps)
     if last.is_empty():
         return gpu

@@ -18,7 +18,7 @@ import polars as pl
 from ..load.traces import TraceSet
 from . import gpu as gpu_stats
 from . import quantiles
-from .ops import GPU_SIDE, OP_KEYS, STEP_MARK, step_op_table, with_self_time
+from .ops import GPU_SIDE, IS_STEP, OP_KEYS, step_op_table, with_self_time
 from .steps import step_breakdown
 
 LAUNCH_MEASURES = ("delay", "launch", "gpu")  # launch delay, launch call and GPU event durations (µs)
@@ -42,9 +42,7 @@ class TimingPartial:
 
 
 def _ops(cpu: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    ops = cpu.filter(~pl.col("name").cast(pl.String).str.starts_with(STEP_MARK)).with_columns(
-        pl.col("name").cast(pl.String)
-    )
+    ops = cpu.filter(~IS_STEP)
     table = ops.group_by(OP_KEYS).agg(
         pl.col("cat").first().cast(pl.String),
         pl.struct(pl.col("rank").cast(pl.Int64), pl.col("session").cast(pl.Int64)).first().alias("_first"),
@@ -53,7 +51,9 @@ def _ops(cpu: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         pl.col("self").sum().alias("self_ns"),
         pl.col("dur").max().alias("max_ns"),
     )
-    return table, quantiles.value_counts(ops, OP_KEYS, "dur")
+    # Grouped on the Categorical name, kept as text: partials of other processes are concatenated.
+    as_text = pl.col("name").cast(pl.String)
+    return table.with_columns(as_text), quantiles.value_counts(ops, OP_KEYS, "dur").with_columns(as_text)
 
 
 def _op_gpu(cpu: pl.DataFrame, gpu: pl.DataFrame, events: pl.DataFrame) -> pl.DataFrame:
@@ -65,11 +65,7 @@ def _op_gpu(cpu: pl.DataFrame, gpu: pl.DataFrame, events: pl.DataFrame) -> pl.Da
         .unique(subset=["rank", "session", "correlation"])
     )
     op_of_ext = (
-        cpu.filter(
-            ~pl.col("name").cast(pl.String).str.starts_with(STEP_MARK)
-            & pl.col("external_id").is_not_null()
-            & (pl.col("cat").cast(pl.String).is_in(["cpu_op", "Operator"]))
-        )
+        cpu.filter(~IS_STEP & pl.col("external_id").is_not_null() & pl.col("cat").is_in(["cpu_op", "Operator"]))
         .select(
             "rank",
             "session",

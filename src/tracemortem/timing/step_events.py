@@ -55,7 +55,7 @@ def origins(ranks: dict[int, dict[str, Any]]) -> dict[int, TraceOrigin]:
 
 def _lane_events(traces: TraceSet, rank: int, step: int, start: int, end: int) -> pl.DataFrame:
     window = (pl.col("rank") == rank) & (pl.col("ts") + pl.col("dur") >= start) & (pl.col("ts") <= end)
-    cpu = traces.events.filter(window & pl.col("cat").cast(pl.String).is_in(_CPU_CATEGORIES)).select(
+    cpu = traces.events.filter(window & pl.col("cat").is_in(_CPU_CATEGORIES)).select(
         pl.format("CPU thread {}", pl.col("tid").cast(pl.String)).alias("lane"),
         "ts",
         "dur",
