@@ -12,7 +12,7 @@ import pytest
 from trace_helpers import REAL_TRACES
 from tracemortem.load.traces import load_traces
 from tracemortem.timing import summarize
-from tracemortem.timing.gpu import hta_view
+from tracemortem.timing.gpu import hta_gpu_events, hta_view
 
 REFERENCE = REAL_TRACES / "hta_reference.json"
 # HTA 0.5.0's launch statistics and temporal breakdown on more folders (scripts/hta_reference.py).
@@ -58,7 +58,7 @@ def test_temporal_breakdown_matches_hta_within_one_percent(folder, timings):
 def test_kernel_totals_match_hta_kernel_breakdown(folder, timings):
     traces, timing = timings(folder)
     per_rank = (
-        hta_view(traces.events, traces.profiler_steps, traces.sessions)
+        hta_view(hta_gpu_events(traces.events, traces.profiler_steps), traces.sessions)
         .group_by(pl.col("name").cast(pl.String), "rank")
         .agg(pl.col("dur").sum())
     )

@@ -68,8 +68,9 @@ def _last_step_starts(profiler_steps: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _hta_gpu_events(events: pl.DataFrame, profiler_steps: pl.DataFrame) -> pl.DataFrame:
-    """The GPU events HTA's temporal breakdown reads, without its last ProfilerStep."""
+def hta_gpu_events(events: pl.DataFrame, profiler_steps: pl.DataFrame) -> pl.DataFrame:
+    """The GPU events HTA's temporal breakdown reads, without its last ProfilerStep (the events of
+    `hta_view` and `exact_view`)."""
     gpu = events.filter(pl.col("cat").is_in(HTA_GPU_CATS) & pl.col("stream").is_not_null() & (pl.col("stream") != -1))
     last = _last_step_starts(profiler_steps)
     if last.is_empty():
@@ -113,9 +114,10 @@ def hta_times(frame: pl.DataFrame, sessions: pl.DataFrame, ts: str, dur: str) ->
     )
 
 
-def hta_view(events: pl.DataFrame, profiler_steps: pl.DataFrame, sessions: pl.DataFrame) -> pl.DataFrame:
-    """HTA's GPU events: `rank, session, name, ts, end, dur` in whole µs (Int64), plus `type`."""
-    gpu = hta_times(_hta_gpu_events(events, profiler_steps), sessions, "ts", "dur")
+def hta_view(gpu_events: pl.DataFrame, sessions: pl.DataFrame) -> pl.DataFrame:
+    """HTA's GPU events (`hta_gpu_events`): `rank, session, name, ts, end, dur` in whole µs (Int64),
+    plus `type`."""
+    gpu = hta_times(gpu_events, sessions, "ts", "dur")
     return gpu.select(
         *SESSION,
         "name",
@@ -128,11 +130,10 @@ def hta_view(events: pl.DataFrame, profiler_steps: pl.DataFrame, sessions: pl.Da
     )
 
 
-def exact_view(events: pl.DataFrame, profiler_steps: pl.DataFrame) -> pl.DataFrame:
+def exact_view(gpu_events: pl.DataFrame) -> pl.DataFrame:
     """The same events as `hta_view`, in exact ns: what a breakdown falls back to where HTA's
     rounding makes a time negative."""
-    gpu = _hta_gpu_events(events, profiler_steps)
-    return gpu.select(
+    return gpu_events.select(
         *SESSION,
         "name",
         "ts",

@@ -23,6 +23,12 @@ IS_STEP = pl.col("name").cat.starts_with(STEP_MARK)
 _THREAD = ["rank", "session", "pid", "tid"]  # a session's pids and tids say nothing about another's
 
 
+def _in_thread(index: str) -> pl.Expr:
+    """`index` counted from the first row of its thread, on rows sorted by `_thread`."""
+    first = pl.when(pl.col("_thread").ne_missing(pl.col("_thread").shift(1))).then(pl.col(index)).forward_fill()
+    return pl.col(index) - first
+
+
 def with_self_time(events: pl.DataFrame) -> pl.DataFrame:
     """CPU events (no stream) with `self` (ns) and `depth` added."""
     cpu = (
@@ -32,35 +38,39 @@ def with_self_time(events: pl.DataFrame) -> pl.DataFrame:
         # Stable: events of equal start and duration nest in file order, whichever ranks share the frame.
         .sort([*_THREAD, "ts", "dur"], descending=[False, False, False, False, False, True], maintain_order=True)
         .with_row_index("_order")
+        .with_columns(pl.struct(_THREAD).rle_id().alias("_thread"))
     )
     # Effective end: at least 1 ns after the start, so an event never closes before it opens.
     close = pl.max_horizontal(pl.col("ts") + pl.col("dur") - OVERLAP_TOLERANCE_NS, pl.col("ts") + 1)
-    points = pl.concat(
-        [
-            cpu.select(*_THREAD, pl.col("ts").alias("t"), pl.lit(1, pl.Int8).alias("kind"), "_order"),
-            cpu.select(
-                *_THREAD, close.alias("t"), pl.lit(0, pl.Int8).alias("kind"), pl.lit(None, pl.UInt32).alias("_order")
-            ),
-        ]
+    # Depth: the events of the thread started before this one (in nesting order) less those
+    # closed at or before its start (an end at the same instant comes first).
+    ends = (
+        cpu.select("_thread", close.alias("_close"))
+        .sort("_thread", "_close", maintain_order=True)  # nearly in order already: stable is fast
+        .with_row_index("_end")
+        .with_columns((_in_thread("_end") + 1).alias("_closed"))
     )
-    # Ends before starts at the same instant; starts in nesting order (`_order`). Stable: the two
-    # halves are each nearly sorted, which polars' stable sort exploits (3x faster here).
-    open_count = (
-        points.sort([*_THREAD, "t", "kind", "_order"], maintain_order=True)
-        .with_columns(pl.when(pl.col("kind") == 1).then(1).otherwise(-1).cum_sum().over(_THREAD).alias("_open"))
-        .filter(pl.col("kind") == 1)
-        .select("_order", (pl.col("_open") - 1).alias("depth"))
+    cpu = (
+        cpu.join_asof(
+            ends.select("_thread", "_close", "_closed"),
+            left_on="ts",
+            right_on="_close",
+            by="_thread",
+            strategy="backward",
+            check_sortedness=False,
+        )
+        .with_columns((_in_thread("_order") - pl.col("_closed").fill_null(0)).cast(pl.Int64).alias("depth"))
+        .drop("_close", "_closed")
     )
-    cpu = cpu.join(open_count, on="_order").sort("_order")
-    parents = cpu.select(*_THREAD, "_order", (pl.col("depth") + 1).alias("depth"), pl.col("_order").alias("_parent"))
+    parents = cpu.select("_thread", "_order", (pl.col("depth") + 1).alias("depth"), pl.col("_order").alias("_parent"))
     linked = cpu.join_asof(
         parents,
         on="_order",
-        by=[*_THREAD, "depth"],
+        by=["_thread", "depth"],
         strategy="backward",
         allow_exact_matches=False,
         check_sortedness=False,
-    )
+    ).drop("_thread")
     children = linked.group_by("_parent").agg(pl.col("dur").sum().alias("_child"))
     return (
         linked.join(children, left_on="_order", right_on="_parent", how="left")

@@ -130,11 +130,12 @@ def _launches(traces: TraceSet) -> tuple[pl.DataFrame, pl.DataFrame]:
 def partial_timing(traces: TraceSet) -> TimingPartial:
     cpu = with_self_time(traces.events)
     ops, op_durations = _ops(cpu)
-    view = gpu_stats.hta_view(traces.events, traces.profiler_steps, traces.sessions)
+    gpu_events = gpu_stats.hta_gpu_events(traces.events, traces.profiler_steps)
+    view = gpu_stats.hta_view(gpu_events, traces.sessions)
     kernels, kernel_ranks, kernel_hta = _kernels(traces.gpu, view)
     temporal = gpu_stats.session_breakdown(
         gpu_stats.temporal_breakdown(view),
-        gpu_stats.temporal_breakdown(gpu_stats.exact_view(traces.events, traces.profiler_steps)),
+        gpu_stats.temporal_breakdown(gpu_stats.exact_view(gpu_events)),
     )
     launches, launch_values = _launches(traces)
     return TimingPartial(
