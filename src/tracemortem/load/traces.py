@@ -304,13 +304,13 @@ def _link(parts: list[pl.DataFrame]) -> TraceSet:
     # Category tests on the Categorical directly: casting millions of rows to String per test
     # was a large part of the linking time.
     cat = pl.col("cat")
-    flows = rows.filter(pl.col("ph").is_in(["s", "f"]) & cat.is_in(list(FLOW_CATS)))
     x = rows.filter(pl.col("ph") == "X").drop("ph").with_columns(is_gpu=cat.is_in(list(GPU_CATS)))
-    del rows
 
-    # Legacy events without `correlation`: take it from the ac2g flow ending (GPU) or starting
-    # (runtime) at the same place.
-    if flows.height and x.select(pl.col("correlation").is_null().any()).item():
+    # Legacy GPU and runtime events without `correlation`: take it from the ac2g flow ending (GPU)
+    # or starting (runtime) at the same place. Current traces carry it, and skip this.
+    correlated = pl.col("is_gpu") | cat.is_in(list(RUNTIME_CATS))
+    if x.select((correlated & pl.col("correlation").is_null()).any()).item():
+        flows = rows.filter(pl.col("ph").is_in(["s", "f"]) & cat.is_in(list(FLOW_CATS)))
         flow_keys = (
             flows.select(
                 "file",
@@ -325,9 +325,12 @@ def _link(parts: list[pl.DataFrame]) -> TraceSet:
         )
         x = (
             x.join(flow_keys, on=["file", "pid", "tid", "ts", "is_gpu"], how="left", maintain_order="left")
-            .with_columns(correlation=pl.coalesce("correlation", "flow_corr"))
+            .with_columns(
+                correlation=pl.when(correlated).then(pl.coalesce("correlation", "flow_corr")).otherwise("correlation")
+            )
             .drop("flow_corr")
         )
+    del rows
 
     # GPU stream: args.stream (int, or ROCm's "0x0"), else from tid ("7", "stream 7", 1000007).
     arg_stream = pl.col("arg_stream")
