@@ -224,6 +224,12 @@ def _int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _scalars(info: Any) -> dict[str, Any] | None:
+    """A dict's scalar entries. `distributedInfo.pg_config` lists every rank of every process group:
+    kept for each rank, it would grow with the square of the ranks (1M list items at 1,024)."""
+    return {k: v for k, v in info.items() if not isinstance(v, (list, dict))} if isinstance(info, dict) else None
+
+
 def _normalise(raw: RawTrace, rank: int, index: int) -> tuple[pl.DataFrame, dict[str, Any], list[Finding]]:
     """Absolute int64 ns, rank and file index; drop events whose times are unusable."""
     env = raw.envelope
@@ -233,7 +239,7 @@ def _normalise(raw: RawTrace, rank: int, index: int) -> tuple[pl.DataFrame, dict
         base = None
     meta: dict[str, Any] = {
         "hostname": env.get("host_name") if isinstance(env.get("host_name"), str) else None,
-        "distributedInfo": env.get("distributedInfo") if isinstance(env.get("distributedInfo"), dict) else None,
+        "distributedInfo": _scalars(env.get("distributedInfo")),
         "deviceProperties": env.get("deviceProperties") if isinstance(env.get("deviceProperties"), list) else [],
         "base_time_ns": base,
         "schemaVersion": env.get("schemaVersion"),
