@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from .allocator import return_freed_pages
 from .config import Config
 from .errors import ConfigError, InputError, TracemortemError
 from .findings import SEVERITIES, at_or_above
@@ -198,6 +199,7 @@ def main(quiet: bool, verbose: bool) -> None:
     torch.profiler chrome trace (.json / .json.gz), a directory of traces, or a TensorBoard,
     Hugging Face Trainer or Lightning CSV log (docs/inputs.md).
     """
+    return_freed_pages()
 
 
 @main.command()
