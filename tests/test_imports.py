@@ -4,6 +4,9 @@ too), form a graph without cycles (docs/architecture.md)."""
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,3 +91,14 @@ def test_no_import_cycles_under_src():
     cycle = _cycle(graph)
     if cycle:
         pytest.fail("import cycle: " + " → ".join(cycle))
+
+
+def test_the_analyzer_process_alone_returns_freed_pages():
+    # Set for this process as polars loads, and gone from the environment its workers inherit.
+    probe = (
+        "import os, sys; from tracemortem.allocator import return_freed_pages; return_freed_pages(); "
+        "print('polars' in sys.modules, os.environ.get('_RJEM_MALLOC_CONF'))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "_RJEM_MALLOC_CONF"}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["True", "None"]

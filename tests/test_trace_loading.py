@@ -494,3 +494,14 @@ def test_workers_that_cannot_start_fall_back_to_in_process(cpu_trace, monkeypatc
     monkeypatch.setattr(chrome, "PARALLEL_MIN_BYTES", 0)
     monkeypatch.setattr("multiprocessing.spawn._python_exe", "/nonexistent/python")  # what spawn starts
     assert _same(_frames({cpu_trace: None}), expected)
+
+
+def test_rank_facts_keep_distributed_info_scalars_not_the_rank_lists(cpu_trace, tmp_path):
+    # pg_config lists every rank of every process group: kept per rank, it grows with ranks².
+    doc = json.loads(cpu_trace.read_bytes())
+    groups = [{"pg_name": "0", "backend": "nccl", "pg_size": 4096, "ranks": list(range(4096))}]
+    doc["distributedInfo"] = {"backend": "nccl", "rank": 3, "world_size": 4096, "pg_count": 1, "pg_config": groups}
+    traces = load_traces({_write(tmp_path / "rank3.json", doc): None})
+    info = traces.ranks[3]["distributedInfo"]
+    assert info == {"backend": "nccl", "rank": 3, "world_size": 4096, "pg_count": 1}
+    assert traces.events.height == load_traces({cpu_trace: 3}).events.height

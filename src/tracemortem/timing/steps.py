@@ -79,11 +79,10 @@ def _level_unions(pieces: pl.DataFrame, keys: list[str], upto: list[str], totals
     time: after each point, the open pieces of each level are counted (the points of a group
     add up to zero, so one running sum serves every group), and the time to the next point is
     covered by a level, or by levels 0..i, while their count is above zero."""
-    point = [*keys, "t", "_level", "_d"]
     points = pl.concat(
         [
-            pieces.select(*keys, pl.col("ts").alias("t"), "_level", pl.lit(1, pl.Int32).alias("_d")).select(point),
-            pieces.select(*keys, pl.col("end").alias("t"), "_level", pl.lit(-1, pl.Int32).alias("_d")).select(point),
+            pieces.select(*keys, pl.col("ts").alias("t"), "_level", pl.lit(1, pl.Int32).alias("_d")),
+            pieces.select(*keys, pl.col("end").alias("t"), "_level", pl.lit(-1, pl.Int32).alias("_d")),
         ]
     ).sort([*keys, "t"], maintain_order=True)
     open_at = [pl.when(pl.col("_level") == i).then(pl.col("_d")).otherwise(0).cum_sum() for i in range(len(LEVELS))]
