@@ -351,11 +351,9 @@ def _link(parts: list[pl.DataFrame]) -> TraceSet:
     x = x.drop("arg_stream")
 
     # Profiler steps: CPU copies only (the GPU-side ProfilerStep mirror has GPU durations). The
-    # name test runs on the few distinct names, not on every row.
-    names = x.get_column("name").unique().cast(pl.String)
-    step_names = names.filter(names.str.starts_with(_STEP_PREFIX))
+    # name test on the Categorical runs on the few distinct names, not on every row.
     steps = (
-        x.filter(~pl.col("is_gpu") & pl.col("name").is_in(step_names.to_list()))
+        x.filter(~pl.col("is_gpu") & pl.col("name").cat.starts_with(_STEP_PREFIX))
         .with_columns(step=pl.col("name").cast(pl.String).str.slice(len(_STEP_PREFIX)).str.to_integer(strict=False))
         .drop_nulls("step")
         .select("rank", "file", "step", "ts", "dur", step_end=pl.col("ts") + pl.col("dur"))

@@ -33,14 +33,6 @@ def merge(frame: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
     )
 
 
-def union_length(frame: pl.DataFrame, keys: list[str], name: str) -> pl.DataFrame:
-    """Per group: total length covered by at least one interval, as column `name`."""
-    merged = merge(frame, keys)
-    if not keys:
-        return merged.select((pl.col("end") - pl.col("ts")).sum().alias(name))
-    return merged.group_by(keys).agg((pl.col("end") - pl.col("ts")).sum().alias(name))
-
-
 def clip_to_windows(intervals: pl.DataFrame, windows: pl.DataFrame) -> pl.DataFrame:
     """Cut intervals (`rank, session, ts, end`, plus any columns) into the windows (`rank, session,
     step, w_ts, w_end`) they overlap; each piece carries its window's `step`.
