@@ -7,7 +7,9 @@ rank's profiler writes it."""
 
 from __future__ import annotations
 
+import gzip
 import json
+import os
 import random
 import subprocess
 import sys
@@ -137,14 +139,40 @@ def test_jobs_one_reads_one_item_at_a_time(cpu_ranks: Path, monkeypatch):
     assert seen[:3] == ["rank 1/3 read (rank 0)", "rank 2/3 read (rank 1)", "rank 3/3 read (rank 2)"]
 
 
+def test_gzipped_ranks_are_batched_by_the_text_they_hold(cpu_ranks: Path, tmp_path: Path):
+    """A .json.gz counts its uncompressed size: by its size on disk, all three ranks (each several
+    times smaller gzipped) would be read as one item, holding several times the budget."""
+    folder = tmp_path / "gz"
+    folder.mkdir()
+    texts = {path.name: path.read_bytes() for path in sorted(cpu_ranks.glob("rank*.json"))}
+    for name, text in texts.items():
+        (folder / f"{name}.gz").write_bytes(gzip.compress(text))
+    largest = max(map(len, texts.values()))
+    on_disk = sum(path.stat().st_size for path in folder.iterdir())
+    assert on_disk < largest  # the three together on disk are less than one rank's text
+    items = work_items(discover(folder).trace_files, batch_bytes=largest)
+    assert [item.ranks for item in items] == [1, 1, 1]
+    # what the items read is the same: one item or three, the JSON is the same
+    env = {**os.environ, "TRACEMORTEM_BATCH_BYTES": str(largest)}
+    assert _report(folder, "--jobs", "1", env=env).stdout == _report(folder, "--jobs", "1").stdout
+
+
+def test_sizing_items_never_opens_a_fifo_for_reading(tmp_path: Path):
+    """A FIFO named like a trace is sized 0 without blocking (reading it reports it)."""
+    fifo = tmp_path / "rank0.json.gz"
+    os.mkfifo(fifo)
+    plain = tmp_path / "rank1.json"
+    plain.write_bytes(b"{}")
+    items = work_items({fifo: 0, plain: 1}, batch_bytes=1)
+    assert [item.label for item in items] == ["rank 0", "rank 1"]
+
+
 def _report(path: Path, *options: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
     command = [sys.executable, "-m", "tracemortem.cli", "-v", "report", str(path), "--format", "json", "-o", "-"]
     return subprocess.run([*command, "--fail-on", "never", *options], capture_output=True, env=env, check=False)
 
 
 def test_jobs_two_gives_the_json_of_jobs_one(cpu_ranks: Path):
-    import os
-
     env = {**os.environ, "TRACEMORTEM_BATCH_BYTES": "1"}
     one, two = _report(cpu_ranks, "--jobs", "1", env=env), _report(cpu_ranks, "--jobs", "2", env=env)
     assert one.returncode == two.returncode == 0, two.stderr

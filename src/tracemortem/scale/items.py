@@ -1,5 +1,5 @@
 """Work items of the per-rank map: the input's trace files, grouped by the rank their path names,
-and consecutive ranks batched up to `BATCH_BYTES` of trace files (docs/scale.md "Work items").
+and consecutive ranks batched up to `BATCH_BYTES` of trace text (docs/scale.md "Work items").
 
 A batch of small ranks is loaded and summarised together: a rank's tables are small, and the
 fixed cost of each table operation would otherwise dominate. A rank bigger than the budget is an
@@ -10,6 +10,8 @@ whose path names no rank is a group of its own: its rank is known only once it i
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +21,13 @@ from ..load.traces import IndexedFile, indexed_files
 BATCH_BYTES = limit(
     "TRACEMORTEM_BATCH_BYTES",
     48 * 2**20,
-    "bytes of trace files (on disk) that one work item of the per-rank map reads, unless one rank alone has more",
+    "bytes of trace text (a gzip counted by the size its trailer claims) that one work item of the per-rank map reads, "
+    "unless one rank alone has more",
 )
+
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_GZIP_MIN_BYTES = 18  # header (10) + trailer (8)
 
 
 @dataclass(frozen=True)
@@ -31,10 +38,27 @@ class WorkItem:
 
 
 def _size(path: Path) -> int:
+    """The bytes reading `path` will hold: a gzip's claimed uncompressed size (its trailer's ISIZE:
+    real traces inflate 9-30:1, so their size on disk would batch 10× too many ranks into one
+    item), never less than its size on disk. A special file counts 0 and is never opened here
+    (opening a FIFO would block); reading it reports the problem."""
     try:
-        return path.stat().st_size
-    except OSError:  # reading it reports the problem
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
         return 0
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return 0
+        if info.st_size < _GZIP_MIN_BYTES or os.pread(fd, 2, 0) != _GZIP_MAGIC:
+            return info.st_size
+        # ISIZE is the last member's size mod 2**32: a claim, used only to size the batch
+        claimed = int.from_bytes(os.pread(fd, 4, info.st_size - 4), "little")
+        return max(claimed, info.st_size)
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
 
 
 def _groups(files: dict[Path, int | None]) -> list[tuple[str, list[IndexedFile]]]:
