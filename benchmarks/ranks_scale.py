@@ -4,6 +4,7 @@ prints a table:
     python benchmarks/ranks_scale.py                  # 8, 32, 128, 1024 ranks
     python benchmarks/ranks_scale.py --quick          # 8, 32
     python benchmarks/ranks_scale.py --ranks 8,128 --trace PATH
+    python benchmarks/ranks_scale.py --ranks 8,128 --gzip     # rank{R}.json.gz folders
 
 An N-rank folder holds N copies of one real trace (default: the A100 NCCL trace of
 /work/shared/real_traces/nccl_a100), each rewritten as a distinct rank of an N-rank job: its
@@ -72,19 +73,25 @@ def rank_copy(text: bytes, rank: int, world: int) -> bytes:
     return head + b'"distributedInfo": ' + json.dumps(new).encode() + b"," + tail
 
 
-def build(name: str, text: bytes, ranks: int) -> Path:
-    folder = DATA / f"{name}-{ranks}"
-    done = DATA / f"{name}-{ranks}.complete"
+def build(name: str, text: bytes, ranks: int, gzipped: bool = False) -> Path:
+    """The N-rank folder (built once): `rank{R}.json`, or `rank{R}.json.gz` as torch's
+    `tensorboard_trace_handler(use_gzip=True)` writes them."""
+    label = f"{name}-{ranks}{'-gz' if gzipped else ''}"
+    folder, done = DATA / label, DATA / f"{label}.complete"
     if done.exists():
         return folder
-    need = len(text) * ranks
+    need = len(text) * ranks // (10 if gzipped else 1)
     free = shutil.disk_usage(DATA.parent if DATA.parent.exists() else HERE).free
     if need + DISK_MARGIN_BYTES > free:
         raise SystemExit(f"{ranks} ranks need {need / 1e9:.1f} GB in {DATA}; only {free / 1e9:.1f} GB free")
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     for rank in range(ranks):
-        (folder / f"rank{rank}.json").write_bytes(rank_copy(text, rank, ranks))
+        copy = rank_copy(text, rank, ranks)
+        if gzipped:
+            (folder / f"rank{rank}.json.gz").write_bytes(gzip.compress(copy, compresslevel=6, mtime=0))
+        else:
+            (folder / f"rank{rank}.json").write_bytes(copy)
     done.touch()
     return folder
 
@@ -178,8 +185,9 @@ def print_rows(rows: list[Row], size_mb: float) -> None:
         )
 
 
-def print_targets(rows: list[Row]) -> None:
-    """The issue's targets, per engine that ran, with the figures they need."""
+def print_targets(rows: list[Row], issue_trace: bool) -> None:
+    """The issue's targets, per engine that ran, with the figures they need (the absolute 10 s
+    at 128 ranks is set for the issue's trace, the default)."""
     print("\n| engine | target | value | verdict |")
     print("|---|---|---|---|")
     hta = {r.ranks: r.run for r in rows if r.variant == "HTA 0.5.0" and r.run}
@@ -192,7 +200,7 @@ def print_targets(rows: list[Row]) -> None:
         if 128 in by_n and 1024 in by_n:
             value = (by_n[1024].run.wall_s / 1024) / (by_n[128].run.wall_s / 128)
             checks.append(("time per rank 1024 <= 1.2x 128", f"{value:.2f}x", value <= 1.2))
-        if 128 in by_n:
+        if 128 in by_n and issue_trace:
             checks.append(("128 ranks <= 10 s", f"{by_n[128].run.wall_s:.1f} s", by_n[128].run.wall_s <= 10))
         if 8 in by_n and 128 in by_n:
             value = by_n[128].run.peak_rss_mb / by_n[8].run.peak_rss_mb
@@ -235,6 +243,7 @@ def main() -> None:
     parser.add_argument("--ranks", default="8,32,128,1024", help="comma-separated rank counts")
     parser.add_argument("--quick", action="store_true", help="8 and 32 ranks only")
     parser.add_argument("--trace", type=Path, default=DEFAULT_TRACE, help="a trace file, or a folder holding one")
+    parser.add_argument("--gzip", action="store_true", help="folders of rank{R}.json.gz instead of plain JSON")
     parser.add_argument("--no-hta", action="store_true")
     parser.add_argument(
         "--variants", help="comma-separated engine columns to run (default: all), e.g. '--jobs 2,--engine ray'"
@@ -260,12 +269,13 @@ def main() -> None:
         columns = {name: extra for name, extra in columns.items() if name in wanted}
     hta_missing = "--no-hta given" if args.no_hta else hta_available(args.hta_python)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"trace {args.trace} ({size_mb:.1f} MB JSON per rank); {os.cpu_count()} cores; load average {load}")
+    files = "gzipped, rank{R}.json.gz" if args.gzip else "plain, rank{R}.json"
+    print(f"trace {args.trace} ({size_mb:.1f} MB JSON per rank; {files}); {os.cpu_count()} cores; load average {load}")
     if hta_missing:
         print(f"HTA not run: {hta_missing}")
     rows: list[Row] = []
     for ranks in counts:
-        folder = build(name, text, ranks)
+        folder = build(name, text, ranks, args.gzip)
         for variant, extra in columns.items():
             rows.append(run_report(folder, ranks, variant, extra))
             _progress(rows[-1])
@@ -275,7 +285,7 @@ def main() -> None:
         print(f"  {ranks} ranks done; load average {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
     print()
     print_rows(rows, size_mb)
-    print_targets(rows)
+    print_targets(rows, args.trace.resolve() == DEFAULT_TRACE.resolve())
     print(f"\nload average at the end {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
