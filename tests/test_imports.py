@@ -102,3 +102,21 @@ def test_the_analyzer_process_alone_returns_freed_pages():
     env = {k: v for k, v in os.environ.items() if k != "_RJEM_MALLOC_CONF"}
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.split() == ["True", "None"]
+
+
+def _worker_env(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+@pytest.mark.parametrize("user", [None, "dirty_decay_ms:500"])
+def test_workers_run_polars_with_one_arena_and_the_users_options_last(user, monkeypatch):
+    from tracemortem.pool import process_pool
+
+    if user is None:
+        monkeypatch.delenv("_RJEM_MALLOC_CONF", raising=False)
+    else:
+        monkeypatch.setenv("_RJEM_MALLOC_CONF", user)
+    with process_pool(1) as pool:
+        seen = pool.submit(_worker_env, "_RJEM_MALLOC_CONF").result()
+    assert seen == ",".join(filter(None, ["narenas:1,tcache:false", user]))
+    assert os.environ.get("_RJEM_MALLOC_CONF") == user  # this process keeps its own
