@@ -7,6 +7,7 @@ driver holds a bounded number of summaries whatever the number of ranks (docs/sc
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -51,7 +52,7 @@ class LocalEngine:
     def map(self, items: Sequence[WorkItem]) -> Iterator[tuple[int, RankSummary]]:
         if self.jobs <= 1 or len(items) <= 1:
             for index, item in enumerate(items):
-                yield index, map_item(item, parallel_decode=True)
+                yield index, _detached(map_item(item, parallel_decode=True))
             return
         workers = min(self.jobs, len(items))
         with process_pool(workers, untrusted=_folders(items)) as pool:
@@ -74,6 +75,15 @@ class LocalEngine:
 
     def close(self) -> None:
         pass
+
+
+def _detached(summary: RankSummary) -> RankSummary:
+    """The summary as a worker hands it back, copied through pickle. polars' string columns are
+    views into the buffers of the table they were taken from: a summary made in this process kept
+    all the text of its item's events alive (19 MB per item of 28 small ranks, held until the
+    next fold, and folded tables kept them for good: 581 MB at 1,024 ranks; docs/scale.md)."""
+    copy: RankSummary = pickle.loads(pickle.dumps(summary, protocol=pickle.HIGHEST_PROTOCOL))  # our own object
+    return copy
 
 
 class RayEngine:
