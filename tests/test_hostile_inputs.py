@@ -99,7 +99,7 @@ def test_truncated_traces_report_what_was_recovered(source, gz, cpu_trace, tmp_p
             continue
         assert out.code == 0, (offset, out.stderr)
         [note] = out.notes("trace-truncated")
-        assert note["severity"] == "warning" and note["subject"].startswith("cut-")
+        assert note["severity"] == "warning" and note["evidence"]["file"].startswith("cut-")
         assert 0 < note["evidence"]["bytes_recovered"] <= len(data)
         recovered.append(note["evidence"]["events_recovered"])
     # Each longer prefix keeps at least the events of a shorter one, and never more than the file has.

@@ -185,6 +185,20 @@ def test_jobs_two_gives_the_json_of_jobs_one(cpu_ranks: Path):
     ]
 
 
+def test_ranks_cut_off_alike_are_one_warning_with_their_ranks(cpu_ranks: Path, tmp_path: Path):
+    """A job killed while every rank wrote its trace: one trace-truncated warning, not one per rank."""
+    folder = tmp_path / "killed"
+    folder.mkdir()
+    for trace in sorted(cpu_ranks.iterdir()):
+        text = trace.read_bytes()
+        (folder / trace.name).write_bytes(text[: len(text) * 3 // 4])
+    done = _report(folder, "--jobs", "2")
+    assert done.returncode == 0, done.stderr
+    [cut] = [f for f in json.loads(done.stdout)["findings"] if f["rule"] == "trace-truncated"]
+    assert cut["rank"] is None and cut["evidence"]["ranks"] == [0, 1, 2]
+    assert cut["evidence"]["events_recovered"] > 0 and cut["evidence"]["file"].startswith("rank")
+
+
 def test_an_unreadable_rank_is_a_note_not_the_end(cpu_ranks: Path, tmp_path: Path):
     folder = tmp_path / "run"
     folder.mkdir()

@@ -277,8 +277,9 @@ def _normalise(raw: RawTrace, rank: int, index: int) -> tuple[pl.DataFrame, dict
                     f"{raw.bytes_read} bytes (the events up to the last complete one)."
                 ),
                 rank=rank,
-                subject=raw.path.name,
-                evidence={"events_recovered": kept, "bytes_recovered": raw.bytes_read},
+                # No subject: the same damage on many ranks (a job killed while every rank wrote
+                # its trace) is one cause, merged across ranks (docs/traces.md "Limits and failure behaviour").
+                evidence={"file": raw.path.name, "events_recovered": kept, "bytes_recovered": raw.bytes_read},
                 suggestion="The profiled job was probably killed while writing the trace; results cover only the recovered part.",
             )
         )
@@ -292,8 +293,7 @@ def _normalise(raw: RawTrace, rank: int, index: int) -> tuple[pl.DataFrame, dict
                 message=f"{raw.path.name}: skipped {skipped} malformed events"
                 + (f" (e.g. {detail})" if detail else ""),
                 rank=rank,
-                subject=raw.path.name,
-                evidence={"events_skipped": skipped},
+                evidence={"file": raw.path.name, "events_skipped": skipped},
                 suggestion="The trace was written by a tool that does not follow the Kineto format; totals may be incomplete.",
             )
         )
