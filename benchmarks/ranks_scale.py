@@ -70,7 +70,8 @@ def rank_copy(text: bytes, rank: int, world: int) -> bytes:
             tail = tail.lstrip()[1:]
     pg = [{**g, "pg_size": world, "ranks": list(range(world))} for g in info.get("pg_config", [])]
     new = {**info, "rank": rank, "world_size": world, **({"pg_config": pg} if pg else {})}
-    return head + b'"distributedInfo": ' + json.dumps(new).encode() + b"," + tail
+    last = tail.lstrip().startswith(b"}")  # it was the envelope's last entry: no comma after it
+    return head + b'"distributedInfo": ' + json.dumps(new).encode() + (b"" if last else b",") + tail
 
 
 def build(name: str, text: bytes, ranks: int, gzipped: bool = False) -> Path:
