@@ -19,7 +19,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from scale_helpers import GPU_TRACES, needs_real, rank_folder
+from scale_helpers import GPU_TRACES, as_rank, needs_real, rank_folder
 from trace_helpers import REAL_TRACES, record_cpu_trace
 from tracemortem.analysis import analyze
 from tracemortem.load.discover import discover
@@ -69,6 +69,23 @@ def test_one_rank_per_item_gives_the_tables_of_one_item_for_all(gpu_ranks: Path,
         (t.rank, t.step, t.events.height) for t in together.timelines
     ]
     assert together.run.world_size == 4 and len(together.run.ranks) == 4
+
+
+@needs_real
+def test_one_rank_read_in_two_items_adds_its_launch_counts(tmp_path: Path, monkeypatch):
+    """Files whose paths name no rank are items of their own: two sessions of one rank, read
+    apart, give that rank's launch quantiles as when read together."""
+    folder = tmp_path / "sessions"
+    folder.mkdir()
+    for name, trace in zip(("a.json", "b.json"), GPU_TRACES[1:]):
+        (folder / name).write_bytes(as_rank(REAL_TRACES / trace, 0, 1))
+    together = analyze(folder)
+    monkeypatch.setenv("TRACEMORTEM_BATCH_BYTES", "1")
+    assert len(work_items(discover(folder).trace_files)) == 2
+    apart = analyze(folder)
+    [rank] = together.to_dict()["run"]["ranks"]
+    assert rank["launch"]["delay_p95_us"] is not None  # the counts were there to add
+    assert apart.to_dict() == together.to_dict()
 
 
 def test_cpu_ranks_merge_like_one_item(cpu_ranks: Path, monkeypatch):

@@ -198,6 +198,16 @@ def merge(parts: list[TimingPartial]) -> TimingPartial:
     tables["kernel_ranks"] = tables["kernel_ranks"].unique()
     tables["kernel_hta"] = tables["kernel_hta"].group_by("name").agg(pl.col("hta_sum_us").sum())
     tables["launches"] = tables["launches"].group_by("rank").agg(pl.exclude("rank").sum())
-    # per rank: as many rows as one rank has distinct values, so kept exact
-    tables["launch_values"] = quantiles.add_counts(tables["launch_values"], ["rank", "measure"], "value", exact=True)
+    # per rank: as many rows as one rank has distinct values, so kept exact. A rank's files are
+    # in one part unless their paths named no rank: parts of disjoint ranks are only concatenated
+    # (regrouping 315 k rows of 448 ranks held 62 MB, at every fold; docs/scale.md "Memory").
+    if not _disjoint_ranks([part.launch_values for part in parts]):
+        tables["launch_values"] = quantiles.add_counts(
+            tables["launch_values"], ["rank", "measure"], "value", exact=True
+        )
     return TimingPartial(**tables)
+
+
+def _disjoint_ranks(frames: list[pl.DataFrame]) -> bool:
+    ranks = [frame.get_column("rank").unique() for frame in frames]
+    return sum(len(r) for r in ranks) == pl.concat(ranks).n_unique()
