@@ -38,11 +38,12 @@ NAMES = {f"{p}.{k}" for p in PAYLOADS for k in ("weight", "bias")}  # the model'
 
 
 def _plant_in_trace(path: Path) -> None:
-    """Rename the trace's CPU ops to payloads (every distinct name, round robin) and make its
-    host name one too."""
+    """Rename the trace's CPU ops to payloads (every distinct name: the `<img>` one, then the
+    others round robin) and make its host name one too. Which ops make the top of the ops table
+    depends on their measured times, so every op name carries the payload the table is checked for."""
     doc = json.loads(gzip.decompress(path.read_bytes()))
     names = sorted({e["name"] for e in doc["traceEvents"] if e.get("cat") == "cpu_op"})
-    renamed = {name: f"{PAYLOADS[i % len(PAYLOADS)]}#{i}" for i, name in enumerate(names)}
+    renamed = {name: f"{PAYLOADS[1]}#{i} {PAYLOADS[i % len(PAYLOADS)]}" for i, name in enumerate(names)}
     for event in doc["traceEvents"]:
         if event.get("cat") == "cpu_op":
             event["name"] = renamed[event["name"]]
