@@ -26,6 +26,8 @@ from multiprocessing import resource_tracker, util
 from pathlib import Path
 from typing import Any
 
+from . import allocator
+
 # Process-wide state (the environment, sys.path, __main__) is swapped only while a worker is being
 # started, one start at a time.
 _STARTING = threading.Lock()
@@ -33,10 +35,6 @@ _STARTING = threading.Lock()
 # re-runs nothing (a caller's script without an `if __name__ == "__main__"` guard stays safe).
 _NO_MAIN = types.ModuleType("__main__")
 _CHILD_ENV = {"PYTHONSAFEPATH": "1", "POLARS_MAX_THREADS": "1"}
-# polars' jemalloc in a worker: one arena and no thread caches. A worker runs one polars thread, and
-# its spare arenas and caches held ~35 MB more at the same CPU time (docs/scale.md, "Memory").
-_JEMALLOC_CONF = "_RJEM_MALLOC_CONF"
-_WORKER_JEMALLOC = "narenas:1,tcache:false"
 # The interpreter flags multiprocessing gives its children (the workers and the resource tracker).
 _parent_flags = util._args_from_interpreter_flags  # type: ignore[attr-defined]
 
@@ -61,11 +59,10 @@ def safe_sys_path(path: Iterable[str], untrusted: Iterable[Path]) -> list[str]:
 @contextmanager
 def _starting_worker(untrusted: tuple[Path, ...]) -> Iterator[None]:
     with _STARTING:
-        saved_env = {name: os.environ.get(name) for name in (*_CHILD_ENV, _JEMALLOC_CONF)}
+        saved_env = {name: os.environ.get(name) for name in (*_CHILD_ENV, allocator.CONF)}
         saved_path, saved_main = sys.path, sys.modules["__main__"]
         os.environ.update(_CHILD_ENV)
-        before = saved_env[_JEMALLOC_CONF]  # the user's own options stay, and win
-        os.environ[_JEMALLOC_CONF] = f"{_WORKER_JEMALLOC},{before}" if before else _WORKER_JEMALLOC
+        os.environ[allocator.CONF] = allocator.worker_options(saved_env[allocator.CONF])
         sys.path = safe_sys_path(saved_path, untrusted)
         sys.modules["__main__"] = _NO_MAIN
         util._args_from_interpreter_flags = _isolated_flags  # type: ignore[attr-defined]

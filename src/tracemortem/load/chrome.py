@@ -27,6 +27,7 @@ import polars as pl
 from ..errors import InputError
 from ..limits import MAX_GZIP_RATIO, MAX_TRACE_BYTES
 from ..pool import process_pool
+from . import gzip_stream
 from .gzip_stream import GzipStream
 
 # Events are decoded in chunks of about this many bytes: large enough that per-chunk overhead
@@ -118,7 +119,7 @@ class _Source:
         self.path = path
         self.limit = limit
         self.file = open(path, "rb")  # noqa: SIM115 — closed by close()
-        self.gzip = self.file.read(2) == b"\x1f\x8b"
+        self.gzip = self.file.read(2) == gzip_stream.MAGIC
         self.file.seek(0)
         self._gz = GzipStream(self.file, _READ_BYTES) if self.gzip else None
         # Uncompressed size, to decide on parallel decoding up front. A gzip trailer's size is

@@ -13,7 +13,7 @@ import struct
 import zlib
 from typing import BinaryIO
 
-_MAGIC = b"\x1f\x8b"
+MAGIC = b"\x1f\x8b"  # a gzip member's first two bytes
 _FHCRC, _FEXTRA, _FNAME, _FCOMMENT = 2, 4, 8, 16
 _FIRST_FEED = 64
 
@@ -75,11 +75,11 @@ class GzipStream:
     def _start_member(self) -> bool:
         """Parse a member header; False at the end of the stream (or trailing non-gzip bytes)."""
         if not self._available(10):
-            if self._buf[self._pos : self._pos + 2] == _MAGIC:
+            if self._buf[self._pos : self._pos + 2] == MAGIC:
                 self._note("gzip stream ends inside a member header")
             return False
         head = self._buf[self._pos : self._pos + 10]
-        if head[:2] != _MAGIC:
+        if head[:2] != MAGIC:
             return False  # end, or trailing padding that is not a gzip member
         if head[2] != 8:
             self._note("gzip member with an unknown compression method")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..limits import limit
+from ..load import gzip_stream
 from ..load.traces import IndexedFile, indexed_files
 
 BATCH_BYTES = limit(
@@ -26,7 +27,6 @@ BATCH_BYTES = limit(
 )
 
 
-_GZIP_MAGIC = b"\x1f\x8b"
 _GZIP_MIN_BYTES = 18  # header (10) + trailer (8)
 
 
@@ -50,7 +50,7 @@ def _size(path: Path) -> int:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             return 0
-        if info.st_size < _GZIP_MIN_BYTES or os.pread(fd, 2, 0) != _GZIP_MAGIC:
+        if info.st_size < _GZIP_MIN_BYTES or os.pread(fd, 2, 0) != gzip_stream.MAGIC:
             return info.st_size
         # ISIZE is the last member's size mod 2**32: a claim, used only to size the batch
         claimed = int.from_bytes(os.pread(fd, 4, info.st_size - 4), "little")
